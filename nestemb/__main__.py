@@ -1,0 +1,3 @@
+from nestemb.cli import main
+
+main()

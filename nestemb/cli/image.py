@@ -1,0 +1,5 @@
+"""CLI commands for the image area (registered on the shared app)."""
+
+from __future__ import annotations
+
+from nestemb.cli.app import app  # noqa: F401

@@ -1,0 +1,345 @@
+"""The one convention every part of nestemb shares.
+
+A *nesting* is an ascending tuple of prefix sizes whose last entry is the full dimension, e.g.
+``(8, 16, 32, 64, 128, 256)``. The ``m``-dimensional *view* of an embedding is its first ``m``
+coordinates, **sliced first, then L2-normalized** (:func:`prefix_view`). Every loss, index,
+evaluator and service call goes through :func:`prefix_view`; nothing else truncates.
+
+Every artefact that stores embeddings carries a :class:`Manifest` (model identity, nesting,
+normalization rule, dtype, sha256 of the data); :func:`check_compatible` refuses to compare
+artefacts whose manifests disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence, TypeVar
+
+import numpy as np
+
+from nestemb.errors import NestembError
+
+NORMALIZATION = "slice-then-l2"
+"""The name written into manifests for the prefix-view rule of :func:`prefix_view`."""
+
+_EPS = 1e-12
+
+Array = TypeVar("Array")
+
+
+def validate_nesting(dims: Iterable[int], full_dim: int | None = None) -> tuple[int, ...]:
+    """Check a nesting and return it as a tuple of ints.
+
+    A nesting is non-empty, strictly ascending, of positive integers; when ``full_dim`` is
+    given its last entry must equal it (the full embedding is always one of the views).
+
+    Example:
+        >>> validate_nesting([8, 16, 32], full_dim=32)
+        (8, 16, 32)
+        >>> validate_nesting([16, 8])
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: nesting must be strictly ascending, got (16, 8)
+    """
+    try:
+        out = tuple(int(d) for d in dims)
+    except (TypeError, ValueError):
+        raise NestembError(f"nesting must be a list of integers, got {dims!r}") from None
+    if not out:
+        raise NestembError("nesting is empty: give at least one dimension")
+    if any(d <= 0 for d in out):
+        raise NestembError(f"nesting dimensions must be positive, got {out}")
+    if len(set(out)) != len(out):
+        raise NestembError(f"nesting has duplicate dimensions: {out}")
+    if any(a >= b for a, b in zip(out, out[1:])):
+        raise NestembError(f"nesting must be strictly ascending, got {out}")
+    if full_dim is not None:
+        if out[-1] > full_dim:
+            raise NestembError(
+                f"nesting dimension {out[-1]} is larger than the embedding dimension {full_dim}"
+            )
+        if out[-1] != full_dim:
+            raise NestembError(
+                f"the last nesting dimension must be the full dimension {full_dim}, got {out[-1]}"
+            )
+    return out
+
+
+def parse_dims(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """Parse a CLI list such as ``"8,16,32"`` into a tuple (not yet validated against a model).
+
+    Example:
+        >>> parse_dims("8, 16,32")
+        (8, 16, 32)
+        >>> parse_dims(None) is None
+        True
+    """
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return validate_nesting(text)
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise NestembError(f"dimensions must be comma-separated integers, got {text!r}") from None
+    return validate_nesting(values)
+
+
+def parse_floats(text: str | None, what: str = "weights") -> tuple[float, ...] | None:
+    """Parse a CLI list of floats such as ``"2,1,1"``.
+
+    Example:
+        >>> parse_floats("2, 1.5")
+        (2.0, 1.5)
+    """
+    if text is None:
+        return None
+    try:
+        values = tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise NestembError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not values or not all(np.isfinite(values)):
+        raise NestembError(f"{what} must be finite numbers, got {text!r}")
+    return values
+
+
+def default_nesting(full_dim: int, start: int = 2) -> tuple[int, ...]:
+    """Doubling nesting from ``start`` up to ``full_dim`` (which is always included).
+
+    Example:
+        >>> default_nesting(256)
+        (2, 4, 8, 16, 32, 64, 128, 256)
+        >>> default_nesting(384, start=32)
+        (32, 64, 128, 256, 384)
+    """
+    if full_dim < 1 or start < 1:
+        raise NestembError(f"full_dim and start must be positive, got {full_dim}, {start}")
+    dims, d = [], start
+    while d < full_dim:
+        dims.append(d)
+        d *= 2
+    return tuple(dims) + (full_dim,)
+
+
+def prefix_view(x: Array, m: int) -> Array:
+    """The ``m``-dimensional view: first ``m`` coordinates (last axis), then L2-normalized.
+
+    Works on numpy arrays and torch tensors (differentiably). Zero vectors stay zero.
+
+    Example:
+        >>> import numpy as np
+        >>> prefix_view(np.array([[3.0, 4.0, 12.0]]), 2)
+        array([[0.6, 0.8]])
+    """
+    d = x.shape[-1]
+    if not 1 <= m <= d:
+        raise NestembError(f"prefix size {m} is outside 1..{d}, the embedding dimension")
+    head = x[..., :m]
+    if isinstance(head, np.ndarray):
+        norm = np.linalg.norm(head, axis=-1, keepdims=True)
+        return head / np.maximum(norm, _EPS)
+    import torch  # only torch inputs reach here; keep numpy-only users free of the import cost
+
+    return torch.nn.functional.normalize(head, p=2, dim=-1, eps=_EPS)
+
+
+def check_vectors(x: Any, dim: int | None = None, what: str = "vectors") -> np.ndarray:
+    """Validate a float matrix from a user: 2-D (a single 1-D vector becomes one row), non-empty,
+    finite, and of dimension ``dim`` when given. Returns a C-contiguous float32 array.
+
+    Example:
+        >>> check_vectors([1.0, 2.0]).shape
+        (1, 2)
+        >>> check_vectors([[float("nan"), 1.0]])
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: vectors contain NaN or inf values (row 0)
+    """
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise NestembError(f"{what} must be a numeric array") from None
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise NestembError(f"{what} must be 2-D (n, dim), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise NestembError(f"{what} is empty: got 0 rows")
+    if dim is not None and arr.shape[1] != dim:
+        raise NestembError(f"{what} have dimension {arr.shape[1]}, expected {dim}")
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        raise NestembError(f"{what} contain NaN or inf values (row {int(np.argmin(finite))})")
+    return np.ascontiguousarray(arr)
+
+
+@dataclasses.dataclass
+class Manifest:
+    """What every stored set of embeddings says about itself.
+
+    ``model_id`` and ``model_version`` identify the encoder; ``nesting`` its valid prefixes;
+    ``normalization`` the view rule (always :data:`NORMALIZATION`); ``sha256`` maps each data
+    file name to its checksum; ``extra`` holds artefact-specific fields (training config, index
+    configuration ...).
+
+    Example:
+        >>> m = Manifest(model_id="mrl-cnn", nesting=(8, 16), dim=16)
+        >>> Manifest.from_dict(m.to_dict()) == m
+        True
+    """
+
+    model_id: str
+    nesting: tuple[int, ...]
+    dim: int
+    model_version: str = "1"
+    normalization: str = NORMALIZATION
+    dtype: str = "float32"
+    kind: str = "embeddings"
+    sha256: dict[str, str] = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    format_version: int = 1
+
+    def __post_init__(self) -> None:
+        self.nesting = validate_nesting(self.nesting, full_dim=self.dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["nesting"] = list(self.nesting)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "Manifest":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = {"model_id", "nesting", "dim"} - set(d)
+        if missing:
+            raise NestembError(f"{source} is missing fields: {sorted(missing)}")
+        if d.get("normalization", NORMALIZATION) != NORMALIZATION:
+            raise NestembError(
+                f"{source} uses normalization {d['normalization']!r}; nestemb only reads "
+                f"{NORMALIZATION!r}"
+            )
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``manifest.json`` into ``directory`` (atomically); returns its path."""
+        from nestemb.io import write_json
+
+        path = Path(directory) / MANIFEST_NAME
+        write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "Manifest":
+        """Read ``manifest.json`` from ``directory``."""
+        from nestemb.io import read_json
+
+        path = Path(directory) / MANIFEST_NAME
+        return cls.from_dict(read_json(path, "manifest"), source=str(path))
+
+    def verify(self, directory: str | os.PathLike) -> None:
+        """Check every data file listed in ``sha256`` against its checksum."""
+        from nestemb.io import sha256_file
+
+        for name, digest in self.sha256.items():
+            path = Path(directory) / name
+            if not path.is_file():
+                raise NestembError(f"data file listed in the manifest is missing: {path}")
+            if sha256_file(path) != digest:
+                raise NestembError(
+                    f"checksum mismatch for {path}: the file is truncated or was modified"
+                )
+
+
+MANIFEST_NAME = "manifest.json"
+EMBEDDINGS_NAME = "embeddings.npy"
+IDS_NAME = "ids.json"
+
+
+def check_compatible(a: Manifest, b: Manifest, what: str = "query and index") -> None:
+    """Refuse to compare embeddings from different models or nestings.
+
+    Example:
+        >>> a = Manifest(model_id="m1", nesting=(8, 16), dim=16)
+        >>> check_compatible(a, Manifest(model_id="m2", nesting=(8, 16), dim=16))
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: query and index come from different models: 'm1' (version 1) vs 'm2' (version 1)
+    """
+    if (a.model_id, a.model_version) != (b.model_id, b.model_version):
+        raise NestembError(
+            f"{what} come from different models: {a.model_id!r} (version {a.model_version}) "
+            f"vs {b.model_id!r} (version {b.model_version})"
+        )
+    if a.nesting != b.nesting:
+        raise NestembError(f"{what} have different nestings: {a.nesting} vs {b.nesting}")
+
+
+def save_embeddings(
+    directory: str | os.PathLike,
+    vectors: np.ndarray,
+    manifest: Manifest,
+    ids: Sequence[Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write an embedding file: a directory with ``embeddings.npy``, optional ``ids.json`` and
+    ``manifest.json`` (with their checksums). Built in a temporary directory, then renamed.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "emb"
+        >>> X = np.random.default_rng(0).normal(size=(5, 16)).astype("float32")
+        >>> _ = save_embeddings(out, X, Manifest(model_id="demo", nesting=(8, 16), dim=16))
+        >>> Y, man = load_embeddings(out); Y.shape, man.nesting
+        ((5, 16), (8, 16))
+    """
+    from nestemb.io import atomic_dir, sha256_file
+
+    vectors = check_vectors(vectors, dim=manifest.dim, what="embeddings")
+    if ids is not None and len(ids) != len(vectors):
+        raise NestembError(f"got {len(ids)} ids for {len(vectors)} embeddings")
+    with atomic_dir(directory, overwrite=overwrite) as tmp:
+        np.save(tmp / EMBEDDINGS_NAME, vectors)
+        names = [EMBEDDINGS_NAME]
+        if ids is not None:
+            (tmp / IDS_NAME).write_text(json.dumps(list(ids)))
+            names.append(IDS_NAME)
+        manifest = dataclasses.replace(
+            manifest,
+            dtype=str(vectors.dtype),
+            kind="embeddings",
+            sha256={n: sha256_file(tmp / n) for n in names},
+        )
+        manifest.save(tmp)
+    return Path(directory)
+
+
+def load_embeddings(
+    directory: str | os.PathLike, mmap: bool = False, with_ids: bool = False
+) -> tuple[np.ndarray, Manifest] | tuple[np.ndarray, Manifest, list | None]:
+    """Read an embedding file written by :func:`save_embeddings`, verifying its checksums.
+
+    Example: see :func:`save_embeddings`.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise NestembError(f"embedding directory not found: {directory}")
+    manifest = Manifest.load(directory)
+    manifest.verify(directory)
+    try:
+        vectors = np.load(directory / EMBEDDINGS_NAME, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError) as e:
+        raise NestembError(f"cannot read {directory / EMBEDDINGS_NAME}: {e}") from None
+    if vectors.ndim != 2 or vectors.shape[1] != manifest.dim:
+        raise NestembError(
+            f"{directory / EMBEDDINGS_NAME} has shape {vectors.shape}, manifest says dim "
+            f"{manifest.dim}"
+        )
+    if not with_ids:
+        return vectors, manifest
+    ids_path = directory / IDS_NAME
+    ids = json.loads(ids_path.read_text()) if ids_path.is_file() else None
+    return vectors, manifest, ids

@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pytest
+
+from nestemb.errors import NestembError
+from nestemb.io import atomic_dir
+from nestemb.nesting import (
+    Manifest,
+    check_compatible,
+    check_vectors,
+    default_nesting,
+    load_embeddings,
+    parse_dims,
+    prefix_view,
+    save_embeddings,
+    validate_nesting,
+)
+
+
+def test_prefix_view_slices_then_normalizes_numpy_and_torch():
+    import torch
+
+    x = np.array([[3.0, 4.0, 12.0], [0.0, 0.0, 5.0]])
+    v = prefix_view(x, 2)
+    np.testing.assert_allclose(v[0], [0.6, 0.8])
+    np.testing.assert_allclose(v[1], [0.0, 0.0])  # zero prefix stays zero, no NaN
+    # normalizing first and slicing after would give a different (wrong) answer
+    assert not np.allclose(v[0], (x / np.linalg.norm(x, axis=1, keepdims=True))[0, :2])
+    t = prefix_view(torch.tensor(x, requires_grad=True), 2)
+    np.testing.assert_allclose(t.detach().numpy(), v, atol=1e-7)
+    t.sum().backward()  # differentiable
+
+
+@pytest.mark.parametrize(
+    "dims, full, match",
+    [
+        ([8, 4], None, "strictly ascending"),
+        ([4, 4, 8], None, "duplicate"),
+        ([0, 8], None, "positive"),
+        ([], None, "empty"),
+        ([8, 512], 256, "larger than the embedding dimension 256"),
+        ([8, 128], 256, "last nesting dimension must be the full dimension 256"),
+    ],
+)
+def test_validate_nesting_errors(dims, full, match):
+    with pytest.raises(NestembError, match=match):
+        validate_nesting(dims, full_dim=full)
+
+
+def test_parse_and_default():
+    assert parse_dims("2,4, 8") == (2, 4, 8)
+    with pytest.raises(NestembError, match="comma-separated integers"):
+        parse_dims("2,x")
+    assert default_nesting(256) == (2, 4, 8, 16, 32, 64, 128, 256)
+    assert default_nesting(48, start=8) == (8, 16, 32, 48)
+
+
+def test_check_vectors():
+    assert check_vectors(np.ones(4)).shape == (1, 4)
+    with pytest.raises(NestembError, match="dimension 4, expected 8"):
+        check_vectors(np.ones((2, 4)), dim=8)
+    with pytest.raises(NestembError, match="empty"):
+        check_vectors(np.ones((0, 4)))
+    with pytest.raises(NestembError, match="NaN or inf.*row 1"):
+        check_vectors(np.array([[1.0, 2.0], [np.inf, 0.0]]))
+
+
+def test_embeddings_roundtrip_and_checksum(tmp_path):
+    X = np.random.default_rng(0).normal(size=(7, 16)).astype(np.float32)
+    man = Manifest(model_id="m", nesting=(4, 16), dim=16)
+    save_embeddings(tmp_path / "e", X, man, ids=list(range(7)))
+    Y, m2, ids = load_embeddings(tmp_path / "e", with_ids=True)
+    np.testing.assert_array_equal(X, Y)
+    assert ids == list(range(7)) and m2.sha256
+    with pytest.raises(NestembError, match="not empty"):
+        save_embeddings(tmp_path / "e", X, man)
+    # tamper with the data: the checksum catches it
+    arr = np.load(tmp_path / "e" / "embeddings.npy")
+    arr[0, 0] += 1
+    np.save(tmp_path / "e" / "embeddings.npy", arr)
+    with pytest.raises(NestembError, match="checksum mismatch"):
+        load_embeddings(tmp_path / "e")
+
+
+def test_manifest_errors(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(NestembError, match="not valid JSON"):
+        Manifest.load(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"model_id": "x"}))
+    with pytest.raises(NestembError, match="missing fields"):
+        Manifest.load(tmp_path)
+    a = Manifest(model_id="a", nesting=(4, 8), dim=8)
+    with pytest.raises(NestembError, match="different nestings"):
+        check_compatible(a, Manifest(model_id="a", nesting=(2, 8), dim=8))
+
+
+def test_atomic_dir_leaves_nothing_on_error(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "partial.json").write_text("{}")
+            raise RuntimeError("boom")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_version(cli):
+    r = cli("version")
+    assert r.code == 0 and r.out.strip()
