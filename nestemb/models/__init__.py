@@ -1,0 +1,1 @@
+"""nestemb.models."""
