@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dims", default=None, help="nesting (default 2, 4, ... dim)")
     ap.add_argument("--methods", default="mrl,mrl-e,ff")
     ap.add_argument("--classifier", default="linear", choices=["cosine", "linear"])
-    ap.add_argument("--weights", default=None, help="MRL/MRL-E prefix loss weights (default 4,2,1,...)")
+    ap.add_argument("--weights", default=None, help="MRL/MRL-E prefix loss weights (default 2,1,1,...)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--crop", type=int, default=0)

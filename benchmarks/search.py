@@ -262,7 +262,7 @@ def run_family(fam, Qe, Qs, truth, threads, bw, out_rows, flush):
     del obj
 
 
-def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, max_shortlist):
+def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, max_shortlist, repeat=2):
     """tune() on tuning queries vs an exhaustive sweep on held-out queries."""
     from nestemb.index.store import exact_search
     from nestemb.index.tune import candidate_groups
@@ -273,14 +273,17 @@ def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, max_shortlist):
     truth_hold = exact_search(idx.vectors_, Q_hold, K)[1]
     set_threads(1)
     log("exhaustive sweep on held-out queries")
-    groups = candidate_groups(idx, K, max_shortlist=max_shortlist)
+    # the grid: float32/int8 first stages up to D/4 dims, binary up to D/2 (larger prefixes only
+    # cost more at the same recall on MRL embeddings), 2 and 3 stages, shortlists 10 ... max
+    groups = [g for g in candidate_groups(idx, K, max_shortlist=max_shortlist)
+              if g[0]["dims"][0] <= (D // 2 if g[0]["prefix_dtype"] == "binary" else D // 4)]
     sweep = tune(idx, Q_hold, k=K, recall=targets[0], groups=groups, exhaustive=True,
-                 repeat=2)["candidates"]
+                 repeat=repeat)["candidates"]
     for target in targets:
         t0 = time.perf_counter()
-        res = tune(idx, Q_tune, k=K, recall=target, groups=groups, repeat=2)
+        res = tune(idx, Q_tune, k=K, recall=target, groups=groups, repeat=repeat)
         tune_s = time.perf_counter() - t0
-        held = measure(idx, Q_hold, truth_hold, K, repeat=2)
+        held = measure(idx, Q_hold, truth_hold, K, repeat=repeat)
         ok = [c for c in sweep if c["recall"] >= target]
         best = min(ok, key=lambda c: c["latency_ms"]) if ok else None
         out.append({
@@ -361,6 +364,42 @@ def markdown(name, rows, threads, meta):
     return "\n".join(lines)
 
 
+def summary(rows, threads):
+    """Best configuration of each method family at recall >= 0.90 / 0.95 / 0.99 (1 thread)."""
+    key = f"latency_ms_{threads[0]}t"
+    lines = ["| recall >= | method | config | recall@10 | " +
+             " | ".join(f"lat ms {t}t" for t in threads) + f" | speed-up vs exact ({threads[0]}t) | "
+             "B/vec resident | B/vec mmap |", "|" + "---|" * (7 + len(threads))]
+    exact = next((x for x in rows if x["method"] == "faiss-flat"), None)
+    for r in (0.90, 0.95, 0.99):
+        for fam in dict.fromkeys(x["family"] for x in rows):
+            ok = [x for x in rows if x["family"] == fam and x["recall"] >= r]
+            if not ok:
+                lines.append(f"| {r} | {fam} | (not reached) |" + " |" * (5 + len(threads)))
+                continue
+            b = min(ok, key=lambda x: x[key])
+            sp = f"{exact[key] / b[key]:.1f}x" if exact else ""
+            lines.append(f"| {r} | {fam} | {b['config']} | {b['recall']:.4f} | " +
+                         " | ".join(f"{b[f'latency_ms_{t}t']:.3f}" for t in threads) +
+                         f" | {sp} | {b['resident']:.0f} | {b['mapped']:.0f} |")
+    return "\n".join(lines)
+
+
+def report(path):
+    """Re-print the tables of a finished (or partial) run from its JSON."""
+    result = json.loads(Path(path).read_text())
+    meta, rows = result["meta"], result["rows"]
+    print(markdown(meta["dataset"], rows, meta["threads"], meta))
+    print("\n#### best configuration per method\n")
+    print(summary(rows, meta["threads"]))
+    if not result.get("targets") and any(x["method"] == "faiss-flat" for x in rows):
+        result["targets"] = targets_report(rows, result.get("tuning"), meta["threads"])
+    if result.get("targets"):
+        print("\n#### targets\n\n```\n" + json.dumps(result["targets"], indent=1, default=str) + "\n```")
+    if result.get("tuning"):
+        print("\n#### tune\n\n```\n" + json.dumps(result["tuning"], indent=1, default=str) + "\n```")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["scifact"],
@@ -371,11 +410,15 @@ def main(argv=None):
     ap.add_argument("--eval-queries", type=int, default=2000)
     ap.add_argument("--single-queries", type=int, default=200)
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--families", default="", help="comma-separated name prefixes to run (default all)")
+    ap.add_argument("--families", default="", help="comma-separated family name prefixes to run, in this order (default: all)")
     ap.add_argument("--no-tune", action="store_true")
+    ap.add_argument("--tune-repeat", type=int, default=2, help="timing passes per tuning candidate")
     ap.add_argument("--cache", default="runs/bench_cache")
     ap.add_argument("--out", default="runs/bench_search")
+    ap.add_argument("--report", help="only re-print the tables of this result JSON")
     args = ap.parse_args(argv)
+    if args.report:
+        return report(args.report)
     threads = [int(t) for t in args.threads.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -415,16 +458,17 @@ def main(argv=None):
             (out / f"{ds}.json").write_text(json.dumps(result, indent=1, default=str))
 
         wanted = [w for w in args.families.split(",") if w]
-        for fam in families(X, Xn, nest, nlist, model_id):
-            if wanted and not any(fam.name.startswith(w) for w in wanted):
-                continue
+        fams = families(X, Xn, nest, nlist, model_id)
+        if wanted:  # only these, in this order (so the most important ones finish first)
+            fams = [f for w in wanted for f in fams if f.name.startswith(w)]
+        for fam in fams:
             run_family(fam, Qe, Qs, truth, threads, bw, rows, flush)
         del Xn
         if not args.no_tune and len(Q) >= 2 * args.single_queries:
             hold = np.ascontiguousarray(Q[: args.single_queries], dtype=np.float32)
             tq = np.ascontiguousarray(Q[-args.single_queries :], dtype=np.float32)
             result["tuning"] = tune_eval(X, tq, hold, nest, model_id, (0.99, 0.95, 0.90),
-                                         max_shortlist=min(4096, n))
+                                         max_shortlist=min(4096, n), repeat=args.tune_repeat)
         if any(x["method"] == "faiss-flat" for x in rows):
             result["targets"] = targets_report(rows, result["tuning"], threads)
         meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -436,11 +480,8 @@ def main(argv=None):
             groups.setdefault(x["method"], []).append((x["recall"], x[f"single_qps_{threads[0]}t"]))
         scatter_pareto(out / f"{ds}.png", groups, ylabel=f"single-query QPS ({threads[0]} thread)",
                        title=f"{ds}: n={n}, D={D}")
-        print(markdown(ds, rows, threads, meta))
-        print("\n#### targets\n")
-        print("```\n" + json.dumps(result["targets"], indent=1, default=str) + "\n```")
-        print("\n#### tune\n")
-        print("```\n" + json.dumps(result["tuning"], indent=1, default=str) + "\n```", flush=True)
+        report(out / f"{ds}.json")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -70,6 +70,12 @@ def methods(args) -> dict:
         "plain": ({"nested": False, "distill_weight": 0.0}, None),
         "st_plain": ({"distill_weight": 0.0}, st_mnrl),
     }
+    out.update({
+        "nestemb_1d_pool": ({"distill_source": "both"}, None),
+        "nestemb_1d_pool100": ({"distill_source": "both", "distill_weight": 100.0}, None),
+        "nestemb_1d_pool100_w": ({"distill_source": "both", "distill_weight": 100.0,
+                                  "dim_weights": (2.0, 1.5) + (1.0,) * (len(dims) - 2)}, None),
+    })
     if args.ablation:
         out.update({
             "abl_contrastive_only": ({"distill_weight": 0.0, "hard_negatives": False}, None),
@@ -136,13 +142,13 @@ def main(argv=None) -> int:
     p.add_argument("--scifact", required=True)
     p.add_argument("--stsb", required=True)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--steps", type=int, default=90)
+    p.add_argument("--steps", type=int, default=TextTrainConfig.steps)
     p.add_argument("--dims", default="32,64,128,256,384")
     p.add_argument("--layers", default="2,4,6", help="exit layers of the 2D methods")
     p.add_argument("--sts-train", default=None, help="STS TSV whose sentences (no scores) join "
                    "the unlabeled pool (default: STSB/sts-train.csv)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--lr", type=float, default=TextTrainConfig.lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-seq-length", type=int, default=None)
     p.add_argument("--distill-weight", type=float, default=TextTrainConfig.distill_weight)

@@ -57,8 +57,9 @@ def matryoshka_cross_entropy(
         (5.5452, 1.3863)
     """
     b, k, c = logits.shape
-    w = torch.as_tensor(check_weights(weights, range(k)) if not torch.is_tensor(weights) else weights,
-                        dtype=logits.dtype, device=logits.device)
+    if not torch.is_tensor(weights):
+        weights = check_weights(weights, range(1, k + 1))
+    w = torch.as_tensor(weights, dtype=logits.dtype, device=logits.device)
     per = F.cross_entropy(
         logits.reshape(b * k, c),
         targets.repeat_interleave(k),

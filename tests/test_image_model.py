@@ -72,7 +72,7 @@ def test_training_is_deterministic_and_model_roundtrips(tmp_path):
     m2, _ = train_image_model(cfg, tcfg, x, y, progress=False)
     e1, e2 = m1.encode(x), m2.encode(x)
     np.testing.assert_array_equal(e1, e2)
-    assert info["n_train"] == 100 and info["weights"] == [4.0, 2.0, 1.0]
+    assert info["n_train"] == 100 and info["weights"] == [2.0, 1.0, 1.0]
     d = save_image_model(m1, tmp_path / "model")
     loaded = load_image_model(d)
     assert loaded.manifest.kind == "image-model" and loaded.manifest.nesting == (2, 4, 8)

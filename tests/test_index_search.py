@@ -131,3 +131,13 @@ def test_tune_ivf(data):
     idx = AdaptiveIVFIndex(d_cluster=8, d_search=32, nlist=16, nprobe=1, nesting=NEST).add(X)
     res = tune(idx, Q, k=10, recall=0.95, max_queries=30)
     assert res["met"] and idx.nprobe == res["params"]["nprobe"]
+
+
+def test_single_query_path_matches_batch(data):
+    X, Q, _ = data
+    idx = FunnelIndex(dims=(8, 32, 64), shortlist=(300, 60), nesting=NEST).add(X)
+    bs, bi = idx.search(Q, k=10)
+    for i in range(5):
+        s, r = idx.search(Q[i], k=10)
+        np.testing.assert_array_equal(r[0], bi[i])
+        np.testing.assert_allclose(s[0], bs[i], rtol=1e-5, atol=1e-6)

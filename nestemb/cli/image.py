@@ -84,7 +84,15 @@ def method_results(ev: dict) -> dict:
 
 
 def print_results(console, dims, per: dict, cascade: list, title: str) -> None:
-    """Rich tables of per-prefix metrics and of the cascade."""
+    """Rich tables of per-prefix metrics and of the cascade.
+
+    Example:
+        >>> import os; from rich.console import Console
+        >>> c = Console(width=60, record=True, file=open(os.devnull, "w"))
+        >>> print_results(c, [2], {"linear_top1": [0.9], "knn_top1": [0.8], "map10": [0.7]}, [], "t")
+        >>> "0.9000" in c.export_text()
+        True
+    """
     from rich.table import Table
 
     t = Table(title=title)
@@ -116,7 +124,7 @@ def train_image(
     dim: int = typer.Option(256, help="Embedding (encoder output) dimension."),
     head: str = typer.Option("mrl", help="mrl (a head per prefix), mrl-e (weight-tied) or ff."),
     weights: Optional[str] = typer.Option(
-        None, help="Per-prefix loss weights, one per nesting entry (default 4,2,1,1,...)."
+        None, help="Per-prefix loss weights, one per nesting entry (default 2,1,1,...)."
     ),
     seed: int = typer.Option(0, help="Random seed (weights, split, shuffling, augmentation)."),
     classifier: str = typer.Option("linear", help="linear or cosine (on prefix views) heads."),
@@ -202,7 +210,7 @@ def quickstart(
         (tmp / "model").mkdir()
         write_model_files(model, tmp / "model", build_manifest(model, "nestemb-cnn-mrl", _split_extra(tcfg, folder, info)))
         console.print("evaluating every prefix (1-NN over the 60,000 training images) ...")
-        ev = evaluate_image_model(model, train, test)
+        ev = evaluate_image_model(model, train, test, holdout=tcfg.holdout, seed=tcfg.seed)
         dims = ev["dims"]
         results = {
             "dims": dims, "mrl": method_results(ev), "cascade": ev["cascade"],

@@ -11,6 +11,7 @@ import typer
 
 from nestemb.cli.app import app
 from nestemb.errors import NestembError
+from nestemb.text.train import TextTrainConfig
 from nestemb.text.evaluate import _device, _parse_layers, _progress, run_eval_retrieval, run_eval_sts
 
 
@@ -73,11 +74,11 @@ def train_text_cmd(
     dims: Optional[str] = typer.Option(None, help="nesting, default 32,64,128,256,WIDTH"),
     dim_weights: Optional[str] = typer.Option(None, help="weight per prefix"),
     layers: Optional[str] = typer.Option(None, help="exit layers: layer x dimension mode"),
-    steps: int = typer.Option(90, help="optimizer steps"),
-    batch_size: int = typer.Option(32, help="pairs per batch"),
-    lr: float = typer.Option(2e-5, help="learning rate"),
+    steps: int = typer.Option(TextTrainConfig.steps, help="optimizer steps"),
+    batch_size: int = typer.Option(TextTrainConfig.batch_size, help="pairs per batch"),
+    lr: float = typer.Option(TextTrainConfig.lr, help="learning rate"),
     seed: int = typer.Option(0, help="random seed"),
-    distill_weight: float = typer.Option(20.0, help="keep the base model's similarities on unlabeled text (0: off)"),
+    distill_weight: float = typer.Option(TextTrainConfig.distill_weight, help="keep the base model's similarities on unlabeled text (0: off)"),
     self_distill: float = typer.Option(0.0, help="KL of earlier exits toward the last (layer mode)"),
     hard_negatives: bool = typer.Option(True, help="mine one hard negative per BEIR pair with the base"),
     max_seq_length: Optional[int] = typer.Option(None, help="truncate texts to this many tokens"),

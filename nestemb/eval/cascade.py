@@ -24,6 +24,12 @@ DEFAULT_GRID = np.concatenate(
 """Candidate confidence thresholds tried by :func:`calibrate_thresholds` (plus "never stop")."""
 
 
+DROPS = (-0.0025, 0.0, 0.0025, 0.005, 0.01, 0.02)
+"""Default calibration targets of :func:`cascade_report`, as drops from the calibration-set
+full-dimension accuracy (a negative drop asks for more than the full dimension gives, which
+keeps a margin for the difference between calibration and test data)."""
+
+
 def _check(probs: np.ndarray, dims: Sequence[int]) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 3 or probs.shape[1] != len(dims):
@@ -114,9 +120,9 @@ def cascade_report(
     test_probs: np.ndarray,
     test_labels: np.ndarray,
     dims: Sequence[int],
-    drops: Sequence[float] = (0.0, 0.0025, 0.005, 0.01, 0.02),
+    drops: Sequence[float] = DROPS,
 ) -> list[dict]:
-    """For each accuracy drop ``d``: calibrate to (calibration full-dim accuracy - ``d``), then
+    """For each accuracy drop ``d`` (default :data:`DROPS`): calibrate to (calibration full-dim accuracy - ``d``), then
     report test accuracy and expected dimension. ``target`` is the calibration target; the test
     full-dimension accuracy is in ``full_accuracy``.
 

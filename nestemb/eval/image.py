@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nestemb.eval.cascade import cascade_report
+from nestemb.eval.cascade import DROPS, cascade_report
 from nestemb.eval.metrics import retrieval_metrics, top1
 from nestemb.models.image import ImageModel
 from nestemb.train.image import split_holdout
@@ -26,7 +26,7 @@ def evaluate_image_model(
     test: tuple[np.ndarray, np.ndarray],
     holdout: int | None = None,
     seed: int | None = None,
-    drops: Sequence[float] = (0.0, 0.0025, 0.005, 0.01, 0.02),
+    drops: Sequence[float] = DROPS,
     batch_size: int = 1024,
 ) -> dict:
     """Per-prefix metrics (lists aligned with ``dims``) and the cascade report.
@@ -40,7 +40,7 @@ def evaluate_image_model(
         >>> m = ImageModel(ImageModelConfig(dim=4, nesting=(2, 4), width=4))
         >>> r = evaluate_image_model(m, (x, y), (x[:10], y[:10]), holdout=20, seed=0)
         >>> r["dims"], len(r["linear_top1"]), len(r["cascade"])
-        ([2, 4], 2, 5)
+        ([2, 4], 2, 6)
     """
     start = time.perf_counter()
     dims = list(model.nesting)

@@ -335,9 +335,19 @@ class PrefixIndex:
         """Re-score candidate rows with ``d``-prefix views of the stored full vectors."""
         nq, s = cand.shape
         keep = min(keep, s)
+        Qd = prefix_view(Q, d)
+        if nq == 1:  # single query: fewer numpy calls (latency is dominated by overhead)
+            c = cand[0]
+            c = c[c >= 0]
+            sc = prefix_view(self.vectors_[c, :d], d) @ Qd[0]
+            part = np.argpartition(-sc, keep - 1)[:keep] if keep < len(c) else np.arange(len(c))
+            part = part[np.argsort(-sc[part], kind="stable")]
+            out_s = np.full((1, keep), -np.inf, dtype=np.float32)
+            out_r = np.full((1, keep), -1, dtype=np.int64)
+            out_s[0, : len(part)], out_r[0, : len(part)] = sc[part], c[part]
+            return out_s, out_r
         out_s = np.empty((nq, keep), dtype=np.float32)
         out_r = np.empty((nq, keep), dtype=np.int64)
-        Qd = prefix_view(Q, d)
         chunk = max(1, (1 << 22) // max(1, s * d))
         for a in range(0, nq, chunk):
             c = cand[a : a + chunk]

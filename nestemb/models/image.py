@@ -193,6 +193,13 @@ def build_manifest(model: ImageModel, model_id: str, extra: dict[str, Any] | Non
 def write_model_files(model: ImageModel, directory: Path, manifest: Manifest) -> Manifest:
     """Write ``weights`` and ``manifest.json`` (with the weights' sha256) into an existing
     directory; returns the manifest written. Use :func:`save_image_model` for a new directory.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> m = ImageModel(ImageModelConfig(dim=4, nesting=(2, 4), width=4))
+        >>> man = write_model_files(m, pathlib.Path(tempfile.mkdtemp()), build_manifest(m, "x"))
+        >>> sorted(man.sha256)
+        ['weights']
     """
     from nestemb.io import atomic_file, sha256_file
 

@@ -185,16 +185,20 @@ class MatryoshkaTextLoss:
 
     def contrastive(self, anchor: Mapping, positive: Mapping, negative: Mapping | None = None):
         """Per-exit InfoNCE (+ self-distillation toward the final exit when enabled)."""
+        import torch
+
         per, logits = {}, {}
+        # positives and hard negatives are candidates alike: join them once per layer, then
+        # take every prefix view of the joined matrix (fewer kernels per prefix)
+        cands_full = {
+            la: positive[la] if negative is None else torch.cat([positive[la], negative[la]], 0)
+            for la in {e.layer for e in self.exits}
+        }
         for e in self.exits:
             a = prefix_view(anchor[e.layer], e.dim)
-            p = prefix_view(positive[e.layer], e.dim)
-            n = None if negative is None else prefix_view(negative[e.layer], e.dim)
-            per[e] = contrastive_loss(a, p, n, self.temperature)
+            cands = prefix_view(cands_full[e.layer], e.dim)
+            per[e] = contrastive_loss(a, cands, None, self.temperature)
             if self.self_distill_weight > 0:
-                import torch
-
-                cands = p if n is None else torch.cat([p, n], 0)
                 logits[e] = a @ cands.T
         total = self._total(per)
         if self.self_distill_weight > 0:

@@ -24,7 +24,10 @@ def make_tiny_model(path: str | os.PathLike, hidden: int = 32, layers: int = 2, 
     """
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers import models as st_models
+    try:  # sentence-transformers >= 6 moved the modules
+        from sentence_transformers.sentence_transformer import modules as st_models
+    except ImportError:  # pragma: no cover - older releases
+        from sentence_transformers import models as st_models
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path = Path(path)

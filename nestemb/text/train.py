@@ -44,9 +44,9 @@ class TextTrainConfig:
     dim_weights: tuple[float, ...] | None = None
     layers: tuple[int, ...] | None = None
     nested: bool = True
-    steps: int = 90
+    steps: int = 300
     batch_size: int = 32
-    lr: float = 2e-5
+    lr: float = 5e-5
     warmup: float = 0.1
     seed: int = 0
     temperature: float = 0.05
