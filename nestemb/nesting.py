@@ -240,6 +240,35 @@ class Manifest:
         path = Path(directory) / MANIFEST_NAME
         return cls.from_dict(read_json(path, "manifest"), source=str(path))
 
+    @classmethod
+    def open(
+        cls, directory: str | os.PathLike, kind: str, what: str, verify: bool = True
+    ) -> "Manifest":
+        """Read the manifest of the artefact directory ``directory``, check that it holds a
+        ``kind`` (``what`` names it in errors) and, unless ``verify=False``, its checksums.
+
+        Example:
+            >>> import numpy as np, tempfile, pathlib
+            >>> out = pathlib.Path(tempfile.mkdtemp()) / "emb"
+            >>> X = np.ones((2, 4), dtype="float32")
+            >>> _ = save_embeddings(out, X, Manifest(model_id="demo", nesting=(2, 4), dim=4))
+            >>> Manifest.open(out, "embeddings", "embedding directory").dim
+            4
+            >>> Manifest.open(out, "index", "index directory")
+            Traceback (most recent call last):
+            ...
+            nestemb.errors.NestembError: ... holds a 'embeddings', not a 'index'
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise NestembError(f"{what} not found: {directory}")
+        manifest = cls.load(directory)
+        if manifest.kind != kind:
+            raise NestembError(f"{directory} holds a {manifest.kind!r}, not a {kind!r}")
+        if verify:
+            manifest.verify(directory)
+        return manifest
+
     def verify(self, directory: str | os.PathLike) -> None:
         """Check every data file listed in ``sha256`` against its checksum."""
         from nestemb.io import sha256_file
@@ -325,10 +354,7 @@ def load_embeddings(
     Example: see :func:`save_embeddings`.
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise NestembError(f"embedding directory not found: {directory}")
-    manifest = Manifest.load(directory)
-    manifest.verify(directory)
+    manifest = Manifest.open(directory, "embeddings", "embedding directory")
     try:
         vectors = np.load(directory / EMBEDDINGS_NAME, mmap_mode="r" if mmap else None)
     except (OSError, ValueError) as e:

@@ -16,7 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from nestemb.io import atomic_file  # noqa: E402
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def _finish(fig, ax, path: str | os.PathLike, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, grid and legend the axes, then write the figure as a PNG, atomically."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_file(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120)
@@ -53,13 +60,7 @@ def line_plot(
     if logx:
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(x), [str(v) for v in x])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish(fig, ax, path, xlabel, ylabel, title)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -108,10 +109,4 @@ def scatter_pareto(
         ax.plot(*zip(*front), color="black", linewidth=1, linestyle="--", label="Pareto front")
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish(fig, ax, path, xlabel, ylabel, title)

@@ -401,11 +401,7 @@ class PrefixIndex:
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True):
         """Read an index directory (vectors memory-mapped by default), verifying checksums."""
         path = Path(path)
-        if not path.is_dir():
-            raise NestembError(f"index directory not found: {path}")
-        manifest = Manifest.load(path)
-        if manifest.kind != INDEX_KIND:
-            raise NestembError(f"{path} is not a nestemb index (kind {manifest.kind!r})")
+        manifest = Manifest.open(path, INDEX_KIND, "index directory", verify=False)
         kind = manifest.extra.get("index_type")
         target = _REGISTRY.get(kind)
         if target is None:

@@ -241,11 +241,7 @@ def load_image_model(directory: str | os.PathLike, threads: int | None = None) -
     Example: see :func:`save_image_model`.
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise NestembError(f"model directory not found: {directory}")
-    manifest = Manifest.load(directory)
-    if manifest.kind != KIND:
-        raise NestembError(f"{directory} holds a {manifest.kind!r}, not an {KIND!r}")
+    manifest = Manifest.open(directory, KIND, "model directory", verify=False)
     if WEIGHTS_NAME not in manifest.sha256:
         raise NestembError(f"{directory}/manifest.json lists no checksum for {WEIGHTS_NAME!r}")
     manifest.verify(directory)
