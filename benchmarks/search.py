@@ -385,10 +385,23 @@ def summary(rows, threads):
     return "\n".join(lines)
 
 
+def pareto_plot(path, rows, meta):
+    """Recall@10 vs single-query QPS per method, Pareto front marked, next to the JSON."""
+    from nestemb.plotting import scatter_pareto
+
+    t = meta["threads"][0]
+    groups: dict = {}
+    for x in rows:
+        groups.setdefault(x["method"], []).append((x["recall"], x[f"single_qps_{t}t"]))
+    scatter_pareto(Path(path).with_suffix(".png"), groups, ylabel=f"single-query QPS ({t} thread)",
+                   title=f"{meta['dataset']}: n={meta['n']}, D={meta['dim']}")
+
+
 def report(path):
-    """Re-print the tables of a finished (or partial) run from its JSON."""
+    """Re-print the tables of a finished (or partial) run from its JSON, and redraw its plot."""
     result = json.loads(Path(path).read_text())
     meta, rows = result["meta"], result["rows"]
+    pareto_plot(path, rows, meta)
     print(markdown(meta["dataset"], rows, meta["threads"], meta))
     print("\n#### best configuration per method\n")
     print(summary(rows, meta["threads"]))
@@ -473,13 +486,6 @@ def main(argv=None):
             result["targets"] = targets_report(rows, result["tuning"], threads)
         meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         flush()
-        from nestemb.plotting import scatter_pareto
-
-        groups: dict = {}
-        for x in rows:
-            groups.setdefault(x["method"], []).append((x["recall"], x[f"single_qps_{threads[0]}t"]))
-        scatter_pareto(out / f"{ds}.png", groups, ylabel=f"single-query QPS ({threads[0]} thread)",
-                       title=f"{ds}: n={n}, D={D}")
         report(out / f"{ds}.json")
         sys.stdout.flush()
 
