@@ -14,8 +14,6 @@ killed run resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor

@@ -68,6 +68,26 @@ def validate_nesting(dims: Iterable[int], full_dim: int | None = None) -> tuple[
     return out
 
 
+def parse_ints(text: str | None, what: str = "values") -> tuple[int, ...] | None:
+    """Parse a CLI list of integers such as ``"2,4,6"`` (``None`` passes through); ``what``
+    names the option in the error.
+
+    Example:
+        >>> parse_ints("2, 4,6", "--layers")
+        (2, 4, 6)
+        >>> parse_ints("2,x", "--layers")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: --layers must be comma-separated integers, got '2,x'
+    """
+    if text is None:
+        return None
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise NestembError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
 def parse_dims(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
     """Parse a CLI list such as ``"8,16,32"`` into a tuple (not yet validated against a model).
 
@@ -81,12 +101,7 @@ def parse_dims(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
         return None
     if not isinstance(text, str):
         return validate_nesting(text)
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise NestembError(f"dimensions must be comma-separated integers, got {text!r}") from None
-    return validate_nesting(values)
+    return validate_nesting(parse_ints(text, "dimensions"))
 
 
 def parse_floats(text: str | None, what: str = "weights") -> tuple[float, ...] | None:

@@ -10,6 +10,7 @@ import typer
 
 from nestemb.cli.app import app
 from nestemb.errors import NestembError
+from nestemb.nesting import parse_ints
 
 index_app = typer.Typer(
     help="Build, search and tune indexes over Matryoshka embeddings.", no_args_is_help=True
@@ -120,15 +121,6 @@ def _load_emb(path: Path, what: str):
     return load_embeddings(path, mmap=True, with_ids=True)
 
 
-def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
-    if text is None:
-        return None
-    try:
-        return tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise NestembError(f"{what} must be comma-separated integers, got {text!r}") from None
-
-
 @index_app.command("build")
 def build(
     embeddings: Path = typer.Argument(..., help="embedding directory (nestemb embed)"),
@@ -158,8 +150,8 @@ def build(
     common = dict(nesting=man.nesting, model_id=man.model_id, model_version=man.model_version)
     nest = man.nesting
     if type == "funnel":
-        stage_dims = _ints(dims, "--dims") or ((nest[0], man.dim) if len(nest) > 1 else (man.dim,))
-        sl = _ints(shortlist, "--shortlist")
+        stage_dims = parse_ints(dims, "--dims") or ((nest[0], man.dim) if len(nest) > 1 else (man.dim,))
+        sl = parse_ints(shortlist, "--shortlist")
         if sl is None:
             sl = tuple(max(100, 400 // 4**i) for i in range(len(stage_dims) - 1))
         index = FunnelIndex(dims=stage_dims, shortlist=sl, prefix_dtype=prefix_dtype,

@@ -12,7 +12,7 @@ import typer
 from nestemb.cli.app import app
 from nestemb.errors import NestembError
 from nestemb.text.train import TextTrainConfig
-from nestemb.text.evaluate import _device, _parse_layers, _progress, run_eval_retrieval, run_eval_sts
+from nestemb.text.evaluate import _device, _progress, run_eval_retrieval, run_eval_sts
 
 
 def _check_out_file(out: Path) -> None:
@@ -85,7 +85,7 @@ def train_text_cmd(
     device: Optional[str] = typer.Option(None, help="cpu or cuda"),
 ) -> None:
     """Fine-tune a sentence encoder so that every prefix (and exit layer) is a good embedding."""
-    from nestemb.nesting import Manifest, parse_dims, parse_floats
+    from nestemb.nesting import Manifest, parse_dims, parse_floats, parse_ints
     from nestemb.text.encoder import TEXT_MODEL_KIND, check_dims, check_layers, load_text_model
     from nestemb.text.train import TextTrainConfig, load_train_specs, train_text
 
@@ -93,7 +93,7 @@ def train_text_cmd(
         raise NestembError(f"output folder already exists: {out} (choose a new --out)")
     dims_t = parse_dims(dims)
     weights = parse_floats(dim_weights, "dim weights")
-    layer_t = _parse_layers(layers)
+    layer_t = parse_ints(layers, "layers")
     data = load_train_specs(train)
     enc = load_text_model(base, device=_device(device))
     dims_t = check_dims(dims_t or _default_dims(enc.dim), enc.dim)

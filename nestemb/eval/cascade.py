@@ -111,7 +111,7 @@ def calibrate_thresholds(
                     best = (e, -a, trial)
         if best is None:
             return thr
-        ed, acc, thr = best[0], -best[1], best[2]
+        ed, thr = best[0], best[2]
 
 
 def cascade_report(

@@ -6,16 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Optional
 
-from nestemb.errors import NestembError
-
-
-def _parse_layers(layers: Optional[str]):
-    if layers is None:
-        return None
-    try:
-        return tuple(int(x) for x in layers.split(",") if x.strip())
-    except ValueError:
-        raise NestembError(f"layers must be comma-separated integers, got {layers!r}") from None
+from nestemb.nesting import parse_ints
 
 
 def _device(device: Optional[str]) -> str:
@@ -66,7 +57,7 @@ def run_eval_retrieval(beir: str, split: str, model: str, dims: str, layers: Opt
     from nestemb.nesting import parse_dims
 
     dims_t = parse_dims(dims)
-    layer_t = _parse_layers(layers)
+    layer_t = parse_ints(layers, "layers")
     data = load_beir(beir, split)
     from nestemb.eval.retrieval import evaluate_retrieval
     from nestemb.text.encoder import check_dims, check_layers, load_text_model
@@ -105,7 +96,7 @@ def run_eval_sts(data: str, model: str, dims: str, layers: Optional[str] = None,
     from nestemb.nesting import parse_dims
 
     dims_t = parse_dims(dims)
-    layer_t = _parse_layers(layers)
+    layer_t = parse_ints(layers, "layers")
     rows = read_sts(data)
     from nestemb.eval.sts import evaluate_sts
     from nestemb.text.encoder import check_dims, check_layers, load_text_model
