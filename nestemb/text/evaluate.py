@@ -7,6 +7,7 @@ import contextlib
 from typing import Iterator, Optional
 
 from nestemb.nesting import parse_ints
+from nestemb.progress import progress_bar
 
 
 def _device(device: Optional[str]) -> str:
@@ -21,13 +22,10 @@ def _device(device: Optional[str]) -> str:
 def _progress(enabled: bool = True) -> Iterator:
     """A rich progress display; yields ``update(stage, done, total)`` (``total=-1``: add ``done``
     items to an open-ended count)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     if not enabled:
         yield lambda *a: None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), transient=False) as prog:
+    with progress_bar() as prog:
         tasks: dict[str, int] = {}
 
         def update(stage: str, done: int, total: int = -1) -> None:

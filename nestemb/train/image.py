@@ -21,6 +21,7 @@ from nestemb.errors import NestembError
 from nestemb.losses import check_weights, matryoshka_cross_entropy
 from nestemb.models.image import ImageModel, ImageModelConfig, build_manifest, write_model_files
 from nestemb.nesting import default_nesting, validate_nesting
+from nestemb.progress import progress_bar
 
 
 @dataclasses.dataclass
@@ -161,32 +162,6 @@ def augment(x: torch.Tensor, gen: torch.Generator, flip: bool, crop: int) -> tor
     return x
 
 
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *a, **kw):
-        return 0
-
-    def update(self, *a, **kw):
-        pass
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-        transient=False,
-    )  # fmt: skip
-
-
 def train_image_model(
     model_config: ImageModelConfig,
     config: TrainConfig,
@@ -244,7 +219,7 @@ def train_image_model(
     w = torch.tensor(weights, dtype=torch.float32, device=config.device)
     history = []
     start = time.perf_counter()
-    with _progress(progress) as bar:
+    with progress_bar(progress, info=True) as bar:
         for epoch in range(1, config.epochs + 1):
             task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=steps, info="")
             perm = torch.randperm(n, generator=gen)
