@@ -155,7 +155,9 @@ def prefix_view(x: Array, m: int) -> Array:
         raise NestembError(f"prefix size {m} is outside 1..{d}, the embedding dimension")
     head = x[..., :m]
     if isinstance(head, np.ndarray):
-        norm = np.linalg.norm(head, axis=-1, keepdims=True)
+        # einsum: same result as np.linalg.norm, several times less overhead on small inputs
+        # (this sits on the per-query search path)
+        norm = np.sqrt(np.einsum("...i,...i->...", head, head))[..., None]
         return head / np.maximum(norm, _EPS)
     import torch  # only torch inputs reach here; keep numpy-only users free of the import cost
 

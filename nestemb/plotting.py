@@ -88,8 +88,10 @@ def scatter_pareto(
     ylabel: str = "queries per second",
     title: str = "",
     logy: bool = True,
+    xmin: float | None = None,
 ) -> None:
-    """Scatter each group's (x, y) points and draw the Pareto front over all of them.
+    """Scatter each group's (x, y) points and draw the Pareto front over all of them
+    (only points with ``x >= xmin`` when ``xmin`` is given, to zoom on the high-recall end).
 
     Example:
         >>> import tempfile, pathlib
@@ -101,6 +103,7 @@ def scatter_pareto(
     fig, ax = plt.subplots(figsize=(6.8, 4.6))
     everything = []
     for name, pts in groups.items():
+        pts = [p for p in pts if xmin is None or p[0] >= xmin]
         if pts:
             ax.scatter(*zip(*pts), s=18, label=name)
             everything.extend(pts)
