@@ -39,7 +39,7 @@ import search_data  # noqa: E402
 from nestemb.index import AdaptiveIVFIndex, AdaptiveOPQIndex, FunnelIndex, recall_at_k, tune  # noqa: E402
 from nestemb.index.funnel import _hnsw_link_bytes  # noqa: E402
 from nestemb.index.quantize import code_bytes  # noqa: E402
-from nestemb.index.tune import measure  # noqa: E402
+from nestemb.index.tune import best_pass_ms, measure  # noqa: E402
 from nestemb.nesting import prefix_view  # noqa: E402
 
 K = 10
@@ -244,21 +244,6 @@ def families(X, Xn, nest, nlist, model_id):
     return fams
 
 
-def single_query_latency(fam, obj, Qs, passes: int = 3, budget_s: float = 2.0) -> float:
-    """Mean seconds per query, one query at a time: the best of up to ``passes`` passes (fewer
-    when a pass takes over ``budget_s``), which damps bursts from other processes."""
-    best = math.inf
-    for _ in range(passes):
-        t0 = time.perf_counter()
-        for i in range(len(Qs)):
-            fam.search(obj, Qs[i : i + 1])
-        took = time.perf_counter() - t0
-        best = min(best, took / len(Qs))
-        if took > budget_s:
-            break
-    return best
-
-
 def run_family(fam, Qe, Qs, truth, threads, bw, out_rows, flush):
     set_threads(max(threads))
     log(f"building {fam.name}")
@@ -273,7 +258,8 @@ def run_family(fam, Qe, Qs, truth, threads, bw, out_rows, flush):
         for t in threads:
             set_threads(t)
             fam.search(obj, Qs[:5])  # warm
-            lat = single_query_latency(fam, obj, Qs)
+            lat = best_pass_ms(lambda i: fam.search(obj, Qs[i : i + 1]), len(Qs), passes=3,
+                               budget_s=2.0) / 1e3
             _, bt = _timed(fam.search, obj, Qe)
             row[f"latency_ms_{t}t"] = lat * 1e3
             row[f"single_qps_{t}t"] = 1.0 / lat
@@ -285,7 +271,6 @@ def run_family(fam, Qe, Qs, truth, threads, bw, out_rows, flush):
         out_rows.append(row)
         log(f"{label:<48} recall={row['recall']:.4f} lat1={row[f'latency_ms_{threads[0]}t']:.3f} ms")
         flush()
-    del obj
 
 
 def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, max_shortlist, nlist, repeat=2):
@@ -356,8 +341,9 @@ def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, max_shortlist, nlist, 
 
 
 # --------------------------------------------------------------------------- report
-def best_at(rows, methods, r, key):
-    ok = [x for x in rows if x["method"] in methods and x["recall"] >= r]
+def fastest(rows, r, key, keep=lambda x: True):
+    """The row with the lowest ``key`` among those ``keep`` accepts with recall >= ``r``."""
+    ok = [x for x in rows if keep(x) and x["recall"] >= r]
     return min(ok, key=lambda x: x[key]) if ok else None
 
 
@@ -366,6 +352,7 @@ def targets_report(rows, tuning, threads):
     lat = f"latency_ms_{t1}t"
     rep = {}
     exact = next(x for x in rows if x["method"] == "faiss-flat")
+
     def quantized(x):
         return "int8" in x["family"] or "binary" in x["family"]
 
@@ -374,8 +361,7 @@ def targets_report(rows, tuning, threads):
         ("funnel, exact int8/binary first stage", ("funnel-flat",), quantized),
         ("funnel, HNSW int8/binary first stage", ("funnel-hnsw",), quantized),
     ):
-        cands = [x for x in rows if x["method"] in methods and pred(x) and x["recall"] >= 0.99]
-        b = min(cands, key=lambda x: x[lat]) if cands else None
+        b = fastest(rows, 0.99, lat, lambda x: x["method"] in methods and pred(x))
         rep[f"T1 {label} @0.99"] = {
             "speedup_vs_exact": exact[lat] / b[lat] if b else None, "config": b and b["config"],
             "latency_ms": b and b[lat], "exact_ms": exact[lat], "recall": b and b["recall"]}
@@ -383,7 +369,8 @@ def targets_report(rows, tuning, threads):
     for r in (0.90, 0.95, 0.99):
         for t in threads:
             key = f"latency_ms_{t}t"
-            a, b = best_at(rows, NESTEMB, r, key), best_at(rows, faiss_m, r, key)
+            a = fastest(rows, r, key, lambda x: x["method"] in NESTEMB)
+            b = fastest(rows, r, key, lambda x: x["method"] in faiss_m)
             rep[f"T2 @{r} {t}t"] = {
                 "nestemb": a and (a["family"], a["config"], a["recall"], a[key], a["resident"], a["mapped"]),
                 "faiss": b and (b["family"], b["config"], b["recall"], b[key], b["resident"]),
@@ -436,11 +423,10 @@ def summary(rows, threads):
     exact = next((x for x in rows if x["method"] == "faiss-flat"), None)
     for r in (0.90, 0.95, 0.99):
         for fam in dict.fromkeys(x["family"] for x in rows):
-            ok = [x for x in rows if x["family"] == fam and x["recall"] >= r]
-            if not ok:
+            b = fastest(rows, r, key, lambda x: x["family"] == fam)
+            if b is None:
                 lines.append(f"| {r} | {fam} | (not reached) |" + " |" * (5 + len(threads)))
                 continue
-            b = min(ok, key=lambda x: x[key])
             sp = f"{exact[key] / b[key]:.1f}x" if exact else ""
             lines.append(f"| {r} | {fam} | {b['config']} | {b['recall']:.4f} | " +
                          " | ".join(f"{b[f'latency_ms_{t}t']:.3f}" for t in threads) +
