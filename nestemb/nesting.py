@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence, TypeVar
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -66,60 +66,6 @@ def validate_nesting(dims: Iterable[int], full_dim: int | None = None) -> tuple[
                 f"the last nesting dimension must be the full dimension {full_dim}, got {out[-1]}"
             )
     return out
-
-
-def parse_ints(text: str | None, what: str = "values") -> tuple[int, ...] | None:
-    """Parse a CLI list of integers such as ``"2,4,6"`` (``None`` passes through); ``what``
-    names the option in the error.
-
-    Example:
-        >>> parse_ints("2, 4,6", "--layers")
-        (2, 4, 6)
-        >>> parse_ints("2,x", "--layers")
-        Traceback (most recent call last):
-        ...
-        nestemb.errors.NestembError: --layers must be comma-separated integers, got '2,x'
-    """
-    if text is None:
-        return None
-    try:
-        return tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise NestembError(f"{what} must be comma-separated integers, got {text!r}") from None
-
-
-def parse_dims(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
-    """Parse a CLI list such as ``"8,16,32"`` into a tuple (not yet validated against a model).
-
-    Example:
-        >>> parse_dims("8, 16,32")
-        (8, 16, 32)
-        >>> parse_dims(None) is None
-        True
-    """
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        return validate_nesting(text)
-    return validate_nesting(parse_ints(text, "dimensions"))
-
-
-def parse_floats(text: str | None, what: str = "weights") -> tuple[float, ...] | None:
-    """Parse a CLI list of floats such as ``"2,1,1"``.
-
-    Example:
-        >>> parse_floats("2, 1.5")
-        (2.0, 1.5)
-    """
-    if text is None:
-        return None
-    try:
-        values = tuple(float(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise NestembError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if not values or not all(np.isfinite(values)):
-        raise NestembError(f"{what} must be finite numbers, got {text!r}")
-    return values
 
 
 def default_nesting(full_dim: int, start: int = 2) -> tuple[int, ...]:
@@ -305,20 +251,66 @@ EMBEDDINGS_NAME = "embeddings.npy"
 IDS_NAME = "ids.json"
 
 
-def check_compatible(a: Manifest, b: Manifest, what: str = "query and index") -> None:
-    """Refuse to compare embeddings from different models or nestings.
+def weights_version(weights: Mapping[str, Any] | Sequence[str | os.PathLike]) -> str:
+    """A model version derived from the content of its weights: the first 16 hex digits of a
+    sha256 over every tensor (name, dtype, shape, bytes; from a ``state_dict``) or over every
+    weight file (name and bytes; from a list of paths). Never hand-set: two checkpoints share a
+    version exactly when their weights are identical.
 
     Example:
-        >>> a = Manifest(model_id="m1", nesting=(8, 16), dim=16)
-        >>> check_compatible(a, Manifest(model_id="m2", nesting=(8, 16), dim=16))
+        >>> import torch
+        >>> a = {"w": torch.zeros(2, 2)}
+        >>> weights_version(a) == weights_version({"w": torch.zeros(2, 2)})
+        True
+        >>> weights_version(a) == weights_version({"w": torch.ones(2, 2)})
+        False
+        >>> len(weights_version(a))
+        16
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    if isinstance(weights, Mapping):
+        if not weights:
+            raise NestembError("weights_version: the state dict is empty")
+        for name in sorted(weights):
+            t = weights[name]
+            arr = t.detach().cpu().contiguous().numpy() if hasattr(t, "detach") else np.asarray(t)
+            h.update(f"{name}|{arr.dtype}|{tuple(arr.shape)}|".encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    else:
+        from nestemb.io import sha256_file
+
+        paths = sorted(Path(p) for p in weights)
+        if not paths:
+            raise NestembError("weights_version: no weight files given")
+        for p in paths:
+            if not p.is_file():
+                raise NestembError(f"weight file not found: {p}")
+            h.update(f"{p.name}|{sha256_file(p)}|".encode())
+    return h.hexdigest()[:16]
+
+
+def check_compatible(a: Manifest, b: Manifest, what: str = "query and index") -> None:
+    """Refuse to compare embeddings from different models (id or weights version) or nestings;
+    the message says which of them differs.
+
+    Example:
+        >>> a = Manifest(model_id="m1", model_version="aa", nesting=(8, 16), dim=16)
+        >>> check_compatible(a, Manifest(model_id="m1", model_version="bb", nesting=(8, 16), dim=16))
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: query and index come from different models: 'm1' (version 1) vs 'm2' (version 1)
+        nestemb.errors.NestembError: query and index come from different weights of model 'm1': version 'aa' vs 'bb'
     """
-    if (a.model_id, a.model_version) != (b.model_id, b.model_version):
+    if a.model_id != b.model_id:
         raise NestembError(
-            f"{what} come from different models: {a.model_id!r} (version {a.model_version}) "
-            f"vs {b.model_id!r} (version {b.model_version})"
+            f"{what} come from different models: {a.model_id!r} (version {a.model_version!r}) "
+            f"vs {b.model_id!r} (version {b.model_version!r})"
+        )
+    if a.model_version != b.model_version:
+        raise NestembError(
+            f"{what} come from different weights of model {a.model_id!r}: version "
+            f"{a.model_version!r} vs {b.model_version!r}"
         )
     if a.nesting != b.nesting:
         raise NestembError(f"{what} have different nestings: {a.nesting} vs {b.nesting}")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from nestemb.errors import NestembError
-from nestemb.eval.metrics import average_precision_at_k, nearest_neighbors, retrieval_metrics, top1
+from nestemb.eval.metrics import average_precision_at_k, retrieval_metrics, top1
 from nestemb.nesting import prefix_view
 
 
@@ -38,16 +38,6 @@ def test_knn_and_map_on_prefixes_hand_computed():
     # q1=(-1,5) is closest to item 1 (1,5) (wrong class), then item 2 -> miss, hit
     assert r["knn_top1"][1] == 0.0
     assert r["map2"][1] == pytest.approx((0.5 / 2 + 0.5 / 2) / 2)
-
-
-def test_nearest_neighbors_matches_brute_force():
-    rng = np.random.default_rng(0)
-    g, q = rng.normal(size=(300, 16)), rng.normal(size=(40, 16))
-    for m in (2, 8, 16):
-        gv, qv = prefix_view(g, m), prefix_view(q, m)
-        ref = np.argsort(-(qv @ gv.T), axis=1)[:, :5]
-        got = nearest_neighbors(qv, gv, 5, chunk=7)
-        np.testing.assert_array_equal(got, ref)
 
 
 def test_top1():

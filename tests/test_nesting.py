@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from nestemb.errors import NestembError
+from nestemb.cli.parse import parse_dims
 from nestemb.io import atomic_dir
 from nestemb.nesting import (
     Manifest,
@@ -11,7 +12,6 @@ from nestemb.nesting import (
     check_vectors,
     default_nesting,
     load_embeddings,
-    parse_dims,
     prefix_view,
     save_embeddings,
     validate_nesting,

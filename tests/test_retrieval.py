@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nestemb.errors import NestembError
-from nestemb.eval.retrieval import evaluate_retrieval, ndcg_at_k, recall_at_k, top_k
+from nestemb.eval.retrieval import evaluate_retrieval, ndcg_at_k, recall_at_k
 from nestemb.eval.sts import evaluate_sts, rankdata, spearman
 from nestemb.nesting import prefix_view
 
@@ -29,13 +29,6 @@ def test_recall_hand_computed():
     assert recall_at_k(["a", "c", "x"], qrel) == pytest.approx(1 / 3)
     assert recall_at_k(["x", "a"], qrel, k=1) == 0.0
     assert recall_at_k(["d", "b", "a"], qrel, k=100) == 1.0
-
-
-def test_top_k_matches_argsort():
-    rng = np.random.default_rng(0)
-    q, d = rng.normal(size=(7, 5)), rng.normal(size=(300, 5))
-    ref = np.argsort(-(q @ d.T), axis=1)[:, :100]
-    assert np.array_equal(top_k(q, d, 100, chunk=3), ref)
 
 
 def test_evaluate_retrieval_against_brute_force():

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from nestemb.errors import NestembError
-from nestemb.nesting import prefix_view
+from nestemb.exact import exact_search
 
 
 def top1(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -47,31 +47,6 @@ def average_precision_at_k(relevant: np.ndarray, k: int | None = None) -> np.nda
     return (precision * rel).sum(axis=1) / k
 
 
-def nearest_neighbors(
-    queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 1024
-) -> np.ndarray:
-    """Indices ``(Nq, k)`` of the ``k`` largest inner products of each query with the gallery,
-    best first (exact; pass prefix views for cosine search). Uses torch matmul in chunks.
-
-    Example:
-        >>> g = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
-        >>> nearest_neighbors(np.array([[1.0, 0.1]]), g, k=2)
-        array([[0, 2]])
-    """
-    import torch
-
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    g = torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32))
-    if q.shape[1] != g.shape[1]:
-        raise NestembError(f"queries have dimension {q.shape[1]}, gallery {g.shape[1]}")
-    k = min(int(k), len(g))
-    out = np.empty((len(q), k), dtype=np.int64)
-    with torch.inference_mode():
-        for i in range(0, len(q), chunk):
-            out[i : i + chunk] = torch.topk(q[i : i + chunk] @ g.T, k, dim=1).indices.numpy()
-    return out
-
-
 def retrieval_metrics(
     queries: np.ndarray,
     query_labels: np.ndarray,
@@ -95,7 +70,7 @@ def retrieval_metrics(
     key = f"map{k}"
     out: dict[str, list[float]] = {"knn_top1": [], key: []}
     for m in dims:
-        nn_idx = nearest_neighbors(prefix_view(queries, m), prefix_view(gallery, m), k)
+        nn_idx = exact_search(gallery, queries, k, dim=m)[1]
         rel = gallery_labels[nn_idx] == query_labels[:, None]
         out["knn_top1"].append(float(rel[:, 0].mean()))
         out[key].append(float(average_precision_at_k(rel, min(k, rel.shape[1])).mean()))

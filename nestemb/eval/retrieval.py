@@ -13,7 +13,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from nestemb.errors import NestembError
-from nestemb.nesting import check_vectors, prefix_view
+from nestemb.exact import exact_search
+from nestemb.nesting import check_vectors
 
 
 def ndcg_at_k(ranked: Sequence[str], qrel: Mapping[str, int], k: int = 10) -> float:
@@ -40,24 +41,6 @@ def recall_at_k(ranked: Sequence[str], qrel: Mapping[str, int], k: int = 100) ->
     if not rel:
         return 0.0
     return len(rel.intersection(ranked[:k])) / len(rel)
-
-
-def top_k(queries: np.ndarray, docs: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
-    """Indices of the ``k`` highest inner products per query, best first (exact search).
-
-    Example:
-        >>> import numpy as np
-        >>> top_k(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0], [1.0, 0.0], [0.7, 0.7]]), 2)
-        array([[1, 2]])
-    """
-    k = min(k, len(docs))
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for s in range(0, len(queries), chunk):
-        scores = queries[s : s + chunk] @ docs.T
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
-        out[s : s + chunk] = np.take_along_axis(part, order, 1)
-    return out
 
 
 def evaluate_retrieval(
@@ -89,7 +72,7 @@ def evaluate_retrieval(
     res: dict[str, list] = {"dims": [int(m) for m in dims], "ndcg10": [], "recall100": []}
     qi = np.array([qpos[q] for q in judged])
     for m in dims:
-        top = top_k(prefix_view(query_emb[qi], m), prefix_view(doc_emb, m), 100)
+        top = exact_search(doc_emb, query_emb[qi], 100, dim=m)[1]
         nd, rc = [], []
         for row, q in zip(top, judged):
             ranked = [doc_ids[j] for j in row]
