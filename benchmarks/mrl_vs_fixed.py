@@ -1,13 +1,13 @@
 """MRL vs MRL-E vs fixed-feature (FF-m) models on Fashion-MNIST.
 
-Trains, with the same encoder, epochs, seed and data: one MRL model (a head per prefix), one
+Trains, with the same encoder, schedule, seed and data: one MRL model (a head per prefix), one
 MRL-E model (weight-tied heads) and one FF-m model for every m in the nesting; evaluates them
 with the same code (linear top-1, 1-NN top-1, mAP@10; the cascade for MRL), and writes
 ``OUT/results.json``, ``OUT/top1_vs_dim.png``, ``OUT/knn_vs_dim.png`` and a markdown table
 (``OUT/table.md``, also printed). Every finished model's figures are kept in ``OUT/parts/`` so a
 killed run resumes where it stopped.
 
-    python benchmarks/mrl_vs_fixed.py --out runs/bench_mrl            # ~10 models, 2 threads
+    python benchmarks/mrl_vs_fixed.py --out runs/bench_mrl            # ~10 models, the default recipe
     python benchmarks/mrl_vs_fixed.py --out runs/bench_mrl --jobs 4   # 4 models at a time
 """
 
@@ -22,7 +22,10 @@ from pathlib import Path
 from nestemb.data.idx import load_idx
 from nestemb.data.paths import resolve_fashion_mnist
 from nestemb.io import read_json, write_json
-from nestemb.nesting import default_nesting, parse_dims, parse_floats
+from nestemb.cli.image import parse_augment
+from nestemb.cli.parse import parse_dims, parse_floats
+from nestemb.models.image import build_manifest
+from nestemb.nesting import default_nesting
 
 
 def method_list(methods: list[str], dims: tuple[int, ...]) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -46,7 +49,8 @@ def run_one(name: str, head: str, nesting: tuple, args: dict, eval_threads: int)
     import torch
 
     from nestemb.eval.image import evaluate_image_model
-    from nestemb.train.image import TrainConfig, make_model_config, train_image_model
+    from nestemb.models.image import make_model_config
+    from nestemb.train.image import ImageTrainConfig, train_image
 
     folder = Path(args["data"])
     train, test = load_idx(folder, "train"), load_idx(folder, "t10k")
@@ -54,12 +58,14 @@ def run_one(name: str, head: str, nesting: tuple, args: dict, eval_threads: int)
     mcfg = make_model_config(head, dim=nesting[-1], dims=dims, images=train[0],
                              cosine=args["classifier"] == "cosine")  # fmt: skip
     weights = args["weights"] if head != "ff" else None
-    tcfg = TrainConfig(epochs=args["epochs"], seed=args["seed"], weights=weights,
-                       threads=args["threads"], device=args["device"], crop=args["crop"],
-                       lr=args["lr"], label_smoothing=args["label_smoothing"])  # fmt: skip
-    model, info = train_image_model(mcfg, tcfg, *train, progress=False)
+    tcfg = ImageTrainConfig(epochs=args["epochs"], steps=args["steps"], seed=args["seed"],
+                            weights=weights, threads=args["threads"], device=args["device"],
+                            augment=args["augment"], shift=args["shift"], lr=args["lr"],
+                            label_smoothing=args["label_smoothing"])  # fmt: skip
+    model, info = train_image(mcfg, *train, tcfg, progress=False)
+    model.manifest = build_manifest(model, name, {"split": info["split"]})
     torch.set_num_threads(eval_threads)
-    ev = evaluate_image_model(model, train, test, holdout=tcfg.holdout, seed=tcfg.seed)
+    ev = evaluate_image_model(model, train, test)
     part = {"name": name, "head": head, "dims": list(nesting), "train_seconds": info["train_seconds"],
             **{k: ev[k] for k in ("linear_top1", "knn_top1", "map10", "cascade", "eval_seconds")}}  # fmt: skip
     write_json(Path(args["out"]) / "parts" / f"{name}.json", part)
@@ -115,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default="runs/bench_mrl")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the library's schedule")
+    ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--dims", default=None, help="nesting (default 2, 4, ... dim)")
     ap.add_argument("--methods", default="mrl,mrl-e,ff")
@@ -123,16 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default=None, help="MRL/MRL-E prefix loss weights (default 2,1,1,...)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=4e-3)
-    ap.add_argument("--crop", type=int, default=0)
+    ap.add_argument("--augment", default="shift", help="comma list of shift, flip, or none")
+    ap.add_argument("--shift", type=int, default=2)
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=2, help="torch threads per model")
     ap.add_argument("--eval-threads", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=1, help="models trained at the same time")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     a = ap.parse_args(argv)
     dims = parse_dims(a.dims) or default_nesting(a.dim)
     out = Path(a.out)
-    args = {**vars(a), "data": str(resolve_fashion_mnist(a.data)), "weights": parse_floats(a.weights)}
+    args = {**vars(a), "data": str(resolve_fashion_mnist(a.data)), "weights": parse_floats(a.weights),
+            "augment": parse_augment(a.augment)}
     (out / "parts").mkdir(parents=True, exist_ok=True)
     runs = method_list([m.strip() for m in a.methods.split(",")], dims)
     todo = [r for r in runs if not (out / "parts" / f"{r[0]}.json").is_file()]
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                                  ("knn_top1", "knn_vs_dim.png", "1-NN top-1")):  # fmt: skip
         line_plot(out / fname, dims, {n: v[metric] for n, v in agg["methods"].items()},
                   xlabel="embedding dimension", ylabel=f"Fashion-MNIST test {label}",
-                  title=f"{a.epochs} epochs, seed {a.seed}")  # fmt: skip
+                  title=f"seed {a.seed}")  # fmt: skip
     tables = [markdown(agg, "linear_top1", "dim (linear top-1 %)"),
               markdown(agg, "knn_top1", "dim (1-NN top-1 %)"),
               markdown(agg, "map10", "dim (mAP@10 %)")]  # fmt: skip

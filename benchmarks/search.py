@@ -36,9 +36,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import search_data  # noqa: E402
 
-from nestemb.index import AdaptiveIVFIndex, AdaptiveOPQIndex, FunnelIndex, recall_at_k, tune  # noqa: E402
-from nestemb.index.funnel import _hnsw_link_bytes  # noqa: E402
-from nestemb.index.quantize import code_bytes  # noqa: E402
+from nestemb.index import AdaptiveIVFIndex, AdaptiveOPQIndex, FunnelIndex, knn_intersection, tune  # noqa: E402
+from nestemb.index.quantize import code_bytes, hnsw_link_bytes  # noqa: E402
 from nestemb.index.tune import best_pass_ms, measure  # noqa: E402
 from nestemb.nesting import prefix_view  # noqa: E402
 
@@ -120,7 +119,7 @@ def families(X, Xn, nest, nlist, model_id):
         return apply
 
     fams.append(Family("faiss-hnsw", b_hnsw, [(f"M=32 ef={e}", ef(e)) for e in (16, 32, 64, 128, 256, 512)],
-                       fsearch, lambda o: {"resident": 4.0 * D + _hnsw_link_bytes(o), "mapped": 0.0}))
+                       fsearch, lambda o: {"resident": 4.0 * D + hnsw_link_bytes(o), "mapped": 0.0}))
 
     def b_ivf():
         q = faiss.IndexFlatIP(D)
@@ -159,7 +158,11 @@ def families(X, Xn, nest, nlist, model_id):
     fams.append(Family("faiss-ivf-opq", b_opq, [(f"OPQ{M} nlist={nlist} nprobe={p}", npr_opq(p)) for p in probes],
                        fsearch, lambda o: {"resident": M + 8.0, "mapped": 0.0}))
 
-    # ---- nestemb
+    # ---- nestemb: one memory scheme for every index (resident RAM; float32 vectors mmapped)
+    def memory(o):
+        m = o.bytes_per_vector()
+        return {"resident": m["resident"], "mapped": m["mmap"]}
+
     lists = [s for s in (20, 50, 100, 200, 400, 800, 1600, 3200) if s <= n]
     flat_specs = []
     for dtype in ("float32", "float16", "int8"):
@@ -189,9 +192,7 @@ def families(X, Xn, nest, nlist, model_id):
             widths = [code_bytes(o.dims[0], o.prefix_dtype)] + [4.0 * d for d in o.dims[1:]]
             return n * widths[0] + sum(s * w for s, w in zip(o.shortlist, widths[1:]))
 
-        fams.append(Family(f"funnel-flat/{dtype}/{d0}", b_funnel, cfgs, nsearch,
-                           lambda o: {"resident": o.bytes_per_vector()["first_stage"] + 8,
-                                      "mapped": 4.0 * D}, scanned))
+        fams.append(Family(f"funnel-flat/{dtype}/{d0}", b_funnel, cfgs, nsearch, memory, scanned))
 
     def slef(s, e):
         def apply(o):
@@ -207,8 +208,7 @@ def families(X, Xn, nest, nlist, model_id):
 
         fams.append(Family(f"funnel-hnsw/{dtype}/{dh}", b_fhnsw,
                            [(f"hnsw {dtype} d0={dh} shortlist={s} ef={e}", slef(s, e)) for s, e in hcfg],
-                           nsearch, lambda o: {"resident": o.bytes_per_vector()["first_stage"] + 8,
-                                               "mapped": 4.0 * D}))
+                           nsearch, memory))
 
     dc = near(nest, D / 8, 8)
     # fp16 lists on a D/4 prefix clustered on the same prefix; float32 lists on D/2 clustered on
@@ -226,8 +226,7 @@ def families(X, Xn, nest, nlist, model_id):
 
         fams.append(Family(f"adaptive-ivf/{codec}/{dcl}-{dsearch}", b_aivf,
                            [(f"dc={dcl} ds={dsearch} {codec} rerank={rr} nprobe={p}", npr2(p)) for p in probes],
-                           nsearch, lambda o: {"resident": o.bytes_per_vector()["lists"],
-                                               "mapped": o.bytes_per_vector()["full_vectors"]}))
+                           nsearch, memory))
     Mh = max(2, M // 2)
     do = near(nest, D / 2, 16)
     while do % Mh:
@@ -239,8 +238,7 @@ def families(X, Xn, nest, nlist, model_id):
 
     fams.append(Family(f"adanns-opq/{do}/{Mh}B", b_aopq,
                        [(f"OPQ{Mh} d={do} nlist={nlist} rerank=100 nprobe={p}", npr2(p)) for p in probes],
-                       nsearch, lambda o: {"resident": o.bytes_per_vector()["lists"],
-                                           "mapped": o.bytes_per_vector()["full_vectors"]}))
+                       nsearch, memory))
     return fams
 
 
@@ -254,7 +252,7 @@ def run_family(fam, Qe, Qs, truth, threads, bw, out_rows, flush):
         set_threads(max(threads))
         ids = fam.search(obj, Qe)
         row = {"method": fam.name.split("/")[0], "family": fam.name, "config": label,
-               "recall": recall_at_k(ids, truth), "build_s": build_s, **fam.memory(obj)}
+               "recall": knn_intersection(ids, truth), "build_s": build_s, **fam.memory(obj)}
         for t in threads:
             set_threads(t)
             fam.search(obj, Qs[:5])  # warm
@@ -277,9 +275,6 @@ def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, max_shortlist, nlist, 
     """tune() on tuning queries vs an exhaustive sweep on held-out queries, for a flat funnel and
     an AdaptiveIVF index. The configuration tune picks and the sweep's best are timed side by
     side on the held-out queries (alternating, best pass each), so machine noise hits both."""
-    from nestemb.index.store import exact_search
-    from nestemb.index.tune import candidate_groups
-
     n, D = X.shape
     common = dict(nesting=nest, model_id=model_id)
 
@@ -289,7 +284,7 @@ def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, max_shortlist, nlist, 
     def funnel_groups(idx):
         # float32/int8 first stages up to D/4 dims, binary up to D/2 (larger prefixes only cost
         # more at the same recall on MRL embeddings), 2 and 3 stages, shortlists 10 ... max
-        return [g for g in candidate_groups(idx, K, max_shortlist=max_shortlist)
+        return [g for g in idx.candidate_grid(K, max_candidates=max_shortlist)
                 if g[0]["dims"][0] <= (D // 2 if g[0]["prefix_dtype"] == "binary" else D // 4)]
 
     def ivf():
@@ -299,9 +294,9 @@ def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, max_shortlist, nlist, 
     out = []
     set_threads(1)
     for name, build, groups_of in (("funnel-flat", funnel, funnel_groups),
-                                   ("adaptive-ivf", ivf, lambda idx: candidate_groups(idx, K))):
+                                   ("adaptive-ivf", ivf, lambda idx: idx.candidate_grid(K))):
         idx = build()
-        truth_hold = exact_search(idx.vectors_, Q_hold, K)[1]
+        truth_hold = idx.search_exact(Q_hold, K)[1]
         groups = groups_of(idx)
         log(f"tune {name}: exhaustive sweep of {sum(map(len, groups))} configurations on held-out queries")
         sweep = tune(idx, Q_hold, k=K, recall=min(targets), groups=groups, exhaustive=True,

@@ -52,7 +52,10 @@ def image_embeddings(model_dir: Path, data: Path, n: int, cache: Path, threads: 
     from nestemb.data.paths import resolve_fashion_mnist
     from nestemb.models.image import load_image_model
 
-    model = load_image_model(model_dir, threads=threads)
+    import torch
+
+    torch.set_num_threads(threads)  # a script may set threads; loading a model no longer does
+    model = load_image_model(model_dir)
     man = model.manifest
     tag = f"{man.model_id}-{man.model_version}-{man.sha256.get('weights', '')[:12]}"
     folder = resolve_fashion_mnist(data / "fashion-mnist" if (data / "fashion-mnist").is_dir() else data)

@@ -11,8 +11,10 @@ each), steps, batch size, learning rate and seed, train:
 
 and evaluate them and the untouched base on SciFact test (nDCG@10, recall@100) and STS-B test
 (Spearman) at every prefix (and at layers ``--layers`` for the 2D methods). All methods run in the same
-training loop (``nestemb.text.train.train_text``); the sentence-transformers methods swap in
-their loss modules, so wall times compare losses, not loops. Writes ``results.json``, PNG plots
+training loop (``nestemb.text.train.train_text``, finetune recipe); the sentence-transformers
+methods swap in their loss modules through its public ``contrastive_loss`` extension point, and
+every method reuses one ``BaseEmbeddings`` cache of the base (mining is then a search on cached
+vectors), so wall times compare losses, not loops. Writes ``results.json``, PNG plots
 and ``tables.md`` into ``--out``.
 
     python benchmarks/text_mrl.py --model minilm --scifact ../shared/data/scifact \\
@@ -22,7 +24,6 @@ and ``tables.md`` into ``--out``.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import sys
@@ -36,7 +37,7 @@ from nestemb.text.train import TextTrainConfig  # noqa: E402
 def recipe(args) -> TextTrainConfig:
     """The shared settings; each method changes only its loss."""
     return TextTrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        recipe="finetune", device=args.device, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         max_seq_length=args.max_seq_length, distill_weight=args.distill_weight, dims=args.dims,
         distill_source=args.distill_source,
     )
@@ -73,7 +74,7 @@ def methods(args) -> dict:
         "nestemb_1d_pool": ({"distill_source": "both"}, None),
         "nestemb_1d_pool100": ({"distill_source": "both", "distill_weight": 100.0}, None),
         "nestemb_1d_pool100_w": ({"distill_source": "both", "distill_weight": 100.0,
-                                  "dim_weights": (2.0, 1.5) + (1.0,) * (len(dims) - 2)}, None),
+                                  "weights": (2.0, 1.5) + (1.0,) * (len(dims) - 2)}, None),
     })
     if args.ablation:
         out.update({
@@ -83,16 +84,16 @@ def methods(args) -> dict:
             "abl_distill_pool": ({"distill_source": "both"}, None),
             "abl_distill_w5": ({"distill_weight": 5.0}, None),
             "abl_distill_w50": ({"distill_weight": 50.0}, None),
-            "abl_weights_small": ({"dim_weights": (2.0, 1.5) + (1.0,) * (len(dims) - 2)}, None),
+            "abl_weights_small": ({"weights": (2.0, 1.5) + (1.0,) * (len(dims) - 2)}, None),
         })
     return out
 
 
 def load_data(args):
     from nestemb.data.pairs import read_sts
-    from nestemb.text.train import load_train_specs
+    from nestemb.text.train import load_train_data
 
-    data = load_train_specs([f"beir:{args.scifact}:train"])
+    data = load_train_data(beir=[args.scifact], beir_split="train")
     sts_train = read_sts(args.sts_train or Path(args.stsb) / "sts-train.csv")
     data.unlabeled.extend(sorted({s for r in sts_train for s in r[:2]}))  # text only, no scores
     return data
@@ -101,11 +102,10 @@ def load_data(args):
 def evaluate(enc, args, layers=None) -> dict:
     from nestemb.text.evaluate import run_eval_retrieval, run_eval_sts
 
-    dims = ",".join(str(d) for d in args.dims)
-    lay = None if layers is None else ",".join(map(str, layers))
     bs = 256 if args.device == "cuda" else 64
-    r = run_eval_retrieval(args.scifact, "test", "", dims, lay, bs, encoder=enc)
-    s = run_eval_sts(str(Path(args.stsb) / "sts-test.csv"), "", dims, lay, bs, encoder=enc)
+    r = run_eval_retrieval(args.scifact, dims=args.dims, layers=layers, batch_size=bs, encoder=enc)
+    s = run_eval_sts(Path(args.stsb) / "sts-test.csv", dims=args.dims, layers=layers,
+                     batch_size=bs, encoder=enc)
     return {"ndcg10": r["ndcg10"], "recall100": r["recall100"], "spearman": s["spearman"]}
 
 
@@ -127,7 +127,7 @@ def step_overhead(args, base_state, data) -> dict:
                                       nested=name != "plain")
             if args.device == "cuda":
                 torch.cuda.synchronize()
-            st = train_text(enc, copy.deepcopy(data), cfg)
+            _, st = train_text(data, cfg, encoder=enc)
             times[name].append(st["train_loop_s"] / n)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     return {"step_s": med, "all": times,
@@ -178,19 +178,18 @@ def main(argv=None) -> int:
     results = {"config": {**vars(args), "recipe": dataclasses.asdict(recipe(args))},
                "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                "dims": list(args.dims), "methods": {}}
-    # mine hard negatives once with the base model (shared by every method; its time is
+    # encode every training text once with the base (shared by every method; its time is
     # reported separately as mining_s)
-    from nestemb.text.train import mine_hard_negatives
+    from nestemb.text.train import BaseEmbeddings
 
     t = time.perf_counter()
     base_enc = load_text_model(args.model, device=args.device)
     if args.max_seq_length:
         base_enc.model.max_seq_length = args.max_seq_length
-    mined = copy.deepcopy(data)
-    cache = mine_hard_negatives(base_enc, mined, TextTrainConfig.hard_negative_ranks, args.seed)
-    del base_enc
+    cache = BaseEmbeddings(base_enc)
+    cache(data.texts())
     results["mining_s"] = time.perf_counter() - t
-    print(f"mined hard negatives in {results['mining_s']:.1f}s", flush=True)
+    print(f"encoded the training texts with the base in {results['mining_s']:.1f}s", flush=True)
     for name in names:
         t = time.perf_counter()
         enc = load_text_model(args.model, device=args.device)
@@ -202,11 +201,8 @@ def main(argv=None) -> int:
             if st_factory is not None:
                 st_loss = st_factory(enc.model)
                 override = lambda model, feats, _l=st_loss: _l(feats, None)  # noqa: E731
-            if cfg.hard_negatives:
-                stats = train_text(enc, copy.deepcopy(mined), cfg, loss_override=override,
-                                   teacher_cache=cache)
-            else:
-                stats = train_text(enc, copy.deepcopy(data), cfg, loss_override=override)
+            _, stats = train_text(data, cfg, encoder=enc, base_embeddings=cache,
+                                  contrastive_loss=override)
             entry["train"] = stats
             entry["config"] = {k: v for k, v in changes.items()}
         entry.update(evaluate(enc, args))

@@ -1,9 +1,10 @@
 """The one exception type for bad user input.
 
 Everything a user can get wrong (a path, a shape, a nesting, a corrupt file) raises
-:class:`NestembError` with a message that names the problem. The CLI turns it into one line on
-stderr and exit status 2; the HTTP service into a 4xx JSON error. Programming errors stay
-ordinary exceptions so that they keep their tracebacks.
+:class:`NestembError` with a message that names the problem; library messages name the Python
+parameter, and the CLI (whose options carry the same names) turns the error into one line on
+stderr and exit status 2. Programming errors stay ordinary exceptions so that they keep their
+tracebacks.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 A *nesting* is an ascending tuple of prefix sizes whose last entry is the full dimension, e.g.
 ``(8, 16, 32, 64, 128, 256)``. The ``m``-dimensional *view* of an embedding is its first ``m``
-coordinates, **sliced first, then L2-normalized** (:func:`prefix_view`). Every loss, index,
-evaluator and service call goes through :func:`prefix_view`; nothing else truncates.
+coordinates, **sliced first, then L2-normalized** (:func:`prefix_view`). Every loss, index and
+evaluator goes through :func:`prefix_view`; nothing else truncates.
 
 Every artefact that stores embeddings carries a :class:`Manifest` (model identity, nesting,
 normalization rule, dtype, sha256 of the data); :func:`check_compatible` refuses to compare
@@ -144,7 +144,8 @@ def check_vectors(x: Any, dim: int | None = None, what: str = "vectors") -> np.n
 class Manifest:
     """What every stored set of embeddings says about itself.
 
-    ``model_id`` and ``model_version`` identify the encoder; ``nesting`` its valid prefixes;
+    ``model_id`` (human-readable) and ``model_version`` (the content hash of the weights, from
+    :func:`weights_version`; never hand-set) identify the encoder; ``nesting`` its valid prefixes;
     ``normalization`` the view rule (always :data:`NORMALIZATION`); ``sha256`` maps each data
     file name to its checksum; ``extra`` holds artefact-specific fields (training config, index
     configuration ...).

@@ -22,57 +22,75 @@ def _one_line_error(r, match):
 
 def test_train_eval_roundtrip(cli, data, tmp_path):
     out = tmp_path / "model"
-    r = cli("train-image", "--data", data, "--out", out, "--epochs", "1", "--dim", "16",
-            "--dims", "2,4,16", "--seed", "1")  # fmt: skip
+    r = cli("image", "train", "--data", data, "--out", out, "--steps", "2", "--dim", "16",
+            "--dims", "2,4,16", "--seed", "1", "--model-id", "shop-cnn", "--device", "cpu")  # fmt: skip
     assert r.code == 0, r
     man = json.loads((out / "manifest.json").read_text())
     assert man["kind"] == "image-model" and man["nesting"] == [2, 4, 16] and man["dim"] == 16
     assert set(man["sha256"]) == {"weights"} and man["extra"]["config"]["head"] == "mrl"
+    assert man["model_id"] == "shop-cnn"
+    # the hold-out scales with the data (150 images: a fifth) and is recorded in the manifest
+    assert man["extra"]["split"] == {"n": 150, "holdout": 30, "seed": 1}
+    assert man["extra"]["training"]["steps"] == 2
     assert (out / "checkpoints" / "epoch-1" / "manifest.json").is_file()
     from nestemb.models.image import load_image_model
+    from nestemb.nesting import weights_version
 
-    emb = load_image_model(out).encode(np.zeros((3, 28, 28), np.uint8))
+    loaded = load_image_model(out)
+    assert man["model_version"] == weights_version(loaded.state_dict())
+    emb = loaded.encode(np.zeros((3, 28, 28), np.uint8))
     assert emb.shape == (3, 16) and emb.dtype == np.float32
     res_path = tmp_path / "eval.json"
-    r = cli("eval-image", "--model", out, "--data", data, "--out", res_path)
+    r = cli("image", "eval", "--model", out, "--data", data, "--out", res_path)
     assert r.code == 0, r
+    assert "30 of the 150 training images held out (seed 1; split from the manifest)" in r.out
     res = json.loads(res_path.read_text())
-    assert res["dims"] == [2, 4, 16]
+    assert res["dims"] == [2, 4, 16] and res["calibration"]["source"] == "manifest"
+    assert res["model_version"] == man["model_version"]
     for key in ("linear_top1", "knn_top1", "map10"):
         assert len(res["mrl"][key]) == 3 and all(0 <= v <= 1 for v in res["mrl"][key])
     assert res["cascade"] and {"target", "accuracy", "expected_dim"} <= set(res["cascade"][0])
     # the output directory is not overwritten without --overwrite
-    r = cli("train-image", "--data", data, "--out", out, "--epochs", "1", "--dim", "16",
+    r = cli("image", "train", "--data", data, "--out", out, "--steps", "1", "--dim", "16",
             "--dims", "2,4,16")  # fmt: skip
     _one_line_error(r, "already exists")
+    _one_line_error(cli("image", "eval", "--model", out, "--data", data, "--out", res_path),
+                    "already exists")  # fmt: skip
 
 
 def test_ff_and_mrl_e_heads(cli, data, tmp_path):
-    r = cli("train-image", "--data", data, "--out", tmp_path / "ff", "--epochs", "1",
+    r = cli("image", "train", "--data", data, "--out", tmp_path / "ff", "--steps", "1",
             "--head", "ff", "--dims", "4", "--no-checkpoints")  # fmt: skip
     assert r.code == 0, r
     man = json.loads((tmp_path / "ff" / "manifest.json").read_text())
     assert man["nesting"] == [4] and man["dim"] == 4
-    r = cli("train-image", "--data", data, "--out", tmp_path / "e", "--epochs", "1",
-            "--head", "mrl-e", "--dim", "8", "--weights", "1,1,1")  # fmt: skip
+    assert not (tmp_path / "ff" / "checkpoints").exists()
+    r = cli("image", "train", "--data", data, "--out", tmp_path / "e", "--steps", "1",
+            "--head", "mrl-e", "--dim", "8", "--weights", "1,1,1", "--augment", "shift,flip")  # fmt: skip
     assert r.code == 0, r
-    r = cli("eval-image", "--model", tmp_path / "ff", "--data", data, "--out", tmp_path / "f.json")
+    train = json.loads((tmp_path / "e" / "train.json").read_text())["train"]
+    assert train["augment"] == ["shift", "flip"] and train["weights"] == [1.0, 1.0, 1.0]
+    r = cli("image", "eval", "--model", tmp_path / "ff", "--data", data, "--out", tmp_path / "f.json")
     assert r.code == 0, r
     assert json.loads((tmp_path / "f.json").read_text())["cascade"] == []
+    assert "no cascade" in r.out
 
 
 def test_quickstart_writes_results(cli, data, tmp_path):
     out = tmp_path / "qs"
-    r = cli("quickstart", "--data", data, "--out", out, "--epochs", "1")
+    r = cli("quickstart", "--data", data, "--out", out, "--steps", "1")
     assert r.code == 0, r
     res = json.loads((out / "results.json").read_text())
-    assert res["dims"] == [2, 4, 8, 16, 32, 64, 128, 256]
+    assert res["dims"] == [2, 4, 8, 16, 32, 64, 128, 256] and res["steps"] == 1
+    man = json.loads((out / "model" / "manifest.json").read_text())
+    assert res["calibration"] == {"source": "manifest", **man["extra"]["split"]}
+    assert res["model_version"] == man["model_version"]
     assert {"linear_top1", "knn_top1", "map10"} <= set(res["mrl"])
     assert res["cascade"] and res["train_seconds"] > 0
     assert (out / "accuracy_vs_dim.png").stat().st_size > 0
     assert (out / "model" / "manifest.json").is_file() and (out / "model" / "weights").is_file()
     assert "linear top-1" in r.out
-    _one_line_error(cli("quickstart", "--data", data, "--out", out, "--epochs", "1"), "--overwrite")
+    _one_line_error(cli("quickstart", "--data", data, "--out", out, "--steps", "1"), "--overwrite")
 
 
 @pytest.mark.parametrize(
@@ -85,17 +103,48 @@ def test_quickstart_writes_results(cli, data, tmp_path):
         (["--dims", "2,x"], "comma-separated integers"),
         (["--weights", "1,2"], "got 2 prefix weights for a nesting of 8 dimensions"),
         (["--weights", "1,a"], "weights must be comma-separated numbers"),
-        (["--epochs", "0"], "--epochs must be at least 1"),
-        (["--head", "ff", "--dims", "2,4"], "one fixed size"),
-        (["--head", "xl"], "--head must be"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--epochs", "2", "--steps", "3"], "give --epochs or --steps, not both"),
+        (["--holdout", "-1"], "--holdout must be >= 0"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--head", "ff", "--dims", "2,4"], "--head ff trains one fixed size: give one dimension in --dims"),
+        (["--augment", "shift,rotate"], "--augment takes shift, flip or none, got 'rotate'"),
+        (["--model-id", " "], "model_id must be a non-empty string"),
+        (["--holdout", "150"], "holdout of 150 images leaves none of 150 for training"),
     ],
 )
 def test_train_bad_options(cli, data, tmp_path, args, match):
     out = tmp_path / "out"
-    r = cli("train-image", "--data", data, "--out", out, *args)
+    r = cli("image", "train", "--data", data, "--out", out, "--steps", "1", *args) if "--epochs" not in args \
+        else cli("image", "train", "--data", data, "--out", out, *args)  # fmt: skip
     _one_line_error(r, match)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary directory left either
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--head", "xl"], "Invalid value for '--head'"),
+        (["--device", "tpu"], "Invalid value for '--device'"),
+        (["--classifier", "knn"], "Invalid value for '--classifier'"),
+    ],
+)
+def test_enum_options_are_checked_by_the_cli(cli, data, tmp_path, args, match):
+    r = cli("image", "train", "--data", data, "--out", tmp_path / "out", *args)
+    assert r.code == 2 and match in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unavailable_cuda_is_refused(cli, data, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    r = cli("image", "train", "--data", data, "--out", tmp_path / "out", "--device", "cuda")
+    _one_line_error(r, "device 'cuda' is not available")
+    assert not (tmp_path / "out").exists()
 
 
 def _bad_data(kind, src, tmp_path):
@@ -126,19 +175,18 @@ def _bad_data(kind, src, tmp_path):
         ("corrupt", "train-images-idx3-ubyte.gz"),
     ],
 )
-@pytest.mark.parametrize("command", ["train-image", "quickstart"])
+@pytest.mark.parametrize("command", [("image", "train"), ("quickstart",)])
 def test_bad_data(cli, data, tmp_path, kind, match, command):
     d = _bad_data(kind, data, tmp_path)
     out = tmp_path / "out"
-    args = ["--epochs", "1"]
-    r = cli(command, "--data", d, "--out", out, *args)
+    r = cli(*command, "--data", d, "--out", out, "--steps", "1")
     _one_line_error(r, match)
     assert not out.exists()
 
 
 def test_eval_bad_model(cli, data, tmp_path):
     _one_line_error(
-        cli("eval-image", "--model", tmp_path / "none", "--data", data, "--out", tmp_path / "r.json"),
+        cli("image", "eval", "--model", tmp_path / "none", "--data", data, "--out", tmp_path / "r.json"),
         "model directory not found",
     )
     assert not (tmp_path / "r.json").exists()

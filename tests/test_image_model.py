@@ -6,9 +6,15 @@ from nestemb.data.idx import load_idx, write_synthetic_idx
 from nestemb.errors import NestembError
 from nestemb.heads import NestedHead
 from nestemb.losses import check_weights, matryoshka_cross_entropy
-from nestemb.models.image import ImageModel, ImageModelConfig, load_image_model, save_image_model
-from nestemb.nesting import prefix_view
-from nestemb.train.image import TrainConfig, make_model_config, train_image_model
+from nestemb.models.image import (
+    ImageModel,
+    ImageModelConfig,
+    load_image_model,
+    make_model_config,
+    save_image_model,
+)
+from nestemb.nesting import Manifest, prefix_view, weights_version
+from nestemb.train.image import ImageTrainConfig, train_image
 
 
 def test_mrl_head_equals_independent_linear_heads():
@@ -56,31 +62,68 @@ def test_loss_weights():
 def test_config_errors():
     with pytest.raises(NestembError, match="larger than the embedding dimension 256"):
         make_model_config("mrl", dims=(2, 4, 512))
-    with pytest.raises(NestembError, match="one fixed size"):
+    with pytest.raises(NestembError, match=r"head='ff' trains one fixed size"):
         make_model_config("ff", dims=(2, 4))
-    with pytest.raises(NestembError, match="--head must be"):
+    with pytest.raises(NestembError, match="head must be 'mrl', 'mrl-e' or 'ff', got 'big'"):
         make_model_config("big")
-    with pytest.raises(NestembError, match="--epochs must be at least 1"):
-        TrainConfig(epochs=0)
+    with pytest.raises(NestembError, match="^dim must be positive"):
+        make_model_config("mrl", dim=0)
 
 
 def test_training_is_deterministic_and_model_roundtrips(tmp_path):
     x, y = load_idx(write_synthetic_idx(tmp_path / "d", n_train=120, n_test=10))
     cfg = make_model_config("mrl", dim=8, width=4, images=x)
-    tcfg = TrainConfig(epochs=1, holdout=20, batch_size=32, seed=3)
-    m1, info = train_image_model(cfg, tcfg, x, y, progress=False)
-    m2, _ = train_image_model(cfg, tcfg, x, y, progress=False)
+    tcfg = ImageTrainConfig(steps=2, holdout=20, batch_size=32, seed=3, device="cpu")
+    m1, info = train_image(cfg, x, y, tcfg, progress=False)
+    m2, _ = train_image(cfg, x, y, tcfg, progress=False)
     e1, e2 = m1.encode(x), m2.encode(x)
     np.testing.assert_array_equal(e1, e2)
-    assert info["n_train"] == 100 and info["weights"] == [2.0, 1.0, 1.0]
-    d = save_image_model(m1, tmp_path / "model")
+    assert info["n_train"] == 100 and info["weights"] == [2.0, 1.0, 1.0] and info["steps"] == 2
+    d = save_image_model(m1, tmp_path / "model", model_id="my-cnn")
     loaded = load_image_model(d)
     assert loaded.manifest.kind == "image-model" and loaded.manifest.nesting == (2, 4, 8)
+    assert loaded.manifest.model_id == "my-cnn"
+    assert loaded.manifest.model_version == weights_version(m1.state_dict())
     np.testing.assert_allclose(loaded.encode(x, batch_size=7), e1, rtol=1e-5, atol=1e-5)
     # a damaged weights file is caught by the checksum
     (d / "weights").write_bytes(b"garbage")
     with pytest.raises(NestembError, match="checksum mismatch"):
         load_image_model(d)
+
+
+def test_version_comes_from_the_weights(tmp_path):
+    cfg = ImageModelConfig(dim=8, nesting=(2, 8), width=4)
+    torch.manual_seed(0)
+    a, b = ImageModel(cfg), ImageModel(cfg)  # same architecture, different weights
+    da = save_image_model(a, tmp_path / "a")
+    db = save_image_model(b, tmp_path / "b")
+    va, vb = Manifest.load(da).model_version, Manifest.load(db).model_version
+    assert va != vb and len(va) == 16
+    assert save_image_model(a, tmp_path / "a2") and Manifest.load(tmp_path / "a2").model_version == va
+    # a manifest whose version is hand-edited no longer matches its weights
+    man = Manifest.load(da).to_dict()
+    man["model_version"] = vb
+    (da / "manifest.json").write_text(__import__("json").dumps(man))
+    with pytest.raises(NestembError, match="the manifest does not belong to these weights"):
+        load_image_model(da)
+    # another model's weights under this manifest (checksum rewritten to match): caught too
+    man["model_version"] = va
+    man["sha256"] = Manifest.load(db).sha256
+    (da / "manifest.json").write_text(__import__("json").dumps(man))
+    (da / "weights").write_bytes((db / "weights").read_bytes())
+    with pytest.raises(NestembError, match=f"hash to version '{vb}' but the manifest says '{va}'"):
+        load_image_model(da)
+
+
+def test_loading_leaves_torch_threads_alone(tmp_path):
+    d = save_image_model(ImageModel(ImageModelConfig(dim=4, nesting=(2, 4), width=4)), tmp_path / "m")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        load_image_model(d)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_encode_checks_input():

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from nestemb.index import synthetic_matryoshka
-from nestemb.nesting import Manifest, save_embeddings
+from nestemb.index import exact_search, knn_intersection, load_index, synthetic_matryoshka
+from nestemb.nesting import Manifest, load_embeddings, save_embeddings
 
 D = 32
 NEST = (8, 16, 32)
@@ -18,7 +18,7 @@ NEST = (8, 16, 32)
 def emb(tmp_path):
     X = synthetic_matryoshka(800, D, seed=0)
     Q = synthetic_matryoshka(40, D, seed=1)
-    man = Manifest(model_id="demo", nesting=NEST, dim=D)
+    man = Manifest(model_id="demo", model_version="v1", nesting=NEST, dim=D)
     g = save_embeddings(tmp_path / "gallery", X, man, ids=[f"doc{i}" for i in range(len(X))])
     q = save_embeddings(tmp_path / "queries", Q, man)
     return tmp_path, g, q
@@ -27,16 +27,18 @@ def emb(tmp_path):
 @pytest.mark.parametrize(
     "args",
     [
-        ["--type", "funnel", "--dims", "8,16,32", "--shortlist", "200,50", "--prefix-dtype", "int8"],
-        ["--type", "funnel", "--first-stage", "hnsw"],
-        ["--type", "ivf", "--nlist", "16", "--nprobe", "16", "--rerank", "800", "--codec", "sq8"],
-        ["--type", "opq", "--d-search", "16", "--code-bytes", "4", "--nlist", "1", "--rerank", "800"],
+        ["--index-type", "funnel", "--dims", "8,16,32", "--shortlist", "200,50", "--prefix-dtype", "int8"],
+        ["--index-type", "funnel", "--first-stage", "hnsw"],
+        ["--index-type", "ivf", "--nlist", "16", "--nprobe", "16", "--rerank", "800", "--codec", "sq8"],
+        ["--index-type", "opq", "--d-search", "16", "--code-bytes", "4", "--nlist", "1", "--rerank", "800"],
     ],
 )
 def test_build_search_tune(cli, emb, args):
     tmp, g, q = emb
     r = cli("index", "build", g, "--out", tmp / "idx", *args)
     assert r.code == 0, r
+    man = json.loads((tmp / "idx" / "manifest.json").read_text())
+    assert (man["model_id"], man["model_version"], man["nesting"]) == ("demo", "v1", list(NEST))
     r = cli("index", "search", tmp / "idx", "--queries", q, "-k", "5", "--out", tmp / "res.json")
     assert r.code == 0, r
     res = json.loads((tmp / "res.json").read_text())
@@ -45,9 +47,29 @@ def test_build_search_tune(cli, emb, args):
     r = cli("index", "tune", tmp / "idx", "--queries", q, "--recall", "0.9", "-k", "5",
             "--max-queries", "20")
     assert r.code == 0, r
-    assert "met" in r.out
-    man = json.loads((tmp / "idx" / "manifest.json").read_text())
-    assert man["extra"]["tuning"]["target"] == 0.9
+    assert r.out.startswith("target met: recall@5 "), r.out
+    tuning = json.loads((tmp / "idx" / "manifest.json").read_text())["extra"]["tuning"]
+    assert tuning["target"] == 0.9 and tuning["met"] is True
+    # what the saved index does, measured here against brute force, not taken from tune
+    X, _, ids = load_embeddings(g, with_ids=True)
+    Q = load_embeddings(q)[0][:20]
+    found = load_index(tmp / "idx").search(Q, k=5)[1]
+    truth = np.asarray(ids)[exact_search(X, Q, 5)[1]]
+    measured = knn_intersection(found, truth)
+    assert measured >= 0.9 and measured == pytest.approx(tuning["recall"])
+
+
+def test_tune_reports_an_unreachable_target(cli, emb):
+    tmp, g, q = emb
+    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "20").code == 0
+    # shortlists of at most k=5 candidates from an 8-d prefix cannot return the exact top-5
+    r = cli("index", "tune", tmp / "idx", "--queries", q, "--recall", "1.0", "-k", "5",
+            "--max-queries", "20", "--max-candidates", "5", "--out", tmp / "tuned")
+    assert r.code == 0, r
+    assert r.out.startswith("target NOT met: recall@5 "), r.out
+    tuning = load_index(tmp / "tuned").tuning_
+    assert tuning["met"] is False and tuning["recall"] < 1.0
+    assert load_index(tmp / "idx").tuning_ is None  # --out left the source index alone
 
 
 def test_cli_errors(cli, emb):
@@ -59,18 +81,29 @@ def test_cli_errors(cli, emb):
     assert r.code == 2 and "ascending" in r.err
     r = cli("index", "build", tmp / "missing", "--out", tmp / "idx")
     assert r.code == 2 and "not found" in r.err
-    r = cli("index", "build", g, "--out", tmp / "idx", "--type", "lsh")
-    assert r.code == 2 and "--type" in r.err
+    r = cli("index", "build", g, "--out", tmp / "idx", "--index-type", "lsh")
+    assert r.code == 2 and "--index-type" in r.err
     assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "20").code == 0
     r = cli("index", "build", g, "--out", tmp / "idx")
-    assert r.code == 2 and "already exists" in r.err
+    assert r.code == 2 and "already exists and is not empty" in r.err and "--overwrite" in r.err
+    assert cli("index", "build", g, "--out", tmp / "idx", "--overwrite", "--dims", "8,32",
+               "--shortlist", "20").code == 0
+    r = cli("index", "build", g, "--out", tmp / "queries", "--overwrite")
+    assert r.code == 2 and "is not a nestemb index directory" in r.err
+    assert load_embeddings(tmp / "queries")[0].shape == (40, D)  # untouched
     r = cli("index", "search", tmp / "idx", "--queries", q, "-k", "0")
     assert r.code == 2 and "k must be positive" in r.err
     r = cli("index", "search", tmp / "idx", "--queries", q, "-k", "900")
     assert r.code == 2 and "larger than the index" in r.err
     r = cli("index", "search", tmp / "idx", "--queries", q, "-k", "50")
     assert r.code == 2 and "smaller than k=50" in r.err
-    other = save_embeddings(tmp / "q2", synthetic_matryoshka(3, D), Manifest(model_id="x", nesting=NEST, dim=D))
+    (tmp / "res.json").write_text("{}")
+    r = cli("index", "search", tmp / "idx", "--queries", q, "--out", tmp / "res.json")
+    assert r.code == 2 and "already exists" in r.err and (tmp / "res.json").read_text() == "{}"
+    assert cli("index", "search", tmp / "idx", "--queries", q, "--out", tmp / "res.json",
+               "--overwrite").code == 0
+    other = save_embeddings(tmp / "q2", synthetic_matryoshka(3, D),
+                            Manifest(model_id="x", model_version="v1", nesting=NEST, dim=D))
     r = cli("index", "search", tmp / "idx", "--queries", other)
     assert r.code == 2 and "different models" in r.err
     r = cli("index", "tune", tmp / "idx", "--queries", other)
@@ -81,7 +114,21 @@ def test_cli_errors(cli, emb):
     assert r.code == 2 and "checksum mismatch" in r.err
 
 
+def test_model_version_mismatch_exits_2(cli, emb):
+    tmp, g, q = emb
+    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "20").code == 0
+    before = (tmp / "idx" / "manifest.json").read_text()
+    newer = save_embeddings(tmp / "q2", synthetic_matryoshka(3, D),
+                            Manifest(model_id="demo", model_version="v2", nesting=NEST, dim=D))
+    msg = "queries and index come from different weights of model 'demo': version 'v2' vs 'v1'"
+    for verb in ("search", "tune"):
+        r = cli("index", verb, tmp / "idx", "--queries", newer)
+        assert r.code == 2 and msg in r.err, r
+    assert (tmp / "idx" / "manifest.json").read_text() == before
+
+
 def test_embed_text_then_index(cli, tmp_path):
+    from nestemb.text.encoder import load_text_model
     from nestemb.text.testing import make_tiny_model
 
     model = make_tiny_model(tmp_path / "tiny")
@@ -89,11 +136,14 @@ def test_embed_text_then_index(cli, tmp_path):
     docs.write_text("\n".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) for i, t in
                               enumerate(["the cat sits", "a dog runs", "red car drives fast",
                                          "protein cell gene", "man plays guitar"])))
-    r = cli("embed", "--model", model, "--input", docs, "--out", tmp_path / "emb")
+    r = cli("embed", "--model", model, "--texts", docs, "--out", tmp_path / "emb", "--device", "cpu")
     assert r.code == 0, r
+    own = load_text_model(model).manifest
+    man = load_embeddings(tmp_path / "emb")[1]
+    assert (man.model_id, man.model_version) == (own.model_id, own.model_version)
     qs = tmp_path / "q.txt"
     qs.write_text("the cat sits\nman plays guitar\n")
-    assert cli("embed", "--model", model, "--input", qs, "--out", tmp_path / "qemb").code == 0
+    assert cli("embed", "--model", model, "--texts", qs, "--out", tmp_path / "qemb").code == 0
     assert cli("index", "build", tmp_path / "emb", "--out", tmp_path / "idx", "--dims", "32",
                "--shortlist", "").code == 0
     r = cli("index", "search", tmp_path / "idx", "--queries", tmp_path / "qemb", "-k", "1",
@@ -101,24 +151,46 @@ def test_embed_text_then_index(cli, tmp_path):
     assert r.code == 0, r
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["0"]["ids"] == ["d0"] and res["1"]["ids"] == ["d4"]
+    r = cli("embed", "--model", model, "--texts", qs, "--out", tmp_path / "qemb")
+    assert r.code == 2 and "already exists" in r.err and "--overwrite" in r.err
 
 
 def test_embed_images(cli, tmp_path):
     pytest.importorskip("nestemb.models.image")
-    from nestemb.models.image import ImageModel, ImageModelConfig, save_image_model
+    from nestemb.data.idx import write_synthetic_idx
+    from nestemb.models.image import ImageModel, ImageModelConfig, load_image_model, save_image_model
 
     save_image_model(ImageModel(ImageModelConfig(dim=8, nesting=(2, 8), width=4)), tmp_path / "m")
+    version = load_image_model(tmp_path / "m").manifest.model_version
     imgs = np.random.default_rng(0).integers(0, 255, size=(20, 28, 28), dtype=np.uint8)
     np.save(tmp_path / "imgs.npy", imgs)
-    r = cli("embed", "--model", tmp_path / "m", "--input", tmp_path / "imgs.npy", "--out", tmp_path / "e")
+    r = cli("embed", "--model", tmp_path / "m", "--images", tmp_path / "imgs.npy", "--out", tmp_path / "e")
     assert r.code == 0, r
     man = json.loads((tmp_path / "e" / "manifest.json").read_text())
-    assert man["nesting"] == [2, 8] and man["model_id"] == "nestemb-cnn"
+    assert man["nesting"] == [2, 8] and man["model_version"] == version
+    assert man["model_id"] == load_image_model(tmp_path / "m").manifest.model_id
+    write_synthetic_idx(tmp_path / "idx", n_train=12, n_test=6)
+    r = cli("embed", "--model", tmp_path / "m", "--data", tmp_path / "idx", "--split", "t10k",
+            "--out", tmp_path / "e2")
+    assert r.code == 0, r
+    X, man2 = load_embeddings(tmp_path / "e2")
+    assert X.shape == (6, 8) and man2.model_version == version
 
 
 def test_embed_errors(cli, tmp_path):
-    r = cli("embed", "--model", tmp_path / "nomodel", "--input", tmp_path / "x.txt", "--out", tmp_path / "e")
+    txt = tmp_path / "x.txt"
+    txt.write_text("a text\n")
+    r = cli("embed", "--model", tmp_path / "nomodel", "--texts", txt, "--out", tmp_path / "e")
     assert r.code == 2 and "model not found" in r.err
     g = save_embeddings(tmp_path / "g", synthetic_matryoshka(3, D), Manifest(model_id="x", nesting=NEST, dim=D))
-    r = cli("embed", "--model", g, "--input", tmp_path / "x.txt", "--out", tmp_path / "e")
+    r = cli("embed", "--model", g, "--texts", txt, "--out", tmp_path / "e")
     assert r.code == 2 and "embed needs an image-model or text-model" in r.err
+    r = cli("embed", "--model", "minilm", "--out", tmp_path / "e")
+    assert r.code == 2 and "give exactly one of --data, --images or --texts" in r.err
+    r = cli("embed", "--model", "minilm", "--texts", txt, "--data", tmp_path, "--out", tmp_path / "e")
+    assert r.code == 2 and "exactly one of" in r.err
+    r = cli("embed", "--model", "minilm", "--data", tmp_path, "--out", tmp_path / "e")
+    assert r.code == 2 and "is a text model: give --texts" in r.err
+    r = cli("embed", "--model", "minilm", "--texts", txt, "--out", tmp_path / "e", "--limit", "0")
+    assert r.code == 2 and "--limit must be positive" in r.err
+    assert not (tmp_path / "e").exists()

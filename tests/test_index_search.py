@@ -10,7 +10,7 @@ from nestemb.index import (
     AdaptiveOPQIndex,
     FunnelIndex,
     exact_search,
-    recall_at_k,
+    knn_intersection,
     synthetic_matryoshka,
     tune,
 )
@@ -31,7 +31,7 @@ def test_exact_search_matches_numpy(data):
     X, Q, (s, r) = data
     full = prefix_view(Q, D) @ prefix_view(X, D).T
     ref = np.argsort(-full, axis=1)[:, :10]
-    assert recall_at_k(r, ref) == 1.0
+    assert knn_intersection(r, ref) == 1.0
     np.testing.assert_allclose(s, np.take_along_axis(full, ref, 1), rtol=1e-5, atol=1e-5)
 
 
@@ -43,7 +43,7 @@ def test_funnel_exact_when_shortlist_is_n(data, dtype, first_stage):
                       first_stage=first_stage, nesting=NEST).add(X)
     scores, ids = idx.search(Q, k=10)
     assert ids.shape == (50, 10) and scores.dtype == np.float32
-    assert recall_at_k(ids, r) == 1.0
+    assert knn_intersection(ids, r) == 1.0
     np.testing.assert_allclose(scores, s, rtol=1e-4, atol=1e-5)
 
 
@@ -53,7 +53,7 @@ def test_funnel_high_recall_with_short_shortlist(data, dtype, short, floor):
     X, Q, (_, r) = data
     d0 = 32 if dtype == "binary" else 16
     idx = FunnelIndex(dims=(d0, D), shortlist=(short,), prefix_dtype=dtype, nesting=NEST).add(X)
-    assert recall_at_k(idx.search(Q, k=10)[1], r) >= floor
+    assert knn_intersection(idx.search(Q, k=10)[1], r) >= floor
 
 
 def test_funnel_single_query_and_custom_ids(data):
@@ -74,23 +74,23 @@ def test_adaptive_ivf_all_lists_is_exact_on_prefix(data, codec):
     idx = AdaptiveIVFIndex(d_cluster=8, d_search=32, nlist=16, nprobe=16, codec=codec,
                            code_bytes=cb, rerank=N, nesting=NEST).add(X)
     # every list visited + re-rank of everything = exact full-dimension search
-    assert recall_at_k(idx.search(Q, k=10)[1], r) == 1.0
+    assert knn_intersection(idx.search(Q, k=10)[1], r) == 1.0
     idx.set_params(nprobe=8, rerank=100)
-    assert recall_at_k(idx.search(Q, k=10)[1], r) >= 0.85
+    assert knn_intersection(idx.search(Q, k=10)[1], r) >= 0.85
 
 
 def test_adaptive_ivf_without_rerank_matches_prefix_search(data):
     X, Q, _ = data
     idx = AdaptiveIVFIndex(d_cluster=8, d_search=32, nlist=16, nprobe=16).add(X)
     ref = exact_search(X, Q, 10, dim=32)[1]
-    assert recall_at_k(idx.search(Q, k=10)[1], ref) == 1.0
+    assert knn_intersection(idx.search(Q, k=10)[1], ref) == 1.0
 
 
 def test_adaptive_opq(data):
     X, Q, (_, r) = data
     idx = AdaptiveOPQIndex(d_search=32, code_bytes=8, rerank=200, nesting=NEST).add(X)
-    assert recall_at_k(idx.search(Q, k=10)[1], r) >= 0.95
-    assert idx.bytes_per_vector()["lists"] == 16.0
+    assert knn_intersection(idx.search(Q, k=10)[1], r) >= 0.95
+    assert idx.bytes_per_vector()["parts"]["lists"] == 16.0  # 8 code bytes + 8 id bytes
 
 
 def test_incremental_add_delete_compact(data):
@@ -98,7 +98,7 @@ def test_incremental_add_delete_compact(data):
     idx = FunnelIndex(dims=(16, 64), shortlist=(N,)).add(X[:2000])
     idx.add(X[2000:])
     assert len(idx) == N
-    assert recall_at_k(idx.search(Q, k=10)[1], exact_search(X, Q, 10)[1]) == 1.0
+    assert knn_intersection(idx.search(Q, k=10)[1], exact_search(X, Q, 10)[1]) == 1.0
     gone = idx.search(Q, k=3)[1][:, 0]
     gone = np.unique(gone)
     idx.delete(gone)
@@ -108,20 +108,22 @@ def test_incremental_add_delete_compact(data):
     for index in (idx, idx.compact()):
         found = index.search(Q, k=10)[1]
         assert not np.isin(found, gone).any()
-        assert recall_at_k(found, truth) == 1.0
+        assert knn_intersection(found, truth) == 1.0
     ivf = AdaptiveIVFIndex(d_cluster=8, d_search=32, nlist=8, nprobe=8, rerank=N).add(X)
     ivf.delete(gone)
-    assert recall_at_k(ivf.search(Q, k=10)[1], truth) == 1.0
-    assert recall_at_k(ivf.compact().search(Q, k=10)[1], truth) == 1.0
+    assert knn_intersection(ivf.search(Q, k=10)[1], truth) == 1.0
+    assert knn_intersection(ivf.compact().search(Q, k=10)[1], truth) == 1.0
 
 
 def test_tune_funnel_meets_target_and_records(data):
     X, Q, _ = data
     idx = FunnelIndex(dims=(8, 64), shortlist=(20,), nesting=NEST).add(X)
     res = tune(idx, Q, k=10, recall=0.98, max_queries=30)
-    assert res["met"] and res["recall"] >= 0.98
-    assert idx.tuning_["params"] == res["params"]
-    assert list(idx.dims) == res["params"]["dims"]
+    # measured here, independently of what tune reports
+    measured = knn_intersection(idx.search(Q[:30], k=10)[1], exact_search(X, Q[:30], 10)[1])
+    assert res["met"] is True and measured >= 0.98
+    assert measured == pytest.approx(res["recall"])
+    assert idx.tuning_ == res and idx.get_params()["dims"] == res["params"]["dims"]
     ex = tune(idx, Q, k=10, recall=0.98, max_queries=30, exhaustive=True)
     assert len(ex["candidates"]) > len(res["candidates"])
 
@@ -130,7 +132,105 @@ def test_tune_ivf(data):
     X, Q, _ = data
     idx = AdaptiveIVFIndex(d_cluster=8, d_search=32, nlist=16, nprobe=1, nesting=NEST).add(X)
     res = tune(idx, Q, k=10, recall=0.95, max_queries=30)
-    assert res["met"] and idx.nprobe == res["params"]["nprobe"]
+    measured = knn_intersection(idx.search(Q[:30], k=10)[1], exact_search(X, Q[:30], 10)[1])
+    assert res["met"] is True and measured >= 0.95
+    assert measured == pytest.approx(res["recall"])
+    assert idx.nprobe == res["params"]["nprobe"]
+
+
+def test_tune_unreachable_target_reports_not_met(data):
+    X, Q, _ = data
+    # one list, no re-rank: in-list scores on a 16-d prefix can never reach exact 64-d top-10
+    idx = AdaptiveIVFIndex(d_cluster=8, d_search=16, nlist=1, nesting=NEST).add(X)
+    res = tune(idx, Q, k=10, recall=1.0, max_queries=20,
+               groups=[[{"nprobe": 1, "rerank": None}]])
+    measured = knn_intersection(idx.search(Q[:20], k=10)[1], exact_search(X, Q[:20], 10)[1])
+    assert res["met"] is False and measured < 1.0 and measured == pytest.approx(res["recall"])
+
+
+def test_hnsw_first_stage_shortlist_far_below_n():
+    n, d0 = 5000, 32
+    X = synthetic_matryoshka(n, D, seed=0, decay=0.05)
+    Q = synthetic_matryoshka(50, D, seed=1, decay=0.05)
+    # the graph alone, on the prefix: its top-20 against exact top-20 of the 32-d views
+    graph = FunnelIndex(dims=(d0,), shortlist=(), first_stage="hnsw", ef_search=64)
+    graph.add(np.ascontiguousarray(X[:, :d0]))
+    agree = knn_intersection(graph.search(Q[:, :d0], k=20)[1], exact_search(X, Q, 20, dim=d0)[1])
+    assert 0.93 <= agree
+    # shortlist of 20 out of 5000 (0.4 %), re-ranked at full dimension, against exact search
+    idx = FunnelIndex(dims=(d0, D), shortlist=(20,), first_stage="hnsw", ef_search=64).add(X)
+    truth = exact_search(X, Q, 10)[1]
+    assert knn_intersection(idx.search(Q, k=10)[1], truth) >= 0.93
+    # single-query path and deletions keep to the same answer
+    gone = truth[:5, 0]
+    idx.delete(gone)
+    found = np.concatenate([idx.search(q, k=10)[1] for q in Q])
+    assert not np.isin(found, gone).any()
+    live = np.ones(n, bool)
+    live[gone] = False
+    assert knn_intersection(found, exact_search(X, Q, 10, exclude=~live)[1]) >= 0.93
+
+
+@pytest.mark.parametrize("make", [
+    lambda: FunnelIndex(dims=(16, 32, 64), shortlist=(300, 100), prefix_dtype="int8", nesting=NEST),
+    lambda: AdaptiveIVFIndex(d_cluster=8, d_search=32, nlist=16, nprobe=16, rerank=N, nesting=NEST),
+    lambda: AdaptiveOPQIndex(d_search=16, code_bytes=4, nlist=4, nprobe=4, rerank=N, train_size=500,
+                             nesting=NEST),
+])
+def test_train_then_add_uses_the_trained_structures(data, make, caplog):
+    X, Q, (_, r) = data
+    idx = make()
+    with caplog.at_level("INFO", logger="nestemb.index"):
+        idx.train(X[:1000])
+        assert idx.is_trained and len(idx) == 0
+        learned = faiss_bytes(idx)
+        idx.add(X[:1500]).add(X[1500:])
+    assert not [m for m in caplog.messages if "training on the first batch" in m]
+    assert faiss_bytes(idx) == learned  # add did not retrain
+    found = idx.search(Q, k=10)[1]
+    assert knn_intersection(found, r) >= (0.95 if isinstance(idx, FunnelIndex) else 1.0)
+    assert knn_intersection(idx.search_exact(Q, k=10)[1], r) == 1.0
+
+
+def test_add_untrained_trains_and_logs(data, caplog):
+    X, Q, (_, r) = data
+    with caplog.at_level("INFO", logger="nestemb.index"):
+        idx = AdaptiveIVFIndex(d_cluster=8, d_search=64, nlist=8, nprobe=8).add(X)
+    assert any("training on the first batch of 3000 vectors" in m for m in caplog.messages)
+    assert knn_intersection(idx.search(Q, k=10)[1], r) == 1.0
+
+
+def faiss_bytes(idx):
+    """What training learned, as bytes: int8 ranges / coarse centroids / OPQ rotation."""
+    import faiss
+
+    if isinstance(idx, FunnelIndex):
+        return faiss.vector_to_array(idx.stage_.sq.trained).tobytes()
+    out = faiss.vector_to_array(faiss.downcast_index(idx.quantizer_).codes).tobytes()
+    if idx.codec == "opq":
+        out += faiss.vector_to_array(idx.opq_.A).tobytes()
+    return out
+
+
+def test_memory_report_has_one_scheme(data):
+    X, _, _ = data
+    indexes = [
+        FunnelIndex(dims=(16, 64), shortlist=(50,), prefix_dtype="binary", nesting=NEST),
+        FunnelIndex(dims=(16, 64), shortlist=(50,), first_stage="hnsw", nesting=NEST),
+        AdaptiveIVFIndex(d_cluster=8, d_search=32, nlist=16, codec="fp16", nesting=NEST),
+        AdaptiveOPQIndex(d_search=16, code_bytes=4, train_size=500, nesting=NEST),
+    ]
+    for idx in indexes:
+        m = idx.add(X).bytes_per_vector()
+        assert set(m) == {"resident", "mmap", "total", "parts"}, type(idx)
+        assert m["mmap"] == m["parts"]["vectors"] == 4 * D
+        assert m["total"] == pytest.approx(sum(m["parts"].values()))
+        assert m["resident"] == pytest.approx(m["total"] - m["mmap"])
+        assert m["parts"]["ids"] == 8 and m["parts"]["deleted"] == 1
+    binary, hnsw, fp16, opq = (i.bytes_per_vector()["parts"] for i in indexes)
+    assert binary["first_stage"] == 2 and "hnsw_links" not in binary
+    assert hnsw["first_stage"] == 64 and hnsw["hnsw_links"] > 4 * 32  # >= 2M int32 on level 0
+    assert fp16["lists"] == 2 * 32 + 8 and opq["lists"] == 4 + 8
 
 
 def test_single_query_path_matches_batch(data):

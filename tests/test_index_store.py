@@ -29,7 +29,8 @@ def X():
 
 @pytest.fixture
 def funnel(X):
-    return FunnelIndex(dims=(8, 32), shortlist=(50,), nesting=NEST, model_id="m").add(X)
+    return FunnelIndex(dims=(8, 32), shortlist=(50,), nesting=NEST, model_id="m",
+                       model_version="v1").add(X)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +56,7 @@ def test_save_load_roundtrip(tmp_path, X, make):
     np.testing.assert_array_equal(before[1], after[1])
     np.testing.assert_allclose(before[0], after[0], rtol=1e-6)
     # incremental add after load, then save over the same directory
-    loaded.add(X[:3] * 1.01, ids=[1, 2, 3]).save(tmp_path / "idx")
+    loaded.add(X[:3] * 1.01, ids=[1, 2, 3]).save(tmp_path / "idx", overwrite=True)
     again = type(idx).load(tmp_path / "idx")
     assert len(again) == len(X) + 1
     assert again.manifest.nesting == NEST
@@ -94,7 +95,7 @@ def test_failed_save_leaves_previous_index(tmp_path, funnel, monkeypatch):
 
     monkeypatch.setattr(fm.qz, "write_stage", boom)
     with pytest.raises(RuntimeError):
-        funnel.add(synthetic_matryoshka(5, D, seed=9)).save(tmp_path / "i")
+        funnel.add(synthetic_matryoshka(5, D, seed=9)).save(tmp_path / "i", overwrite=True)
     assert len(load_index(tmp_path / "i")) == 600
     assert [p.name for p in tmp_path.iterdir()] == ["i"]
 
@@ -105,10 +106,39 @@ def test_load_errors(tmp_path, funnel):
     funnel.save(tmp_path / "i")
     with pytest.raises(NestembError, match="not a AdaptiveIVFIndex"):
         AdaptiveIVFIndex.load(tmp_path / "i")
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "x").write_text("x")
-    with pytest.raises(NestembError, match="not empty"):
-        funnel.save(tmp_path / "other")
+
+
+def test_save_refuses_existing_path_unless_overwrite(tmp_path, funnel, X):
+    p = funnel.save(tmp_path / "i")
+    before = (p / "manifest.json").read_text()
+    with pytest.raises(NestembError, match=r"index directory already exists: .*i \(pass overwrite=True"):
+        funnel.save(p)
+    assert (p / "manifest.json").read_text() == before
+    # overwrite replaces an index, here by one of another type
+    AdaptiveIVFIndex(d_cluster=8, d_search=16, nlist=4, nesting=NEST).add(X[:100]).save(p, overwrite=True)
+    assert type(load_index(p)) is AdaptiveIVFIndex and len(load_index(p)) == 100
+    # an empty directory is free; a file is not
+    (tmp_path / "empty").mkdir()
+    funnel.save(tmp_path / "empty")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NestembError, match="exists and is not a directory"):
+        funnel.save(tmp_path / "f", overwrite=True)
+
+
+@pytest.mark.parametrize("content", ["notes", "embeddings"])
+def test_overwrite_refuses_a_folder_that_is_not_an_index(tmp_path, funnel, X, content):
+    other = tmp_path / "other"
+    if content == "notes":
+        other.mkdir()
+        (other / "x.txt").write_text("precious")
+    else:  # another nestemb artefact (an embedding file) is not an index either
+        from nestemb.nesting import save_embeddings
+
+        save_embeddings(other, X[:3], Manifest(model_id="m", nesting=NEST, dim=D))
+    files = sorted(p.name for p in other.iterdir())
+    with pytest.raises(NestembError, match="other is not a nestemb index directory"):
+        funnel.save(other, overwrite=True)
+    assert sorted(p.name for p in other.iterdir()) == files
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -167,7 +197,7 @@ def test_bad_stage_dims_and_params(X):
         AdaptiveIVFIndex(d_cluster=12, d_search=16, nlist=4, nesting=NEST).add(X)
     with pytest.raises(NestembError, match="nlist must be a positive integer"):
         AdaptiveIVFIndex(nlist=0)
-    with pytest.raises(NestembError, match="unknown FunnelIndex parameters"):
+    with pytest.raises(NestembError, match=r"unknown FunnelIndex parameters: \['nprobe'\]"):
         FunnelIndex(dims=(8, 32), shortlist=(10,)).set_params(nprobe=3)
     with pytest.raises(NestembError, match="recall target"):
         tune(FunnelIndex(dims=(8, 32), shortlist=(10,)).add(X), X[:5], recall=1.5)
@@ -194,16 +224,130 @@ def test_bad_ids(funnel, X):
 
 
 def test_manifest_mismatch(funnel):
-    q = Manifest(model_id="other", nesting=NEST, dim=D)
+    q = Manifest(model_id="other", model_version="v1", nesting=NEST, dim=D)
     with pytest.raises(NestembError, match="different models"):
         funnel.search(np.ones(D), manifest=q)
-    q = Manifest(model_id="m", nesting=(16, 32), dim=D)
+    q = Manifest(model_id="m", model_version="v1", nesting=(16, 32), dim=D)
     with pytest.raises(NestembError, match="different nestings"):
         funnel.search(np.ones(D), manifest=q)
-    ok = Manifest(model_id="m", nesting=NEST, dim=D)
+    ok = Manifest(model_id="m", model_version="v1", nesting=NEST, dim=D)
     assert funnel.search(np.ones(D), k=3, manifest=ok)[1].shape == (1, 3)
+
+
+def test_model_version_mismatch(tmp_path, funnel, X):
+    q = Manifest(model_id="m", model_version="v2", nesting=NEST, dim=D)
+    msg = "different weights of model 'm': version 'v2' vs 'v1'"
+    with pytest.raises(NestembError, match=msg):
+        funnel.search(X[:2], manifest=q)
+    with pytest.raises(NestembError, match=msg):
+        funnel.search_exact(X[:2], manifest=q)
+    with pytest.raises(NestembError, match=msg):
+        tune(funnel, X[:5], k=3, manifest=q)
+    assert funnel.tuning_ is None
+    # the identity survives a save/load round trip
+    loaded = load_index(funnel.save(tmp_path / "i"))
+    assert (loaded.manifest.model_id, loaded.manifest.model_version) == ("m", "v1")
+    with pytest.raises(NestembError, match=msg):
+        loaded.search(X[:2], manifest=q)
 
 
 def test_empty_index(X):
     with pytest.raises(NestembError, match="is empty: call add"):
         FunnelIndex(dims=(8, 32), shortlist=(10,)).search(X[:1])
+
+
+# ----------------------------------------------------------------------------- one family
+ALL = (FunnelIndex, AdaptiveIVFIndex, AdaptiveOPQIndex)
+
+
+def test_constructors_are_keyword_only_with_shared_names():
+    import inspect
+
+    sigs = {cls: inspect.signature(cls.__init__).parameters for cls in ALL}
+    for cls, params in sigs.items():
+        kinds = {p.kind for name, p in params.items() if name != "self"}
+        assert kinds == {inspect.Parameter.KEYWORD_ONLY}, cls
+        assert {"train_size", "nesting", "model_id", "model_version"} <= set(params), cls
+        assert set(params) - {"self"} == set(cls._param_names), cls
+    assert list(sigs[AdaptiveIVFIndex]) == list(sigs[AdaptiveOPQIndex])
+    with pytest.raises(TypeError):
+        FunnelIndex((8, 32), (10,))
+    with pytest.raises(TypeError):
+        AdaptiveIVFIndex(8, 16)
+    with pytest.raises(TypeError):
+        AdaptiveOPQIndex(16, 4)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_set_params_contract(cls, X):
+    kw = {FunnelIndex: dict(dims=(8, 32), shortlist=(50,)),
+          AdaptiveIVFIndex: dict(d_cluster=8, d_search=32, nlist=4),
+          AdaptiveOPQIndex: dict(d_search=32, code_bytes=8, nlist=4)}[cls]
+    idx = cls(**kw, nesting=NEST)
+    with pytest.raises(NestembError, match=rf"unknown {cls.__name__} parameters: \['bogus', 'nprob'\]"):
+        idx.set_params(nprob=2, bogus=1)
+    with pytest.raises(NestembError, match="must be"):  # validated like the constructor
+        idx.set_params(**({"shortlist": (0,)} if cls is FunnelIndex else {"nprobe": 0}))
+    if cls is not FunnelIndex:  # before training: no rebuild, just validated
+        assert idx.set_params(d_search=16, code_bytes=4).d_search == 16
+    idx.add(X)
+    with pytest.raises(NestembError, match="model_version cannot change once the index is trained"):
+        idx.set_params(model_version="v9")
+    before = idx.get_params()
+    assert idx.set_params() is idx and idx.get_params() == before
+    # every candidate tune would try is accepted, and the index stays correct under it
+    truth = idx.search_exact(X[:10], k=5)[1]
+    for group in idx.candidate_grid(k=5, max_candidates=100):
+        for params in group[-1:]:
+            assert idx.set_params(**params) is idx
+            assert all(idx.get_params()[n] == (list(v) if isinstance(v, tuple) else v)
+                       for n, v in params.items())
+    idx.set_params(**before)
+    assert idx.get_params() == before and idx.search_exact(X[:10], k=5)[1].tolist() == truth.tolist()
+
+
+def test_structural_set_params_rebuilds_and_stays_exact(X):
+    from nestemb.index import exact_search, knn_intersection
+
+    idx = AdaptiveIVFIndex(d_cluster=8, d_search=16, nlist=4, nprobe=4, nesting=NEST).add(X)
+    idx.set_tuning({"params": {"nprobe": 4}, "recall": 1.0})
+    idx.set_params(d_search=32)  # rebuilds the lists on the stored vectors
+    assert idx.tuning_ is None  # the record described the old configuration
+    assert knn_intersection(idx.search(X[:20], k=5)[1], exact_search(X, X[:20], 5, dim=32)[1]) == 1.0
+    f = FunnelIndex(dims=(8, 32), shortlist=(600,), nesting=NEST).add(X)
+    f.set_params(dims=(16, 32), prefix_dtype="binary")
+    assert f.stage_.d == 16 and f.stage_.ntotal == len(X)
+    assert knn_intersection(f.search(X[:20], k=5)[1], exact_search(X, X[:20], 5)[1]) == 1.0
+
+
+def test_train_errors(X):
+    idx = FunnelIndex(dims=(8, 32), shortlist=(50,), nesting=NEST).train(X[:100])
+    with pytest.raises(NestembError, match="is empty: call add"):
+        idx.search(X[:1])
+    with pytest.raises(NestembError, match="dimension 16, expected 32"):
+        idx.add(X[:5, :16])
+    with pytest.raises(NestembError, match="needs retraining: call train"):
+        idx.set_params(prefix_dtype="int8")
+    idx.train(X[:200])  # still empty: retraining is fine
+    idx.add(X)
+    with pytest.raises(NestembError, match="already holds 600 vectors"):
+        idx.train(X)
+    with pytest.raises(NestembError, match="nlist=64 needs at least as many vectors, got 10"):
+        AdaptiveIVFIndex(d_cluster=8, d_search=16, nlist=64).train(X[:10])
+    with pytest.raises(NestembError, match="NaN or inf"):
+        AdaptiveIVFIndex(nlist=4).train(np.full((10, D), np.nan, np.float32))
+    # bad ids fail before the first add trains anything
+    fresh = AdaptiveIVFIndex(d_cluster=8, d_search=16, nlist=4)
+    with pytest.raises(NestembError, match="duplicate ids"):
+        fresh.add(X[:10], ids=[1] * 10)
+    assert not fresh.is_trained
+
+
+def test_set_tuning_validates_and_applies(X):
+    idx = AdaptiveIVFIndex(d_cluster=8, d_search=16, nlist=4, nesting=NEST).add(X)
+    with pytest.raises(NestembError, match="'params' dict"):
+        idx.set_tuning({"recall": 1.0})
+    with pytest.raises(NestembError, match=r"unknown AdaptiveIVFIndex parameters: \['shortlist'\]"):
+        idx.set_tuning({"params": {"shortlist": [10]}})
+    idx.set_tuning({"params": {"nprobe": 3, "rerank": 40}, "recall": 0.97})
+    assert (idx.nprobe, idx.rerank, idx.tuning_["recall"]) == (3, 40, 0.97)

@@ -36,11 +36,15 @@ def test_sts_short_row_and_missing(tmp_path):
         read_sts(tmp_path / "missing.csv")
 
 
-def test_mrpc_bom_crlf_and_minus_one(shared_data, tmp_path):
+def test_mrpc_shared_files(shared_data):
     train = read_mrpc(shared_data / "mrpc" / "msr_paraphrase_train.txt")
     assert len(train) == 4076
     assert all(not s2.endswith("\r") for _, s2, _ in train)
     assert len(read_mrpc(shared_data / "mrpc" / "msr_paraphrase_test.txt")) == 1725
+
+
+def test_mrpc_bom_crlf_and_minus_one(tmp_path):
+    """Synthetic, so it runs without the shared data."""
     p = tmp_path / "m.txt"
     p.write_bytes("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\r\n1\t1\t2\ta\tb\r\n0\t-1\t-1\tc\td\r\n".encode())
     assert read_mrpc(p) == [("a", "b", 1)]

@@ -1,12 +1,15 @@
-"""CLI commands for the image area: ``train-image``, ``eval-image`` and ``quickstart``.
+"""CLI for the image area: ``nestemb image train``, ``nestemb image eval`` and the top-level
+``nestemb quickstart``.
 
-Every input is validated before anything is written; output directories are built in a
-temporary sibling and renamed at the end (:func:`nestemb.io.atomic_dir`), so a failure leaves
-nothing behind.
+The commands parse strings (``--dims``, ``--weights``, ``--augment``) into typed values, build
+:class:`~nestemb.train.image.ImageTrainConfig` and call the library; every input is validated
+before anything is written, and output directories are built in a temporary sibling and renamed
+at the end (:func:`nestemb.io.atomic_dir`), so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Optional
 
@@ -14,10 +17,35 @@ import typer
 
 from nestemb.cli.app import app
 
+image_app = typer.Typer(
+    help="Image encoders: train nested (Matryoshka) CNNs on IDX data, evaluate every prefix.",
+    no_args_is_help=True,
+)
+app.add_typer(image_app, name="image")
+
 _DATA_HELP = (
     "Folder with an MNIST-style IDX pair (train-* and t10k-*). Default: $NESTEMB_DATA, "
     "../shared/data/fashion-mnist, /usr/share/datasets/fashion-mnist."
 )
+_AUGMENT_HELP = "Comma list of shift (random shifts of --shift pixels) and flip (horizontal), or none."
+_STEPS_HELP = "Optimizer steps (default: 10 epochs, but at least 1500 steps on small data sets)."
+
+
+class Head(str, enum.Enum):
+    mrl = "mrl"
+    mrl_e = "mrl-e"
+    ff = "ff"
+
+
+class Classifier(str, enum.Enum):
+    linear = "linear"
+    cosine = "cosine"
+
+
+class Device(str, enum.Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
 
 
 def _console():
@@ -26,51 +54,78 @@ def _console():
     return Console()
 
 
-def _prepare(data, epochs, dims, dim, head, weights, seed, classifier, **train_kw):
-    """Validate every option, then load the data: returns (model config, train config, data)."""
+def parse_augment(text: str) -> tuple[str, ...]:
+    """``--augment`` as a tuple of augmentation names (``none`` or empty: no augmentation).
+
+    Example:
+        >>> parse_augment("shift, flip"), parse_augment("none")
+        (('shift', 'flip'), ())
+        >>> parse_augment("shift,rotate")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: --augment takes shift, flip or none, got 'rotate'
+    """
+    from nestemb.errors import NestembError
+    from nestemb.train.image import AUGMENTS
+
+    names = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    if names in ((), ("none",)):
+        return ()
+    for n in names:
+        if n not in AUGMENTS:
+            raise NestembError(f"--augment takes {', '.join(AUGMENTS)} or none, got {n!r}")
+    return names
+
+
+def _load_data(data: Optional[Path]):
     from nestemb.data.idx import load_idx
     from nestemb.data.paths import resolve_fashion_mnist
     from nestemb.errors import NestembError
-    from nestemb.losses import check_weights
-    from nestemb.nesting import parse_dims, parse_floats
-    from nestemb.train.image import TrainConfig, make_model_config
 
-    if classifier not in ("cosine", "linear"):
-        raise NestembError(f"--classifier must be cosine or linear, got {classifier!r}")
-    tcfg = TrainConfig(epochs=epochs, seed=seed, weights=parse_floats(weights), **train_kw)
-    mcfg = make_model_config(head, dim=dim, dims=parse_dims(dims), cosine=classifier == "cosine")
-    if tcfg.weights is not None:
-        check_weights(tcfg.weights, mcfg.nesting)
-    folder = resolve_fashion_mnist(data)
-    train = load_idx(folder, "train")
-    test = load_idx(folder, "t10k")
+    try:
+        folder = resolve_fashion_mnist(data)
+    except NestembError as e:
+        raise NestembError(str(e).replace("give the data folder explicitly", "pass --data DIR")) from None
+    train, test = load_idx(folder, "train"), load_idx(folder, "t10k")
     if test[0].shape[1:] != train[0].shape[1:]:
         raise NestembError(f"{folder}: train and t10k images differ in size")
+    return folder, train, test
+
+
+def _prepare(data, dims, dim, head, weights, classifier, **train_kw):
+    """Validate every option, then load the data: (model config, train config, folder, train, test)."""
+    from nestemb.cli.parse import parse_dims, parse_floats
+    from nestemb.errors import NestembError
+    from nestemb.losses import check_weights
+    from nestemb.models.image import make_model_config
+    from nestemb.train.image import ImageTrainConfig
+
+    def cli_error(e: NestembError) -> NestembError:
+        # library messages name parameters; the options carry the same names as flags
+        msg = str(e)
+        for name in ("epochs", "steps", "batch_size", "lr", "holdout", "shift", "threads"):
+            if msg.startswith(f"{name} "):
+                return NestembError("--" + name.replace("_", "-") + msg[len(name):])
+        if msg.startswith("give epochs or steps"):
+            return NestembError("give --epochs or --steps, not both")
+        return e
+
+    try:
+        tcfg = ImageTrainConfig(weights=parse_floats(weights), **train_kw)
+    except NestembError as e:
+        raise cli_error(e) from None
+    dims_t = parse_dims(dims)
+    kw = dict(dim=dim, dims=dims_t, cosine=classifier == Classifier.cosine)
+    try:
+        mcfg = make_model_config(head.value, **kw)
+    except NestembError as e:  # name the flags: the library speaks of head='ff' and dims
+        raise NestembError(str(e).replace("head='ff'", "--head ff").replace("in dims", "in --dims")) from None
+    if tcfg.weights is not None:
+        check_weights(tcfg.weights, mcfg.nesting)
+    folder, train, test = _load_data(data)
     num_classes = int(max(train[1].max(), test[1].max())) + 1
-    if tcfg.holdout > len(train[0]) // 5:  # small data sets: keep 80 % for training
-        tcfg.holdout = len(train[0]) // 5
-    mcfg = make_model_config(
-        head, dim=dim, dims=parse_dims(dims), cosine=classifier == "cosine",
-        num_classes=num_classes, images=train[0], width=mcfg.width,
-    )  # fmt: skip
+    mcfg = make_model_config(head.value, num_classes=num_classes, images=train[0], **kw)
     return mcfg, tcfg, folder, train, test
-
-
-def _train(mcfg, tcfg, train, progress=True, checkpoint_dir=None):
-    from nestemb.train.image import train_image_model
-
-    model, info = train_image_model(
-        mcfg, tcfg, train[0], train[1], progress=progress, checkpoint_dir=checkpoint_dir
-    )
-    return model, info
-
-
-def _split_extra(tcfg, folder, info) -> dict:
-    return {
-        "split": {"holdout": tcfg.holdout, "seed": tcfg.seed},
-        "data": str(folder),
-        "training": info,
-    }
 
 
 def method_results(ev: dict) -> dict:
@@ -81,6 +136,20 @@ def method_results(ev: dict) -> dict:
         {'linear_top1': [0.9], 'knn_top1': [0.8], 'map10': [0.7]}
     """
     return {k: ev[k] for k in ("linear_top1", "knn_top1", "map10")}
+
+
+def calibration_text(calib: dict) -> str:
+    """One line saying which split calibrated the cascade.
+
+    Example:
+        >>> calibration_text({"source": "manifest", "n": 100, "holdout": 20, "seed": 0})
+        'cascade calibrated on 20 of the 100 training images held out (seed 0; split from the manifest)'
+    """
+    if calib.get("source") is None:
+        return f"no cascade: {calib.get('reason')}"
+    where = "the manifest" if calib["source"] == "manifest" else "--holdout/--seed"
+    return (f"cascade calibrated on {calib['holdout']} of the {calib['n']} training images held "
+            f"out (seed {calib['seed']}; split from {where})")  # fmt: skip
 
 
 def print_results(console, dims, per: dict, cascade: list, title: str) -> None:
@@ -113,115 +182,150 @@ def print_results(console, dims, per: dict, cascade: list, title: str) -> None:
         console.print(c)
 
 
-@app.command("train-image")
-def train_image(
+def _check_out_file(out: Path, overwrite: bool) -> None:
+    from nestemb.errors import NestembError
+
+    if out.is_dir():
+        raise NestembError(f"--out must be a file path, {out} is a directory")
+    if out.exists() and not overwrite:
+        raise NestembError(f"output file already exists: {out} (use --overwrite)")
+
+
+@image_app.command("train")
+def train_cmd(
     out: Path = typer.Option(..., help="Output model directory (weights + manifest.json)."),
     data: Optional[Path] = typer.Option(None, help=_DATA_HELP),
-    epochs: int = typer.Option(4, help="Training epochs (>= 1)."),
+    steps: Optional[int] = typer.Option(None, help=_STEPS_HELP),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (instead of --steps)."),
     dims: Optional[str] = typer.Option(
         None, help="Nesting, e.g. 2,4,8,...,256 (last = --dim). For --head ff: one size m (FF-m)."
     ),
     dim: int = typer.Option(256, help="Embedding (encoder output) dimension."),
-    head: str = typer.Option("mrl", help="mrl (a head per prefix), mrl-e (weight-tied) or ff."),
+    head: Head = typer.Option(Head.mrl, help="mrl (a head per prefix), mrl-e (weight-tied) or ff."),
     weights: Optional[str] = typer.Option(
         None, help="Per-prefix loss weights, one per nesting entry (default 2,1,1,...)."
     ),
     seed: int = typer.Option(0, help="Random seed (weights, split, shuffling, augmentation)."),
-    classifier: str = typer.Option("linear", help="linear or cosine (on prefix views) heads."),
+    classifier: Classifier = typer.Option(Classifier.linear, help="Heads: linear, or cosine on prefix views."),
     batch_size: int = typer.Option(256, help="Batch size."),
     lr: float = typer.Option(4e-3, help="Peak learning rate of the one-cycle schedule."),
-    holdout: int = typer.Option(5000, help="Training images held out for cascade calibration."),
-    crop: int = typer.Option(0, help="Random-shift augmentation in pixels (0 = off)."),
-    threads: int = typer.Option(2, help="torch CPU threads."),
+    holdout: Optional[int] = typer.Option(
+        None, help="Training images held out for cascade calibration (default: 10%, 200..5000)."
+    ),
+    augment: str = typer.Option("shift", help=_AUGMENT_HELP),
+    shift: int = typer.Option(2, help="Largest random shift in pixels (with --augment shift)."),
+    model_id: str = typer.Option("nestemb-cnn", help="Readable model name for the manifest (the version is the weights' hash)."),
+    device: Device = typer.Option(Device.auto, help="cpu, cuda, or auto (cuda when available)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads while training (default: torch's)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
-    checkpoints: bool = typer.Option(True, help="Keep a model checkpoint after every epoch."),
+    checkpoints: bool = typer.Option(True, help="Keep about ten model checkpoints along the way."),
 ) -> None:
     """Train an image encoder with Matryoshka heads on an IDX data set; save it to --out."""
     from nestemb.io import atomic_dir, write_json
-    from nestemb.models.image import build_manifest, write_model_files
+    from nestemb.models.image import write_model_files
+    from nestemb.train.image import train_image
 
     mcfg, tcfg, folder, train, _test = _prepare(
-        data, epochs, dims, dim, head, weights, seed, classifier,
-        batch_size=batch_size, lr=lr, holdout=holdout, crop=crop, threads=threads,
+        data, dims, dim, head, weights, classifier, steps=steps, epochs=epochs, seed=seed,
+        batch_size=batch_size, lr=lr, holdout=holdout, augment=parse_augment(augment),
+        shift=shift, threads=threads, device=device.value,
     )  # fmt: skip
     console = _console()
-    console.print(f"training {head} on {folder}: nesting {mcfg.nesting}, {epochs} epochs")
+    console.print(f"training {head.value} on {folder}: nesting {mcfg.nesting}")
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        model, info = _train(mcfg, tcfg, train, checkpoint_dir=tmp / "checkpoints" if checkpoints else None)
-        extra = _split_extra(tcfg, folder, info)
-        write_model_files(model, tmp, build_manifest(model, f"nestemb-cnn-{head}", extra))
+        model, info = train_image(mcfg, *train, tcfg, model_id=model_id,
+                                  checkpoint_dir=tmp / "checkpoints" if checkpoints else None)  # fmt: skip
+        man = write_model_files(model, tmp, model_id, {"split": info["split"], "data": str(folder), "training": info})
         write_json(tmp / "train.json", info)
-    console.print(f"saved {out} ({info['train_seconds']:.1f} s training)")
+    console.print(f"saved {out} ({model_id} version {man.model_version}; {info['steps']} steps, "
+                  f"{info['train_seconds']:.1f} s training)")  # fmt: skip
 
 
-@app.command("eval-image")
-def eval_image(
-    model: Path = typer.Option(..., help="Model directory written by train-image."),
+@image_app.command("eval")
+def eval_cmd(
+    model: Path = typer.Option(..., help="Model directory written by `nestemb image train`."),
     out: Path = typer.Option(..., help="Results JSON file."),
     data: Optional[Path] = typer.Option(None, help=_DATA_HELP),
-    threads: int = typer.Option(2, help="torch CPU threads."),
+    holdout: Optional[int] = typer.Option(None, help="Calibrate the cascade on this many training images instead of the model's recorded hold-out."),
+    seed: int = typer.Option(0, help="Seed of the --holdout split (only with --holdout)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing results file."),
 ) -> None:
     """Evaluate every prefix of a saved image model (linear and 1-NN top-1, mAP@10, cascade)."""
-    from nestemb.data.idx import load_idx
-    from nestemb.data.paths import resolve_fashion_mnist
     from nestemb.errors import NestembError
     from nestemb.eval.image import evaluate_image_model
     from nestemb.io import write_json
     from nestemb.models.image import load_image_model
+    from nestemb.train.device import torch_threads
 
-    if out.exists() and out.is_dir():
-        raise NestembError(f"--out must be a file path, {out} is a directory")
-    m = load_image_model(model, threads=threads)
-    folder = resolve_fashion_mnist(data)
-    train, test = load_idx(folder, "train"), load_idx(folder, "t10k")
+    _check_out_file(out, overwrite)
+    m = load_image_model(model)
+    folder, train, test = _load_data(data)
     if tuple(train[0].shape[1:]) != m.config.in_hw:
         raise NestembError(f"{folder} holds {train[0].shape[1:]} images, the model takes {m.config.in_hw}")
-    ev = evaluate_image_model(m, train, test)
+    with torch_threads(threads):
+        ev = evaluate_image_model(m, train, test, holdout=holdout, seed=seed if holdout is not None else None)
     head = m.config.head
     res = {"dims": ev["dims"], head: method_results(ev), "cascade": ev["cascade"],
-           "model": str(model), "data": str(folder), "eval_seconds": ev["eval_seconds"]}  # fmt: skip
+           "calibration": ev["calibration"], "model": str(model), "model_id": m.manifest.model_id,
+           "model_version": m.manifest.model_version, "data": str(folder),
+           "eval_seconds": ev["eval_seconds"]}  # fmt: skip
     write_json(out, res)
-    print_results(_console(), ev["dims"], res[head], ev["cascade"], f"{head} on {folder}")
+    console = _console()
+    print_results(console, ev["dims"], res[head], ev["cascade"], f"{head} on {folder}")
+    console.print(calibration_text(ev["calibration"]), soft_wrap=True)
 
 
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="Output directory."),
-    epochs: int = typer.Option(4, help="Training epochs."),
     data: Optional[Path] = typer.Option(None, help=_DATA_HELP),
+    steps: Optional[int] = typer.Option(None, help=_STEPS_HELP),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (instead of --steps)."),
     seed: int = typer.Option(0, help="Random seed."),
+    device: Device = typer.Option(Device.auto, help="cpu, cuda, or auto (cuda when available)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
-    """Train an MRL model on Fashion-MNIST (nesting 2, 4, ... 256), evaluate every prefix, run the
-    cascade; writes OUT/model/, OUT/results.json and OUT/accuracy_vs_dim.png."""
+    """Train an MRL model on Fashion-MNIST (nesting 2, 4, ... 256) with the default recipe,
+    evaluate every prefix, run the cascade; writes OUT/model/, OUT/results.json and
+    OUT/accuracy_vs_dim.png."""
     from nestemb.errors import NestembError
     from nestemb.eval.image import evaluate_image_model
     from nestemb.io import atomic_dir, write_json
-    from nestemb.models.image import build_manifest, write_model_files
+    from nestemb.models.image import write_model_files
     from nestemb.plotting import line_plot
+    from nestemb.train.image import train_image
 
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise NestembError(f"output directory already exists and is not empty: {out} (use --overwrite)")
-    mcfg, tcfg, folder, train, test = _prepare(data, epochs, None, 256, "mrl", None, seed, "linear")
+    mcfg, tcfg, folder, train, test = _prepare(
+        data, None, 256, Head.mrl, None, Classifier.linear, steps=steps, epochs=epochs, seed=seed,
+        device=device.value,
+    )  # fmt: skip
     console = _console()
-    console.print(f"quickstart: MRL on {folder}, nesting {mcfg.nesting}, {epochs} epochs, 2 threads")
+    console.print(f"quickstart: MRL on {folder}, nesting {mcfg.nesting}")
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        model, info = _train(mcfg, tcfg, train)
+        model, info = train_image(mcfg, *train, tcfg, model_id="nestemb-cnn-mrl")
         (tmp / "model").mkdir()
-        write_model_files(model, tmp / "model", build_manifest(model, "nestemb-cnn-mrl", _split_extra(tcfg, folder, info)))
-        console.print("evaluating every prefix (1-NN over the 60,000 training images) ...")
-        ev = evaluate_image_model(model, train, test, holdout=tcfg.holdout, seed=tcfg.seed)
+        man = write_model_files(model, tmp / "model", "nestemb-cnn-mrl",
+                                {"split": info["split"], "data": str(folder), "training": info})  # fmt: skip
+        console.print(f"evaluating every prefix (1-NN over the {len(train[0]):,} training images) ...")
+        model.manifest = man  # evaluate with the split just recorded in model/manifest.json
+        ev = evaluate_image_model(model, train, test)
         dims = ev["dims"]
         results = {
             "dims": dims, "mrl": method_results(ev), "cascade": ev["cascade"],
-            "train_seconds": info["train_seconds"], "eval_seconds": ev["eval_seconds"],
-            "epochs": epochs, "seed": seed, "data": str(folder), "model": "model",
-            "training": info,
+            "calibration": ev["calibration"], "train_seconds": info["train_seconds"],
+            "eval_seconds": ev["eval_seconds"], "epochs": info["epochs"], "steps": info["steps"],
+            "seed": seed, "data": str(folder), "model": "model", "model_id": man.model_id,
+            "model_version": man.model_version, "training": info,
         }  # fmt: skip
         write_json(tmp / "results.json", results)
         line_plot(tmp / "accuracy_vs_dim.png", dims,
                   {"linear top-1": ev["linear_top1"], "1-NN top-1": ev["knn_top1"], "mAP@10": ev["map10"]},
-                  xlabel="embedding dimension (prefix)", ylabel="Fashion-MNIST test",
-                  title=f"MRL, {epochs} epochs")  # fmt: skip
-    print_results(console, dims, results["mrl"], ev["cascade"], f"MRL on Fashion-MNIST ({epochs} epochs)")
+                  xlabel="embedding dimension (prefix)", ylabel="test",
+                  title=f"MRL, {info['steps']} steps")  # fmt: skip
+    title = f"MRL on {folder.name} ({info['epochs']} epochs, {info['steps']} steps)"
+    print_results(console, dims, results["mrl"], ev["cascade"], title)
+    console.print(calibration_text(ev["calibration"]), soft_wrap=True)
     console.print(f"train {info['train_seconds']:.0f} s, eval {ev['eval_seconds']:.0f} s; wrote {out}/")

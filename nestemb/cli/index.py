@@ -1,7 +1,12 @@
-"""CLI commands for the index area: ``nestemb embed`` and ``nestemb index build|search|tune``."""
+"""CLI commands for the index area: ``nestemb embed`` and ``nestemb index build|search|tune``.
+
+The library (``nestemb.index``) takes typed values; this module parses the flags, checks output
+paths before any long work, and turns every bad input into a one-line error (exit 2).
+"""
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import Optional
@@ -9,8 +14,8 @@ from typing import Optional
 import typer
 
 from nestemb.cli.app import app
+from nestemb.cli.parse import parse_ints
 from nestemb.errors import NestembError
-from nestemb.nesting import parse_ints
 
 index_app = typer.Typer(
     help="Build, search and tune indexes over Matryoshka embeddings.", no_args_is_help=True
@@ -18,12 +23,62 @@ index_app = typer.Typer(
 app.add_typer(index_app, name="index")
 
 
+class Split(str, enum.Enum):
+    train = "train"
+    t10k = "t10k"
+
+
+class Device(str, enum.Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+class IndexType(str, enum.Enum):
+    funnel = "funnel"
+    ivf = "ivf"
+    opq = "opq"
+
+
+class PrefixDtype(str, enum.Enum):
+    float32 = "float32"
+    float16 = "float16"
+    int8 = "int8"
+    binary = "binary"
+
+
+class FirstStage(str, enum.Enum):
+    flat = "flat"
+    hnsw = "hnsw"
+
+
+class Codec(str, enum.Enum):
+    flat = "flat"
+    fp16 = "fp16"
+    sq8 = "sq8"
+    pq = "pq"
+    opq = "opq"
+
+
+def _check_free(out: Path, overwrite: bool) -> None:
+    """Fail before any long work when ``out`` would be refused at the end."""
+    if out.exists() and not out.is_dir():
+        raise NestembError(f"output path exists and is not a directory: {out}")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise NestembError(f"output directory already exists and is not empty: {out} (use --overwrite)")
+
+
+def _positive(value: Optional[int], flag: str) -> None:
+    if value is not None and value <= 0:
+        raise NestembError(f"{flag} must be positive, got {value}")
+
+
 # --------------------------------------------------------------------------- embed
 def _read_texts(path: Path) -> tuple[list[str], list[str]]:
     """Texts and ids from a BEIR-style ``.jsonl`` (``_id``, ``title``, ``text``) or a ``.txt``
     file (one text per line, ids = line numbers)."""
     if not path.is_file():
-        raise NestembError(f"input file not found: {path}")
+        raise NestembError(f"--texts file not found: {path}")
     texts, ids = [], []
     if path.suffix == ".jsonl":
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -44,37 +99,49 @@ def _read_texts(path: Path) -> tuple[list[str], list[str]]:
     return texts, ids
 
 
-def _read_images(path: Path, split: str):
+def _read_images(data: Optional[Path], images: Optional[Path], split: Split):
     import numpy as np
 
-    if path.is_file() and path.suffix == ".npy":
-        arr = np.load(path)
-    elif path.is_dir():
+    if data is not None:
         from nestemb.data.idx import load_idx
 
-        arr = load_idx(path, split=split)[0]
+        if not data.is_dir():
+            raise NestembError(f"--data must be an IDX folder, not found: {data}")
+        arr = load_idx(data, split=split.value)[0]
     else:
-        raise NestembError(f"images not found: {path} (give an IDX folder or a uint8 .npy)")
+        if not images.is_file() or images.suffix != ".npy":
+            raise NestembError(f"--images must be a uint8 .npy file, not found: {images}")
+        try:
+            arr = np.load(images)
+        except (OSError, ValueError) as e:
+            raise NestembError(f"cannot read {images}: {e}") from None
     return arr, list(range(len(arr)))
 
 
 @app.command()
 def embed(
     model: str = typer.Option(..., help="saved image/text model folder, or 'minilm'"),
-    input: Path = typer.Option(..., "--input", help="IDX folder / .npy images, or .jsonl / .txt texts"),
     out: Path = typer.Option(..., help="output embedding directory"),
-    split: str = typer.Option("train", help="IDX split for an image folder: train or t10k"),
+    data: Optional[Path] = typer.Option(None, help="image IDX folder (e.g. fashion-mnist), for an image model"),
+    split: Split = typer.Option(Split.train, help="IDX split of --data"),
+    images: Optional[Path] = typer.Option(None, help="uint8 .npy images (N, H, W), for an image model"),
+    texts: Optional[Path] = typer.Option(
+        None, help=".jsonl (BEIR-style _id, title, text) or .txt (one text per line), for a text model"
+    ),
     limit: Optional[int] = typer.Option(None, help="embed only the first N items"),
     batch_size: int = typer.Option(256, help="encoder batch size"),
+    device: Device = typer.Option(Device.auto, help="cpu, cuda or auto (image models run on the cpu)"),
     overwrite: bool = typer.Option(False, help="replace an existing output directory"),
 ) -> None:
-    """Encode images or texts through a saved model into an embedding file with manifest."""
-    import dataclasses
-
+    """Encode images or texts into an embedding directory (manifest: the model's id and version)."""
     from nestemb.nesting import Manifest, save_embeddings
 
-    if limit is not None and limit <= 0:
-        raise NestembError(f"--limit must be positive, got {limit}")
+    _positive(limit, "--limit")
+    _positive(batch_size, "--batch-size")
+    given = [flag for flag, v in (("--data", data), ("--images", images), ("--texts", texts)) if v is not None]
+    if len(given) != 1:
+        raise NestembError(f"give exactly one of --data, --images or --texts (got {given or 'none'})")
+    _check_free(out, overwrite)
     model_dir = Path(model)
     kind = "text-model" if model.lower() == "minilm" else None
     if kind is None:
@@ -85,31 +152,38 @@ def embed(
         else:  # a plain sentence-transformers folder
             kind = "text-model"
     if kind == "image-model":
+        if texts is not None:
+            raise NestembError(f"{model} is an image model: give --data or --images, not --texts")
+        if device is Device.cuda:
+            raise NestembError("embed runs image models on the cpu: use --device cpu or auto")
         try:
             from nestemb.models.image import load_image_model
         except ImportError:
             raise NestembError("image models are not available in this installation") from None
         encoder = load_image_model(model_dir)
-        items, ids = _read_images(input, split)
+        items, ids = _read_images(data, images, split)
     elif kind == "text-model":
+        if texts is None:
+            raise NestembError(f"{model} is a text model: give --texts, not {given[0]}")
         try:
             from nestemb.text.encoder import load_text_model
         except ImportError:
             raise NestembError("text models are not available in this installation") from None
-        encoder = load_text_model(model)
-        items, ids = _read_texts(input)
+        items, ids = _read_texts(texts)
+        encoder = load_text_model(model, device=device.value)
     else:
         raise NestembError(f"{model} holds a {kind!r}; embed needs an image-model or text-model")
     if limit is not None:
         items, ids = items[:limit], ids[:limit]
     X = encoder.encode(items, batch_size=batch_size)
-    man = encoder.manifest
+    man = encoder.manifest  # identity of the embeddings = identity of the model's weights
     manifest = Manifest(
         model_id=man.model_id, model_version=man.model_version, nesting=man.nesting, dim=man.dim,
-        extra={"source": str(input), "model_path": str(model)},
+        extra={"source": str(data or images or texts), "model_path": str(model)},
     )
-    save_embeddings(out, X, dataclasses.replace(manifest), ids=ids, overwrite=overwrite)
-    typer.echo(f"wrote {len(X)} embeddings of dim {X.shape[1]} to {out}")
+    save_embeddings(out, X, manifest, ids=ids, overwrite=overwrite)
+    typer.echo(f"wrote {len(X)} embeddings of dim {X.shape[1]} ({man.model_id} "
+               f"{man.model_version}) to {out}")
 
 
 # --------------------------------------------------------------------------- index
@@ -125,48 +199,48 @@ def _load_emb(path: Path, what: str):
 def build(
     embeddings: Path = typer.Argument(..., help="embedding directory (nestemb embed)"),
     out: Path = typer.Option(..., help="index directory to write"),
-    type: str = typer.Option("funnel", help="funnel, ivf or opq"),
-    dims: Optional[str] = typer.Option(None, help="funnel stage dims, e.g. 16,64,384"),
+    index_type: IndexType = typer.Option(IndexType.funnel, help="funnel (prefix shortlist + re-rank), ivf (AdANNS-IVF) or opq (AdANNS-OPQ)"),
+    dims: Optional[str] = typer.Option(None, help="funnel stage dims, e.g. 16,64,384 (default: shortest prefix, full)"),
     shortlist: Optional[str] = typer.Option(None, help="funnel shortlist sizes, e.g. 400,100"),
-    prefix_dtype: str = typer.Option("float32", help="float32, float16, int8 or binary"),
-    first_stage: str = typer.Option("flat", help="funnel first stage: flat or hnsw"),
-    d_cluster: Optional[int] = typer.Option(None, help="ivf: clustering prefix"),
+    prefix_dtype: PrefixDtype = typer.Option(PrefixDtype.float32, help="funnel first-stage storage"),
+    first_stage: FirstStage = typer.Option(FirstStage.flat, help="funnel first stage: exact scan or HNSW graph"),
+    d_cluster: Optional[int] = typer.Option(None, help="ivf/opq: clustering prefix"),
     d_search: Optional[int] = typer.Option(None, help="ivf/opq: scanned prefix"),
     nlist: int = typer.Option(256, help="ivf/opq: number of lists"),
     nprobe: int = typer.Option(16, help="ivf/opq: lists visited per query"),
-    codec: Optional[str] = typer.Option(None, help="ivf: flat, fp16, sq8, pq or opq"),
+    codec: Optional[Codec] = typer.Option(None, help="ivf: in-list storage (default flat); opq: opq"),
     code_bytes: Optional[int] = typer.Option(None, help="pq/opq: bytes per vector"),
     rerank: Optional[int] = typer.Option(None, help="ivf/opq: candidates re-ranked at full dim"),
     overwrite: bool = typer.Option(False, help="replace an existing index directory"),
 ) -> None:
-    """Build an index from an embedding directory."""
+    """Build an index from an embedding directory (keeps its model id, version and nesting)."""
     import numpy as np
 
     from nestemb.index import AdaptiveIVFIndex, AdaptiveOPQIndex, FunnelIndex
+    from nestemb.index.persist import check_index_path
 
     X, man, ids = _load_emb(embeddings, "gallery")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise NestembError(f"index directory already exists: {out} (use --overwrite)")
+    _check_free(out, overwrite)  # before the build, which may take long
+    check_index_path(out, overwrite)  # --overwrite replaces only an index
     common = dict(nesting=man.nesting, model_id=man.model_id, model_version=man.model_version)
     nest = man.nesting
-    if type == "funnel":
+    if index_type is IndexType.funnel:
         stage_dims = parse_ints(dims, "--dims") or ((nest[0], man.dim) if len(nest) > 1 else (man.dim,))
         sl = parse_ints(shortlist, "--shortlist")
         if sl is None:
             sl = tuple(max(100, 400 // 4**i) for i in range(len(stage_dims) - 1))
-        index = FunnelIndex(dims=stage_dims, shortlist=sl, prefix_dtype=prefix_dtype,
-                            first_stage=first_stage, **common)
-    elif type in ("ivf", "opq"):
-        ds = d_search or (nest[len(nest) // 2] if type == "ivf" else man.dim)
-        kw = dict(d_search=ds, nlist=nlist, nprobe=nprobe, code_bytes=code_bytes, rerank=rerank, **common)
-        if type == "ivf":
-            index = AdaptiveIVFIndex(d_cluster=d_cluster or nest[0], codec=codec, **kw)
-        else:
-            kw["code_bytes"] = code_bytes or max(1, ds // 4)
-            kw["rerank"] = rerank or 100
-            index = AdaptiveOPQIndex(d_cluster=d_cluster, **kw)
+        index = FunnelIndex(dims=stage_dims, shortlist=sl, prefix_dtype=prefix_dtype.value,
+                            first_stage=first_stage.value, **common)
     else:
-        raise NestembError(f"--type must be funnel, ivf or opq, got {type!r}")
+        ds = d_search or (nest[len(nest) // 2] if index_type is IndexType.ivf else man.dim)
+        kw = dict(d_search=ds, nlist=nlist, nprobe=nprobe, **common)
+        if index_type is IndexType.ivf:
+            index = AdaptiveIVFIndex(d_cluster=d_cluster or nest[0], codec=codec and codec.value,
+                                     code_bytes=code_bytes, rerank=rerank, **kw)
+        else:
+            index = AdaptiveOPQIndex(d_cluster=d_cluster, codec=(codec or Codec.opq).value,
+                                     code_bytes=code_bytes or max(1, ds // 4),
+                                     rerank=rerank or 100, **kw)
     index.add(np.asarray(X), ids=ids)
     index.save(out, overwrite=overwrite)
     typer.echo(f"built {index!r} over {len(index)} vectors -> {out}")
@@ -175,10 +249,11 @@ def build(
 @index_app.command("search")
 def search(
     index_dir: Path = typer.Argument(..., help="index directory"),
-    queries: Path = typer.Option(..., help="query embedding directory (same model)"),
+    queries: Path = typer.Option(..., help="query embedding directory (same model and version)"),
     k: int = typer.Option(10, "-k", "--k", help="results per query"),
     limit: Optional[int] = typer.Option(None, help="search only the first N queries"),
     out: Optional[Path] = typer.Option(None, help="write all results as JSON here"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out file"),
     show: int = typer.Option(5, help="print the results of the first N queries"),
 ) -> None:
     """Search an index with the queries of an embedding directory."""
@@ -187,11 +262,14 @@ def search(
     from nestemb.index import load_index
     from nestemb.io import write_json
 
+    _positive(limit, "--limit")
+    if out is not None and out.is_dir():
+        raise NestembError(f"--out must be a file, got a directory: {out}")
+    if out is not None and out.exists() and not overwrite:
+        raise NestembError(f"output file already exists: {out} (use --overwrite)")
     index = load_index(index_dir)
     Q, man, qids = _load_emb(queries, "query")
     Q = np.asarray(Q if limit is None else Q[:limit])
-    if limit is not None and limit <= 0:
-        raise NestembError(f"--limit must be positive, got {limit}")
     scores, ids = index.search(Q, k=k, manifest=man)
     qids = qids[: len(Q)] if qids is not None else list(range(len(Q)))
     for i in range(min(show, len(Q))):
@@ -205,27 +283,34 @@ def search(
 
 @index_app.command("tune")
 def tune_cmd(
-    index_dir: Path = typer.Argument(..., help="index directory (updated in place)"),
-    queries: Path = typer.Option(..., help="sample query embedding directory (same model)"),
-    recall: float = typer.Option(0.99, help="recall@k target"),
+    index_dir: Path = typer.Argument(..., help="index directory"),
+    queries: Path = typer.Option(..., help="sample query embedding directory (same model and version)"),
+    recall: float = typer.Option(0.99, help="recall@k target (agreement with exact search)"),
     k: int = typer.Option(10, "-k", "--k", help="k of recall@k"),
     max_queries: int = typer.Option(200, help="queries used for measuring"),
+    max_candidates: int = typer.Option(8192, help="largest shortlist / re-rank depth tried"),
+    out: Optional[Path] = typer.Option(None, help="write the tuned index here (default: update INDEX_DIR in place)"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out index"),
 ) -> None:
-    """Pick the fastest configuration meeting the recall target; save it in the index."""
+    """Pick the fastest configuration meeting the recall target and save it with the index."""
     import numpy as np
 
     from nestemb.index import load_index, tune
-    from nestemb.nesting import check_compatible
+    from nestemb.index.persist import check_index_path
 
-    if max_queries <= 0:
-        raise NestembError(f"--max-queries must be positive, got {max_queries}")
+    _positive(max_queries, "--max-queries")
+    _positive(max_candidates, "--max-candidates")
+    if out is not None:
+        _check_free(out, overwrite)
+        check_index_path(out, overwrite)
     index = load_index(index_dir)
     Q, man, _ = _load_emb(queries, "query")
-    check_compatible(man, index.manifest, what="queries and index")
-    res = tune(index, np.asarray(Q[:max_queries]), k=k, recall=recall)
-    index.save(index_dir)
-    flag = "met" if res["met"] else "NOT met"
+    res = tune(index, np.asarray(Q[:max_queries]), k=k, recall=recall, manifest=man,
+               max_queries=max_queries, max_candidates=max_candidates)
+    # in place: the directory is an index by construction, so replacing it is the request
+    index.save(index_dir if out is None else out, overwrite=out is None or overwrite)
+    outcome = "target met" if res["met"] else "target NOT met"
     typer.echo(
-        f"target recall@{k} {recall} {flag}: {res['params']} recall={res['recall']:.4f} "
-        f"latency={res['latency_ms']:.3f} ms ({len(res['candidates'])} configurations measured)"
+        f"{outcome}: recall@{k} {res['recall']:.4f} (target {recall}) with {res['params']}, "
+        f"latency {res['latency_ms']:.3f} ms ({len(res['candidates'])} configurations measured)"
     )

@@ -1,9 +1,12 @@
-"""CLI commands for the text area (registered on the shared app): ``train-text``,
-``eval-retrieval``, ``eval-sts``."""
+"""CLI commands for the text area: ``nestemb text train | eval-retrieval | eval-sts``.
+
+The commands only translate flags (comma lists, enums) into the typed library calls of
+:mod:`nestemb.text.train` and :mod:`nestemb.text.evaluate`; every check lives there.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,53 +14,40 @@ import typer
 
 from nestemb.cli.app import app
 from nestemb.errors import NestembError
-from nestemb.text.train import TextTrainConfig
-from nestemb.text.evaluate import _device, _progress, run_eval_retrieval, run_eval_sts
+from nestemb.text.train import DistillSource, TextRecipe as Recipe
+
+text_app = typer.Typer(help="Text encoders: train nested (Matryoshka) models, evaluate them.",
+                       no_args_is_help=True)
+app.add_typer(text_app, name="text")
 
 
-def _check_out_file(out: Path) -> None:
+class Device(str, enum.Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+_MODEL_HELP = "'minilm' (bundled all-MiniLM-L6-v2) or a sentence-transformers folder"
+_DEVICE_HELP = "cpu, cuda, or auto (cuda when available)"
+
+
+def _check_out_file(out: Path, overwrite: bool) -> None:
     if out.exists() and out.is_dir():
         raise NestembError(f"--out {out} is a directory; give a JSON file path")
+    if out.exists() and not overwrite:
+        raise NestembError(f"--out {out} already exists (add --overwrite to replace it)")
 
 
-@app.command("eval-retrieval")
-def eval_retrieval(
-    beir: str = typer.Option(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)"),
-    split: str = typer.Option("test", help="qrels split"),
-    model: str = typer.Option("minilm", help="'minilm' or a sentence-transformers folder"),
-    dims: str = typer.Option("32,64,128,256,384", help="prefix sizes"),
-    layers: Optional[str] = typer.Option(None, help="exit layers, e.g. 2,4,6 (per-layer results)"),
-    out: Path = typer.Option(..., help="result JSON file"),
-    batch_size: int = typer.Option(64, help="encoding batch size"),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if available)"),
-) -> None:
-    """nDCG@10 and recall@100 on a BEIR split at every prefix (and layer)."""
-    from nestemb.io import write_json
+def _ints(text: Optional[str], flag: str):
+    from nestemb.cli.parse import parse_ints
 
-    _check_out_file(out)
-    res = run_eval_retrieval(beir, split, model, dims, layers, batch_size, device, True)
-    write_json(out, res)
-    typer.echo(f"dims {res['dims']}\nndcg@10 {_fmt(res['ndcg10'])}\nrecall@100 "
-               f"{_fmt(res['recall100'])}\nwrote {out}")
+    return parse_ints(text, flag)
 
 
-@app.command("eval-sts")
-def eval_sts(
-    data: str = typer.Option(..., help="STS-B format TSV"),
-    model: str = typer.Option("minilm", help="'minilm' or a sentence-transformers folder"),
-    dims: str = typer.Option("32,64,128,256,384", help="prefix sizes"),
-    layers: Optional[str] = typer.Option(None, help="exit layers, e.g. 2,4,6"),
-    out: Path = typer.Option(..., help="result JSON file"),
-    batch_size: int = typer.Option(64, help="encoding batch size"),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda"),
-) -> None:
-    """Spearman correlation on an STS-B TSV at every prefix (and layer)."""
-    from nestemb.io import write_json
+def _dims(text: Optional[str]):
+    from nestemb.cli.parse import parse_dims
 
-    _check_out_file(out)
-    res = run_eval_sts(data, model, dims, layers, batch_size, device, True)
-    write_json(out, res)
-    typer.echo(f"dims {res['dims']}\nspearman {_fmt(res['spearman'])}\nwrote {out}")
+    return parse_dims(text, "--dims")
 
 
 def _fmt(xs) -> str:
@@ -66,66 +56,102 @@ def _fmt(xs) -> str:
     return " ".join(f"{x:.4f}" for x in xs)
 
 
-@app.command("train-text")
-def train_text_cmd(
-    base: str = typer.Option("minilm", help="'minilm' or a sentence-transformers folder"),
-    train: List[str] = typer.Option(..., help="beir:DIR[:split] | sts:FILE | nli:DIR | pairs:FILE"),
-    out: Path = typer.Option(..., help="output model folder (must not exist)"),
+@text_app.command("eval-retrieval")
+def eval_retrieval(
+    beir: Path = typer.Option(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)"),
+    out: Path = typer.Option(..., help="result JSON file"),
+    split: str = typer.Option("test", help="qrels split"),
+    model: str = typer.Option("minilm", help=_MODEL_HELP),
+    dims: Optional[str] = typer.Option(None, help="prefix sizes, e.g. 32,64,384 (default: the model's nesting)"),
+    layers: Optional[str] = typer.Option(None, help="exit layers, e.g. 2,4,6 (per-layer results)"),
+    batch_size: int = typer.Option(64, help="encoding batch size"),
+    device: Device = typer.Option(Device.auto, help=_DEVICE_HELP),
+    overwrite: bool = typer.Option(False, help="replace an existing --out file"),
+) -> None:
+    """nDCG@10 and recall@100 on a BEIR split at every prefix (and layer)."""
+    from nestemb.io import write_json
+    from nestemb.text.evaluate import run_eval_retrieval
+
+    _check_out_file(out, overwrite)
+    res = run_eval_retrieval(beir, model, _dims(dims), _ints(layers, "--layers"), split=split,
+                             batch_size=batch_size, device=device.value, show_progress=True)
+    write_json(out, res)
+    typer.echo(f"dims {res['dims']}\nndcg@10 {_fmt(res['ndcg10'])}\nrecall@100 "
+               f"{_fmt(res['recall100'])}\nwrote {out}")
+
+
+@text_app.command("eval-sts")
+def eval_sts(
+    sts: Path = typer.Option(..., help="STS-B format TSV (score in column 5, sentences in 6 and 7)"),
+    out: Path = typer.Option(..., help="result JSON file"),
+    model: str = typer.Option("minilm", help=_MODEL_HELP),
+    dims: Optional[str] = typer.Option(None, help="prefix sizes (default: the model's nesting)"),
+    layers: Optional[str] = typer.Option(None, help="exit layers, e.g. 2,4,6"),
+    batch_size: int = typer.Option(64, help="encoding batch size"),
+    device: Device = typer.Option(Device.auto, help=_DEVICE_HELP),
+    overwrite: bool = typer.Option(False, help="replace an existing --out file"),
+) -> None:
+    """Spearman correlation on an STS-B TSV at every prefix (and layer)."""
+    from nestemb.io import write_json
+    from nestemb.text.evaluate import run_eval_sts
+
+    _check_out_file(out, overwrite)
+    res = run_eval_sts(sts, model, _dims(dims), _ints(layers, "--layers"), batch_size=batch_size,
+                       device=device.value, show_progress=True)
+    write_json(out, res)
+    typer.echo(f"dims {res['dims']}\nspearman {_fmt(res['spearman'])}\nwrote {out}")
+
+
+@text_app.command("train")
+def train(
+    out: Path = typer.Option(..., help="output model folder (must not exist unless --overwrite)"),
+    beir: List[Path] = typer.Option([], help="BEIR folder: query/document pairs of --split (repeatable)"),
+    split: str = typer.Option("train", help="qrels split of every --beir folder"),
+    sts: List[Path] = typer.Option([], help="STS-B TSV: graded pairs (repeatable)"),
+    nli: List[Path] = typer.Option([], help="SNLI folder: triplets (repeatable)"),
+    pairs: List[Path] = typer.Option([], help="TSV of anchor<TAB>positive[<TAB>negative] (repeatable)"),
+    base: str = typer.Option("minilm", help=_MODEL_HELP),
+    model_id: Optional[str] = typer.Option(None, help="name stored in the manifest (default: the --out folder name)"),
+    recipe: Recipe = typer.Option(Recipe.auto, help="projection: frozen encoder + learned projection (CPU minutes); finetune: all weights (GPU); auto: by device"),
     dims: Optional[str] = typer.Option(None, help="nesting, default 32,64,128,256,WIDTH"),
-    dim_weights: Optional[str] = typer.Option(None, help="weight per prefix"),
-    layers: Optional[str] = typer.Option(None, help="exit layers: layer x dimension mode"),
-    steps: int = typer.Option(TextTrainConfig.steps, help="optimizer steps"),
-    batch_size: int = typer.Option(TextTrainConfig.batch_size, help="pairs per batch"),
-    lr: float = typer.Option(TextTrainConfig.lr, help="learning rate"),
+    weights: Optional[str] = typer.Option(None, help="loss weight per prefix, e.g. 2,1,1,1,1"),
+    layers: Optional[str] = typer.Option(None, help="exit layers: layer x dimension mode (finetune)"),
+    steps: Optional[int] = typer.Option(None, help="optimizer steps (default: the recipe's)"),
+    batch_size: Optional[int] = typer.Option(None, help="pairs per batch (default: the recipe's)"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default: the recipe's)"),
     seed: int = typer.Option(0, help="random seed"),
-    distill_weight: float = typer.Option(TextTrainConfig.distill_weight, help="keep the base model's similarities on unlabeled text (0: off)"),
-    self_distill: float = typer.Option(0.0, help="KL of earlier exits toward the last (layer mode)"),
+    distill_weight: Optional[float] = typer.Option(None, help="keep the base model's similarities at every prefix (0: off)"),
+    distill_source: DistillSource = typer.Option(DistillSource.batch, help="finetune: distill on the pair batch, an unlabeled pool, or both"),
+    self_distill_weight: float = typer.Option(0.0, help="KL of earlier exits toward the last (layer mode)"),
     hard_negatives: bool = typer.Option(True, help="mine one hard negative per BEIR pair with the base"),
     max_seq_length: Optional[int] = typer.Option(None, help="truncate texts to this many tokens"),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda"),
+    device: Device = typer.Option(Device.auto, help=_DEVICE_HELP),
+    overwrite: bool = typer.Option(False, help="replace an existing --out folder"),
 ) -> None:
-    """Fine-tune a sentence encoder so that every prefix (and exit layer) is a good embedding."""
-    from nestemb.nesting import Manifest, parse_dims, parse_floats, parse_ints
-    from nestemb.text.encoder import TEXT_MODEL_KIND, check_dims, check_layers, load_text_model
-    from nestemb.text.train import TextTrainConfig, load_train_specs, train_text
+    """Train a nested text encoder: every prefix (and exit layer) a good embedding."""
+    from nestemb.cli.parse import parse_floats
+    from nestemb.text.encoder import resolve_device, save_text_model
+    from nestemb.text.evaluate import progress_stages
+    from nestemb.text.train import TextTrainConfig, load_train_data, train_text
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise NestembError(f"output folder already exists: {out} (choose a new --out)")
-    dims_t = parse_dims(dims)
-    weights = parse_floats(dim_weights, "dim weights")
-    layer_t = parse_ints(layers, "layers")
-    data = load_train_specs(train)
-    enc = load_text_model(base, device=_device(device))
-    dims_t = check_dims(dims_t or _default_dims(enc.dim), enc.dim)
-    if dims_t[-1] != enc.dim:
-        raise NestembError(f"the last of --dims must be the model width {enc.dim}, got {dims_t[-1]}")
-    check_layers(layer_t, enc.n_layers)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise NestembError(f"output folder already exists: {out} (choose a new --out or add --overwrite)")
     cfg = TextTrainConfig(
-        dims=dims_t, dim_weights=weights, layers=layer_t, steps=steps, batch_size=batch_size,
-        lr=lr, seed=seed, distill_weight=distill_weight, self_distill_weight=self_distill,
-        hard_negatives=hard_negatives, max_seq_length=max_seq_length,
+        recipe=recipe.value, dims=_dims(dims), weights=parse_floats(weights, "--weights"),
+        layers=_ints(layers, "--layers"), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+        distill_weight=distill_weight, distill_source=distill_source.value,
+        self_distill_weight=self_distill_weight, hard_negatives=hard_negatives,
+        max_seq_length=max_seq_length, device=device.value,
     )
-    with _progress() as upd:
-        stats = train_text(enc, data, cfg, progress=upd)
-    man = Manifest(
-        model_id=f"nestemb-{Path(out).name}", nesting=dims_t, dim=enc.dim, kind=TEXT_MODEL_KIND,
-        extra={"base": enc.manifest.model_id, "train": list(train),
-               "config": _jsonable(dataclasses.asdict(cfg)), "stats": stats,
-               "layers": list(layer_t) if layer_t else None},
-    )
-    from nestemb.text.encoder import save_text_model
-
-    save_text_model(enc, out, man)
-    typer.echo(f"trained {stats['steps']} steps in {stats['wall_s']:.1f}s; saved {out}")
-
-
-def _default_dims(width: int) -> tuple[int, ...]:
-    from nestemb.nesting import default_nesting
-
-    return default_nesting(width, start=min(32, width))
-
-
-def _jsonable(d: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
+    resolve_device(cfg.device)  # an unavailable device fails before any data is read
+    data = load_train_data(beir=beir, beir_split=split, sts=sts, nli=nli, pairs=pairs)
+    with progress_stages() as upd:
+        enc, info = train_text(data, cfg, base=base, model_id=model_id or out.name, progress=upd)
+    enc.manifest.extra.update(
+        train={"beir": [str(p) for p in beir], "split": split, "sts": [str(p) for p in sts],
+               "nli": [str(p) for p in nli], "pairs": [str(p) for p in pairs]},
+        config=info["config"], stats={k: v for k, v in info.items() if k != "config"})
+    man = save_text_model(enc, out, enc.manifest, overwrite=overwrite)
+    typer.echo(f"{info['recipe']} recipe on {info['device']}: {info['steps']} steps, "
+               f"{info['prep_s']:.1f}s encoding + {info['train_loop_s']:.1f}s training; "
+               f"saved {out} (model {man.model_id} version {man.model_version})")

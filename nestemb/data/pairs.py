@@ -17,7 +17,7 @@ def _open_lines(path: str | os.PathLike, what: str):
     if not path.is_file():
         raise NestembError(f"{what} file not found: {path}")
     try:
-        # utf-8-sig drops a BOM; newline="" keeps CR so we strip it ourselves
+        # utf-8-sig drops a BOM; splitlines() below ends lines at CRLF, LF or CR alike
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise NestembError(f"{path} is not UTF-8 text: {e}") from None

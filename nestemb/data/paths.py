@@ -74,5 +74,5 @@ def resolve_fashion_mnist(data: str | os.PathLike | None = None) -> Path:
     raise NestembError(
         "Fashion-MNIST not found; tried "
         + ", ".join(tried)
-        + " (pass --data DIR or set NESTEMB_DATA)"
+        + " (give the data folder explicitly or set NESTEMB_DATA)"
     )

@@ -9,13 +9,13 @@ with :func:`nestemb.nesting.prefix_view` of the stored vectors.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from nestemb.errors import NestembError
 from nestemb.index import quantize as qz
-from nestemb.index.store import PrefixIndex
+from nestemb.index.base import PrefixIndex, doubling, pos_int
 from nestemb.nesting import prefix_view
 
 STAGE_NAME = "first_stage.faiss"
@@ -50,8 +50,15 @@ class FunnelIndex(PrefixIndex):
             ``binary``.
         first_stage: ``"flat"`` (exact scan of the prefix) or ``"hnsw"`` (graph on the prefix).
         hnsw_m, ef_construction, ef_search: HNSW parameters (``first_stage="hnsw"`` only).
+        train_size: vectors sampled (evenly) by :meth:`train` to learn int8 ranges.
         nesting: the model's nesting (default: the stage dims); stage dims must belong to it.
-        model_id, model_version: identity of the encoder, checked against queries' manifests.
+        model_id, model_version: identity of the embeddings' model (copy them from the
+            embeddings' manifest); saved in the index manifest and checked against the queries'
+            manifest by ``search(..., manifest=...)``.
+
+    Search-time parameters (no rebuild): ``shortlist``, ``ef_search`` and the re-rank dims
+    ``dims[1:]``; changing ``dims[0]``, ``prefix_dtype``, ``first_stage``, ``hnsw_m`` or
+    ``ef_construction`` rebuilds the first stage.
 
     Example:
         >>> from nestemb.index import FunnelIndex, synthetic_matryoshka
@@ -64,11 +71,12 @@ class FunnelIndex(PrefixIndex):
 
     _param_names = (
         "dims", "shortlist", "prefix_dtype", "first_stage", "hnsw_m", "ef_construction",
-        "ef_search", "nesting", "model_id", "model_version",
+        "ef_search", "train_size", "nesting", "model_id", "model_version",
     )
 
     def __init__(
         self,
+        *,
         dims: Sequence[int] = (16, 64, 384),
         shortlist: Sequence[int] = (400, 100),
         prefix_dtype: str = "float32",
@@ -76,9 +84,10 @@ class FunnelIndex(PrefixIndex):
         hnsw_m: int = 32,
         ef_construction: int = 40,
         ef_search: int = 64,
+        train_size: int = 131072,
         nesting: Sequence[int] | None = None,
         model_id: str = "unknown",
-        model_version: str = "1",
+        model_version: str = "unknown",
     ):
         self.dims = _check_stage_dims(dims, prefix_dtype)
         try:
@@ -98,9 +107,11 @@ class FunnelIndex(PrefixIndex):
         if first_stage not in qz.FIRST_STAGES:
             raise NestembError(f"first_stage must be one of {qz.FIRST_STAGES}, got {first_stage!r}")
         self.first_stage = first_stage
-        self.hnsw_m, self.ef_construction, self.ef_search = int(hnsw_m), int(ef_construction), int(ef_search)
-        self.nesting = None if nesting is None else tuple(int(d) for d in nesting)
-        self.model_id, self.model_version = model_id, model_version
+        self.hnsw_m = pos_int(hnsw_m, "hnsw_m")
+        self.ef_construction = pos_int(ef_construction, "ef_construction")
+        self.ef_search = pos_int(ef_search, "ef_search")
+        self.train_size = pos_int(train_size, "train_size")
+        self._set_identity(nesting, model_id, model_version)
 
     # ----------------------------------------------------------------- structure
     def _used_dims(self, dim: int) -> tuple[int, ...]:
@@ -112,50 +123,69 @@ class FunnelIndex(PrefixIndex):
                 f"the last stage dim must be the full dimension {dim}, got dims {self.dims}"
             )
 
+    def _structure(self) -> tuple:
+        return (self.dims[0], self.prefix_dtype, self.first_stage, self.hnsw_m, self.ef_construction)
+
     def _train(self, X: np.ndarray) -> None:
         self.stage_ = qz.make_stage(
             self.dims[0], self.prefix_dtype, self.first_stage, self.hnsw_m, self.ef_construction
         )
         if self.prefix_dtype == "int8":  # per-dimension ranges from (a sample of) the data
-            sample = X[:: max(1, len(X) // 100_000)]
+            sample = np.asarray(X[:: max(1, len(X) // self.train_size)], dtype=np.float32)
             self.stage_.train(np.ascontiguousarray(prefix_view(sample, self.dims[0])))
+
+    def _clear(self) -> None:
+        self.stage_.reset()  # keeps int8 ranges
 
     def _add_rows(self, X: np.ndarray, rows: np.ndarray) -> None:
         d0 = self.dims[0]
         for a in range(0, len(X), 262144):
             qz.train_add(self.stage_, prefix_view(X[a : a + 262144], d0), self.prefix_dtype)
 
-    def set_params(self, **params: Any) -> "FunnelIndex":
-        """Change parameters; the first stage is rebuilt only when its prefix dim, dtype or
-        structure changes (shortlists and ``ef_search`` apply immediately). Returns ``self``.
+    def candidate_grid(self, k: int = 10, *, max_candidates: int = 8192) -> list[list[dict]]:
+        """Configurations :func:`~nestemb.index.tune` tries, in groups ordered by shortlist size.
+
+        A flat first stage: every first-stage prefix of the nesting in float32, int8 and binary
+        (32 dims or more), with two stages and, where the nesting has a prefix ``>= 4 d0``, three;
+        an HNSW first stage: its prefix with shortlists and ``ef_search`` doubling.
 
         Example:
             >>> from nestemb.index import synthetic_matryoshka
             >>> idx = FunnelIndex(dims=(8, 32), shortlist=(40,)).add(synthetic_matryoshka(100, 32))
-            >>> idx.set_params(dims=(16, 32), prefix_dtype="int8").stage_.d
-            16
+            >>> grid = idx.candidate_grid(k=10)
+            >>> grid[0][0]["dims"], [g["shortlist"][0] for g in grid[0]]
+            ((8, 32), [10, 20, 40, 80, 100])
         """
-        current = self.get_params()
-        unknown = set(params) - set(current)
-        if unknown:
-            raise NestembError(f"unknown FunnelIndex parameters: {sorted(unknown)}")
-        current.update(params)
-        new = type(self)(**current)
-        if self.is_fitted:
-            new._validate(self.dim)
-            new._resolve_nesting(self.dim)
-        rebuild = self.is_fitted and (
-            new.dims[0] != self.dims[0]
-            or (new.prefix_dtype, new.first_stage, new.hnsw_m, new.ef_construction)
-            != (self.prefix_dtype, self.first_stage, self.hnsw_m, self.ef_construction)
-        )
-        for name in self._param_names:
-            setattr(self, name, getattr(new, name))
-        if rebuild:
-            X = np.asarray(self.vectors_)
-            self._train(X)
-            self._add_rows(X, np.arange(len(X)))
-        return self
+        self._check_fitted()
+        n, D, nesting = len(self), self.dim, self.manifest_.nesting
+        top = min(n, max_candidates)
+        lists = doubling(k, top)
+        if not lists or lists[-1] < top:
+            lists.append(top)
+        if self.first_stage == "hnsw":
+            d0 = self.dims[0]
+            return [
+                [{"dims": (d0, D), "shortlist": (s,), "ef_search": ef}
+                 for ef in doubling(16, 1024) if ef >= s]
+                or [{"dims": (d0, D), "shortlist": (s,), "ef_search": s}]
+                for s in lists[:8]
+            ]
+        groups: list[list[dict]] = []
+        for dtype in ("float32", "int8", "binary"):
+            for d0 in nesting[:-1]:
+                if dtype == "binary" and d0 < 32:
+                    continue
+                groups.append([
+                    {"dims": (d0, D), "shortlist": (s,), "prefix_dtype": dtype} for s in lists
+                ])
+                mids = [m for m in nesting if 4 * d0 <= m < D]
+                if mids:
+                    groups.append([
+                        {"dims": (d0, mids[0], D), "shortlist": (s, max(k, s // 4)),
+                         "prefix_dtype": dtype}
+                        for s in lists if s >= 4 * k
+                    ])
+        return [g for g in groups if g]
 
     # ----------------------------------------------------------------- search
     def _search_rows(self, Q: np.ndarray, k: int):
@@ -174,26 +204,11 @@ class FunnelIndex(PrefixIndex):
             scores, rows = self._rerank(Q, rows, d, keep)
         return scores, rows
 
-    def bytes_per_vector(self) -> dict[str, float]:
-        """Memory per vector: ``first_stage`` (codes + graph links, resident), ``ids`` and
-        ``full_vectors`` (float32, memory-mapped after load; only re-ranked rows are touched).
-
-        Example:
-            >>> from nestemb.index import synthetic_matryoshka
-            >>> FunnelIndex(dims=(8, 32), shortlist=(40,)).add(
-            ...     synthetic_matryoshka(100, 32)).bytes_per_vector()["first_stage"]
-            32.0
-        """
-        self._check_fitted()
-        code = qz.code_bytes(self.dims[0], self.prefix_dtype)
-        links = 0.0
+    def _memory_parts(self) -> dict[str, float]:
+        parts = {"first_stage": float(qz.code_bytes(self.dims[0], self.prefix_dtype))}
         if self.first_stage == "hnsw":
-            links = _hnsw_link_bytes(self.stage_)
-        return {
-            "first_stage": float(code + links),
-            "ids": float(self.ids_.dtype.itemsize),
-            "full_vectors": float(4 * self.dim),
-        }
+            parts["hnsw_links"] = qz.hnsw_link_bytes(self.stage_)
+        return parts
 
     # ----------------------------------------------------------------- persistence
     def _write(self, tmp) -> list[str]:
@@ -207,11 +222,3 @@ class FunnelIndex(PrefixIndex):
                 f"{path}: first stage holds {self.stage_.ntotal} vectors, expected {len(self.ids_)}"
             )
 
-
-def _hnsw_link_bytes(index) -> float:
-    """Average bytes of HNSW neighbour lists per vector (int32 per slot, all levels)."""
-    import faiss
-
-    hnsw = index.hnsw
-    n = max(1, index.ntotal)
-    return 4.0 * faiss.vector_to_array(hnsw.neighbors).size / n + 8.0  # + offsets

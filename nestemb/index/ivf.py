@@ -14,12 +14,12 @@ and re-ranks the best candidates with full vectors.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from nestemb.errors import NestembError
-from nestemb.index.store import PrefixIndex
+from nestemb.index.base import PrefixIndex, doubling, pos_int
 from nestemb.nesting import prefix_view
 
 CODECS = ("flat", "fp16", "sq8", "pq", "opq")
@@ -28,14 +28,6 @@ CODECS = ("flat", "fp16", "sq8", "pq", "opq")
 QUANTIZER_NAME = "coarse.faiss"
 LISTS_NAME = "lists.faiss"
 OPQ_NAME = "opq.faiss"
-
-
-def _pos_int(value: Any, name: str, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise NestembError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class AdaptiveIVFIndex(PrefixIndex):
@@ -50,7 +42,11 @@ class AdaptiveIVFIndex(PrefixIndex):
         code_bytes: PQ sub-quantizers (8 bits each) for ``pq``/``opq``; must divide ``d_search``.
         rerank: if set, this many candidates from the lists are re-scored with full vectors
             (must be ``>= k``); otherwise the in-list scores are final.
+        train_size: vectors sampled by :meth:`train` for k-means and the codec.
         nesting, model_id, model_version: as for :class:`~nestemb.index.FunnelIndex`.
+
+    Search-time parameters (no rebuild): ``nprobe`` and ``rerank``; changing ``d_cluster``,
+    ``d_search``, ``nlist``, ``codec`` or ``code_bytes`` retrains on the stored vectors.
 
     Example:
         >>> from nestemb.index import AdaptiveIVFIndex, synthetic_matryoshka
@@ -68,6 +64,7 @@ class AdaptiveIVFIndex(PrefixIndex):
 
     def __init__(
         self,
+        *,
         d_cluster: int = 16,
         d_search: int = 64,
         nlist: int = 1024,
@@ -78,17 +75,17 @@ class AdaptiveIVFIndex(PrefixIndex):
         train_size: int = 131072,
         nesting: Sequence[int] | None = None,
         model_id: str = "unknown",
-        model_version: str = "1",
+        model_version: str = "unknown",
     ):
-        self.d_cluster = _pos_int(d_cluster, "d_cluster")
-        self.d_search = _pos_int(d_search, "d_search")
-        self.nlist = _pos_int(nlist, "nlist")
-        self.nprobe = _pos_int(nprobe, "nprobe")
+        self.d_cluster = pos_int(d_cluster, "d_cluster")
+        self.d_search = pos_int(d_search, "d_search")
+        self.nlist = pos_int(nlist, "nlist")
+        self.nprobe = pos_int(nprobe, "nprobe")
         codec = self._default_codec if codec is None else codec
         if codec not in CODECS:
             raise NestembError(f"codec must be one of {CODECS}, got {codec!r}")
         self.codec = codec
-        self.code_bytes = _pos_int(code_bytes, "code_bytes", allow_none=True)
+        self.code_bytes = pos_int(code_bytes, "code_bytes", allow_none=True)
         if codec in ("pq", "opq"):
             if self.code_bytes is None:
                 raise NestembError(f"codec {codec!r} needs code_bytes (bytes per vector)")
@@ -96,10 +93,9 @@ class AdaptiveIVFIndex(PrefixIndex):
                 raise NestembError(
                     f"code_bytes={self.code_bytes} must divide d_search={self.d_search}"
                 )
-        self.rerank = _pos_int(rerank, "rerank", allow_none=True)
-        self.train_size = _pos_int(train_size, "train_size")
-        self.nesting = None if nesting is None else tuple(int(d) for d in nesting)
-        self.model_id, self.model_version = model_id, model_version
+        self.rerank = pos_int(rerank, "rerank", allow_none=True)
+        self.train_size = pos_int(train_size, "train_size")
+        self._set_identity(nesting, model_id, model_version)
 
     def _used_dims(self, dim: int) -> tuple[int, ...]:
         return tuple(sorted({self.d_cluster, self.d_search}))
@@ -108,6 +104,9 @@ class AdaptiveIVFIndex(PrefixIndex):
         for name in ("d_cluster", "d_search"):
             if getattr(self, name) > dim:
                 raise NestembError(f"{name}={getattr(self, name)} exceeds the dimension {dim}")
+
+    def _structure(self) -> tuple:
+        return (self.d_cluster, self.d_search, self.nlist, self.codec, self.code_bytes)
 
     # ----------------------------------------------------------------- build
     def _search_view(self, X: np.ndarray) -> np.ndarray:
@@ -156,6 +155,9 @@ class AdaptiveIVFIndex(PrefixIndex):
         lists.train(Ps)  # quantizer already holds nlist centroids: only the codec is trained
         self.lists_ = lists
 
+    def _clear(self) -> None:
+        self.lists_.reset()  # keeps the coarse quantizer and the trained codec
+
     def _add_rows(self, X: np.ndarray, rows: np.ndarray) -> None:
         from faiss.contrib.ivf_tools import add_preassigned
 
@@ -167,12 +169,12 @@ class AdaptiveIVFIndex(PrefixIndex):
                             np.ascontiguousarray(rows[a : a + 131072]))
 
     # ----------------------------------------------------------------- search
-    def _search_rows(self, Q: np.ndarray, k: int, nprobe: int | None = None):
+    def _search_rows(self, Q: np.ndarray, k: int):
         from faiss.contrib.ivf_tools import search_preassigned
 
         if self.rerank is not None and self.rerank < k:
             raise NestembError(f"rerank={self.rerank} (the shortlist) is smaller than k={k}")
-        nprobe = min(nprobe or self.nprobe, self.nlist)
+        nprobe = min(self.nprobe, self.nlist)
         keep = min(self.rerank or k, len(self))
         fetch = min(keep + self.n_deleted_, len(self.ids_))
         coarse_d, lists = self.quantizer_.search(
@@ -189,39 +191,31 @@ class AdaptiveIVFIndex(PrefixIndex):
             scores, rows = self._rerank(Q, rows, self.dim, k)
         return scores[:, :k], rows[:, :k]
 
-    def set_params(self, **params: Any) -> "AdaptiveIVFIndex":
-        """Change search-time parameters (``nprobe``, ``rerank``) without rebuilding.
-
-        Example:
-            >>> AdaptiveIVFIndex(nlist=8).set_params(nprobe=4).nprobe
-            4
-        """
-        bad = set(params) - {"nprobe", "rerank"}
-        if bad:
-            raise NestembError(f"only nprobe and rerank can change after build, got {sorted(bad)}")
-        if "nprobe" in params:
-            self.nprobe = _pos_int(params["nprobe"], "nprobe")
-        if "rerank" in params:
-            self.rerank = _pos_int(params["rerank"], "rerank", allow_none=True)
-        return self
-
-    def bytes_per_vector(self) -> dict[str, float]:
-        """Resident bytes per vector of the lists (code + id) and of the memory-mapped vectors.
+    def candidate_grid(self, k: int = 10, *, max_candidates: int = 8192) -> list[list[dict]]:
+        """Configurations :func:`~nestemb.index.tune` tries: for each re-rank depth (none, then
+        ``k`` doubling up to ``min(64 k, max_candidates)``), ``nprobe`` doubling up to ``nlist``.
 
         Example:
             >>> from nestemb.index import synthetic_matryoshka
-            >>> AdaptiveIVFIndex(d_cluster=4, d_search=16, nlist=4, codec="sq8").add(
-            ...     synthetic_matryoshka(100, 32)).bytes_per_vector()["lists"]
-            24.0
+            >>> idx = AdaptiveIVFIndex(d_cluster=8, d_search=16, nlist=4).add(
+            ...     synthetic_matryoshka(200, 32))
+            >>> grid = idx.candidate_grid(k=10)
+            >>> grid[0], [g[0]["rerank"] for g in grid]
+            ([{'nprobe': 1, 'rerank': None}, {'nprobe': 2, 'rerank': None}, {'nprobe': 4, 'rerank': None}], [None, 10, 20, 40, 80, 160])
         """
         self._check_fitted()
+        probes = doubling(1, self.nlist)
+        depths = [None, *doubling(k, min(len(self), 64 * k, max_candidates))]
+        return [[{"nprobe": p, "rerank": r} for p in probes] for r in depths]
+
+    def _memory_parts(self) -> dict[str, float]:
         code = {"flat": 4 * self.d_search, "fp16": 2 * self.d_search, "sq8": self.d_search,
                 "pq": self.code_bytes, "opq": self.code_bytes}[self.codec]
-        return {
-            "lists": float(code + 8),
-            "ids": float(self.ids_.dtype.itemsize),
-            "full_vectors": float(4 * self.dim) if self.rerank else 0.0,
-        }
+        # coarse centroids (d_cluster) + list centroids (d_search) + OPQ rotation, amortized
+        shared = 4.0 * self.nlist * (self.d_cluster + self.d_search)
+        if self.codec == "opq":
+            shared += 4.0 * self.d_search * self.d_search
+        return {"lists": float(code + 8), "trained": shared / max(1, len(self.ids_))}
 
     # ----------------------------------------------------------------- persistence
     def _write(self, tmp) -> list[str]:
@@ -268,20 +262,22 @@ class AdaptiveOPQIndex(AdaptiveIVFIndex):
 
     def __init__(
         self,
+        *,
+        d_cluster: int | None = None,
         d_search: int = 64,
-        code_bytes: int = 32,
         nlist: int = 1,
         nprobe: int = 1,
-        rerank: int | None = 100,
-        d_cluster: int | None = None,
         codec: str = "opq",
+        code_bytes: int = 32,
+        rerank: int | None = 100,
         train_size: int = 65536,
         nesting: Sequence[int] | None = None,
         model_id: str = "unknown",
-        model_version: str = "1",
+        model_version: str = "unknown",
     ):
+        """As :class:`AdaptiveIVFIndex`, with OPQ defaults; ``d_cluster`` defaults to ``d_search``."""
         super().__init__(
-            d_cluster=d_cluster or d_search, d_search=d_search, nlist=nlist, nprobe=nprobe,
-            codec=codec, code_bytes=code_bytes, rerank=rerank, train_size=train_size,
-            nesting=nesting, model_id=model_id, model_version=model_version,
+            d_cluster=d_search if d_cluster is None else d_cluster, d_search=d_search,
+            nlist=nlist, nprobe=nprobe, codec=codec, code_bytes=code_bytes, rerank=rerank,
+            train_size=train_size, nesting=nesting, model_id=model_id, model_version=model_version,
         )

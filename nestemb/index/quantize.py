@@ -170,3 +170,19 @@ def write_stage(index, path, dtype: str) -> None:
         faiss.write_index_binary(index, str(path))
     else:
         faiss.write_index(index, str(path))
+
+
+def hnsw_link_bytes(index) -> float:
+    """Average bytes of an HNSW graph's neighbour lists per vector (int32 per slot, all levels,
+    plus the per-vector offsets).
+
+    Example:
+        >>> idx = make_stage(8, "float32", "hnsw", hnsw_m=4)
+        >>> train_add(idx, np.random.default_rng(0).normal(size=(100, 8)), "float32")
+        >>> hnsw_link_bytes(idx) > 4 * 2 * 4   # at least 2*M int32 slots on level 0
+        True
+    """
+    import faiss
+
+    n = max(1, index.ntotal)
+    return 4.0 * faiss.vector_to_array(index.hnsw.neighbors).size / n + 8.0

@@ -2,10 +2,12 @@
 format.
 
 A saved image model is a directory with ``weights`` (a torch state dict) and ``manifest.json``
-(``kind="image-model"``, the nesting, the embedding dimension, the model config in ``extra``
-and the sha256 of ``weights``). :func:`load_image_model` checks the checksum and returns an
-:class:`ImageModel` whose :meth:`ImageModel.encode` turns uint8 images into raw (un-normalized)
-full embeddings; take an ``m``-dimensional view with :func:`nestemb.nesting.prefix_view`.
+(``kind="image-model"``, a readable ``model_id``, ``model_version`` = the content hash of the
+weights from :func:`nestemb.nesting.weights_version`, the nesting, the embedding dimension, the
+model config in ``extra`` and the sha256 of ``weights``). :func:`load_image_model` checks the
+checksum and the version and returns an :class:`ImageModel` whose :meth:`ImageModel.encode`
+turns uint8 images into raw (un-normalized) full embeddings; take an ``m``-dimensional view with
+:func:`nestemb.nesting.prefix_view`. Loading never changes torch's global thread count.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,10 +23,12 @@ from torch import nn
 
 from nestemb.errors import NestembError
 from nestemb.heads import NestedHead
-from nestemb.nesting import Manifest, validate_nesting
+from nestemb.nesting import Manifest, default_nesting, validate_nesting, weights_version
 
 KIND = "image-model"
 WEIGHTS_NAME = "weights"
+HEADS = ("mrl", "mrl-e", "ff")
+DEFAULT_MODEL_ID = "nestemb-cnn"
 
 
 @dataclasses.dataclass
@@ -57,14 +61,63 @@ class ImageModelConfig:
     def __post_init__(self) -> None:
         self.nesting = validate_nesting(self.nesting, full_dim=self.dim)
         self.in_hw = tuple(int(v) for v in self.in_hw)
-        if self.head not in ("mrl", "mrl-e", "ff"):
-            raise NestembError(f"--head must be mrl, mrl-e or ff, got {self.head!r}")
+        if self.head not in HEADS:
+            raise NestembError(f"head must be 'mrl', 'mrl-e' or 'ff', got {self.head!r}")
+        if int(self.width) < 1:
+            raise NestembError(f"width must be at least 1, got {self.width}")
         if self.head == "ff" and len(self.nesting) != 1:
             raise NestembError(
                 f"a fixed-feature (ff) model has one size; got the nesting {self.nesting}"
             )
         if self.num_classes < 2:
             raise NestembError(f"need at least 2 classes, got {self.num_classes}")
+
+
+def make_model_config(
+    head: str = "mrl",
+    dim: int = 256,
+    dims: Sequence[int] | None = None,
+    num_classes: int = 10,
+    images: np.ndarray | None = None,
+    **kw: Any,
+) -> ImageModelConfig:
+    """An :class:`ImageModelConfig` from the usual choices: ``head="ff"`` with ``dims=(m,)``
+    means FF-m; MRL heads default to the doubling nesting ``2, 4, ... dim``. Pixel statistics
+    and the image size come from ``images`` when given.
+
+    Example:
+        >>> make_model_config("mrl", dim=16).nesting
+        (2, 4, 8, 16)
+        >>> make_model_config("ff", dims=(4,)).dim
+        4
+        >>> make_model_config("mrl", dim=16, dims=(2, 4, 32))
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: nesting dimension 32 is larger than the embedding dimension 16
+    """
+    if dim < 1:
+        raise NestembError(f"dim must be positive, got {dim}")
+    if head == "ff":
+        if dims is not None:
+            dims = validate_nesting(dims)
+            if len(dims) != 1:
+                raise NestembError(
+                    f"head='ff' trains one fixed size: give one dimension in dims, got {tuple(dims)}"
+                )
+            if dims[0] > dim:
+                raise NestembError(
+                    f"nesting dimension {dims[0]} is larger than the embedding dimension {dim}"
+                )
+            dim = dims[0]
+        nesting: tuple[int, ...] = (dim,)
+    else:
+        nesting = validate_nesting(dims, full_dim=dim) if dims is not None else default_nesting(dim)
+    if images is not None:
+        sample = images[:: max(1, len(images) // 10000)].astype(np.float64) / 255.0
+        kw.setdefault("mean", round(float(sample.mean()), 4))
+        kw.setdefault("std", round(float(sample.std()) or 1.0, 4))
+        kw.setdefault("in_hw", tuple(images.shape[1:]))
+    return ImageModelConfig(dim=dim, nesting=nesting, head=head, num_classes=num_classes, **kw)
 
 
 def _conv_bn(i: int, o: int) -> list[nn.Module]:
@@ -171,18 +224,26 @@ class ImageModel(nn.Module):
         return out.reshape(-1, len(self.nesting), self.config.num_classes)
 
 
-def build_manifest(model: ImageModel, model_id: str, extra: dict[str, Any] | None = None) -> Manifest:
-    """The manifest of a saved image model (checksums are filled in by :func:`save_image_model`).
+def build_manifest(
+    model: ImageModel, model_id: str = DEFAULT_MODEL_ID, extra: dict[str, Any] | None = None
+) -> Manifest:
+    """The manifest of ``model`` as it is now: a readable ``model_id`` and ``model_version`` =
+    :func:`~nestemb.nesting.weights_version` of its state dict (file checksums are filled in by
+    :func:`write_model_files`). Build it at save time: the version follows the weights.
 
     Example:
         >>> m = ImageModel(ImageModelConfig(dim=8, nesting=(2, 8), width=4))
-        >>> build_manifest(m, "demo").kind
-        'image-model'
+        >>> man = build_manifest(m, "demo")
+        >>> man.kind, man.model_version == weights_version(m.state_dict())
+        ('image-model', True)
     """
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise NestembError(f"model_id must be a non-empty string, got {model_id!r}")
     cfg = dataclasses.asdict(model.config)
     cfg["nesting"], cfg["in_hw"] = list(model.config.nesting), list(model.config.in_hw)
     return Manifest(
         model_id=model_id,
+        model_version=weights_version(model.state_dict()),
         nesting=model.config.nesting,
         dim=model.config.dim,
         kind=KIND,
@@ -190,22 +251,31 @@ def build_manifest(model: ImageModel, model_id: str, extra: dict[str, Any] | Non
     )
 
 
-def write_model_files(model: ImageModel, directory: Path, manifest: Manifest) -> Manifest:
-    """Write ``weights`` and ``manifest.json`` (with the weights' sha256) into an existing
-    directory; returns the manifest written. Use :func:`save_image_model` for a new directory.
+def write_model_files(
+    model: ImageModel,
+    directory: Path,
+    model_id: str = DEFAULT_MODEL_ID,
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """Write ``weights`` and ``manifest.json`` (version from the weights, sha256 of the file)
+    into an existing directory; returns the manifest written. Use :func:`save_image_model` for a
+    new directory.
 
     Example:
         >>> import tempfile, pathlib
         >>> m = ImageModel(ImageModelConfig(dim=4, nesting=(2, 4), width=4))
-        >>> man = write_model_files(m, pathlib.Path(tempfile.mkdtemp()), build_manifest(m, "x"))
-        >>> sorted(man.sha256)
-        ['weights']
+        >>> man = write_model_files(m, pathlib.Path(tempfile.mkdtemp()), "x")
+        >>> sorted(man.sha256), len(man.model_version)
+        (['weights'], 16)
     """
     from nestemb.io import atomic_file, sha256_file
 
-    with atomic_file(directory / WEIGHTS_NAME) as f:
+    manifest = build_manifest(model, model_id, extra)
+    with atomic_file(Path(directory) / WEIGHTS_NAME) as f:
         torch.save(model.state_dict(), f)
-    manifest = dataclasses.replace(manifest, sha256={WEIGHTS_NAME: sha256_file(directory / WEIGHTS_NAME)})
+    manifest = dataclasses.replace(
+        manifest, sha256={WEIGHTS_NAME: sha256_file(Path(directory) / WEIGHTS_NAME)}
+    )
     manifest.save(directory)
     return manifest
 
@@ -213,30 +283,33 @@ def write_model_files(model: ImageModel, directory: Path, manifest: Manifest) ->
 def save_image_model(
     model: ImageModel,
     directory: str | os.PathLike,
-    model_id: str = "nestemb-cnn",
+    model_id: str = DEFAULT_MODEL_ID,
     extra: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Save a model directory atomically (``weights`` + ``manifest.json``).
+    """Save a model directory atomically (``weights`` + ``manifest.json``); the manifest's
+    ``model_version`` is the hash of the weights saved.
 
     Example:
         >>> import tempfile, pathlib, numpy as np
         >>> d = pathlib.Path(tempfile.mkdtemp()) / "model"
         >>> m = ImageModel(ImageModelConfig(dim=8, nesting=(2, 8), width=4))
-        >>> _ = save_image_model(m, d)
+        >>> _ = save_image_model(m, d, model_id="demo")
         >>> m2 = load_image_model(d)
-        >>> m2.manifest.nesting, m2.encode(np.zeros((1, 28, 28), np.uint8)).dtype
-        ((2, 8), dtype('float32'))
+        >>> m2.manifest.model_id, m2.manifest.nesting, m2.encode(np.zeros((1, 28, 28), np.uint8)).dtype
+        ('demo', (2, 8), dtype('float32'))
     """
     from nestemb.io import atomic_dir
 
     with atomic_dir(directory, overwrite=overwrite) as tmp:
-        model.manifest = write_model_files(model, tmp, build_manifest(model, model_id, extra))
+        model.manifest = write_model_files(model, tmp, model_id, extra)
     return Path(directory)
 
 
-def load_image_model(directory: str | os.PathLike, threads: int | None = None) -> ImageModel:
-    """Load a model saved by :func:`save_image_model` (checksum verified), in eval mode.
+def load_image_model(directory: str | os.PathLike) -> ImageModel:
+    """Load a model saved by :func:`save_image_model` in eval mode, on the CPU; the file
+    checksum and the weights version are both verified. Torch's thread count is left alone
+    (scope it with :func:`nestemb.train.device.torch_threads` if needed).
 
     Example: see :func:`save_image_model`.
     """
@@ -251,12 +324,16 @@ def load_image_model(directory: str | os.PathLike, threads: int | None = None) -
         raise NestembError(f"{directory}/manifest.json has no valid model config: {e}") from None
     if config.nesting != manifest.nesting or config.dim != manifest.dim:
         raise NestembError(f"{directory}/manifest.json: config and nesting disagree")
-    if threads:
-        torch.set_num_threads(threads)
     model = ImageModel(config, manifest)
     try:
         state = torch.load(directory / WEIGHTS_NAME, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as e:  # a corrupt file whose checksum was rewritten, or a wrong architecture
         raise NestembError(f"cannot load weights from {directory / WEIGHTS_NAME}: {e}") from None
+    version = weights_version(model.state_dict())
+    if version != manifest.model_version:
+        raise NestembError(
+            f"{directory}: the weights hash to version {version!r} but the manifest says "
+            f"{manifest.model_version!r}: the manifest does not belong to these weights"
+        )
     return model.eval()

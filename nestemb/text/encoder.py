@@ -1,10 +1,12 @@
 """Text encoders through sentence-transformers, with nestemb manifests and per-layer exits.
 
 ``load_text_model("minilm")`` loads the bundled all-MiniLM-L6-v2 offline; any local
-sentence-transformers folder works too. A folder fine-tuned by nestemb carries ``manifest.json``
-(``kind="text-model"``) with its nesting, so every later tool knows the valid prefixes.
-Embeddings returned here are *raw full* vectors; take a prefix with
-:func:`nestemb.nesting.prefix_view`.
+sentence-transformers folder works too. A folder trained by nestemb carries ``manifest.json``
+(``kind="text-model"``) with its nesting and the sha256 of every weight file, so every later tool
+knows the valid prefixes and loading refuses modified weights. A model's identity comes from its
+content: ``model_version`` is :func:`nestemb.nesting.weights_version` of its weight files, for
+saved models, the bundled MiniLM and plain folders alike. Embeddings returned here are *raw full*
+vectors; take a prefix with :func:`nestemb.nesting.prefix_view`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,32 @@ from typing import Callable, Sequence
 import numpy as np
 
 from nestemb.errors import NestembError
-from nestemb.nesting import MANIFEST_NAME, Manifest, default_nesting, validate_nesting
+from nestemb.nesting import (MANIFEST_NAME, Manifest, default_nesting, validate_nesting,
+                             weights_version)
+from nestemb.train.device import DEVICES, resolve_device  # noqa: F401  (shared with images)
 
 MINILM = "minilm"
+MINILM_ID = "all-MiniLM-L6-v2"
 TEXT_MODEL_KIND = "text-model"
-_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                 "pytorch_model.bin.index.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def weight_files(folder: str | os.PathLike) -> list[Path]:
+    """The weight files of a sentence-transformers folder (``*.safetensors`` / ``*.bin`` at its
+    root and in its module subfolders, e.g. ``2_Dense/``), sorted: what its identity hashes.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "2_Dense").mkdir()
+        >>> for f in ("model.safetensors", "2_Dense/model.safetensors", "vocab.txt"):
+        ...     _ = (d / f).write_text("x")
+        >>> [p.relative_to(d).as_posix() for p in weight_files(d)]
+        ['2_Dense/model.safetensors', 'model.safetensors']
+    """
+    folder = Path(folder)
+    dirs = [folder, *(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    return sorted(f for d in dirs for f in d.iterdir()
+                  if f.is_file() and f.suffix in _WEIGHT_SUFFIXES)
 
 
 def resolve_model_path(path_or_name: str) -> Path:
@@ -50,9 +72,7 @@ def resolve_model_path(path_or_name: str) -> Path:
         )
     if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
         raise NestembError(f"{path} is not a sentence-transformers folder (no modules.json)")
-    found = any((p / n).is_file() for n in _WEIGHT_NAMES for p in [path, *path.iterdir()]
-                if p.is_dir())
-    if not found:
+    if not weight_files(path):
         raise NestembError(f"model folder {path} holds no weights (no model.safetensors or "
                            f"pytorch_model.bin)")
     return path
@@ -109,8 +129,16 @@ class TextEncoder:
     (float32, ``(N, dim)``); ``encode_layers`` the same pooled from earlier layers (exits).
 
     Example:
-        >>> TextEncoder.__name__
-        'TextEncoder'
+        >>> import tempfile, pathlib
+        >>> from nestemb.text.testing import make_tiny_model
+        >>> enc = load_text_model(make_tiny_model(pathlib.Path(tempfile.mkdtemp()) / "m"))
+        >>> enc.dim, enc.n_layers, enc.manifest.nesting
+        (32, 2, (32,))
+        >>> x = enc.encode(["the cat sits", "a dog runs"]); x.shape, str(x.dtype)
+        ((2, 32), 'float32')
+        >>> import numpy as np  # the last exit is what encode returns
+        >>> bool(np.allclose(enc.encode_layers(["the cat sits"], [1, 2])[2], x[:1], atol=1e-5))
+        True
     """
 
     def __init__(self, model, manifest: Manifest, path: Path | None = None):
@@ -220,19 +248,30 @@ def forward_exits(model, texts: Sequence[str] | dict, layers: Sequence[int] | No
     return out
 
 
-def load_text_model(path_or_name: str, device: str | None = None) -> TextEncoder:
-    """Load ``"minilm"`` (the bundled all-MiniLM-L6-v2) or a local sentence-transformers folder.
+def load_text_model(path_or_name: str | os.PathLike, device: str | None = "cpu") -> TextEncoder:
+    """Load ``"minilm"`` (the bundled all-MiniLM-L6-v2) or a local sentence-transformers folder
+    on ``device`` (``"cpu"``, ``"cuda"`` or ``"auto"``).
 
-    A folder written by ``nestemb train-text`` carries ``manifest.json`` with
-    ``kind="text-model"``; other folders get a manifest with a doubling nesting from 32.
+    A folder written by :func:`save_text_model` carries ``manifest.json`` with
+    ``kind="text-model"`` and the sha256 of its weight files, checked here (a modified or
+    truncated weight file is refused). Other folders get a manifest with a doubling nesting
+    from 32 and, like the bundled MiniLM, ``model_version`` from their weight files. Loading
+    leaves torch's global settings (thread count) alone.
 
     Example:
+        >>> import tempfile, pathlib
+        >>> from nestemb.text.testing import make_tiny_model
+        >>> p = make_tiny_model(pathlib.Path(tempfile.mkdtemp()) / "tiny")
+        >>> man = load_text_model(p).manifest
+        >>> man.model_id, man.model_version == weights_version(weight_files(p))
+        ('tiny', True)
         >>> load_text_model("/does/not/exist")
         Traceback (most recent call last):
         ...
         nestemb.errors.NestembError: model folder not found: /does/not/exist (give a local sentence-transformers folder or 'minilm')
     """
-    path = resolve_model_path(path_or_name)
+    device = resolve_device("auto" if device is None else device)
+    path = resolve_model_path(str(path_or_name))
     manifest = None
     if (path / MANIFEST_NAME).is_file():
         manifest = Manifest.load(path)
@@ -240,36 +279,80 @@ def load_text_model(path_or_name: str, device: str | None = None) -> TextEncoder
             raise NestembError(
                 f"{path / MANIFEST_NAME} describes a {manifest.kind!r}, not a text model"
             )
+        _verify_weights(path, manifest)
     import logging
 
     from sentence_transformers import SentenceTransformer
 
     logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
     try:
-        model = SentenceTransformer(str(path), device=device or "cpu")
+        model = SentenceTransformer(str(path), device=device)
         model.float()  # fp16 checkpoints are trained and evaluated in fp32
     except (OSError, ValueError) as e:
         raise NestembError(f"cannot load the text model in {path}: {e}") from None
     get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dim = int(get_dim())
     if manifest is None:
-        name = "all-MiniLM-L6-v2" if str(path_or_name).lower() == MINILM else path.name
+        name = MINILM_ID if str(path_or_name).lower() == MINILM else path.name
         manifest = Manifest(
-            model_id=name, nesting=default_nesting(dim, start=min(32, dim)), dim=dim,
-            kind=TEXT_MODEL_KIND, extra={"path": str(path)},
+            model_id=name, model_version=weights_version(weight_files(path)),
+            nesting=default_nesting(dim, start=min(32, dim)), dim=dim, kind=TEXT_MODEL_KIND,
+            extra={"path": str(path)},
         )
     elif manifest.dim != dim:
         raise NestembError(f"{path / MANIFEST_NAME} says dim {manifest.dim}, the model has {dim}")
     return TextEncoder(model, manifest, path)
 
 
-def save_text_model(encoder: TextEncoder, out: str | os.PathLike, manifest: Manifest) -> Path:
-    """Save a sentence-transformers folder plus the nestemb manifest, atomically (the folder
-    appears only when complete; an existing non-empty folder is refused)."""
-    from nestemb.io import atomic_dir
+def _verify_weights(path: Path, manifest: Manifest) -> None:
+    """The manifest must list every weight file with its sha256, and the files must match it."""
+    have = {p.relative_to(path).as_posix() for p in weight_files(path)}
+    listed = set(manifest.sha256)
+    if not listed or have - listed:
+        raise NestembError(
+            f"{path / MANIFEST_NAME} lists no checksum for weight files {sorted(have - listed)}: "
+            f"the folder was modified after saving (or saved by an older nestemb)"
+        )
+    manifest.verify(path)
+    files = [path / n for n in sorted(listed)]
+    if weights_version(files) != manifest.model_version:
+        raise NestembError(
+            f"{path / MANIFEST_NAME}: model_version {manifest.model_version!r} does not match "
+            f"its weight files ({weights_version(files)!r})"
+        )
 
-    with atomic_dir(out) as tmp:
+
+def save_text_model(
+    encoder: TextEncoder, out: str | os.PathLike, manifest: Manifest, overwrite: bool = False
+) -> Manifest:
+    """Save a sentence-transformers folder plus the nestemb manifest, atomically (the folder
+    appears only when complete; an existing non-empty folder is refused unless ``overwrite``).
+
+    The manifest written (and returned, and set on ``encoder``) gets ``kind="text-model"``, the
+    sha256 of every weight file and ``model_version = weights_version(weight files)``: the
+    identity comes from the weights, whatever ``manifest.model_version`` said.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from nestemb.text.testing import make_tiny_model
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> enc = load_text_model(make_tiny_model(root / "tiny"))
+        >>> man = save_text_model(enc, root / "copy", Manifest(model_id="copy", nesting=(16, 32), dim=32))
+        >>> sorted(man.sha256), man.model_version == load_text_model(root / "copy").manifest.model_version
+        (['model.safetensors'], True)
+    """
+    import dataclasses
+
+    from nestemb.io import atomic_dir, sha256_file
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         encoder.model.save(str(tmp))
+        files = weight_files(tmp)
+        manifest = dataclasses.replace(
+            manifest, kind=TEXT_MODEL_KIND, model_version=weights_version(files),
+            sha256={p.relative_to(tmp).as_posix(): sha256_file(p) for p in files},
+        )
         manifest.save(tmp)
     encoder.manifest = manifest
-    return Path(out)
+    encoder.path = Path(out)
+    return manifest

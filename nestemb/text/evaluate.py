@@ -1,27 +1,27 @@
 """Evaluate text encoders per prefix (and exit layer) on BEIR and STS data: the bodies of
-``nestemb eval-retrieval`` and ``nestemb eval-sts``, usable without the CLI."""
+``nestemb text eval-retrieval`` and ``nestemb text eval-sts``, usable without the CLI (typed
+arguments: paths, sequences of ints)."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+import os
+from typing import Callable, Iterator, Sequence
 
-from nestemb.nesting import parse_ints
 from nestemb.progress import progress_bar
 
 
-def _device(device: Optional[str]) -> str:
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @contextlib.contextmanager
-def _progress(enabled: bool = True) -> Iterator:
-    """A rich progress display; yields ``update(stage, done, total)`` (``total=-1``: add ``done``
-    items to an open-ended count)."""
+def progress_stages(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress display with one bar per stage; yields ``update(stage, done, total)``
+    (``total=-1``: add ``done`` items to an open-ended count).
+
+    Example:
+        >>> with progress_stages(enabled=False) as update:
+        ...     update("encoding", 5)
+        >>> callable(update)
+        True
+    """
     if not enabled:
         yield lambda *a: None
         return
@@ -39,32 +39,52 @@ def _progress(enabled: bool = True) -> Iterator:
         yield update
 
 
-def run_eval_retrieval(beir: str, split: str, model: str, dims: str, layers: Optional[str],
-                       batch_size: int = 64, device: Optional[str] = None,
-                       show_progress: bool = False, encoder=None) -> dict:
-    """Evaluate a text model on a BEIR split at every prefix (and exit layer): the body of
-    ``nestemb eval-retrieval``. Returns the result dict.
+def _encoder(model, encoder, device, dims, layers):
+    """The encoder to evaluate (given, or loaded), with dims (default: its nesting) and layers
+    checked against it."""
+    from nestemb.text.encoder import check_dims, check_layers, load_text_model
+
+    enc = encoder or load_text_model(model, device=device)
+    dims_t = check_dims(enc.manifest.nesting if dims is None else dims, enc.dim)
+    return enc, dims_t, check_layers(layers, enc.n_layers)
+
+
+def run_eval_retrieval(
+    beir: str | os.PathLike,
+    model: str | os.PathLike = "minilm",
+    dims: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    *,
+    split: str = "test",
+    batch_size: int = 64,
+    device: str | None = "auto",
+    show_progress: bool = False,
+    encoder=None,
+) -> dict:
+    """nDCG@10 and recall@100 of a text model on a BEIR split at every prefix in ``dims``
+    (default: the model's nesting) and, with ``layers``, at each exit layer. ``encoder`` (a
+    loaded :class:`~nestemb.text.encoder.TextEncoder`) replaces ``model``. Returns the result
+    dict (``dims``, ``ndcg10``, ``recall100``, model identity, counts).
 
     Example:
-        >>> run_eval_retrieval("/no/such/beir", "test", "minilm", "32", None)
+        >>> import tempfile, pathlib
+        >>> from nestemb.text.testing import make_tiny_beir, make_tiny_model
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> r = run_eval_retrieval(make_tiny_beir(root / "b"), make_tiny_model(root / "m"), [8, 32])
+        >>> r["dims"], len(r["ndcg10"]), r["n_queries"]
+        ([8, 32], 2, 10)
+        >>> run_eval_retrieval("/no/such/beir", "minilm", [32])
         Traceback (most recent call last):
         ...
         nestemb.errors.NestembError: BEIR folder not found: /no/such/beir
     """
     from nestemb.data.beir import load_beir
-    from nestemb.nesting import parse_dims
-
-    dims_t = parse_dims(dims)
-    layer_t = parse_ints(layers, "layers")
-    data = load_beir(beir, split)
     from nestemb.eval.retrieval import evaluate_retrieval
-    from nestemb.text.encoder import check_dims, check_layers, load_text_model
 
-    enc = encoder or load_text_model(model, device=_device(device))
-    check_dims(dims_t, enc.dim)
-    check_layers(layer_t, enc.n_layers)
+    data = load_beir(beir, split)
+    enc, dims_t, layer_t = _encoder(model, encoder, device, dims, layers)
     qids, dids = list(data.queries), list(data.corpus)
-    with _progress(show_progress) as upd:
+    with progress_stages(show_progress) as upd:
         cb = lambda n: upd("encoding", n)  # noqa: E731
         q = enc.encode_layers([data.queries[i] for i in qids], layer_t, batch_size, cb)
         d = enc.encode_layers([data.corpus[i] for i in dids], layer_t, batch_size, cb)
@@ -74,37 +94,45 @@ def run_eval_retrieval(beir: str, split: str, model: str, dims: str, layers: Opt
         per = [evaluate_retrieval(q[la], d[la], qids, dids, data.qrels, dims_t) for la in layer_t]
         res = {"dims": list(dims_t), "layers": list(layer_t),
                "ndcg10": [r["ndcg10"] for r in per], "recall100": [r["recall100"] for r in per]}
-    res.update(model=enc.manifest.model_id, split=split, n_queries=len(qids), n_docs=len(dids))
+    res.update(model=enc.manifest.model_id, model_version=enc.manifest.model_version,
+               split=split, n_queries=len(qids), n_docs=len(dids))
     return res
 
 
-def run_eval_sts(data: str, model: str, dims: str, layers: Optional[str] = None,
-                 batch_size: int = 64, device: Optional[str] = None,
-                 show_progress: bool = False, encoder=None) -> dict:
-    """Spearman on an STS-B TSV at every prefix (and exit layer): the body of
-    ``nestemb eval-sts``.
+def run_eval_sts(
+    sts: str | os.PathLike,
+    model: str | os.PathLike = "minilm",
+    dims: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    *,
+    batch_size: int = 64,
+    device: str | None = "auto",
+    show_progress: bool = False,
+    encoder=None,
+) -> dict:
+    """Spearman correlation on an STS-B TSV at every prefix in ``dims`` (default: the model's
+    nesting) and, with ``layers``, at each exit layer. Returns the result dict.
 
     Example:
-        >>> run_eval_sts("/no/such.tsv", "minilm", "32")
+        >>> import tempfile, pathlib
+        >>> from nestemb.text.testing import make_tiny_model, make_tiny_sts
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> r = run_eval_sts(make_tiny_sts(root / "s.csv"), make_tiny_model(root / "m"), [8, 32])
+        >>> r["dims"], len(r["spearman"]), r["n_pairs"]
+        ([8, 32], 2, 30)
+        >>> run_eval_sts("/no/such.tsv", "minilm", [32])
         Traceback (most recent call last):
         ...
         nestemb.errors.NestembError: STS file not found: /no/such.tsv
     """
     from nestemb.data.pairs import read_sts
-    from nestemb.nesting import parse_dims
-
-    dims_t = parse_dims(dims)
-    layer_t = parse_ints(layers, "layers")
-    rows = read_sts(data)
     from nestemb.eval.sts import evaluate_sts
-    from nestemb.text.encoder import check_dims, check_layers, load_text_model
 
-    enc = encoder or load_text_model(model, device=_device(device))
-    check_dims(dims_t, enc.dim)
-    check_layers(layer_t, enc.n_layers)
+    rows = read_sts(sts)
+    enc, dims_t, layer_t = _encoder(model, encoder, device, dims, layers)
     sents = sorted({s for r in rows for s in r[:2]})
     pos = {s: i for i, s in enumerate(sents)}
-    with _progress(show_progress) as upd:
+    with progress_stages(show_progress) as upd:
         e = enc.encode_layers(sents, layer_t, batch_size, lambda n: upd("encoding", n))
     i1 = [pos[r[0]] for r in rows]
     i2 = [pos[r[1]] for r in rows]
@@ -115,7 +143,6 @@ def run_eval_sts(data: str, model: str, dims: str, layers: Optional[str] = None,
     else:
         per = [evaluate_sts(e[la][i1], e[la][i2], scores, dims_t)["spearman"] for la in layer_t]
         res = {"dims": list(dims_t), "layers": list(layer_t), "spearman": per}
-    res.update(model=enc.manifest.model_id, n_pairs=len(rows))
+    res.update(model=enc.manifest.model_id, model_version=enc.manifest.model_version,
+               n_pairs=len(rows))
     return res
-
-

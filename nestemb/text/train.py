@@ -1,69 +1,186 @@
-"""Training loop for Matryoshka text encoders, readable top to bottom.
+"""Training of Matryoshka text encoders, readable top to bottom.
 
-:func:`load_train_specs` turns ``beir:DIR[:split]``, ``sts:FILE``, ``nli:DIR``, ``pairs:FILE``
-into a :class:`TrainData`; :func:`train_text` fine-tunes a :class:`~nestemb.text.encoder.TextEncoder`
-with :class:`~nestemb.text.losses.MatryoshkaTextLoss`. Each step: one contrastive batch
-(anchor, positive[, hard negative]) from the pair sources, one CoSENT batch from graded sources
-(when any), and one batch of unlabeled text whose similarity matrix under the frozen base model
-(full dimension) every exit learns to keep. Each text group is encoded once per step and feeds
-every prefix and exit.
+:func:`load_train_data` reads BEIR folders, STS files, SNLI folders and pair files into a
+:class:`TrainData`; :func:`train_text` turns a base encoder into a nested one with
+:class:`~nestemb.text.losses.MatryoshkaTextLoss`, by one of two recipes
+(:class:`TextRecipe`; ``"auto"`` picks by device):
+
+- ``"projection"`` (the CPU recipe): the encoder stays frozen. Every training text is encoded
+  once by the base (:class:`BaseEmbeddings`); a square projection, initialized orthogonal from
+  the principal axes of the unlabeled texts (so prefixes start as PCA prefixes and the full view
+  as the base), is trained on the cached vectors, and appended to the model as a
+  sentence-transformers ``Dense`` module (identity activation, no bias), so the saved folder
+  loads anywhere.
+- ``"finetune"`` (the GPU recipe): every weight of the encoder is trained.
+
+Each step of both: one contrastive batch (anchor, positive[, hard negative]) from the pair
+sources, per prefix, with in-batch negatives; one CoSENT batch from graded sources (when any);
+and, with ``distill_weight > 0``, a similarity-distillation term that keeps the frozen base's
+full-dimension similarity matrix at every prefix: on the texts of the contrastive batch
+(``distill_source="batch"``, the default, no extra forward), on an extra batch of unlabeled text
+(``"pool"``) or both. The projection recipe ignores ``distill_source``: it distills on a batch of
+``4 * distill_batch_size`` unlabeled vectors per step (cached, so the batch is free) and also
+keeps the projection near orthogonal (``orthogonal_weight``), which keeps full-view similarities
+on any text, not only the training domain. Hard negatives (one per BEIR pair) are mined with the base model at full size.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import random
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from nestemb.errors import NestembError
 
 
+class TextRecipe(str, enum.Enum):
+    """How :func:`train_text` trains: ``projection`` (frozen encoder + learned projection on
+    cached vectors; minutes on a CPU), ``finetune`` (every weight; meant for a GPU), ``auto``
+    (projection on a CPU, finetune on a GPU)."""
+
+    auto = "auto"
+    projection = "projection"
+    finetune = "finetune"
+
+
+class DistillSource(str, enum.Enum):
+    """Texts the base-similarity distillation runs on (finetune recipe): ``batch`` = the texts
+    of the contrastive batch, ``pool`` = an extra batch of unlabeled text per step, ``both``."""
+
+    batch = "batch"
+    pool = "pool"
+    both = "both"
+
+
+# Per-recipe defaults for the fields left at None (see TextTrainConfig.resolve).
+RECIPE_DEFAULTS: dict[str, dict] = {
+    "finetune": {"steps": 300, "batch_size": 32, "lr": 5e-5, "distill_weight": 20.0},
+    "projection": {"steps": 600, "batch_size": 64, "lr": 1e-3, "distill_weight": 20.0},
+}
+
+
 @dataclasses.dataclass
 class TextTrainConfig:
-    """Hyper-parameters of :func:`train_text` (the defaults are the CLI's recipe).
+    """Settings of :func:`train_text`; validated on creation, errors name the field.
 
-    ``dims``: nesting trained (last = full width). ``layers``: exit layers for the layer x
-    dimension mode (Starbucks pairs, see :func:`~nestemb.text.losses.starbucks_exits`); ``None``
-    = 1-D Matryoshka at the last layer. ``nested=False`` trains the full dimension only (plain
-    fine-tuning). ``distill_weight``: weight of keeping the base model's full-dim similarity
-    matrix: ``distill_source="batch"`` on the texts of each contrastive batch (teacher vectors
-    come from the base model's encoding done for mining; no extra forward), ``"pool"`` on an extra
-    batch of unlabeled text per step, ``"both"``. ``hard_negatives``: mine one per BEIR pair with the base model.
+    ``recipe``: see :class:`TextRecipe`. ``steps``, ``batch_size``, ``lr``, ``distill_weight``
+    left at ``None`` take the recipe's default (:data:`RECIPE_DEFAULTS`; :meth:`resolve`).
+    ``dims``: nesting trained (last = full width; ``None``: 32, 64, ... up to the width).
+    ``weights``: loss weight per prefix (``None``: equal). ``layers``: exit layers for the
+    layer x dimension mode (finetune only; ``None`` = 1-D Matryoshka at the last layer).
+    ``nested=False`` trains the full dimension only. ``distill_weight``: weight of keeping the
+    base model's full-dim similarities at every prefix (0: off), on ``distill_source`` texts
+    (finetune) or on ``4 * distill_batch_size`` cached unlabeled vectors per step (projection).
+    ``hard_negatives``: mine one per BEIR pair with the base, among its ranks
+    ``hard_negative_ranks``. ``orthogonal_weight``: projection only, keeps ``W W^T`` near ``I``.
+    ``max_seq_length``: truncate texts to this many tokens (``None``: the model's own limit).
+    ``device``: ``"cpu"``, ``"cuda"`` or ``"auto"``.
 
     Example:
-        >>> TextTrainConfig(steps=10).batch_size
-        32
+        >>> TextTrainConfig(recipe="projection").resolve("cpu").steps
+        600
+        >>> TextTrainConfig(steps=0)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: steps must be at least 1, got 0
     """
 
-    dims: tuple[int, ...] = (32, 64, 128, 256, 384)
-    dim_weights: tuple[float, ...] | None = None
+    recipe: str = "auto"
+    dims: tuple[int, ...] | None = None
+    weights: tuple[float, ...] | None = None
     layers: tuple[int, ...] | None = None
     nested: bool = True
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 5e-5
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
     warmup: float = 0.1
     seed: int = 0
     temperature: float = 0.05
     hard_negatives: bool = True
     hard_negative_ranks: tuple[int, int] = (3, 30)
-    distill_weight: float = 20.0
+    distill_weight: float | None = None
     distill_source: str = "batch"
     distill_batch_size: int = 32
     self_distill_weight: float = 0.0
     cosent_weight: float = 1.0
+    orthogonal_weight: float = 1.0
     max_seq_length: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from nestemb.nesting import validate_nesting
+        from nestemb.text.encoder import DEVICES
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise NestembError(msg)
+
+        self.recipe = _choice(self.recipe, TextRecipe, "recipe")
+        self.distill_source = _choice(self.distill_source, DistillSource, "distill_source")
+        need(str(self.device).lower() in DEVICES,
+             f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        if self.dims is not None:
+            self.dims = validate_nesting(self.dims)
+        if self.weights is not None:
+            self.weights = tuple(float(w) for w in self.weights)
+            need(all(math.isfinite(w) and w >= 0 for w in self.weights) and sum(self.weights) > 0,
+                 f"weights must be non-negative finite numbers, not all 0; got {self.weights}")
+            n = len(self.dims) if self.dims is not None else None
+            need(n is None or len(self.weights) == n,
+                 f"weights has {len(self.weights)} entries for {n} dims")
+        if self.layers is not None:
+            self.layers = tuple(int(x) for x in self.layers)
+            need(bool(self.layers), "layers is empty (use None for the last layer only)")
+            need(self.recipe != "projection",
+                 "layers (exit layers) need recipe='finetune': the projection recipe keeps the "
+                 "encoder frozen")
+        need(self.steps is None or self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        need(self.batch_size is None or self.batch_size >= 2,
+             f"batch_size must be at least 2, got {self.batch_size}")
+        need(self.lr is None or (math.isfinite(self.lr) and self.lr > 0),
+             f"lr must be positive, got {self.lr}")
+        need(0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}")
+        need(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
+        lo, hi = self.hard_negative_ranks
+        need(0 <= lo < hi, f"hard_negative_ranks must be (low, high) with 0 <= low < high, got "
+                           f"{self.hard_negative_ranks}")
+        for name in ("distill_weight", "self_distill_weight", "cosent_weight", "orthogonal_weight"):
+            v = getattr(self, name)
+            need(v is None or (math.isfinite(v) and v >= 0), f"{name} must be >= 0, got {v}")
+        need(self.distill_batch_size >= 2,
+             f"distill_batch_size must be at least 2, got {self.distill_batch_size}")
+        need(self.max_seq_length is None or self.max_seq_length >= 1,
+             f"max_seq_length must be at least 1, got {self.max_seq_length}")
+
+    def resolve(self, device: str) -> "TextTrainConfig":
+        """A copy with the recipe chosen for ``device`` (the resolved torch device) and every
+        ``None`` default filled from :data:`RECIPE_DEFAULTS`."""
+        recipe = self.recipe
+        if recipe == "auto":
+            recipe = "finetune" if str(device).startswith("cuda") else "projection"
+        fill = {k: v for k, v in RECIPE_DEFAULTS[recipe].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, recipe=recipe, device=device, **fill)
+
+
+def _choice(value, enum_cls, name: str) -> str:
+    try:
+        return enum_cls(getattr(value, "value", value)).value
+    except ValueError:
+        allowed = ", ".join(e.value for e in enum_cls)
+        raise NestembError(f"{name} must be one of {allowed}; got {value!r}") from None
 
 
 @dataclasses.dataclass
 class TrainData:
-    """Training examples: contrastive ``pairs`` (anchor, positive[, negative]) grouped by source,
-    graded pairs (s1, s2, score), unlabeled texts, and BEIR corpora for hard-negative mining.
+    """Training examples: contrastive ``pair_sources`` (anchor, positive[, negative]) grouped by
+    source, ``graded`` pairs (s1, s2, score), ``unlabeled`` texts, and BEIR splits
+    ``beir`` = (index of its pair source, corpus, queries, qrels) for hard-negative mining.
 
     Example:
         >>> d = TrainData(); d.pair_sources.append([("q", "d")]); d.n_pairs()
@@ -78,84 +195,132 @@ class TrainData:
     def n_pairs(self) -> int:
         return sum(len(s) for s in self.pair_sources)
 
+    def texts(self) -> list[str]:
+        """Every distinct text of the data (pairs, graded pairs, unlabeled, BEIR corpora),
+        sorted."""
+        out = {t for s in self.pair_sources for r in s for t in r}
+        out.update(t for r in self.graded for t in r[:2])
+        out.update(self.unlabeled)
+        for _, corpus, _, _ in self.beir:
+            out.update(corpus.values())
+        return sorted(out)
 
-def load_train_specs(specs: Sequence[str]) -> TrainData:
-    """Read ``beir:DIR[:split]`` (split ``train`` by default), ``sts:FILE``, ``nli:DIR``,
-    ``pairs:FILE``.
+
+def load_train_data(
+    beir: Sequence[str | Path] = (),
+    beir_split: str = "train",
+    sts: Sequence[str | Path] = (),
+    nli: Sequence[str | Path] = (),
+    pairs: Sequence[str | Path] = (),
+) -> TrainData:
+    """Read training data: BEIR folders (pairs from the ``beir_split`` qrels, the corpus as
+    unlabeled text and for hard-negative mining), STS files (graded pairs), SNLI folders
+    (triplets) and pair files.
 
     Example:
-        >>> load_train_specs(["csv:foo"])
+        >>> import tempfile, pathlib
+        >>> from nestemb.text.testing import make_tiny_beir
+        >>> d = load_train_data(beir=[make_tiny_beir(pathlib.Path(tempfile.mkdtemp()) / "b")])
+        >>> d.n_pairs(), len(d.unlabeled)
+        (30, 40)
+        >>> load_train_data()
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: unknown training spec 'csv:foo': use beir:DIR[:split], sts:FILE, nli:DIR or pairs:FILE
+        nestemb.errors.NestembError: no training data: give at least one of beir, sts, nli, pairs
     """
     from nestemb.data.beir import load_beir
     from nestemb.data.pairs import read_nli_triplets, read_pairs, read_sts
 
-    if not specs:
-        raise NestembError("give at least one --train SPEC")
+    if not (beir or sts or nli or pairs):
+        raise NestembError("no training data: give at least one of beir, sts, nli, pairs")
     data = TrainData()
-    for spec in specs:
-        kind, _, rest = spec.partition(":")
-        if kind == "beir" and rest:
-            path, split = rest, "train"
-            if ":" in rest and not Path(rest).exists():
-                path, split = rest.rsplit(":", 1)
-            ds = load_beir(path, split)
-            pairs = ds.pairs()
-            data.beir.append((len(data.pair_sources), ds.corpus, ds.queries, ds.qrels))
-            data.pair_sources.append(pairs)
-            data.unlabeled.extend(ds.corpus.values())
-        elif kind == "sts" and rest:
-            rows = read_sts(rest)
-            data.graded.extend(rows)
-            data.unlabeled.extend(sorted({s for r in rows for s in r[:2]}))
-        elif kind == "nli" and rest:
-            data.pair_sources.append(read_nli_triplets(rest))
-        elif kind == "pairs" and rest:
-            data.pair_sources.append(read_pairs(rest))
-        else:
-            raise NestembError(
-                f"unknown training spec {spec!r}: use beir:DIR[:split], sts:FILE, nli:DIR or "
-                f"pairs:FILE"
-            )
-    if not data.pair_sources and not data.graded:
-        raise NestembError("training specs hold no pairs")
+    for path in beir:
+        ds = load_beir(path, beir_split)
+        data.beir.append((len(data.pair_sources), ds.corpus, ds.queries, ds.qrels))
+        data.pair_sources.append(ds.pairs())
+        data.unlabeled.extend(ds.corpus.values())
+    for path in sts:
+        rows = read_sts(path)
+        data.graded.extend(rows)
+        data.unlabeled.extend(sorted({s for r in rows for s in r[:2]}))
+    for path in nli:
+        data.pair_sources.append(read_nli_triplets(path))
+    for path in pairs:
+        data.pair_sources.append(read_pairs(path))
     return data
 
 
-def mine_hard_negatives(encoder, data: TrainData, ranks: tuple[int, int], seed: int,
-                        progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """Add one hard negative to every BEIR pair: a document the base model ranks within
-    ``ranks`` for the query that is not judged relevant (in place). Returns the base model's
-    embeddings of every text it encoded, ``{text: vector}``."""
-    from nestemb.eval.retrieval import top_k
+class BaseEmbeddings:
+    """The frozen base model's full embeddings of texts, each text encoded once and kept.
+
+    ``embeddings(texts)`` returns ``(len(texts), dim)`` float32 rows, encoding only texts not
+    seen before. A public extension point: pass one instance (built on an untouched base) to
+    several :func:`train_text` runs on the same data to encode the corpus once for all of them.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from nestemb.text.encoder import load_text_model
+        >>> from nestemb.text.testing import make_tiny_model
+        >>> base = BaseEmbeddings(load_text_model(make_tiny_model(pathlib.Path(tempfile.mkdtemp()) / "m")))
+        >>> base(["the cat", "a dog", "the cat"]).shape, len(base.vectors)
+        ((3, 32), 2)
+    """
+
+    def __init__(self, encoder, batch_size: int = 64):
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.vectors: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts: Sequence[str],
+                 progress: Callable[[int], None] | None = None) -> np.ndarray:
+        missing = sorted(set(texts) - set(self.vectors))
+        if missing:
+            vec = self.encoder.encode(missing, batch_size=self.batch_size, progress=progress)
+            self.vectors.update(zip(missing, vec))
+        if not texts:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        return np.stack([self.vectors[t] for t in texts])
+
+
+def mine_hard_negatives(data: TrainData, base: BaseEmbeddings, ranks: tuple[int, int] = (3, 30),
+                        seed: int = 0) -> TrainData:
+    """A copy of ``data`` whose BEIR pairs carry one hard negative each: a document the base
+    model ranks within ``ranks`` (0-based, ``[low, high)``) for the query, not judged for it
+    (any judgment, even 0, rules a document out). Uses the full-size base embeddings.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from nestemb.text.encoder import load_text_model
+        >>> from nestemb.text.testing import make_tiny_beir, make_tiny_model
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> data = load_train_data(beir=[make_tiny_beir(root / "b")])
+        >>> mined = mine_hard_negatives(data, BaseEmbeddings(load_text_model(make_tiny_model(root / "m"))))
+        >>> {len(r) for r in mined.pair_sources[0]}, {len(r) for r in data.pair_sources[0]}
+        ({3}, {2})
+    """
+    from nestemb.exact import exact_search
     from nestemb.nesting import prefix_view
 
     rng = random.Random(seed)
-    cache: dict[str, np.ndarray] = {}
+    out = dataclasses.replace(data, pair_sources=list(data.pair_sources))
     for src, corpus, queries, qrels in data.beir:
         doc_ids = list(corpus)
-        dtexts = [corpus[d] for d in doc_ids]
-        dvec = prefix_view(encoder.encode(dtexts, progress=progress), encoder.dim)
+        dvec = prefix_view(base([corpus[d] for d in doc_ids]), base.encoder.dim)
         qids = [q for q in qrels if any(r > 0 for r in qrels[q].values())]
-        qtexts = [queries[q] for q in qids]
-        qvec = prefix_view(encoder.encode(qtexts, progress=progress), encoder.dim)
-        cache.update(zip(dtexts, dvec))
-        cache.update(zip(qtexts, qvec))
-        top = top_k(qvec, dvec, ranks[1])
-        out = []
+        qvec = prefix_view(base([queries[q] for q in qids]), base.encoder.dim)
+        top = exact_search(dvec, qvec, min(ranks[1], len(doc_ids)))[1]
+        rows = []
         for row, q in zip(top, qids):
             cands = [doc_ids[j] for j in row[ranks[0]:] if doc_ids[j] not in qrels[q]]
             for d, r in qrels[q].items():
                 if r > 0:
                     neg = corpus[rng.choice(cands)] if cands else corpus[rng.choice(doc_ids)]
-                    out.append((queries[q], corpus[d], neg))
-        data.pair_sources[src] = out
-    return cache
+                    rows.append((queries[q], corpus[d], neg))
+        out.pair_sources[src] = rows
+    return out
 
 
-def _batches(rows: list, batch_size: int, rng: random.Random):
+def _batches(rows: Sequence, batch_size: int, rng: random.Random):
     """Endless shuffled batches (epochs), dropping an incomplete last batch when possible."""
     while True:
         idx = list(range(len(rows)))
@@ -165,114 +330,182 @@ def _batches(rows: list, batch_size: int, rng: random.Random):
             yield [rows[i] for i in idx[s : s + batch_size]]
 
 
+def _schedule(opt, steps: int, warmup: float):
+    """Linear warm-up over ``warmup * steps`` steps, then linear decay to 0."""
+    import torch
+
+    warm = max(1, int(warmup * steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+
+
 def train_text(
-    encoder,
     data: TrainData,
     config: TextTrainConfig,
+    *,
+    base: str | Path = "minilm",
+    encoder=None,
+    model_id: str | None = None,
+    base_embeddings: BaseEmbeddings | None = None,
+    contrastive_loss: Callable | None = None,
     progress: Callable[[str, int, int], None] | None = None,
-    loss_override: Callable | None = None,
-    teacher_cache: dict | None = None,
-) -> dict:
-    """Fine-tune ``encoder.model`` in place; returns stats (wall time, steps, final loss).
+):
+    """Train a nested text encoder; returns ``(encoder, info)``.
 
-    ``progress(stage, done, total)`` reports stages "mining", "teacher" and "train".
-    ``loss_override(model, features_list) -> loss`` swaps the contrastive loss (used by the
-    benchmark to run sentence-transformers losses in the very same loop).
-    ``teacher_cache`` (``{text: base embedding}`` returned by an earlier
-    :func:`mine_hard_negatives` on the same ``data``) skips mining: ``data`` must already hold
-    the mined triplets.
+    ``base`` ("minilm" or a sentence-transformers folder) is loaded on ``config.device``,
+    unless ``encoder`` (a loaded :class:`~nestemb.text.encoder.TextEncoder`) is given: it is then
+    trained in place. The trained encoder's manifest gets ``model_id`` (default: the base's id
+    + ``"-nested"``), the trained nesting and a ``model_version`` from its weights. ``info`` holds the resolved config, the recipe and the times (``prep_s``:
+    base encoding and mining; ``train_loop_s``; ``wall_s``). Save with
+    :func:`~nestemb.text.encoder.save_text_model`.
+
+    Public extension points: ``base_embeddings`` reuses a :class:`BaseEmbeddings` cache of the
+    untouched base across runs; ``contrastive_loss(model, features) -> loss`` (finetune recipe
+    only) replaces the per-prefix contrastive loss on each pair batch, ``features`` being the
+    tokenized columns (anchor, positive[, negative]) -- e.g. a sentence-transformers loss module,
+    as ``benchmarks/text_mrl.py`` does. ``progress(stage, done, total)`` reports "encoding"
+    (``total=-1``: ``done`` more texts) and "train".
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from nestemb.text.testing import make_tiny_beir, make_tiny_model
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> data = load_train_data(beir=[make_tiny_beir(root / "b")])
+        >>> cfg = TextTrainConfig(recipe="projection", dims=(8, 32), steps=5, device="cpu")
+        >>> enc, info = train_text(data, cfg, base=make_tiny_model(root / "m"))
+        >>> info["recipe"], enc.manifest.nesting, type(enc.model[-1]).__name__
+        ('projection', (8, 32), 'Dense')
     """
     import torch
 
-    from nestemb.text.encoder import check_dims, check_layers, forward_exits, tokenize
-    from nestemb.text.losses import MatryoshkaTextLoss, matryoshka_exits, starbucks_exits
+    from nestemb.nesting import default_nesting
+    from nestemb.text.encoder import check_dims, check_layers, load_text_model, resolve_device
 
-    cfg = config
     t0 = time.perf_counter()
-    dims = check_dims(cfg.dims, encoder.dim)
+    device = resolve_device(config.device)
+    cfg = config.resolve(device)
+    if encoder is None:
+        encoder = load_text_model(base, device=device)
+    else:
+        encoder.model.to(device)
+    dims = check_dims(cfg.dims or default_nesting(encoder.dim, start=min(32, encoder.dim)),
+                      encoder.dim)
     if dims[-1] != encoder.dim:
-        raise NestembError(f"the last dimension must be the model width {encoder.dim}, got {dims[-1]}")
+        raise NestembError(f"the last of dims must be the model width {encoder.dim}, got {dims[-1]}")
+    if cfg.weights is not None and len(cfg.weights) != len(dims):
+        raise NestembError(f"weights has {len(cfg.weights)} entries for {len(dims)} dims")
+    cfg = dataclasses.replace(cfg, dims=dims)
     layers = check_layers(cfg.layers, encoder.n_layers)
     if layers is not None and layers[-1] != encoder.n_layers:
         layers = layers + (encoder.n_layers,)
-    if cfg.steps < 1 or cfg.batch_size < 2:
-        raise NestembError("steps must be >= 1 and batch size >= 2")
+    if not data.pair_sources and not data.graded:
+        raise NestembError("the training data hold no pairs (give BEIR, NLI, pair or STS data)")
+    if contrastive_loss is not None and cfg.recipe != "finetune":
+        raise NestembError("contrastive_loss replaces a loss of the finetune recipe only")
+    if cfg.max_seq_length:
+        encoder.model.max_seq_length = cfg.max_seq_length
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    enc_progress = (lambda n: progress("encoding", n, -1)) if progress else None
+    base_embeddings = base_embeddings or BaseEmbeddings(encoder)
+    # every text the run needs from the base, encoded before any weight changes
+    base_embeddings(data.texts(), enc_progress)
+    if cfg.hard_negatives and data.beir:
+        data = mine_hard_negatives(data, base_embeddings, cfg.hard_negative_ranks, cfg.seed)
+    exits = _exits(cfg, dims, layers, encoder)
+    t_train = time.perf_counter()
+    train = _train_projection if cfg.recipe == "projection" else _train_finetune
+    losses = train(encoder, data, cfg, exits, base_embeddings, rng, contrastive_loss, progress)
+    from nestemb.nesting import Manifest, weights_version
+    from nestemb.text.encoder import TEXT_MODEL_KIND
+
+    # identity from content: in memory from the tensors; save_text_model re-derives it from the
+    # weight files it writes
+    encoder.manifest = Manifest(
+        model_id=model_id or f"{encoder.manifest.model_id}-nested",
+        model_version=weights_version(encoder.model.state_dict()),
+        nesting=dims, dim=encoder.dim, kind=TEXT_MODEL_KIND, extra={
+            "base": {"model_id": encoder.manifest.model_id,
+                     "model_version": encoder.manifest.model_version},
+            "recipe": cfg.recipe, "layers": list(layers) if layers else None})
+    end = time.perf_counter()
+    info = {
+        "recipe": cfg.recipe,
+        "device": device,
+        "config": _jsonable(dataclasses.asdict(cfg)),
+        "wall_s": end - t0,
+        "train_loop_s": end - t_train,
+        "prep_s": t_train - t0,
+        "steps": cfg.steps,
+        "exits": [[e.layer, e.dim, e.weight] for e in exits],
+        "final_loss": float(np.mean(losses[-10:])) if losses else math.nan,
+    }
+    return encoder, info
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _exits(cfg: TextTrainConfig, dims, layers, encoder):
+    from nestemb.text.losses import matryoshka_exits, starbucks_exits
+
     if not cfg.nested:
-        exits = matryoshka_exits([encoder.dim], encoder.n_layers)
-    elif layers is None:
-        exits = matryoshka_exits(dims, encoder.n_layers, cfg.dim_weights)
-    else:
-        exits = starbucks_exits(dims, layers, cfg.dim_weights)
+        return matryoshka_exits([encoder.dim], encoder.n_layers)
+    if layers is None:
+        return matryoshka_exits(dims, encoder.n_layers, cfg.weights)
+    return starbucks_exits(dims, layers, cfg.weights)
+
+
+def _train_finetune(encoder, data, cfg, exits, base, rng, contrastive_loss, progress) -> list:
+    """Every weight of the encoder; one forward per text group feeds every prefix and exit."""
+    import torch
+
+    from nestemb.text.encoder import forward_exits, tokenize
+    from nestemb.text.losses import MatryoshkaTextLoss
+
     loss_fn = MatryoshkaTextLoss(exits, cfg.temperature, cfg.self_distill_weight)
     exit_layers = loss_fn.layers
     model = encoder.model
-    if cfg.max_seq_length:
-        model.max_seq_length = cfg.max_seq_length
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-
-    def report(stage):
-        return (lambda n: progress(stage, n, -1)) if progress else None
-
-    if cfg.distill_source not in ("batch", "pool", "both"):
-        raise NestembError(f"distill_source must be batch, pool or both, got {cfg.distill_source!r}")
-    cache: dict[str, np.ndarray] = dict(teacher_cache or {})
-    if cfg.hard_negatives and data.beir and teacher_cache is None:
-        cache = mine_hard_negatives(encoder, data, cfg.hard_negative_ranks, cfg.seed,
-                                    report("mining"))
     batch_distill = cfg.distill_weight > 0 and cfg.distill_source in ("batch", "both")
-    if batch_distill and loss_override is None:
-        missing = sorted({t for s in data.pair_sources for r in s for t in r} - set(cache))
-        if missing:
-            cache.update(zip(missing, encoder.encode(missing, progress=report("teacher"))))
-    # teacher: the frozen base at full dimension on a pool of unlabeled text, encoded once
-    teacher = None
-    if (cfg.distill_weight > 0 and cfg.distill_source in ("pool", "both") and data.unlabeled
-            and loss_override is None):
-        need = min(len(data.unlabeled), cfg.steps * cfg.distill_batch_size)
-        pool = rng.sample(sorted(set(data.unlabeled)), min(need, len(set(data.unlabeled))))
-        teacher = (pool, torch.from_numpy(encoder.encode(pool, progress=report("teacher"))))
-    t_train = time.perf_counter()
-
+    pool = sorted(set(data.unlabeled))
+    pool_distill = cfg.distill_weight > 0 and cfg.distill_source in ("pool", "both") and pool
+    pool = rng.sample(pool, min(len(pool), cfg.steps * cfg.distill_batch_size)) if pool_distill else []
     sizes = [len(s) for s in data.pair_sources]
     pair_iters = [_batches(s, cfg.batch_size, rng) for s in data.pair_sources]
     graded_iter = _batches(data.graded, cfg.batch_size, rng) if data.graded else None
-    distill_iter = (_batches(list(range(len(teacher[0]))), cfg.distill_batch_size, rng)
-                    if teacher else None)
+    pool_iter = _batches(pool, cfg.distill_batch_size, rng) if pool else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    warm = max(1, int(cfg.warmup * cfg.steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
+    sched = _schedule(opt, cfg.steps, cfg.warmup)
+
+    def teacher(texts):
+        return torch.from_numpy(base(texts)).to(model.device)
+
     model.train()
     losses = []
     for step in range(cfg.steps):
-        total = 0.0
+        total = torch.zeros((), device=model.device)
         if pair_iters:
-            src = rng.choices(range(len(sizes)), weights=sizes)[0]
-            batch = next(pair_iters[src])
-            cols = list(zip(*batch))
-            if loss_override is not None:
-                total = total + loss_override(model, [tokenize(model, c) for c in cols])
+            cols = list(zip(*next(pair_iters[rng.choices(range(len(sizes)), weights=sizes)[0]])))
+            if contrastive_loss is not None:
+                total = total + contrastive_loss(model, [tokenize(model, c) for c in cols])
             else:
                 embs = [forward_exits(model, list(c), exit_layers) for c in cols]
                 total = total + loss_fn.contrastive(*embs[:3])
                 if batch_distill:
-                    texts = [t for c in cols for t in c]
                     student = {la: torch.cat([e[la] for e in embs], 0) for la in exit_layers}
-                    tvec = torch.from_numpy(np.stack([cache[t] for t in texts])).to(model.device)
-                    total = total + cfg.distill_weight * loss_fn.distill(student, tvec)
+                    total = total + cfg.distill_weight * loss_fn.distill(
+                        student, teacher([t for c in cols for t in c]))
         if graded_iter is not None and cfg.cosent_weight > 0:
             gb = next(graded_iter)
             e1 = forward_exits(model, [g[0] for g in gb], exit_layers)
             e2 = forward_exits(model, [g[1] for g in gb], exit_layers)
             sc = torch.tensor([g[2] for g in gb], device=model.device)
             total = total + cfg.cosent_weight * loss_fn.cosent(e1, e2, sc)
-        if distill_iter is not None:
-            idx = next(distill_iter)
-            student = forward_exits(model, [teacher[0][i] for i in idx], exit_layers)
-            tvec = teacher[1][idx].to(model.device)
-            total = total + cfg.distill_weight * loss_fn.distill(student, tvec)
+        if pool_iter is not None:
+            texts = next(pool_iter)
+            student = forward_exits(model, texts, exit_layers)
+            total = total + cfg.distill_weight * loss_fn.distill(student, teacher(texts))
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -282,12 +515,104 @@ def train_text(
         if progress:
             progress("train", step + 1, cfg.steps)
     model.eval()
-    end = time.perf_counter()
-    return {
-        "wall_s": end - t0,
-        "train_loop_s": end - t_train,
-        "prep_s": t_train - t0,
-        "steps": cfg.steps,
-        "exits": [[e.layer, e.dim, e.weight] for e in exits],
-        "final_loss": float(np.mean(losses[-10:])) if losses else math.nan,
-    }
+    return losses
+
+
+def principal_axes(vectors: np.ndarray) -> np.ndarray:
+    """Orthogonal ``(d, d)`` matrix whose rows are the principal axes of ``vectors`` (centered),
+    by decreasing variance: ``x @ W.T`` is a rotation whose prefixes are PCA prefixes.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(200, 3)) * [1.0, 5.0, 0.1]
+        >>> W = principal_axes(x); np.allclose(W @ W.T, np.eye(3), atol=1e-5), int(np.argmax(abs(W[0])))
+        (True, 1)
+    """
+    x = np.asarray(vectors, dtype=np.float64)
+    x = x - x.mean(0)
+    _, vecs = np.linalg.eigh(x.T @ x)
+    return np.ascontiguousarray(vecs[:, ::-1].T, dtype=np.float32)
+
+
+def fit_projection(
+    pairs: Sequence[tuple[np.ndarray, ...]],
+    pool: np.ndarray,
+    cfg: TextTrainConfig,
+    exits,
+    graded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    rng: random.Random | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[np.ndarray, list]:
+    """Learn a square projection ``W`` on cached base vectors (the projection recipe).
+
+    ``pairs``: per pair source, ``(anchors, positives[, negatives])`` arrays ``(n, d)``;
+    ``pool``: unlabeled vectors (the PCA initialization and the distillation batches);
+    ``graded``: ``(emb1, emb2, scores)``. Embeddings are ``x @ W.T``; every exit is a prefix.
+    Returns ``(W, per-step losses)``.
+    """
+    import torch
+
+    from nestemb.text.losses import MatryoshkaTextLoss
+
+    rng = rng or random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loss_fn = MatryoshkaTextLoss(list(exits), cfg.temperature)
+    layer = exits[0].layer
+    pool_t = torch.from_numpy(np.ascontiguousarray(pool, dtype=np.float32))
+    W = torch.nn.Parameter(torch.from_numpy(principal_axes(pool)))
+    eye = torch.eye(W.shape[0])
+    srcs = [[torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32)) for c in s] for s in pairs]
+    sizes = [len(s[0]) for s in srcs]
+    opt = torch.optim.Adam([W], lr=cfg.lr)
+    sched = _schedule(opt, cfg.steps, cfg.warmup)
+    losses = []
+    for step in range(cfg.steps):
+        total = torch.zeros(())
+        if srcs:
+            s = rng.choices(range(len(srcs)), weights=sizes)[0]
+            idx = torch.randint(len(srcs[s][0]), (min(cfg.batch_size, sizes[s]),), generator=gen)
+            cols = [{layer: c[idx] @ W.T} for c in srcs[s]]
+            total = total + loss_fn.contrastive(*cols[:3])
+        if graded is not None and cfg.cosent_weight > 0:
+            gi = torch.randint(len(graded[2]), (min(cfg.batch_size, len(graded[2])),), generator=gen)
+            e1 = {layer: torch.from_numpy(graded[0][gi.numpy()]) @ W.T}
+            e2 = {layer: torch.from_numpy(graded[1][gi.numpy()]) @ W.T}
+            total = total + cfg.cosent_weight * loss_fn.cosent(
+                e1, e2, torch.from_numpy(graded[2][gi.numpy()]))
+        if cfg.distill_weight > 0:
+            pi = torch.randint(len(pool_t), (min(cfg.distill_batch_size * 4, len(pool_t)),),
+                               generator=gen)
+            x = pool_t[pi]
+            total = total + cfg.distill_weight * loss_fn.distill({layer: x @ W.T}, x)
+        if cfg.orthogonal_weight > 0:
+            total = total + cfg.orthogonal_weight * ((W @ W.T - eye) ** 2).sum() / len(eye)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(total.detach()))
+        if progress:
+            progress("train", step + 1, cfg.steps)
+    return W.detach().numpy().copy(), losses
+
+
+def _train_projection(encoder, data, cfg, exits, base, rng, contrastive_loss, progress) -> list:
+    """Frozen encoder: fit a projection on cached base vectors, append it as a Dense module."""
+    import torch
+
+    pairs = [tuple(base([r[i] for r in src]) for i in range(len(src[0])))
+             for src in data.pair_sources if src]
+    pool_texts = sorted(set(data.unlabeled)) or data.texts()
+    graded = None
+    if data.graded:
+        graded = (base([g[0] for g in data.graded]), base([g[1] for g in data.graded]),
+                  np.array([g[2] for g in data.graded], dtype=np.float32))
+    W, losses = fit_projection(pairs, base(pool_texts), cfg, exits, graded, rng, progress)
+    try:  # sentence-transformers >= 6 moved the modules
+        from sentence_transformers.sentence_transformer.modules import Dense
+    except ImportError:  # pragma: no cover - older releases
+        from sentence_transformers.models import Dense
+    dense = Dense(encoder.dim, encoder.dim, bias=False, activation_function=torch.nn.Identity(),
+                  init_weight=torch.from_numpy(W))
+    encoder.model.append(dense.to(encoder.model.device))
+    encoder.model.eval()
+    return losses

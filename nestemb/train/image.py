@@ -1,15 +1,28 @@
 """The image training loop, top to bottom in one file.
 
-Data: uint8 images in memory; a seeded hold-out of the training split is kept aside for
-calibrating the adaptive cascade. Augmentation: random horizontal flips and (optionally) random
-crops from a zero-padded image. Optimizer: AdamW with a one-cycle learning-rate schedule. Loss:
-:func:`nestemb.losses.matryoshka_cross_entropy` over the per-prefix heads. Everything is seeded
-and runs on a fixed number of CPU threads, so two runs with the same seed give the same weights.
+:class:`ImageTrainConfig` holds the recipe and validates itself; :func:`train_image` runs it and
+returns ``(model, info)``.
+
+- Data: uint8 images in memory. A seeded hold-out of the training images, sized by
+  :func:`nestemb.data.split.holdout_size` (10 % of the set, at least 200 and at most 5,000, never
+  more than a fifth), is kept aside for calibrating the adaptive cascade; ``info["split"]``
+  records it so the evaluator can rebuild it.
+- Schedule, sized by optimizer steps so that small and large sets both train enough: by default
+  ``max(DEFAULT_EPOCHS, ceil(min_steps / steps_per_epoch))`` epochs (10 epochs of the 55k
+  Fashion-MNIST images, about 70 of a 5.4k set); ``epochs`` or ``steps`` override it.
+- Augmentation (``augment``): random shifts of up to ``shift`` pixels (zero padding) by default;
+  horizontal flips only when asked (a flip changes what a digit means).
+- Optimizer: AdamW with a one-cycle learning-rate schedule. Loss:
+  :func:`nestemb.losses.matryoshka_cross_entropy` over the per-prefix heads, weighted by
+  ``weights`` (default :func:`default_weights`).
+- Device: ``"cpu"``, ``"cuda"`` or ``"auto"``; ``threads`` (if given) applies inside the call
+  only. Seeded: on the CPU two runs with the same seed give the same weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,56 +30,102 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from nestemb.data.split import holdout_size, split_holdout
 from nestemb.errors import NestembError
 from nestemb.losses import check_weights, matryoshka_cross_entropy
-from nestemb.models.image import ImageModel, ImageModelConfig, build_manifest, write_model_files
-from nestemb.nesting import default_nesting, validate_nesting
+from nestemb.models.image import ImageModel, ImageModelConfig, write_model_files
 from nestemb.progress import progress_bar
+from nestemb.train.device import resolve_device, torch_threads
+
+AUGMENTS = ("shift", "flip")
+DEFAULT_EPOCHS = 10
+DEFAULT_MIN_STEPS = 1500
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Training hyper-parameters. ``weights`` are the per-prefix loss weights (default: the
-    recipe below, see :func:`default_weights`); ``holdout`` training images are set aside for
-    cascade calibration.
+class ImageTrainConfig:
+    """Hyper-parameters of :func:`train_image`; invalid values raise at construction, naming
+    the parameter.
+
+    ``epochs`` / ``steps``: give at most one; neither = :data:`DEFAULT_EPOCHS` epochs but at
+    least ``min_steps`` optimizer steps (see :meth:`schedule`). ``weights``: per-prefix loss
+    weights (default :func:`default_weights`). ``holdout``: training images kept aside for
+    cascade calibration (``None``: :func:`~nestemb.data.split.holdout_size` of the set).
+    ``augment``: any of ``"shift"`` (random shifts of up to ``shift`` pixels) and ``"flip"``
+    (random horizontal flips). ``threads``: torch CPU threads during the call (``None``: as is).
 
     Example:
-        >>> TrainConfig(epochs=0)
+        >>> ImageTrainConfig().schedule(55000)      # (epochs, steps per epoch, total steps)
+        (10, 215, 2150)
+        >>> ImageTrainConfig().schedule(5400)       # a small set gets at least min_steps
+        (69, 22, 1518)
+        >>> ImageTrainConfig(epochs=0)
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: --epochs must be at least 1, got 0
+        nestemb.errors.NestembError: epochs must be at least 1, got 0
+        >>> ImageTrainConfig(augment=("rotate",))
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: augment values must be among ('shift', 'flip'), got 'rotate'
     """
 
-    epochs: int = 4
+    epochs: int | None = None
+    steps: int | None = None
+    min_steps: int = DEFAULT_MIN_STEPS
     batch_size: int = 256
     lr: float = 4e-3
     weight_decay: float = 5e-4
     seed: int = 0
     weights: tuple[float, ...] | None = None
-    holdout: int = 5000
-    flip: bool = True
-    crop: int = 0
+    holdout: int | None = None
+    augment: tuple[str, ...] = ("shift",)
+    shift: int = 2
     label_smoothing: float = 0.0
-    threads: int = 2
-    max_train: int | None = None
-    device: str = "cpu"
+    threads: int | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
-        if int(self.epochs) < 1:
-            raise NestembError(f"--epochs must be at least 1, got {self.epochs}")
-        if int(self.batch_size) < 1:
-            raise NestembError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.epochs is not None and self.steps is not None:
+            raise NestembError("give epochs or steps, not both")
+        for name in ("epochs", "steps", "min_steps", "batch_size", "threads"):
+            v = getattr(self, name)
+            if v is not None and int(v) < 1:
+                raise NestembError(f"{name} must be at least 1, got {v}")
         if not self.lr > 0:
-            raise NestembError(f"--lr must be positive, got {self.lr}")
-        if self.holdout < 0 or self.crop < 0:
-            raise NestembError("--holdout and --crop must be >= 0")
+            raise NestembError(f"lr must be positive, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise NestembError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.holdout is not None and self.holdout < 0:
+            raise NestembError(f"holdout must be >= 0, got {self.holdout}")
+        if not 0 <= self.label_smoothing < 1:
+            raise NestembError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if isinstance(self.augment, str):  # a single name, not a sequence of characters
+            self.augment = (self.augment,)
+        self.augment = tuple(self.augment)
+        for a in self.augment:
+            if a not in AUGMENTS:
+                raise NestembError(f"augment values must be among {AUGMENTS}, got {a!r}")
+        if self.shift < 0:
+            raise NestembError(f"shift must be >= 0, got {self.shift}")
+        if self.weights is not None:
+            self.weights = tuple(float(w) for w in self.weights)
+        resolve_device(self.device)  # unknown or unavailable devices fail before any work
+
+    def schedule(self, n_train: int) -> tuple[int, int, int]:
+        """``(epochs, steps_per_epoch, total_steps)`` for ``n_train`` training images. With
+        ``steps`` the last epoch may be partial."""
+        per_epoch = max(1, math.ceil(n_train / self.batch_size))
+        if self.steps is not None:
+            return math.ceil(self.steps / per_epoch), per_epoch, int(self.steps)
+        epochs = self.epochs or max(DEFAULT_EPOCHS, math.ceil(self.min_steps / per_epoch))
+        return int(epochs), per_epoch, int(epochs) * per_epoch
 
 
 def default_weights(nesting: Sequence[int]) -> tuple[float, ...]:
     """The training recipe's per-prefix loss weights: 2 for the smallest prefix, 1 for the rest
     (the loss itself defaults to equal weights). On Fashion-MNIST the extra weight on the 2-d
-    prefix brings it level with the FF-2 model; more (4, 2, 1, ...) lifts 2 dims further but
-    costs about 0.5 points at the full dimension. Pass ``weights=(1, ...)`` for plain MRL.
+    prefix lifts it by about 2 points at a small cost at the full size. Pass
+    ``weights=(1, ...)`` for plain MRL.
 
     Example:
         >>> default_weights((2, 4, 8, 16))
@@ -79,115 +138,70 @@ def default_weights(nesting: Sequence[int]) -> tuple[float, ...]:
     return (2.0,) + tuple(1.0 for _ in nesting[1:])
 
 
-def split_holdout(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of ``range(n)`` into (train indices, hold-out indices), both sorted.
-
-    Example:
-        >>> tr, ho = split_holdout(10, 3, seed=0)
-        >>> len(tr), len(ho), sorted(set(tr) | set(ho)) == list(range(10))
-        (7, 3, True)
-    """
-    if holdout >= n:
-        raise NestembError(f"hold-out of {holdout} images leaves none of {n} for training")
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[holdout:]), np.sort(perm[:holdout])
-
-
-def make_model_config(
-    head: str = "mrl",
-    dim: int = 256,
-    dims: Sequence[int] | None = None,
-    num_classes: int = 10,
-    images: np.ndarray | None = None,
-    **kw,
-) -> ImageModelConfig:
-    """Model config from CLI-style choices: ``ff`` with ``dims=(m,)`` means FF-m; MRL heads
-    default to the doubling nesting ``2, 4, ... dim``. Pixel statistics come from ``images``.
-
-    Example:
-        >>> make_model_config("mrl", dim=16).nesting
-        (2, 4, 8, 16)
-        >>> make_model_config("ff", dims=(4,)).dim
-        4
-        >>> make_model_config("mrl", dim=16, dims=(2, 4, 32))
-        Traceback (most recent call last):
-        ...
-        nestemb.errors.NestembError: nesting dimension 32 is larger than the embedding dimension 16
-    """
-    if dim < 1:
-        raise NestembError(f"--dim must be positive, got {dim}")
-    if head == "ff":
-        if dims is not None:
-            dims = validate_nesting(dims)
-            if len(dims) != 1:
-                raise NestembError(
-                    f"--head ff trains one fixed size: give one dimension, got {tuple(dims)}"
-                )
-            if dims[0] > dim:
-                raise NestembError(
-                    f"nesting dimension {dims[0]} is larger than the embedding dimension {dim}"
-                )
-            dim = dims[0]
-        nesting: tuple[int, ...] = (dim,)
-    else:
-        nesting = validate_nesting(dims, full_dim=dim) if dims is not None else default_nesting(dim)
-    if images is not None:
-        sample = images[:: max(1, len(images) // 10000)].astype(np.float64) / 255.0
-        kw.setdefault("mean", round(float(sample.mean()), 4))
-        kw.setdefault("std", round(float(sample.std()) or 1.0, 4))
-        kw.setdefault("in_hw", tuple(images.shape[1:]))
-    return ImageModelConfig(dim=dim, nesting=nesting, head=head, num_classes=num_classes, **kw)
-
-
-def augment(x: torch.Tensor, gen: torch.Generator, flip: bool, crop: int) -> torch.Tensor:
-    """Random horizontal flips and random ``crop``-pixel shifts (zero padding) of ``(B, 1, H, W)``.
+def augment_batch(
+    x: torch.Tensor, gen: torch.Generator, augment: Sequence[str], shift: int
+) -> torch.Tensor:
+    """Apply ``augment`` to a batch ``(B, 1, H, W)``: ``"flip"`` flips a random half
+    horizontally, ``"shift"`` moves each image by up to ``shift`` pixels (zero padding).
 
     Example:
         >>> import torch
-        >>> x = torch.arange(4.0).view(1, 1, 2, 2)
-        >>> augment(x, torch.Generator().manual_seed(0), flip=False, crop=0).equal(x)
+        >>> x = torch.arange(9.0).view(1, 1, 3, 3)
+        >>> augment_batch(x, torch.Generator().manual_seed(0), (), 2).equal(x)
         True
+        >>> y = augment_batch(x, torch.Generator().manual_seed(0), ("shift",), 1)
+        >>> y.shape, set(y.flatten().tolist()) <= set(x.flatten().tolist()) | {0.0}
+        (torch.Size([1, 1, 3, 3]), True)
     """
     b, _, h, w = x.shape
-    if flip:
+    if "flip" in augment:
         do = torch.rand(b, generator=gen) < 0.5
         x = torch.where(do[:, None, None, None], x.flip(3), x)
-    if crop:
-        p = torch.nn.functional.pad(x, (crop, crop, crop, crop))
-        oy = torch.randint(0, 2 * crop + 1, (b,), generator=gen)
-        ox = torch.randint(0, 2 * crop + 1, (b,), generator=gen)
-        rows = (oy[:, None] + torch.arange(h))[:, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, :]
-        x = p[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
+    if "shift" in augment and shift:
+        # one gather over the flattened padded images: cheaper than 3-D advanced indexing
+        wp = w + 2 * shift
+        p = torch.nn.functional.pad(x, (shift, shift, shift, shift)).reshape(b, -1)
+        oy = torch.randint(0, 2 * shift + 1, (b,), generator=gen)
+        ox = torch.randint(0, 2 * shift + 1, (b,), generator=gen)
+        base = (torch.arange(h)[:, None] * wp + torch.arange(w)[None, :]).reshape(1, -1)
+        x = p.gather(1, base + (oy * wp + ox)[:, None]).view(b, 1, h, w)
     return x
 
 
-def train_image_model(
+def train_image(
     model_config: ImageModelConfig,
-    config: TrainConfig,
     images: np.ndarray,
     labels: np.ndarray,
+    config: ImageTrainConfig | None = None,
+    *,
     progress: bool = True,
     checkpoint_dir: Path | None = None,
+    model_id: str = "nestemb-cnn",
     log: Callable[[str], None] | None = None,
 ) -> tuple[ImageModel, dict]:
-    """Train a model on uint8 ``images`` ``(N, H, W)`` with int ``labels``; returns the model (in
-    eval mode) and a dict of training info (``train_seconds``, per-epoch losses, split sizes).
+    """Train a model on uint8 ``images`` ``(N, H, W)`` with int ``labels``; returns the model (on
+    the CPU, in eval mode) and a dict of training info (``train_seconds``, ``steps``, per-epoch
+    losses, the hold-out ``split`` and the config).
 
-    With ``checkpoint_dir``, a loadable model directory (weights + manifest) is written to
-    ``checkpoint_dir/epoch-E`` after every epoch.
+    With ``checkpoint_dir``, loadable model directories (weights + manifest, ``model_id``) are
+    written to ``checkpoint_dir/epoch-E`` at about ten evenly spaced epochs and the last one.
 
     Example:
         >>> import numpy as np
+        >>> from nestemb.models.image import make_model_config
         >>> x = np.random.default_rng(0).integers(0, 255, (64, 28, 28), dtype=np.uint8)
         >>> y = np.arange(64) % 10
         >>> cfg = make_model_config("mrl", dim=8, width=4)
-        >>> m, info = train_image_model(cfg, TrainConfig(epochs=1, holdout=16, batch_size=32),
-        ...                             x, y, progress=False)
-        >>> info["n_train"], info["n_holdout"]
-        (48, 16)
+        >>> m, info = train_image(cfg, x, y, ImageTrainConfig(steps=2, batch_size=32, device="cpu"),
+        ...                       progress=False)
+        >>> info["split"], info["n_train"], info["steps"]
+        ({'n': 64, 'holdout': 12, 'seed': 0}, 52, 2)
     """
+    config = config or ImageTrainConfig()
+    images = np.asarray(images)
     labels = np.asarray(labels, dtype=np.int64)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise NestembError(f"images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
     if len(images) != len(labels):
         raise NestembError(f"{len(images)} images but {len(labels)} labels")
     if labels.min() < 0 or labels.max() >= model_config.num_classes:
@@ -196,63 +210,70 @@ def train_image_model(
         )
     weights = check_weights(config.weights or default_weights(model_config.nesting),
                             model_config.nesting)  # fmt: skip
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    train_idx, hold_idx = split_holdout(len(images), config.holdout, config.seed)
-    if config.max_train:
-        train_idx = train_idx[: config.max_train]
-    x_all = torch.from_numpy(np.ascontiguousarray(images[train_idx])).unsqueeze(1)
-    y_all = torch.from_numpy(labels[train_idx])
-    model = ImageModel(model_config).to(config.device)
-    model.train()
+    device = resolve_device(config.device)
+    holdout = holdout_size(len(images)) if config.holdout is None else config.holdout
+    train_idx, hold_idx = split_holdout(len(images), holdout, config.seed)
     n = len(train_idx)
-    steps = (n + config.batch_size - 1) // config.batch_size
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = steps * config.epochs
-    if total_steps >= 8:
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.25
-        )
-    else:  # too few steps for a schedule (tiny data sets): constant learning rate
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    w = torch.tensor(weights, dtype=torch.float32, device=config.device)
-    history = []
-    start = time.perf_counter()
-    with progress_bar(progress, info=True) as bar:
-        for epoch in range(1, config.epochs + 1):
-            task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=steps, info="")
-            perm = torch.randperm(n, generator=gen)
-            total, count = 0.0, 0
-            for s in range(steps):
-                idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
-                x = augment(model.preprocess(x_all[idx]), gen, config.flip, config.crop)
-                _, logits = model(x.to(config.device, non_blocking=True))
-                y = y_all[idx].to(config.device, non_blocking=True)
-                loss, _per = matryoshka_cross_entropy(logits, y, w, config.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(idx)
-                count += len(idx)
-                if s % 10 == 0 or s == steps - 1:
-                    bar.update(task, completed=s + 1, info=f"loss {total / count:.4f}")
-            history.append(total / count)
-            if log:
-                log(f"epoch {epoch}: loss {total / count:.4f}")
-            if checkpoint_dir is not None:
-                ckpt = Path(checkpoint_dir) / f"epoch-{epoch}"
-                ckpt.mkdir(parents=True, exist_ok=True)
-                write_model_files(model, ckpt, build_manifest(model, "nestemb-cnn", {"epoch": epoch}))
-    seconds = time.perf_counter() - start
+    epochs, per_epoch, total_steps = config.schedule(n)
+    with torch_threads(config.threads):
+        torch.manual_seed(config.seed)
+        gen = torch.Generator().manual_seed(config.seed)
+        x_all = torch.from_numpy(np.ascontiguousarray(images[train_idx])).unsqueeze(1)
+        y_all = torch.from_numpy(labels[train_idx])
+        model = ImageModel(model_config).to(device)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if total_steps >= 8:
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.25
+            )
+        else:  # too few steps for a schedule: constant learning rate
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        w = torch.tensor(weights, dtype=torch.float32, device=device)
+        every = max(1, epochs // 10)
+        history, step = [], 0
+        start = time.perf_counter()
+        with progress_bar(progress, info=True) as bar:
+            for epoch in range(1, epochs + 1):
+                n_steps = min(per_epoch, total_steps - step)
+                task = bar.add_task(f"epoch {epoch}/{epochs}", total=n_steps, info="")
+                perm = torch.randperm(n, generator=gen)
+                total, count = 0.0, 0
+                for s in range(n_steps):
+                    idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
+                    x = augment_batch(model.preprocess(x_all[idx]), gen, config.augment, config.shift)
+                    _, logits = model(x.to(device, non_blocking=True))
+                    y = y_all[idx].to(device, non_blocking=True)
+                    loss, _per = matryoshka_cross_entropy(logits, y, w, config.label_smoothing)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    step += 1
+                    total += loss.item() * len(idx)
+                    count += len(idx)
+                    if s % 10 == 0 or s == n_steps - 1:
+                        bar.update(task, completed=s + 1, info=f"loss {total / count:.4f}")
+                history.append(total / count)
+                if log:
+                    log(f"epoch {epoch}: loss {total / count:.4f}")
+                if checkpoint_dir is not None and (epoch % every == 0 or epoch == epochs):
+                    ckpt = Path(checkpoint_dir) / f"epoch-{epoch}"
+                    ckpt.mkdir(parents=True, exist_ok=True)
+                    write_model_files(model, ckpt, model_id, {"epoch": epoch, "step": step})
+        seconds = time.perf_counter() - start
     model.cpu().eval()
+    cfg = dataclasses.asdict(config)
+    cfg["augment"], cfg["device"] = list(config.augment), device
     info = {
         "train_seconds": round(seconds, 2),
+        "epochs": epochs,
+        "steps": step,
         "epoch_losses": [round(v, 5) for v in history],
         "n_train": int(n),
         "n_holdout": int(len(hold_idx)),
+        "split": {"n": int(len(images)), "holdout": int(holdout), "seed": int(config.seed)},
         "weights": list(weights),
-        "train": dataclasses.asdict(config),
+        "train": cfg,
     }
     return model, info

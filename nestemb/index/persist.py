@@ -1,0 +1,161 @@
+"""The on-disk format of every nestemb index, and reading / writing it.
+
+An index directory holds::
+
+    manifest.json   kind "index": model id and version (those of the embeddings it was built
+                    from), nesting, normalization, dim, dtype, the index type and its parameters,
+                    the tuning record, sha256 of every file
+    vectors.npy     the full float32 vectors, exactly as added (memory-mapped on load)
+    ids.npy         the external id of each row (int64 or unicode)
+    deleted.npy     a tombstone flag per row (``delete`` marks, ``compact`` removes)
+    *.faiss         the index type's own search structures (first stage, quantizer, lists)
+
+Saving builds the whole directory in a temporary sibling and renames it into place
+(:func:`nestemb.io.atomic_dir`): a crash mid-write leaves the previous index readable. Like every
+nestemb writer, saving refuses an existing non-empty path unless ``overwrite=True``, and even then
+replaces only a nestemb index (recognized by its manifest kind). Loading verifies every checksum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nestemb.errors import NestembError
+from nestemb.index.base import _REGISTRY, INDEX_KIND, PrefixIndex
+from nestemb.nesting import MANIFEST_NAME, Manifest
+
+VECTORS_NAME = "vectors.npy"
+IDS_NAME = "ids.npy"
+DELETED_NAME = "deleted.npy"
+
+
+def check_index_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse to write an index at ``path`` unless it is free (absent or an empty directory) or
+    ``overwrite`` is set and it holds a nestemb index. Called by :func:`save_index`; call it
+    before a long build to fail early.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "notes.txt").write_text("mine")
+        >>> check_index_path(d / "new").name
+        'new'
+        >>> check_index_path(d, overwrite=True)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: ... is not a nestemb index directory (no index manifest): refusing to replace it
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NestembError(f"index path exists and is not a directory: {path}")
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    if not overwrite:
+        raise NestembError(
+            f"index directory already exists: {path} (pass overwrite=True to replace it)"
+        )
+    try:
+        kind = Manifest.load(path).kind
+    except NestembError:
+        kind = None
+    if kind != INDEX_KIND:
+        raise NestembError(
+            f"{path} is not a nestemb index directory (no index manifest): refusing to replace it"
+        )
+    return path
+
+
+def save_index(index: PrefixIndex, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``index`` to the directory ``path`` atomically; see :meth:`PrefixIndex.save`.
+
+    Example: see :func:`load_index`.
+    """
+    from nestemb.io import atomic_dir, sha256_file
+
+    index._check_fitted()
+    path = check_index_path(path, overwrite)
+    with atomic_dir(path, overwrite=True) as tmp:
+        np.save(tmp / VECTORS_NAME, np.asarray(index.vectors_))
+        np.save(tmp / IDS_NAME, index.ids_)
+        np.save(tmp / DELETED_NAME, index.deleted_)
+        names = [VECTORS_NAME, IDS_NAME, DELETED_NAME, *index._write(tmp)]
+        config = {
+            "index_type": type(index).__name__,
+            "params": index.get_params(),
+            "n_vectors": int(len(index.ids_)),
+            "n_deleted": int(index.n_deleted_),
+            "tuning": index.tuning_,
+        }
+        index.manifest_ = dataclasses.replace(
+            index.manifest_, extra=config, sha256={n: sha256_file(tmp / n) for n in names}
+        )
+        index.manifest_.save(tmp)
+    return path
+
+
+def read_index(
+    path: str | os.PathLike, cls: type = PrefixIndex, mmap: bool = True, verify: bool = True
+) -> PrefixIndex:
+    """Read an index directory holding a ``cls`` (any index for :class:`PrefixIndex`).
+
+    Example: see :func:`load_index`.
+    """
+    path = Path(path)
+    manifest = Manifest.open(path, INDEX_KIND, "index directory", verify=False)
+    kind = manifest.extra.get("index_type")
+    target = _REGISTRY.get(kind)
+    if target is None:
+        raise NestembError(f"{path}: unknown index type {kind!r}")
+    if not issubclass(target, cls):
+        raise NestembError(f"{path} holds a {kind}, not a {cls.__name__}")
+    if verify:
+        manifest.verify(path)
+    try:
+        index = target(**dict(manifest.extra.get("params", {})))
+    except TypeError as e:
+        raise NestembError(f"{path}/{MANIFEST_NAME}: invalid index parameters: {e}") from None
+    try:
+        index.vectors_ = np.load(path / VECTORS_NAME, mmap_mode="r" if mmap else None)
+        index.ids_ = np.load(path / IDS_NAME)
+        index.deleted_ = np.load(path / DELETED_NAME)
+    except (OSError, ValueError) as e:
+        raise NestembError(f"cannot read index data in {path}: {e}") from None
+    n = len(index.vectors_)
+    if index.vectors_.ndim != 2 or index.vectors_.shape[1] != manifest.dim:
+        raise NestembError(
+            f"{path}: vectors have shape {index.vectors_.shape}, manifest dim {manifest.dim}"
+        )
+    if len(index.ids_) != n or len(index.deleted_) != n:
+        raise NestembError(f"{path}: ids/deleted flags do not match the {n} vectors")
+    index.n_deleted_ = int(index.deleted_.sum())
+    index.tuning_ = manifest.extra.get("tuning")
+    index.manifest_ = manifest
+    index._lookup = None
+    index._read(path)
+    return index
+
+
+def load_index(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> PrefixIndex:
+    """Load any nestemb index directory (the type is read from its manifest; checksums are
+    verified unless ``verify=False``; vectors are memory-mapped unless ``mmap=False``).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from nestemb.index import FunnelIndex, synthetic_matryoshka
+        >>> X = synthetic_matryoshka(200, 32, seed=0)
+        >>> index = FunnelIndex(dims=(8, 32), shortlist=(50,), model_id="demo").add(X)
+        >>> p = index.save(pathlib.Path(tempfile.mkdtemp()) / "idx")
+        >>> loaded = load_index(p)
+        >>> type(loaded).__name__, len(loaded), loaded.manifest.model_id
+        ('FunnelIndex', 200, 'demo')
+        >>> bool((loaded.search(X[:5], k=3)[1] == index.search(X[:5], k=3)[1]).all())
+        True
+        >>> index.save(p)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: index directory already exists: ... (pass overwrite=True to replace it)
+    """
+    return read_index(path, PrefixIndex, mmap=mmap, verify=verify)
