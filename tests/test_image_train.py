@@ -7,7 +7,7 @@ import torch
 from nestemb.data.split import holdout_size, split_holdout
 from nestemb.errors import NestembError
 from nestemb.models.image import make_model_config
-from nestemb.train.device import resolve_device
+from nestemb.device import resolve_device
 from nestemb.train.image import DEFAULT_MIN_STEPS, ImageTrainConfig, augment_batch, train_image
 
 
@@ -84,8 +84,10 @@ def test_device_validation():
     with pytest.raises(NestembError, match="device must be one of"):
         resolve_device("cpu:1")
     if not torch.cuda.is_available():
+        cfg = ImageTrainConfig(device="cuda")  # a config may be written for another machine
+        x, y = _data()
         with pytest.raises(NestembError, match="device 'cuda' is not available"):
-            ImageTrainConfig(device="cuda")
+            train_image(make_model_config("mrl", dim=8, width=4), x, y, cfg, progress=False)
 
 
 def test_training_restores_torch_threads():

@@ -3,7 +3,7 @@ import pytest
 
 from nestemb.errors import NestembError
 from nestemb.eval.metrics import average_precision_at_k, retrieval_metrics, top1
-from nestemb.nesting import prefix_view
+
 
 
 def test_map_at_10_hand_computed():

@@ -9,13 +9,12 @@ at the end (:func:`nestemb.io.atomic_dir`), so a failure leaves nothing behind.
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from nestemb.cli.app import app
+from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_file, choices
 
 image_app = typer.Typer(
     help="Image encoders: train nested (Matryoshka) CNNs on IDX data, evaluate every prefix.",
@@ -31,21 +30,8 @@ _AUGMENT_HELP = "Comma list of shift (random shifts of --shift pixels) and flip 
 _STEPS_HELP = "Optimizer steps (default: 10 epochs, but at least 1500 steps on small data sets)."
 
 
-class Head(str, enum.Enum):
-    mrl = "mrl"
-    mrl_e = "mrl-e"
-    ff = "ff"
-
-
-class Classifier(str, enum.Enum):
-    linear = "linear"
-    cosine = "cosine"
-
-
-class Device(str, enum.Enum):
-    cpu = "cpu"
-    cuda = "cuda"
-    auto = "auto"
+Head = choices("Head", "mrl", "mrl-e", "ff")
+Classifier = choices("Classifier", "linear", "cosine")
 
 
 def _console():
@@ -182,14 +168,6 @@ def print_results(console, dims, per: dict, cascade: list, title: str) -> None:
         console.print(c)
 
 
-def _check_out_file(out: Path, overwrite: bool) -> None:
-    from nestemb.errors import NestembError
-
-    if out.is_dir():
-        raise NestembError(f"--out must be a file path, {out} is a directory")
-    if out.exists() and not overwrite:
-        raise NestembError(f"output file already exists: {out} (use --overwrite)")
-
 
 @image_app.command("train")
 def train_cmd(
@@ -215,7 +193,7 @@ def train_cmd(
     augment: str = typer.Option("shift", help=_AUGMENT_HELP),
     shift: int = typer.Option(2, help="Largest random shift in pixels (with --augment shift)."),
     model_id: str = typer.Option("nestemb-cnn", help="Readable model name for the manifest (the version is the weights' hash)."),
-    device: Device = typer.Option(Device.auto, help="cpu, cuda, or auto (cuda when available)."),
+    device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads while training (default: torch's)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
     checkpoints: bool = typer.Option(True, help="Keep about ten model checkpoints along the way."),
@@ -256,9 +234,9 @@ def eval_cmd(
     from nestemb.eval.image import evaluate_image_model
     from nestemb.io import write_json
     from nestemb.models.image import load_image_model
-    from nestemb.train.device import torch_threads
+    from nestemb.device import torch_threads
 
-    _check_out_file(out, overwrite)
+    check_out_file(out, overwrite)
     m = load_image_model(model)
     folder, train, test = _load_data(data)
     if tuple(train[0].shape[1:]) != m.config.in_hw:
@@ -283,7 +261,7 @@ def quickstart(
     steps: Optional[int] = typer.Option(None, help=_STEPS_HELP),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (instead of --steps)."),
     seed: int = typer.Option(0, help="Random seed."),
-    device: Device = typer.Option(Device.auto, help="cpu, cuda, or auto (cuda when available)."),
+    device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
     """Train an MRL model on Fashion-MNIST (nesting 2, 4, ... 256) with the default recipe,

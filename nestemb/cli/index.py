@@ -6,14 +6,13 @@ paths before any long work, and turns every bad input into a one-line error (exi
 
 from __future__ import annotations
 
-import enum
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from nestemb.cli.app import app
+from nestemb.cli.app import Device, app, check_out_dir, choices
 from nestemb.cli.parse import parse_ints
 from nestemb.errors import NestembError
 
@@ -23,49 +22,11 @@ index_app = typer.Typer(
 app.add_typer(index_app, name="index")
 
 
-class Split(str, enum.Enum):
-    train = "train"
-    t10k = "t10k"
-
-
-class Device(str, enum.Enum):
-    cpu = "cpu"
-    cuda = "cuda"
-    auto = "auto"
-
-
-class IndexType(str, enum.Enum):
-    funnel = "funnel"
-    ivf = "ivf"
-    opq = "opq"
-
-
-class PrefixDtype(str, enum.Enum):
-    float32 = "float32"
-    float16 = "float16"
-    int8 = "int8"
-    binary = "binary"
-
-
-class FirstStage(str, enum.Enum):
-    flat = "flat"
-    hnsw = "hnsw"
-
-
-class Codec(str, enum.Enum):
-    flat = "flat"
-    fp16 = "fp16"
-    sq8 = "sq8"
-    pq = "pq"
-    opq = "opq"
-
-
-def _check_free(out: Path, overwrite: bool) -> None:
-    """Fail before any long work when ``out`` would be refused at the end."""
-    if out.exists() and not out.is_dir():
-        raise NestembError(f"output path exists and is not a directory: {out}")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise NestembError(f"output directory already exists and is not empty: {out} (use --overwrite)")
+Split = choices("Split", "train", "t10k")
+IndexType = choices("IndexType", "funnel", "ivf", "opq")
+PrefixDtype = choices("PrefixDtype", "float32", "float16", "int8", "binary")
+FirstStage = choices("FirstStage", "flat", "hnsw")
+Codec = choices("Codec", "flat", "fp16", "sq8", "pq", "opq")
 
 
 def _positive(value: Optional[int], flag: str) -> None:
@@ -141,7 +102,7 @@ def embed(
     given = [flag for flag, v in (("--data", data), ("--images", images), ("--texts", texts)) if v is not None]
     if len(given) != 1:
         raise NestembError(f"give exactly one of --data, --images or --texts (got {given or 'none'})")
-    _check_free(out, overwrite)
+    check_out_dir(out, overwrite)
     model_dir = Path(model)
     kind = "text-model" if model.lower() == "minilm" else None
     if kind is None:
@@ -220,7 +181,7 @@ def build(
     from nestemb.index.persist import check_index_path
 
     X, man, ids = _load_emb(embeddings, "gallery")
-    _check_free(out, overwrite)  # before the build, which may take long
+    check_out_dir(out, overwrite)  # before the build, which may take long
     check_index_path(out, overwrite)  # --overwrite replaces only an index
     common = dict(nesting=man.nesting, model_id=man.model_id, model_version=man.model_version)
     nest = man.nesting
@@ -301,7 +262,7 @@ def tune_cmd(
     _positive(max_queries, "--max-queries")
     _positive(max_candidates, "--max-candidates")
     if out is not None:
-        _check_free(out, overwrite)
+        check_out_dir(out, overwrite)
         check_index_path(out, overwrite)
     index = load_index(index_dir)
     Q, man, _ = _load_emb(queries, "query")

@@ -6,13 +6,12 @@ The commands only translate flags (comma lists, enums) into the typed library ca
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from nestemb.cli.app import app
+from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_file
 from nestemb.errors import NestembError
 from nestemb.text.train import DistillSource, TextRecipe as Recipe
 
@@ -21,21 +20,8 @@ text_app = typer.Typer(help="Text encoders: train nested (Matryoshka) models, ev
 app.add_typer(text_app, name="text")
 
 
-class Device(str, enum.Enum):
-    cpu = "cpu"
-    cuda = "cuda"
-    auto = "auto"
-
-
 _MODEL_HELP = "'minilm' (bundled all-MiniLM-L6-v2) or a sentence-transformers folder"
-_DEVICE_HELP = "cpu, cuda, or auto (cuda when available)"
 
-
-def _check_out_file(out: Path, overwrite: bool) -> None:
-    if out.exists() and out.is_dir():
-        raise NestembError(f"--out {out} is a directory; give a JSON file path")
-    if out.exists() and not overwrite:
-        raise NestembError(f"--out {out} already exists (add --overwrite to replace it)")
 
 
 def _ints(text: Optional[str], flag: str):
@@ -56,23 +42,33 @@ def _fmt(xs) -> str:
     return " ".join(f"{x:.4f}" for x in xs)
 
 
+# Options shared by the evaluation commands (one definition, the same flag everywhere).
+_OUT_JSON = typer.Option(..., help="result JSON file")
+_MODEL = typer.Option("minilm", help=_MODEL_HELP)
+_DIMS = typer.Option(None, help="prefix sizes, e.g. 32,64,384 (default: the model's nesting)")
+_LAYERS = typer.Option(None, help="exit layers, e.g. 2,4,6 (per-layer results)")
+_BATCH = typer.Option(64, help="encoding batch size")
+_DEVICE = typer.Option(Device.auto, help=DEVICE_HELP)
+_OVERWRITE_OUT = typer.Option(False, help="replace an existing --out file")
+
+
 @text_app.command("eval-retrieval")
 def eval_retrieval(
     beir: Path = typer.Option(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)"),
-    out: Path = typer.Option(..., help="result JSON file"),
+    out: Path = _OUT_JSON,
     split: str = typer.Option("test", help="qrels split"),
-    model: str = typer.Option("minilm", help=_MODEL_HELP),
-    dims: Optional[str] = typer.Option(None, help="prefix sizes, e.g. 32,64,384 (default: the model's nesting)"),
-    layers: Optional[str] = typer.Option(None, help="exit layers, e.g. 2,4,6 (per-layer results)"),
-    batch_size: int = typer.Option(64, help="encoding batch size"),
-    device: Device = typer.Option(Device.auto, help=_DEVICE_HELP),
-    overwrite: bool = typer.Option(False, help="replace an existing --out file"),
+    model: str = _MODEL,
+    dims: Optional[str] = _DIMS,
+    layers: Optional[str] = _LAYERS,
+    batch_size: int = _BATCH,
+    device: Device = _DEVICE,
+    overwrite: bool = _OVERWRITE_OUT,
 ) -> None:
     """nDCG@10 and recall@100 on a BEIR split at every prefix (and layer)."""
     from nestemb.io import write_json
     from nestemb.text.evaluate import run_eval_retrieval
 
-    _check_out_file(out, overwrite)
+    check_out_file(out, overwrite)
     res = run_eval_retrieval(beir, model, _dims(dims), _ints(layers, "--layers"), split=split,
                              batch_size=batch_size, device=device.value, show_progress=True)
     write_json(out, res)
@@ -83,19 +79,19 @@ def eval_retrieval(
 @text_app.command("eval-sts")
 def eval_sts(
     sts: Path = typer.Option(..., help="STS-B format TSV (score in column 5, sentences in 6 and 7)"),
-    out: Path = typer.Option(..., help="result JSON file"),
-    model: str = typer.Option("minilm", help=_MODEL_HELP),
-    dims: Optional[str] = typer.Option(None, help="prefix sizes (default: the model's nesting)"),
-    layers: Optional[str] = typer.Option(None, help="exit layers, e.g. 2,4,6"),
-    batch_size: int = typer.Option(64, help="encoding batch size"),
-    device: Device = typer.Option(Device.auto, help=_DEVICE_HELP),
-    overwrite: bool = typer.Option(False, help="replace an existing --out file"),
+    out: Path = _OUT_JSON,
+    model: str = _MODEL,
+    dims: Optional[str] = _DIMS,
+    layers: Optional[str] = _LAYERS,
+    batch_size: int = _BATCH,
+    device: Device = _DEVICE,
+    overwrite: bool = _OVERWRITE_OUT,
 ) -> None:
     """Spearman correlation on an STS-B TSV at every prefix (and layer)."""
     from nestemb.io import write_json
     from nestemb.text.evaluate import run_eval_sts
 
-    _check_out_file(out, overwrite)
+    check_out_file(out, overwrite)
     res = run_eval_sts(sts, model, _dims(dims), _ints(layers, "--layers"), batch_size=batch_size,
                        device=device.value, show_progress=True)
     write_json(out, res)
@@ -125,12 +121,13 @@ def train(
     self_distill_weight: float = typer.Option(0.0, help="KL of earlier exits toward the last (layer mode)"),
     hard_negatives: bool = typer.Option(True, help="mine one hard negative per BEIR pair with the base"),
     max_seq_length: Optional[int] = typer.Option(None, help="truncate texts to this many tokens"),
-    device: Device = typer.Option(Device.auto, help=_DEVICE_HELP),
+    device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, help="replace an existing --out folder"),
 ) -> None:
     """Train a nested text encoder: every prefix (and exit layer) a good embedding."""
     from nestemb.cli.parse import parse_floats
-    from nestemb.text.encoder import resolve_device, save_text_model
+    from nestemb.device import resolve_device
+    from nestemb.text.encoder import save_text_model
     from nestemb.text.evaluate import progress_stages
     from nestemb.text.train import TextTrainConfig, load_train_data, train_text
 

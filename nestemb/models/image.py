@@ -309,7 +309,7 @@ def save_image_model(
 def load_image_model(directory: str | os.PathLike) -> ImageModel:
     """Load a model saved by :func:`save_image_model` in eval mode, on the CPU; the file
     checksum and the weights version are both verified. Torch's thread count is left alone
-    (scope it with :func:`nestemb.train.device.torch_threads` if needed).
+    (scope it with :func:`nestemb.device.torch_threads` if needed).
 
     Example: see :func:`save_image_model`.
     """

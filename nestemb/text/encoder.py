@@ -20,7 +20,7 @@ import numpy as np
 from nestemb.errors import NestembError
 from nestemb.nesting import (MANIFEST_NAME, Manifest, default_nesting, validate_nesting,
                              weights_version)
-from nestemb.train.device import DEVICES, resolve_device  # noqa: F401  (shared with images)
+from nestemb.device import resolve_device
 
 MINILM = "minilm"
 MINILM_ID = "all-MiniLM-L6-v2"

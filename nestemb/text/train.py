@@ -32,7 +32,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -115,7 +115,7 @@ class TextTrainConfig:
 
     def __post_init__(self) -> None:
         from nestemb.nesting import validate_nesting
-        from nestemb.text.encoder import DEVICES
+        from nestemb.device import resolve_device
 
         def need(ok: bool, msg: str) -> None:
             if not ok:
@@ -123,8 +123,7 @@ class TextTrainConfig:
 
         self.recipe = _choice(self.recipe, TextRecipe, "recipe")
         self.distill_source = _choice(self.distill_source, DistillSource, "distill_source")
-        need(str(self.device).lower() in DEVICES,
-             f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        resolve_device(self.device, check_available=False)  # availability: checked by train_*
         if self.dims is not None:
             self.dims = validate_nesting(self.dims)
         if self.weights is not None:
@@ -379,7 +378,8 @@ def train_text(
     import torch
 
     from nestemb.nesting import default_nesting
-    from nestemb.text.encoder import check_dims, check_layers, load_text_model, resolve_device
+    from nestemb.device import resolve_device
+    from nestemb.text.encoder import check_dims, check_layers, load_text_model
 
     t0 = time.perf_counter()
     device = resolve_device(config.device)

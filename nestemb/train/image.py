@@ -35,7 +35,7 @@ from nestemb.errors import NestembError
 from nestemb.losses import check_weights, matryoshka_cross_entropy
 from nestemb.models.image import ImageModel, ImageModelConfig, write_model_files
 from nestemb.progress import progress_bar
-from nestemb.train.device import resolve_device, torch_threads
+from nestemb.device import resolve_device, torch_threads
 
 AUGMENTS = ("shift", "flip")
 DEFAULT_EPOCHS = 10
@@ -109,7 +109,7 @@ class ImageTrainConfig:
             raise NestembError(f"shift must be >= 0, got {self.shift}")
         if self.weights is not None:
             self.weights = tuple(float(w) for w in self.weights)
-        resolve_device(self.device)  # unknown or unavailable devices fail before any work
+        resolve_device(self.device, check_available=False)  # availability: checked by train_*
 
     def schedule(self, n_train: int) -> tuple[int, int, int]:
         """``(epochs, steps_per_epoch, total_steps)`` for ``n_train`` training images. With

@@ -17,8 +17,10 @@ from nestemb.errors import NestembError
 DEVICES = ("cpu", "cuda", "auto")
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; ``"cuda"`` must exist.
+def resolve_device(device: str, *, check_available: bool = True) -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; ``"cuda"`` must exist
+    (``check_available=False``: only the name is checked, as config classes do so that a config
+    can be written on one machine and run on another).
 
     Example:
         >>> resolve_device("cpu")
@@ -36,7 +38,7 @@ def resolve_device(device: str) -> str:
         raise NestembError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
     if base == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if base == "cuda":
+    if base == "cuda" and check_available:
         if not torch.cuda.is_available():
             raise NestembError(
                 f"device {device!r} is not available: torch sees no CUDA GPU (use cpu or auto)"
