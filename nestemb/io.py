@@ -1,6 +1,10 @@
 """Crash-safe file output: every write goes to a temporary sibling, then an atomic rename.
 
 A crash or an error half-way leaves the previous file (or no file) in place, never a partial one.
+An exception of any kind (``KeyboardInterrupt``, ``SystemExit``, the CLI's SIGTERM) removes the
+temporary. Temporaries have nestemb's own short name, ``.nestemb-tmp-<pid>-<hex>`` (so any legal
+output name works); one whose process died without cleaning up (``kill -9``, power loss) is
+swept by the next write to the same folder. Outputs honour the user's umask.
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,6 +38,66 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+TMP_PREFIX = ".nestemb-tmp-"
+_TMP_RE = re.compile(r"^\.nestemb-tmp-(\d+)-[0-9a-f]{12}$")
+
+
+def _tmp_name() -> str:
+    """A fresh temporary name: fixed length whatever the output name, owner pid encoded."""
+    return f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def sweep_stale(folder: str | os.PathLike) -> list[Path]:
+    """Remove nestemb temporaries in ``folder`` whose writing process is gone; return them.
+
+    Only names of nestemb's own pattern are touched; a temporary of a live process is kept.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> (d / ".nestemb-tmp-999999999-0123456789ab").mkdir(); (d / "keep").mkdir()
+        >>> [p.name for p in sweep_stale(d)], sorted(p.name for p in d.iterdir())
+        (['.nestemb-tmp-999999999-0123456789ab'], ['keep'])
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TMP_RE.match(entry.name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _prepare_parent(path: Path) -> None:
+    """Create ``path``'s parent folders; an unwritable location is a :class:`NestembError`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NestembError(f"cannot create the folder for {path}: {e.strerror or e}") from None
+    if not path.parent.is_dir():
+        raise NestembError(f"cannot write {path}: {path.parent} is not a directory")
+    sweep_stale(path.parent)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file next to ``path``; on success fsync and rename it over ``path``.
@@ -46,14 +111,21 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         'hello'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _prepare_parent(path)
+    tmp = path.parent / _tmp_name()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies umask
+    except OSError as e:
+        raise NestembError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise NestembError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -113,17 +185,28 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise NestembError(f"output path exists and is not a directory: {path}")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise NestembError(f"output directory already exists and is not empty: {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _prepare_parent(path)
+    tmp = path.parent / _tmp_name()
+    try:
+        tmp.mkdir(mode=0o777)
+    except OSError as e:
+        raise NestembError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        try:
+            if path.exists():
+                old = path.parent / _tmp_name()
+                os.replace(path, old)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old, path)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except OSError as e:
+            raise NestembError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

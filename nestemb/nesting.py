@@ -221,14 +221,16 @@ class Manifest:
             >>> Manifest.open(out, "index", "index directory")
             Traceback (most recent call last):
             ...
-            nestemb.errors.NestembError: ... holds a 'embeddings', not a 'index'
+            nestemb.errors.NestembError: ... holds an embeddings artefact, not an index
         """
         directory = Path(directory)
         if not directory.is_dir():
             raise NestembError(f"{what} not found: {directory}")
         manifest = cls.load(directory)
         if manifest.kind != kind:
-            raise NestembError(f"{directory} holds a {manifest.kind!r}, not a {kind!r}")
+            raise NestembError(
+                f"{directory} holds {_a(manifest.kind)} artefact, not {_a(kind)}"
+            )
         if verify:
             manifest.verify(directory)
         return manifest
@@ -245,6 +247,11 @@ class Manifest:
                 raise NestembError(
                     f"checksum mismatch for {path}: the file is truncated or was modified"
                 )
+
+
+def _a(kind: str) -> str:
+    """``kind`` with its indefinite article: ``an index``, ``a text-model``."""
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
 
 
 MANIFEST_NAME = "manifest.json"

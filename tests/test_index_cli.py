@@ -190,7 +190,7 @@ def test_embed_errors(cli, tmp_path):
     r = cli("embed", "--model", "minilm", "--texts", txt, "--data", tmp_path, "--out", tmp_path / "e")
     assert r.code == 2 and "exactly one of" in r.err
     r = cli("embed", "--model", "minilm", "--data", tmp_path, "--out", tmp_path / "e")
-    assert r.code == 2 and "is a text model: give --texts" in r.err
+    assert r.code == 2 and "is a text model: it embeds texts (--texts .jsonl or .txt), not images (--data)" in r.err
     r = cli("embed", "--model", "minilm", "--texts", txt, "--out", tmp_path / "e", "--limit", "0")
     assert r.code == 2 and "--limit must be positive" in r.err
     assert not (tmp_path / "e").exists()

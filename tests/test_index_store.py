@@ -351,3 +351,83 @@ def test_set_tuning_validates_and_applies(X):
         idx.set_tuning({"params": {"shortlist": [10]}})
     idx.set_tuning({"params": {"nprobe": 3, "rerank": 40}, "recall": 0.97})
     assert (idx.nprobe, idx.rerank, idx.tuning_["recall"]) == (3, 40, 0.97)
+
+
+# ----------------------------------------------------------------- issue 9 hardening
+def test_auto_ids_never_reused_after_delete_compact_and_reload(tmp_path, X):
+    idx = FunnelIndex(dims=(8, 32), shortlist=(50,), nesting=NEST).add(X[:100])
+    idx.delete([99]).compact().add(X[100:101])
+    assert idx.ids_[-1] == 100 and idx.next_id_ == 101
+    idx.delete([100]).compact()
+    idx.save(tmp_path / "i")
+    loaded = load_index(tmp_path / "i")
+    assert json.loads((tmp_path / "i" / "manifest.json").read_text())["extra"]["next_id"] == 101
+    loaded.add(X[101:103])
+    assert loaded.ids_[-2:].tolist() == [101, 102]
+    # explicit ids also advance the counter
+    loaded.add(X[103:104], ids=[500]).add(X[104:105])
+    assert loaded.ids_[-1] == 501
+
+
+def _edit_params(path, **changes):
+    m = json.loads((path / "manifest.json").read_text())
+    for k, v in changes.items():
+        if k == "PARAMS":
+            m["extra"]["params"] = v
+        else:
+            m["extra"]["params"][k] = v
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize(
+    "kind, changes, match",
+    [
+        ("funnel", {"bogus": 1}, r"unknown FunnelIndex parameters \['bogus'\]"),
+        ("funnel", {"PARAMS": "x"}, "extra.params must be a JSON object"),
+        ("funnel", {"hnsw_m": 0}, "invalid index parameters: hnsw_m must be a positive integer"),
+        ("funnel", {"dims": [16, 32]}, "first stage on disk .* does not match"),
+        ("funnel", {"dims": [8, 16]}, "last stage dim must be the full dimension 32"),
+        ("funnel", {"prefix_dtype": "int8"}, "does not match the manifest's parameters"),
+        ("funnel", {"first_stage": "hnsw"}, "does not match the manifest's parameters"),
+        ("funnel", {"nesting": [8, 32]}, "differs from the manifest's nesting"),
+        ("funnel", {"model_id": "other"}, "params model_id 'other' differs"),
+        ("ivf", {"nlist": 4}, r"nlist 8 on disk vs 4"),
+        ("ivf", {"d_search": 8}, r"d_search 16 on disk vs 8"),
+        ("ivf", {"d_cluster": 16}, r"d_cluster 8 on disk vs 16"),
+        ("ivf", {"codec": "sq8"}, r"codec IndexIVFFlat on disk vs IndexIVFScalarQuantizer"),
+        ("ivf", {"nprobe": "x"}, "nprobe must be a positive integer"),
+    ],
+)
+def test_edited_manifest_params_are_a_clean_error(tmp_path, X, kind, changes, match):
+    if kind == "funnel":
+        idx = FunnelIndex(dims=(8, 32), shortlist=(50,), nesting=NEST)
+    else:
+        idx = AdaptiveIVFIndex(d_cluster=8, d_search=16, nlist=8, nesting=NEST)
+    idx.add(X).save(tmp_path / "i")
+    _edit_params(tmp_path / "i", **changes)
+    with pytest.raises(NestembError, match=match):
+        load_index(tmp_path / "i", verify=False).search(X[:2], k=3)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: FunnelIndex(dims=(8, 32), shortlist=(50,), first_stage="hnsw", hnsw_m=0),
+         "hnsw_m must be a positive integer, got 0"),
+        (lambda: FunnelIndex(dims=(8, 32), shortlist=(50,), first_stage="hnsw", hnsw_m=2**40),
+         "hnsw_m must be at most 1024"),
+        (lambda: FunnelIndex(dims=(8, 32), shortlist=(50,), first_stage="hnsw", ef_search=2**40),
+         "ef_search must be at most 2147483647"),
+        (lambda: FunnelIndex(dims=(8, 32), shortlist=(50,), ef_construction=2**31),
+         "ef_construction must be at most"),
+        (lambda: AdaptiveIVFIndex(d_cluster=8, d_search=16, nlist=2**40), "nlist must be at most"),
+        (lambda: AdaptiveIVFIndex(d_cluster=8, d_search=16, nlist=4, nprobe=2**40),
+         "nprobe must be at most"),
+        (lambda: AdaptiveIVFIndex(d_cluster=8, d_search=16, nlist=4, codec="pq", code_bytes=4),
+         "needs at least 256 training vectors, got 100"),
+        (lambda: AdaptiveOPQIndex(d_search=32, code_bytes=8), "needs at least 256 training vectors"),
+    ],
+)
+def test_faiss_facing_params_validated_before_faiss(X, make, match):
+    with pytest.raises(NestembError, match=match):
+        make().add(X[:100])

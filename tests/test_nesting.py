@@ -108,3 +108,12 @@ def test_atomic_dir_leaves_nothing_on_error(tmp_path):
 def test_cli_version(cli):
     r = cli("version")
     assert r.code == 0 and r.out.strip()
+
+
+def test_manifest_open_wrong_kind_message_is_grammatical(tmp_path):
+    out = tmp_path / "emb"
+    save_embeddings(out, np.ones((2, 4), dtype="float32"), Manifest(model_id="m", nesting=(2, 4), dim=4))
+    with pytest.raises(NestembError, match=r"holds an embeddings artefact, not an index$"):
+        Manifest.open(out, "index", "index directory")
+    with pytest.raises(NestembError, match=r"holds an embeddings artefact, not a text-model$"):
+        Manifest.open(out, "text-model", "model directory")

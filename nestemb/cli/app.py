@@ -7,7 +7,9 @@ functions so that ``nestemb --help`` and input errors answer instantly.
 from __future__ import annotations
 
 import enum
+import os
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -19,6 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help (inherited by every sub-group): it wraps long option names at any
+    # terminal width, where rich's option table truncates them ("--no-hard-negati…").
+    rich_markup_mode=None,
 )
 
 
@@ -30,8 +35,20 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from nestemb import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: Optional[bool] = typer.Option(
+        None, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Elastic (Matryoshka) embeddings: train, evaluate, index, search."""
 
 
@@ -53,9 +70,31 @@ Device = choices("Device", "cpu", "cuda", "auto")  # --device on every command t
 DEVICE_HELP = "cpu, cuda, or auto (cuda when available)"
 
 
+def check_writable_parent(out: Path) -> None:
+    """Refuse, before any work, an output whose folder cannot be created or written: the
+    nearest existing ancestor of ``out`` must be a writable directory.
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "a-file"; _ = f.write_text("x")
+        >>> check_writable_parent(f / "sub" / "out.json")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: cannot write --out .../a-file/sub/out.json: .../a-file is not a directory
+    """
+    out = Path(os.path.abspath(out))
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NestembError(f"cannot write --out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise NestembError(f"cannot write --out {out}: folder {parent} is not writable")
+
+
 def check_out_file(out: Path, overwrite: bool) -> None:
-    """Refuse an ``--out`` result file before any work: a directory, or an existing file
-    without ``--overwrite``.
+    """Refuse an ``--out`` result file before any work: a directory, an existing file
+    without ``--overwrite``, or a folder that cannot be written.
 
     Example:
         >>> import tempfile
@@ -68,11 +107,13 @@ def check_out_file(out: Path, overwrite: bool) -> None:
         raise NestembError(f"--out must be a file path, {out} is a directory")
     if out.exists() and not overwrite:
         raise NestembError(f"--out file already exists: {out} (add --overwrite to replace it)")
+    check_writable_parent(out)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse an ``--out`` artefact directory before any long work: a file, or a non-empty
-    directory without ``--overwrite`` (the writer itself decides what it may replace).
+    directory without ``--overwrite`` (the writer itself decides what it may replace), or a
+    folder that cannot be written.
 
     Example:
         >>> import tempfile
@@ -89,3 +130,4 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise NestembError(
             f"--out directory already exists and is not empty: {out} (add --overwrite to replace it)"
         )
+    check_writable_parent(out)

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from nestemb.cli.app import Device, app, check_out_dir, choices
+from nestemb.cli.app import Device, app, check_out_dir, check_out_file, choices
 from nestemb.cli.parse import parse_ints
 from nestemb.errors import NestembError
 
@@ -41,8 +41,10 @@ def _read_texts(path: Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise NestembError(f"--texts file not found: {path}")
     texts, ids = [], []
+    content = _read_utf8(path)
+    seen: dict[str, int] = {}
     if path.suffix == ".jsonl":
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(content.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -50,32 +52,60 @@ def _read_texts(path: Path) -> tuple[list[str], list[str]]:
                 title, text = row.get("title") or "", row["text"]
             except (json.JSONDecodeError, KeyError, AttributeError):
                 raise NestembError(f"{path}:{n}: expected a JSON object with a 'text' field") from None
+            doc_id = str(row.get("_id", len(ids)))
+            if doc_id in seen:
+                raise NestembError(
+                    f"{path}:{n}: duplicate _id {doc_id!r} (first on line {seen[doc_id]}): every "
+                    "document needs its own id"
+                )
+            seen[doc_id] = n
             texts.append(f"{title} {text}".strip())
-            ids.append(str(row.get("_id", len(ids))))
+            ids.append(doc_id)
     else:
-        texts = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+        texts = [t for t in content.splitlines() if t.strip()]
         ids = [str(i) for i in range(len(texts))]
     if not texts:
         raise NestembError(f"no texts in {path}")
     return texts, ids
 
 
+def _read_utf8(path: Path) -> str:
+    """The text of ``path``; a file that is not UTF-8 is an error naming the line and byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise NestembError(
+            f"{path} is not UTF-8 text: byte {e.start} (line {line}) is 0x{data[e.start]:02x}; "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
 def _read_images(data: Optional[Path], images: Optional[Path], split: Split):
     import numpy as np
 
     if data is not None:
-        from nestemb.data.idx import load_idx
+        from nestemb.data.idx import IMAGES_MAGIC, _find, read_idx
 
         if not data.is_dir():
             raise NestembError(f"--data must be an IDX folder, not found: {data}")
-        arr = load_idx(data, split=split.value)[0]
+        path = _find(data, split.value, "images-idx3-ubyte")  # embedding needs no labels file
+        arr = read_idx(path, IMAGES_MAGIC)
+        what = str(path)
     else:
         if not images.is_file() or images.suffix != ".npy":
             raise NestembError(f"--images must be a uint8 .npy file, not found: {images}")
         try:
-            arr = np.load(images)
+            arr = np.load(images, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise NestembError(f"cannot read {images}: {e}") from None
+            raise NestembError(f"cannot read {images}: {str(e).splitlines()[0]}") from None
+        what = f"--images {images}"
+    if arr.ndim != 3 or arr.dtype != np.uint8 or len(arr) == 0:
+        raise NestembError(
+            f"{what} must hold uint8 images (N, H, W) with N >= 1, got dtype {arr.dtype} and "
+            f"shape {arr.shape}"
+        )
     return arr, list(range(len(arr)))
 
 
@@ -114,7 +144,10 @@ def embed(
             kind = "text-model"
     if kind == "image-model":
         if texts is not None:
-            raise NestembError(f"{model} is an image model: give --data or --images, not --texts")
+            raise NestembError(
+                f"{model} is an image model: it embeds images (--data IDX folder or --images "
+                ".npy of uint8 (N, H, W)), not texts (--texts)"
+            )
         if device is Device.cuda:
             raise NestembError("embed runs image models on the cpu: use --device cpu or auto")
         try:
@@ -125,7 +158,10 @@ def embed(
         items, ids = _read_images(data, images, split)
     elif kind == "text-model":
         if texts is None:
-            raise NestembError(f"{model} is a text model: give --texts, not {given[0]}")
+            raise NestembError(
+                f"{model} is a text model: it embeds texts (--texts .jsonl or .txt), not images "
+                f"({given[0]})"
+            )
         try:
             from nestemb.text.encoder import load_text_model
         except ImportError:
@@ -156,8 +192,54 @@ def _load_emb(path: Path, what: str):
     return load_embeddings(path, mmap=True, with_ids=True)
 
 
+FUNNEL_OPTIONS = {"dims": "--dims", "shortlist": "--shortlist", "prefix_dtype": "--prefix-dtype",
+                  "first_stage": "--first-stage"}
+IVF_OPTIONS = {"d_cluster": "--d-cluster", "d_search": "--d-search", "nlist": "--nlist",
+               "nprobe": "--nprobe", "codec": "--codec", "code_bytes": "--code-bytes",
+               "rerank": "--rerank"}
+DEFAULT_RECALL_WARNING = 0.9
+"""``index build`` warns when its configuration agrees less than this with exact search."""
+
+
+def _given(ctx: typer.Context, names) -> list[str]:
+    """The options among ``names`` (parameter name -> flag) given on the command line."""
+    from click.core import ParameterSource
+
+    return [flag for name, flag in names.items()
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
+
+
+def _check_build_options(ctx: typer.Context, index_type: "IndexType", codec, code_bytes) -> None:
+    """Refuse options that do not apply to ``--index-type`` instead of silently ignoring them."""
+    foreign = _given(ctx, IVF_OPTIONS if index_type is IndexType.funnel else FUNNEL_OPTIONS)
+    if foreign:
+        raise NestembError(
+            f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to "
+            f"--index-type {index_type.value} (funnel takes {', '.join(FUNNEL_OPTIONS.values())}; "
+            f"ivf and opq take {', '.join(IVF_OPTIONS.values())})"
+        )
+    if index_type is IndexType.ivf and code_bytes is not None and (codec is None or codec.value not in ("pq", "opq")):
+        raise NestembError("--code-bytes applies only with --codec pq or opq")
+
+
+def _measured_recall(index, X, k: int = 10, n_queries: int = 200) -> tuple[float, int, int]:
+    """Agreement of ``index.search`` with exact search, using evenly spaced gallery vectors as
+    queries: ``(recall, k, n_queries)``."""
+    import numpy as np
+
+    from nestemb.index import knn_intersection
+
+    k = min(k, len(index))
+    rows = np.linspace(0, len(X) - 1, num=min(n_queries, len(X))).astype(np.int64)
+    Q = np.asarray(X[np.unique(rows)])
+    found = index.search(Q, k=k)[1]
+    truth = index.search_exact(Q, k=k)[1]
+    return knn_intersection(found, truth), k, len(Q)
+
+
 @index_app.command("build")
 def build(
+    ctx: typer.Context,
     embeddings: Path = typer.Argument(..., help="embedding directory (nestemb embed)"),
     out: Path = typer.Option(..., help="index directory to write"),
     index_type: IndexType = typer.Option(IndexType.funnel, help="funnel (prefix shortlist + re-rank), ivf (AdANNS-IVF) or opq (AdANNS-OPQ)"),
@@ -174,12 +256,18 @@ def build(
     rerank: Optional[int] = typer.Option(None, help="ivf/opq: candidates re-ranked at full dim"),
     overwrite: bool = typer.Option(False, help="replace an existing index directory"),
 ) -> None:
-    """Build an index from an embedding directory (keeps its model id, version and nesting)."""
+    """Build an index from an embedding directory (keeps its model id, version and nesting).
+
+    Options of another --index-type are refused. After the build, the index's agreement with
+    exact search (recall@10 with 200 gallery vectors as queries) is printed, with a warning and
+    a hint to run ``nestemb index tune`` when it is below 0.9.
+    """
     import numpy as np
 
     from nestemb.index import AdaptiveIVFIndex, AdaptiveOPQIndex, FunnelIndex
     from nestemb.index.persist import check_index_path
 
+    _check_build_options(ctx, index_type, codec, code_bytes)
     X, man, ids = _load_emb(embeddings, "gallery")
     check_out_dir(out, overwrite)  # before the build, which may take long
     check_index_path(out, overwrite)  # --overwrite replaces only an index
@@ -205,6 +293,20 @@ def build(
     index.add(np.asarray(X), ids=ids)
     index.save(out, overwrite=overwrite)
     typer.echo(f"built {index!r} over {len(index)} vectors -> {out}")
+    try:
+        measured, k, n_q = _measured_recall(index, X)
+    except NestembError as e:  # e.g. a shortlist shorter than 10: the index is still built
+        typer.echo(f"warning: recall against exact search not measured: {e}", err=True)
+        return
+    typer.echo(f"recall@{k} against exact search: {measured:.3f} ({n_q} gallery vectors as queries)")
+    if measured < DEFAULT_RECALL_WARNING:
+        typer.echo(
+            f"warning: this configuration reaches recall@{k} = {measured:.3f} < "
+            f"{DEFAULT_RECALL_WARNING} against exact search; run `nestemb index tune {out} "
+            "--queries ...` to pick one that meets a target (or pass larger --shortlist/--dims, "
+            "--nprobe/--rerank)",
+            err=True,
+        )
 
 
 @index_app.command("search")
@@ -224,13 +326,16 @@ def search(
     from nestemb.io import write_json
 
     _positive(limit, "--limit")
-    if out is not None and out.is_dir():
-        raise NestembError(f"--out must be a file, got a directory: {out}")
-    if out is not None and out.exists() and not overwrite:
-        raise NestembError(f"output file already exists: {out} (use --overwrite)")
+    if out is not None:
+        check_out_file(out, overwrite)
     index = load_index(index_dir)
     Q, man, qids = _load_emb(queries, "query")
     Q = np.asarray(Q if limit is None else Q[:limit])
+    tuned_k = (index.tuning_ or {}).get("k")
+    if isinstance(tuned_k, int) and k > tuned_k:
+        typer.echo(f"warning: -k {k} is above the k={tuned_k} this index was tuned for "
+                   f"(recall@{tuned_k} {index.tuning_.get('recall', float('nan')):.3f}); "
+                   f"run `nestemb index tune {index_dir} -k {k} ...` for this k", err=True)
     scores, ids = index.search(Q, k=k, manifest=man)
     qids = qids[: len(Q)] if qids is not None else list(range(len(Q)))
     for i in range(min(show, len(Q))):
@@ -266,8 +371,10 @@ def tune_cmd(
         check_index_path(out, overwrite)
     index = load_index(index_dir)
     Q, man, _ = _load_emb(queries, "query")
+    before = index.get_params()
     res = tune(index, np.asarray(Q[:max_queries]), k=k, recall=recall, manifest=man,
                max_queries=max_queries, max_candidates=max_candidates)
+    after = index.get_params()
     # in place: the directory is an index by construction, so replacing it is the request
     index.save(index_dir if out is None else out, overwrite=out is None or overwrite)
     outcome = "target met" if res["met"] else "target NOT met"
@@ -275,3 +382,6 @@ def tune_cmd(
         f"{outcome}: recall@{k} {res['recall']:.4f} (target {recall}) with {res['params']}, "
         f"latency {res['latency_ms']:.3f} ms ({len(res['candidates'])} configurations measured)"
     )
+    changed = [f"{n} {before[n]} -> {after[n]}" for n in after if before[n] != after[n]]
+    typer.echo(f"changed: {'; '.join(changed)}" if changed else "configuration unchanged")
+    typer.echo(f"tuned for k={k}: searches with a larger k may not meet the target")

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from nestemb.data.textfile import read_lines
 from nestemb.errors import NestembError
 
 
@@ -46,23 +47,22 @@ def _read_jsonl(path: Path, what: str, with_title: bool) -> dict[str, str]:
     if not path.is_file():
         raise NestembError(f"BEIR {what} file not found: {path}")
     out: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise NestembError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or "_id" not in obj:
-                raise NestembError(f"{path}:{lineno}: a JSON object with an '_id' is expected")
-            text = obj.get("text")
-            if not isinstance(text, str):
-                raise NestembError(f"{path}:{lineno}: field 'text' is missing or not a string")
-            title = obj.get("title") or ""
-            if with_title and title:
-                text = f"{title} {text}" if text else str(title)
-            out[str(obj["_id"])] = text
+    for lineno, line in enumerate(read_lines(path, f"BEIR {what}"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise NestembError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or "_id" not in obj:
+            raise NestembError(f"{path}:{lineno}: a JSON object with an '_id' is expected")
+        text = obj.get("text")
+        if not isinstance(text, str):
+            raise NestembError(f"{path}:{lineno}: field 'text' is missing or not a string")
+        title = obj.get("title") or ""
+        if with_title and title:
+            text = f"{title} {text}" if text else str(title)
+        out[str(obj["_id"])] = text
     if not out:
         raise NestembError(f"BEIR {what} file is empty: {path}")
     return out
@@ -82,24 +82,22 @@ def read_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
     if not path.is_file():
         raise NestembError(f"BEIR qrels file not found: {path}")
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if lineno == 1 and parts[0].strip().lower() in ("query-id", "query_id", "qid"):
-                continue
-            if len(parts) != 3:
-                raise NestembError(
-                    f"{path}:{lineno}: expected 3 tab-separated fields "
-                    f"(query-id, corpus-id, score), got {len(parts)}"
-                )
-            try:
-                score = int(float(parts[2]))
-            except ValueError:
-                raise NestembError(f"{path}:{lineno}: score {parts[2]!r} is not a number") from None
-            qrels.setdefault(parts[0].strip(), {})[parts[1].strip()] = score
+    for lineno, line in enumerate(read_lines(path, "BEIR qrels"), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if lineno == 1 and parts[0].strip().lower() in ("query-id", "query_id", "qid"):
+            continue
+        if len(parts) != 3:
+            raise NestembError(
+                f"{path}:{lineno}: expected 3 tab-separated fields "
+                f"(query-id, corpus-id, score), got {len(parts)}"
+            )
+        try:
+            score = int(float(parts[2]))
+        except (ValueError, OverflowError):
+            raise NestembError(f"{path}:{lineno}: score {parts[2]!r} is not a number") from None
+        qrels.setdefault(parts[0].strip(), {})[parts[1].strip()] = score
     return qrels
 
 
@@ -133,19 +131,18 @@ def load_beir(directory: str | os.PathLike, split: str = "test") -> BeirData:
     unknown_d = [d for docs in qrels.values() for d in docs if d not in corpus]
     if unknown_q or unknown_d:
         bad_q, bad_d = set(unknown_q), set(unknown_d)
-        with open(qrels_path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                parts = line.rstrip("\r\n").split("\t")
-                if len(parts) == 3 and parts[0].strip() in bad_q:
-                    raise NestembError(
-                        f"{qrels_path}:{lineno}: query id {parts[0].strip()!r} is not in "
-                        f"{directory / 'queries.jsonl'}"
-                    )
-                if len(parts) == 3 and parts[1].strip() in bad_d:
-                    raise NestembError(
-                        f"{qrels_path}:{lineno}: corpus id {parts[1].strip()!r} is not in "
-                        f"{directory / 'corpus.jsonl'}"
-                    )
+        for lineno, line in enumerate(read_lines(qrels_path, "BEIR qrels"), 1):
+            parts = line.split("\t")
+            if len(parts) == 3 and parts[0].strip() in bad_q:
+                raise NestembError(
+                    f"{qrels_path}:{lineno}: query id {parts[0].strip()!r} is not in "
+                    f"{directory / 'queries.jsonl'}"
+                )
+            if len(parts) == 3 and parts[1].strip() in bad_d:
+                raise NestembError(
+                    f"{qrels_path}:{lineno}: corpus id {parts[1].strip()!r} is not in "
+                    f"{directory / 'corpus.jsonl'}"
+                )
     return BeirData(corpus, {q: queries[q] for q in qrels}, qrels, split=split)
 
 

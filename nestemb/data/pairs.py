@@ -6,22 +6,18 @@ Each reader returns plain Python lists; every malformed row raises
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
+from nestemb.data.textfile import read_text
 from nestemb.errors import NestembError
 
 
 def _open_lines(path: str | os.PathLike, what: str):
-    path = Path(path)
-    if not path.is_file():
-        raise NestembError(f"{what} file not found: {path}")
-    try:
-        # utf-8-sig drops a BOM; splitlines() below ends lines at CRLF, LF or CR alike
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise NestembError(f"{path} is not UTF-8 text: {e}") from None
-    return path, text.splitlines()
+    # read_text drops a BOM and names the line of any non-UTF-8 byte; splitlines() ends lines
+    # at CRLF, LF or CR alike
+    return Path(path), read_text(path, what).splitlines()
 
 
 def read_sts(path: str | os.PathLike) -> list[tuple[str, str, float]]:
@@ -49,8 +45,8 @@ def read_sts(path: str | os.PathLike) -> list[tuple[str, str, float]]:
             score = float(parts[4])
         except ValueError:
             raise NestembError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
-        if score != score:  # NaN
-            raise NestembError(f"{path}:{lineno}: score is NaN")
+        if not math.isfinite(score):  # NaN, inf
+            raise NestembError(f"{path}:{lineno}: score {parts[4]!r} is not a finite number")
         rows.append((parts[5], parts[6], score))
     if not rows:
         raise NestembError(f"STS file has no rows: {path}")

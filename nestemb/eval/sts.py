@@ -49,6 +49,25 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float((ra * rb).sum() / den) if den > 0 else 0.0
 
 
+def check_scores(scores: Sequence[float], where: str = "scores") -> None:
+    """Refuse gold scores a Spearman correlation cannot use: NaN or infinite values, or all
+    scores equal (the correlation is undefined). ``where`` names them in the message.
+
+    Example:
+        >>> check_scores([1.0, 2.0])
+        >>> check_scores([3.0, 3.0, 3.0])
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: scores are all equal (3): Spearman correlation is undefined
+    """
+    arr = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if not np.isfinite(arr).all():
+        bad = arr[~np.isfinite(arr)][0]
+        raise NestembError(f"{where} must be finite numbers, got {bad}")
+    if len(arr) and (arr == arr[0]).all():
+        raise NestembError(f"{where} are all equal ({arr[0]:g}): Spearman correlation is undefined")
+
+
 def evaluate_sts(
     emb1: np.ndarray, emb2: np.ndarray, scores: Sequence[float], dims: Sequence[int]
 ) -> dict[str, list]:
@@ -66,6 +85,7 @@ def evaluate_sts(
     emb2 = check_vectors(emb2, dim=emb1.shape[1], what="second sentence embeddings")
     if not len(emb1) == len(emb2) == len(scores):
         raise NestembError("embeddings and scores differ in length")
+    check_scores(scores)
     out: dict[str, list] = {"dims": [int(m) for m in dims], "spearman": []}
     for m in dims:
         cos = (prefix_view(emb1, m) * prefix_view(emb2, m)).sum(axis=1)

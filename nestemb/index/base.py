@@ -44,9 +44,14 @@ def _normalize_ids(ids: Any, n: int) -> np.ndarray:
     raise NestembError(f"ids must be all integers or all strings, got dtype {arr.dtype}")
 
 
-def pos_int(value: Any, name: str, allow_none: bool = False) -> int | None:
-    """``value`` as a positive ``int`` (``None`` passes when ``allow_none``), else an error
-    naming the parameter ``name``.
+FAISS_INT_MAX = 2**31 - 1
+"""The largest value a FAISS ``int`` parameter takes (larger ones overflow inside FAISS)."""
+
+
+def pos_int(value: Any, name: str, allow_none: bool = False, max_value: int = FAISS_INT_MAX) -> int | None:
+    """``value`` as a positive ``int`` no larger than ``max_value`` (``None`` passes when
+    ``allow_none``), else an error naming the parameter ``name``. Every parameter that reaches
+    FAISS goes through it, so FAISS never sees a value it would assert on or overflow with.
 
     Example:
         >>> pos_int(4, "nprobe")
@@ -55,11 +60,17 @@ def pos_int(value: Any, name: str, allow_none: bool = False) -> int | None:
         Traceback (most recent call last):
         ...
         nestemb.errors.NestembError: nprobe must be a positive integer, got 0
+        >>> pos_int(2**40, "nlist")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: nlist must be at most 2147483647, got 1099511627776
     """
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise NestembError(f"{name} must be a positive integer, got {value!r}")
+    if value > max_value:
+        raise NestembError(f"{name} must be at most {max_value}, got {value!r}")
     return int(value)
 
 
@@ -88,7 +99,8 @@ class PrefixIndex:
 
     Public fitted attributes (read them, never assign): ``vectors_`` (the full float32 vectors,
     one row per added vector, memory-mapped after load), ``ids_`` (the external id of each row),
-    ``deleted_`` (tombstone per row), ``manifest_`` and ``tuning_`` (the last
+    ``deleted_`` (tombstone per row), ``next_id_`` (the next auto-assigned integer id: ids are
+    never reused), ``manifest_`` and ``tuning_`` (the last
     :meth:`set_tuning` record, or ``None``).
 
     Subclasses implement ``_validate(dim)``, ``_used_dims(dim)``, ``_train(X)`` (build trained,
@@ -291,6 +303,7 @@ class PrefixIndex:
         self.ids_ = np.empty(0, dtype=np.int64)
         self.deleted_ = np.empty(0, dtype=bool)
         self.n_deleted_ = 0
+        self.next_id_ = 0
         self.tuning_ = None
         self._lookup = None
 
@@ -298,7 +311,9 @@ class PrefixIndex:
         """Add vectors (raw embeddings; views are normalized per stage) with optional ids;
         returns ``self``.
 
-        Without ``ids`` rows get consecutive integers after the largest existing integer id. On
+        Without ``ids`` rows get consecutive integers from ``next_id_``: one past the largest
+        integer id the index has ever held (deleted and compacted ones included, and kept by
+        :meth:`save`), so an auto-assigned id is never reused within the index's life. On
         an untrained index, ``add`` first trains on this batch (logged at INFO on the
         ``nestemb.index`` logger); call :meth:`train` first to learn from another sample.
 
@@ -318,7 +333,7 @@ class PrefixIndex:
         if ids is None:
             if n_old and self.ids_.dtype.kind == "U":
                 raise NestembError("this index uses string ids: pass ids= for new vectors")
-            start = int(self.ids_.max()) + 1 if n_old else 0
+            start = max(self.next_id_, int(self.ids_.max()) + 1) if n_old else getattr(self, "next_id_", 0)
             new_ids = np.arange(start, start + len(X), dtype=np.int64)
         else:
             new_ids = _normalize_ids(ids, len(X))
@@ -347,6 +362,8 @@ class PrefixIndex:
             self.vectors_, self.ids_ = X, new_ids
             self.deleted_ = np.zeros(len(X), dtype=bool)
         self._add_rows(X, np.arange(n_old, n_old + len(X), dtype=np.int64))
+        if new_ids.dtype.kind == "i" and len(new_ids):
+            self.next_id_ = max(self.next_id_, int(new_ids.max()) + 1)
         self._lookup = None
         return self
 
@@ -435,7 +452,8 @@ class PrefixIndex:
         ``(n_queries, k)``. ``Q`` is one raw query ``(D,)`` or a batch ``(n, D)``. Pass the
         queries' ``manifest`` to have model id, model version and nesting checked against the
         index's. A row found by no stage (possible with approximate first stages) has score
-        ``-inf`` and id ``-1`` (or ``""``).
+        ``-inf`` and id ``-1`` (or ``""``). A ``k`` above the one recorded by :meth:`set_tuning`
+        logs a warning on the ``nestemb.index`` logger (once per index and ``k``).
 
         Example:
             >>> from nestemb.index import FunnelIndex, synthetic_matryoshka
@@ -444,6 +462,12 @@ class PrefixIndex:
             7
         """
         Q, k = self._prepare(Q, k, manifest)
+        tuned_k = (self.tuning_ or {}).get("k")
+        if isinstance(tuned_k, int) and k > tuned_k and getattr(self, "_warned_k", 0) < k:
+            self._warned_k = k  # once per index and larger k, not on every query
+            logger.warning("%s: searching with k=%d above the k=%d it was tuned for: recall@%d "
+                           "may fall below the tuned target (run tune with k=%d)",
+                           type(self).__name__, k, tuned_k, k, k)
         scores, rows = self._search_rows(Q, k)
         return scores, self._rows_to_ids(rows)
 

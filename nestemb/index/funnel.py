@@ -19,6 +19,8 @@ from nestemb.index.base import PrefixIndex, doubling, pos_int
 from nestemb.nesting import prefix_view
 
 STAGE_NAME = "first_stage.faiss"
+HNSW_M_MAX = 1024
+"""The largest ``hnsw_m`` accepted (FAISS allocates ``2 hnsw_m`` links per vector)."""
 
 
 def _check_stage_dims(dims: Sequence[int], prefix_dtype: str = "float32") -> tuple[int, ...]:
@@ -49,7 +51,8 @@ class FunnelIndex(PrefixIndex):
         prefix_dtype: storage of the first-stage prefix: ``float32``, ``float16``, ``int8`` or
             ``binary``.
         first_stage: ``"flat"`` (exact scan of the prefix) or ``"hnsw"`` (graph on the prefix).
-        hnsw_m, ef_construction, ef_search: HNSW parameters (``first_stage="hnsw"`` only).
+        hnsw_m, ef_construction, ef_search: HNSW parameters (``first_stage="hnsw"`` only;
+            ``hnsw_m`` at most 1024).
         train_size: vectors sampled (evenly) by :meth:`train` to learn int8 ranges.
         nesting: the model's nesting (default: the stage dims); stage dims must belong to it.
         model_id, model_version: identity of the embeddings' model (copy them from the
@@ -107,7 +110,7 @@ class FunnelIndex(PrefixIndex):
         if first_stage not in qz.FIRST_STAGES:
             raise NestembError(f"first_stage must be one of {qz.FIRST_STAGES}, got {first_stage!r}")
         self.first_stage = first_stage
-        self.hnsw_m = pos_int(hnsw_m, "hnsw_m")
+        self.hnsw_m = pos_int(hnsw_m, "hnsw_m", max_value=HNSW_M_MAX)
         self.ef_construction = pos_int(ef_construction, "ef_construction")
         self.ef_search = pos_int(ef_search, "ef_search")
         self.train_size = pos_int(train_size, "train_size")
@@ -217,6 +220,16 @@ class FunnelIndex(PrefixIndex):
 
     def _read(self, path) -> None:
         self.stage_ = qz.read_stage(path / STAGE_NAME, self.prefix_dtype)
+        expected = qz.stage_signature(qz.make_stage(
+            self.dims[0], self.prefix_dtype, self.first_stage, self.hnsw_m, self.ef_construction
+        ))
+        if qz.stage_signature(self.stage_) != expected:
+            raise NestembError(
+                f"{path}: the first stage on disk {qz.stage_signature(self.stage_)} does not match "
+                f"the manifest's parameters (dims[0]={self.dims[0]}, prefix_dtype="
+                f"{self.prefix_dtype!r}, first_stage={self.first_stage!r}, hnsw_m={self.hnsw_m}): "
+                "was manifest.json edited?"
+            )
         if self.stage_.ntotal != len(self.ids_):
             raise NestembError(
                 f"{path}: first stage holds {self.stage_.ntotal} vectors, expected {len(self.ids_)}"

@@ -25,6 +25,9 @@ from nestemb.nesting import prefix_view
 CODECS = ("flat", "fp16", "sq8", "pq", "opq")
 """In-list storage of the ``d_search`` prefix."""
 
+PQ_CENTROIDS = 256
+"""Centroids per PQ sub-quantizer (8 bits per code byte)."""
+
 QUANTIZER_NAME = "coarse.faiss"
 LISTS_NAME = "lists.faiss"
 OPQ_NAME = "opq.faiss"
@@ -120,6 +123,11 @@ class AdaptiveIVFIndex(PrefixIndex):
 
         if len(X) < self.nlist:
             raise NestembError(f"nlist={self.nlist} needs at least as many vectors, got {len(X)}")
+        if self.codec in ("pq", "opq") and min(len(X), self.train_size) < PQ_CENTROIDS:
+            raise NestembError(
+                f"codec {self.codec!r} trains {PQ_CENTROIDS} centroids per sub-quantizer: it needs "
+                f"at least {PQ_CENTROIDS} training vectors, got {min(len(X), self.train_size)}"
+            )
         rng = np.random.default_rng(1234)
         sample = X if len(X) <= self.train_size else X[np.sort(rng.choice(len(X), self.train_size, replace=False))]
         sample = np.asarray(sample, dtype=np.float32)
@@ -239,11 +247,43 @@ class AdaptiveIVFIndex(PrefixIndex):
                 self.opq_ = faiss.read_VectorTransform(str(path / OPQ_NAME))
         except RuntimeError as e:
             raise NestembError(f"cannot read index files in {path}: {str(e).splitlines()[0]}") from None
+        self._check_read_structure(path)
         self.centroids_ = faiss.rev_swig_ptr(
             faiss.downcast_index(self.lists_.quantizer).get_xb(), self.nlist * self.d_search
         ).reshape(self.nlist, self.d_search).copy()
         if self.lists_.ntotal != len(self.ids_):
             raise NestembError(f"{path}: lists hold {self.lists_.ntotal} vectors, expected {len(self.ids_)}")
+
+
+    def _check_read_structure(self, path) -> None:
+        """The FAISS files must be what these parameters build (an edited manifest would
+        otherwise reach FAISS with mismatched dimensions)."""
+        import faiss
+
+        lists = self.lists_
+        kind = {"flat": "IndexIVFFlat", "fp16": "IndexIVFScalarQuantizer",
+                "sq8": "IndexIVFScalarQuantizer", "pq": "IndexIVFPQ", "opq": "IndexIVFPQ"}
+        found = {
+            "d_cluster": int(self.quantizer_.d), "nlist": int(self.quantizer_.ntotal),
+            "d_search": int(lists.d), "lists": int(lists.nlist), "codec": type(lists).__name__,
+        }
+        want = {"d_cluster": self.d_cluster, "nlist": self.nlist, "d_search": self.d_search,
+                "lists": self.nlist, "codec": kind[self.codec]}
+        if self.codec in ("fp16", "sq8") and hasattr(lists, "sq"):
+            found["qtype"] = int(lists.sq.qtype)
+            want["qtype"] = int(faiss.ScalarQuantizer.QT_fp16 if self.codec == "fp16"
+                                else faiss.ScalarQuantizer.QT_8bit)
+        if self.codec in ("pq", "opq") and found["codec"] == "IndexIVFPQ":
+            found["code_bytes"], want["code_bytes"] = int(lists.pq.M), self.code_bytes
+        if self.codec == "opq":
+            found["opq"], want["opq"] = (int(self.opq_.d_in), int(self.opq_.d_out)), (self.d_search,) * 2
+        bad = [n for n in want if found[n] != want[n]]
+        if bad:
+            detail = ", ".join(f"{n} {found[n]} on disk vs {want[n]}" for n in bad)
+            raise NestembError(
+                f"{path}: the index files do not match the manifest's parameters ({detail}): "
+                "was manifest.json edited?"
+            )
 
 
 class AdaptiveOPQIndex(AdaptiveIVFIndex):

@@ -87,6 +87,7 @@ def save_index(index: PrefixIndex, path: str | os.PathLike, overwrite: bool = Fa
             "params": index.get_params(),
             "n_vectors": int(len(index.ids_)),
             "n_deleted": int(index.n_deleted_),
+            "next_id": int(index.next_id_),
             "tuning": index.tuning_,
         }
         index.manifest_ = dataclasses.replace(
@@ -113,10 +114,7 @@ def read_index(
         raise NestembError(f"{path} holds a {kind}, not a {cls.__name__}")
     if verify:
         manifest.verify(path)
-    try:
-        index = target(**dict(manifest.extra.get("params", {})))
-    except TypeError as e:
-        raise NestembError(f"{path}/{MANIFEST_NAME}: invalid index parameters: {e}") from None
+    index = _index_from_manifest(path, target, manifest)
     try:
         index.vectors_ = np.load(path / VECTORS_NAME, mmap_mode="r" if mmap else None)
         index.ids_ = np.load(path / IDS_NAME)
@@ -131,11 +129,55 @@ def read_index(
     if len(index.ids_) != n or len(index.deleted_) != n:
         raise NestembError(f"{path}: ids/deleted flags do not match the {n} vectors")
     index.n_deleted_ = int(index.deleted_.sum())
+    index.next_id_ = _next_id(path, manifest, index.ids_)
     index.tuning_ = manifest.extra.get("tuning")
     index.manifest_ = manifest
     index._lookup = None
     index._read(path)
     return index
+
+
+def _index_from_manifest(path: Path, target: type, manifest: Manifest) -> PrefixIndex:
+    """The index the manifest's ``extra.params`` describe, validated exactly as the constructor
+    validates them and checked against the manifest's own identity, dim and nesting: an edited
+    manifest is a clean error, never a FAISS assertion."""
+    where = f"{path / MANIFEST_NAME}"
+    params = manifest.extra.get("params", {})
+    if not isinstance(params, dict):
+        raise NestembError(f"{where}: extra.params must be a JSON object, got {params!r}")
+    valid = target._param_names
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise NestembError(
+            f"{where}: unknown {target.__name__} parameters {unknown} (valid: {', '.join(valid)})"
+        )
+    try:
+        index = target(**params)
+        index._validate(manifest.dim)
+        nesting = index._resolve_nesting(manifest.dim)
+    except NestembError as e:
+        raise NestembError(f"{where}: invalid index parameters: {e}") from None
+    if tuple(nesting) != tuple(manifest.nesting):
+        raise NestembError(
+            f"{where}: params nesting {list(nesting)} differs from the manifest's nesting "
+            f"{list(manifest.nesting)}"
+        )
+    for name in ("model_id", "model_version"):
+        if getattr(index, name) != getattr(manifest, name):
+            raise NestembError(
+                f"{where}: params {name} {getattr(index, name)!r} differs from the manifest's "
+                f"{getattr(manifest, name)!r}"
+            )
+    return index
+
+
+def _next_id(path: Path, manifest: Manifest, ids: np.ndarray) -> int:
+    """The saved auto-id counter (never below one past the largest integer id held)."""
+    floor = int(ids.max()) + 1 if ids.dtype.kind == "i" and len(ids) else 0
+    saved = manifest.extra.get("next_id", floor)  # indexes saved before the counter existed
+    if isinstance(saved, bool) or not isinstance(saved, int) or saved < 0:
+        raise NestembError(f"{path / MANIFEST_NAME}: next_id must be a non-negative integer, got {saved!r}")
+    return max(saved, floor)
 
 
 def load_index(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> PrefixIndex:

@@ -162,6 +162,32 @@ def read_stage(path, dtype: str):
         raise NestembError(f"cannot read index file {path}: {str(e).splitlines()[0]}") from None
 
 
+def stage_signature(index) -> tuple:
+    """What identifies a first stage's structure: FAISS class, dimension (bits for binary
+    codes), scalar quantizer type and HNSW ``M`` (``None`` where they do not apply). A stage read
+    from disk must have the signature of the one its parameters would build.
+
+    Example:
+        >>> stage_signature(make_stage(16, "float16", "hnsw", hnsw_m=8))
+        ('IndexHNSWSQ', 16, 4, 8)
+        >>> stage_signature(make_stage(16, "float32")) == stage_signature(make_stage(16, "int8"))
+        False
+    """
+    sq = getattr(index, "sq", None)
+    hnsw = getattr(index, "hnsw", None)
+    storage = getattr(index, "storage", None)
+    import faiss
+
+    if sq is None and storage is not None and not isinstance(index, faiss.IndexBinary):
+        sq = getattr(faiss.downcast_index(storage), "sq", None)  # IndexHNSWSQ: in its storage
+    return (
+        type(index).__name__,
+        int(index.d),
+        None if sq is None else int(sq.qtype),
+        None if hnsw is None else int(hnsw.nb_neighbors(1)),
+    )
+
+
 def write_stage(index, path, dtype: str) -> None:
     """Write a FAISS stage index (binary or float) to ``path``. Example: see :func:`read_stage`."""
     import faiss

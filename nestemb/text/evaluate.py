@@ -126,9 +126,10 @@ def run_eval_sts(
         nestemb.errors.NestembError: STS file not found: /no/such.tsv
     """
     from nestemb.data.pairs import read_sts
-    from nestemb.eval.sts import evaluate_sts
+    from nestemb.eval.sts import check_scores, evaluate_sts
 
     rows = read_sts(sts)
+    check_scores([r[2] for r in rows], f"the scores in {sts}")
     enc, dims_t, layer_t = _encoder(model, encoder, device, dims, layers)
     sents = sorted({s for r in rows for s in r[:2]})
     pos = {s: i for i, s in enumerate(sents)}
