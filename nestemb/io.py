@@ -164,13 +164,19 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise NestembError(f"{what} {path} is not valid JSON: {e}") from None
 
 
+OUTPUT_MARKER = ".nestemb-output"
+"""Written into every directory :func:`atomic_dir` creates: what ``overwrite`` may replace."""
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory in a temporary sibling; rename it to ``path`` only when the block succeeds.
 
     On any error the temporary directory is removed and ``path`` is untouched. With
     ``overwrite=False`` an existing, non-empty ``path`` is an error (nothing stored is lost);
-    with ``overwrite=True`` the old directory is replaced only after the new one is complete.
+    with ``overwrite=True`` the old directory is replaced only after the new one is complete,
+    and only if nestemb wrote it (it holds the :data:`OUTPUT_MARKER` every ``atomic_dir`` output
+    gets, or a ``manifest.json``): a folder of the user's own files is never deleted.
 
     Example:
         >>> import tempfile, pathlib
@@ -178,13 +184,25 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         >>> with atomic_dir(out) as tmp:
         ...     _ = (tmp / "results.json").write_text("{}")
         >>> sorted(p.name for p in out.iterdir())
-        ['results.json']
+        ['.nestemb-output', 'results.json']
+        >>> notes = out.parent / "notes"; notes.mkdir(); _ = (notes / "todo.txt").write_text("x")
+        >>> with atomic_dir(notes, overwrite=True) as tmp:
+        ...     pass
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: refusing to replace .../notes: nestemb did not write it (no manifest.json or .nestemb-output); move its files or choose another output
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NestembError(f"output path exists and is not a directory: {path}")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise NestembError(f"output directory already exists and is not empty: {path}")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise NestembError(f"output directory already exists and is not empty: {path}")
+        if not ((path / OUTPUT_MARKER).is_file() or (path / "manifest.json").is_file()):
+            raise NestembError(
+                f"refusing to replace {path}: nestemb did not write it (no manifest.json or "
+                f"{OUTPUT_MARKER}); move its files or choose another output"
+            )
     _prepare_parent(path)
     tmp = path.parent / _tmp_name()
     try:
@@ -193,6 +211,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise NestembError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         yield tmp
+        (tmp / OUTPUT_MARKER).write_text("written by nestemb; --overwrite may replace this folder\n")
         try:
             if path.exists():
                 old = path.parent / _tmp_name()

@@ -100,3 +100,24 @@ def test_qrels_bad_rows(tmp_path):
     p.write_text("q1\td1\thigh\n")
     with pytest.raises(NestembError, match=r"q.tsv:1: score 'high' is not a number"):
         read_qrels(p)
+
+
+@pytest.mark.parametrize("name, line", [("corpus.jsonl", 2), ("queries.jsonl", 1), ("qrels/test.tsv", 2)])
+def test_non_utf8_file_names_file_and_line(tmp_path, name, line):
+    # issue 9: a latin-1 file was a UnicodeDecodeError traceback
+    d = _folder(tmp_path, corpus=[{"_id": "d1", "text": "body"}, {"_id": "d2", "text": "caf\u00e9"}],
+                queries=[{"_id": "q1", "text": "caf\u00e9"}], qrels="q1\td1\t1\n")
+    p = d / name
+    text = p.read_text(encoding="utf-8").replace("\\u00e9", "\u00e9")  # JSON escape -> the letter
+    if name.startswith("qrels"):
+        text = text.replace("q1\td1", "q\u00e91\td1")
+    p.write_bytes(text.encode("latin-1"))
+    with pytest.raises(NestembError, match=rf"{name}:{line}: not UTF-8 text \(byte 0xe9"):
+        load_beir(d)
+
+
+def test_utf8_bom_and_crlf_are_read(tmp_path):
+    d = _folder(tmp_path)
+    p = d / "corpus.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes().replace(b"\n", b"\r\n"))
+    assert load_beir(d).corpus == {"d1": "T body", "d2": "other"}

@@ -190,3 +190,36 @@ def test_eval_bad_model(cli, data, tmp_path):
         "model directory not found",
     )
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_threads_zero_is_refused_first(cli, tmp_path, command):
+    # issue 9: `image train --threads 0` and `image eval --threads 0` answer alike, before any work
+    # (the model and the data below do not exist: the option error comes first)
+    args = ("--model", tmp_path / "none") if command == "eval" else ()
+    r = cli("image", command, "--data", tmp_path / "no-data", "--out", tmp_path / "out", *args,
+            "--threads", "0")  # fmt: skip
+    _one_line_error(r, "--threads must be at least 1, got 0")
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_checks_out_before_loading_data(cli, tmp_path):
+    # issue 9: an existing --out was refused only after the whole data set was loaded
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    r = cli("image", "train", "--data", tmp_path / "no-data", "--out", out, "--steps", "1")
+    _one_line_error(r, "already exists")
+    assert "--overwrite" in r.err
+    assert [p.name for p in out.iterdir()] == ["manifest.json"]
+
+
+def test_eval_shows_progress(cli, data, tmp_path):
+    out = tmp_path / "m"
+    assert cli("image", "train", "--data", data, "--out", out, "--steps", "1", "--dim", "8",
+               "--no-checkpoints").code == 0  # fmt: skip
+    r = cli("image", "eval", "--model", out, "--data", data, "--out", tmp_path / "r.json")
+    assert r.code == 0, r
+    both = r.out + r.err
+    assert "encoding images" in both and "260/260" in both  # 150 + 2 x 40 + hold-out 30
+    assert "1-NN and mAP@10 per prefix" in both and "3/3" in both

@@ -74,3 +74,22 @@ def test_ff_model_has_no_cascade():
     m = ImageModel(ImageModelConfig(dim=4, nesting=(4,), head="ff", width=4))
     r = evaluate_image_model(m, (x, y), (x[:5], y[:5]), holdout=10)
     assert r["cascade"] == [] and "single-prefix" in r["calibration"]["reason"]
+
+
+def test_evaluation_reports_progress_with_totals():
+    # issue 9: `image eval` (about 100 s on Fashion-MNIST) showed nothing while it ran
+    from nestemb.eval.image import evaluate_image_model
+    from nestemb.models.image import ImageModel, ImageModelConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (40, 28, 28), dtype=np.uint8)
+    y = np.arange(40) % 10
+    m = ImageModel(ImageModelConfig(dim=4, nesting=(2, 4), width=4))
+    seen = []
+    evaluate_image_model(m, (x, y), (x[:10], y[:10]), holdout=20, seed=0, batch_size=8,
+                         progress=lambda *a: seen.append(a))  # fmt: skip
+    enc = [a for a in seen if a[0] == "encoding images"]
+    knn = [a for a in seen if a[0] == "1-NN and mAP@10 per prefix"]
+    assert enc[0] == ("encoding images", 0, 80) and enc[-1] == ("encoding images", 80, 80)
+    assert len(enc) > 5 and all(t == 80 for _, _, t in enc)  # per batch, the total known up front
+    assert knn == [("1-NN and mAP@10 per prefix", d, 2) for d in (0, 1, 2)]

@@ -132,3 +132,34 @@ def test_encode_checks_input():
         m.encode(np.zeros((2, 10, 10), np.uint8))
     with pytest.raises(NestembError, match="must be uint8"):
         m.encode(np.zeros((2, 28, 28), np.float32))
+
+
+def test_flat_image_rows_report_the_callers_shape():
+    # issue 9: an (N, 784) array was reported as "got (1, 10, 784)"
+    m = ImageModel(ImageModelConfig(dim=4, nesting=(2, 4), width=4))
+    with pytest.raises(NestembError, match=r"got \(10, 784\) \(flat rows of 784 pixels: reshape to \(N, 28, 28\)\)$"):
+        m.encode(np.zeros((10, 784), np.uint8))
+    assert m.encode(np.zeros((28, 28), np.uint8)).shape == (1, 4)  # one image is fine
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("width", 8, r"extra.config does not fit the weights \(check 'width'\): encoder.features.0.weight has shape"),
+    ("num_classes", 5, r"\(check 'num_classes'\): head.weight has shape"),
+    ("cosine", True, r"\(check 'cosine'\): the config expects 'head.log_scale'"),
+    ("width", "x", r"extra.config.width must be an integer, got 'x'"),
+    ("in_hw", "ab", r"extra.config.in_hw must be two positive integers, got 'ab'"),
+    ("mean", None, r"extra.config.mean must be a finite number, got None"),
+    ("colour", 1, r"extra.config has unknown field 'colour'"),
+    ("head", "xx", r"bad extra.config: head must be 'mrl', 'mrl-e' or 'ff', got 'xx'"),
+])
+def test_wrong_manifest_config_is_one_line_naming_the_field(tmp_path, field, value, match):
+    # issue 9: a wrong image config gave a 27-line state-dict message (or a ValueError)
+    import json
+
+    d = save_image_model(ImageModel(ImageModelConfig(dim=4, nesting=(2, 4), width=4)), tmp_path / "m")
+    man = json.loads((d / "manifest.json").read_text())
+    man["extra"]["config"][field] = value
+    (d / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(NestembError, match=match) as e:
+        load_image_model(d)
+    assert "\n" not in str(e.value) and "manifest.json" in str(e.value)

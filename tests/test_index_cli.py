@@ -194,3 +194,131 @@ def test_embed_errors(cli, tmp_path):
     r = cli("embed", "--model", "minilm", "--texts", txt, "--out", tmp_path / "e", "--limit", "0")
     assert r.code == 2 and "--limit must be positive" in r.err
     assert not (tmp_path / "e").exists()
+
+
+# --------------------------------------------------------------------------- issue 9 hardening
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--index-type", "funnel", "--nlist", "8"], "--nlist does not apply to --index-type funnel"),
+        (["--index-type", "funnel", "--codec", "sq8", "--rerank", "50"], "--codec, --rerank do not apply"),
+        (["--dims", "8,32", "--nprobe", "4"], "--nprobe does not apply to --index-type funnel"),
+        (["--index-type", "ivf", "--dims", "8,32"], "--dims does not apply to --index-type ivf"),
+        (["--index-type", "opq", "--shortlist", "20", "--first-stage", "hnsw"],
+         "--shortlist, --first-stage do not apply to --index-type opq"),
+        (["--index-type", "ivf", "--code-bytes", "4"], "--code-bytes applies only with --codec pq or opq"),
+    ],
+)
+def test_build_refuses_options_of_another_index_type(cli, emb, args, named):
+    tmp, g, _ = emb
+    r = cli("index", "build", g, "--out", tmp / "idx", *args)
+    assert r.code == 2 and named in r.err and "Traceback" not in r.err, r
+    assert not (tmp / "idx").exists()
+
+
+def test_build_reports_recall_and_warns_when_low(cli, emb):
+    tmp, g, _ = emb
+    r = cli("index", "build", g, "--out", tmp / "good", "--dims", "8,32", "--shortlist", "800")
+    assert r.code == 0, r
+    assert "recall@10 against exact search: 1.000 (200 gallery vectors as queries)" in r.out
+    assert "warning" not in r.err
+    r = cli("index", "build", g, "--out", tmp / "bad", "--dims", "8,32", "--shortlist", "10")
+    assert r.code == 0, r
+    assert "warning: this configuration reaches recall@10 = " in r.err and "nestemb index tune" in r.err
+
+
+def test_tune_prints_changes_stores_k_and_search_warns_above_it(cli, emb, caplog):
+    tmp, g, q = emb
+    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "400").code == 0
+    r = cli("index", "tune", tmp / "idx", "--queries", q, "--recall", "0.9", "-k", "5",
+            "--max-queries", "20")
+    assert r.code == 0, r
+    assert "changed: " in r.out and "shortlist [400] -> [" in r.out and "tuned for k=5" in r.out
+    assert load_index(tmp / "idx").tuning_["k"] == 5
+    r = cli("index", "search", tmp / "idx", "--queries", q, "-k", "5")
+    assert r.code == 0 and "warning" not in r.err
+    assert load_index(tmp / "idx").shortlist[0] >= 8  # the tuned shortlist (k=5, 96% recall)
+    r = cli("index", "search", tmp / "idx", "--queries", q, "-k", "8")
+    assert r.code == 0, r
+    assert "warning: -k 8 is above the k=5 this index was tuned for" in r.err
+    idx = load_index(tmp / "idx")
+    with caplog.at_level("WARNING", logger="nestemb.index"):
+        idx.search(load_embeddings(q)[0][:2], k=6)
+    assert "searching with k=6 above the k=5 it was tuned for" in caplog.text
+
+
+def test_search_out_existing_directory_exits_2(cli, emb):
+    tmp, g, q = emb
+    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "20").code == 0
+    (tmp / "resdir").mkdir()
+    r = cli("index", "search", tmp / "idx", "--queries", q, "--out", tmp / "resdir", "--overwrite")
+    assert r.code == 2 and "is a directory" in r.err and "Traceback" not in r.err
+
+
+def _tiny_text_model(tmp_path):
+    from nestemb.text.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path / "tiny")
+
+
+def test_embed_refuses_duplicate_ids(cli, tmp_path):
+    model = _tiny_text_model(tmp_path)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps({"_id": i, "text": t}) for i, t in
+                              [("a", "one"), ("b", "two"), ("a", "three")]))
+    r = cli("embed", "--model", model, "--texts", docs, "--out", tmp_path / "e")
+    assert r.code == 2 and "docs.jsonl:3: duplicate _id 'a' (first on line 1)" in r.err, r
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_embed_refuses_non_utf8_text(cli, tmp_path, suffix):
+    model = _tiny_text_model(tmp_path)
+    f = tmp_path / f"latin{suffix}"
+    line2 = '{"_id": "x", "text": "caf\u00e9"}' if suffix == ".jsonl" else "caf\u00e9"
+    f.write_bytes(("ok\n" if suffix == ".txt" else '{"_id": "y", "text": "ok"}\n').encode()
+                  + line2.encode("latin-1"))
+    r = cli("embed", "--model", model, "--texts", f, "--out", tmp_path / "e")
+    assert r.code == 2 and f"{f.name}:2: not UTF-8 text (byte 0xe9 at column" in r.err, r
+    assert "Traceback" not in r.err
+
+
+@pytest.mark.parametrize(
+    "array, match",
+    [
+        (np.array(["a", "b"]), "must hold uint8 images .* got dtype <U1 and shape \\(2,\\)"),
+        (np.zeros((3, 28, 28), dtype=np.float64), "got dtype float64"),
+        (np.array(5, dtype=np.uint8), "shape \\(\\)"),
+        (np.array([{"a": 1}], dtype=object), "cannot read .*allow_pickle"),
+    ],
+)
+def test_embed_refuses_npy_that_is_not_an_image_array(cli, tmp_path, array, match):
+    pytest.importorskip("nestemb.models.image")
+    import re
+
+    from nestemb.models.image import ImageModel, ImageModelConfig, save_image_model
+
+    save_image_model(ImageModel(ImageModelConfig(dim=8, nesting=(2, 8), width=4)), tmp_path / "m")
+    np.save(tmp_path / "bad.npy", array, allow_pickle=True)
+    r = cli("embed", "--model", tmp_path / "m", "--images", tmp_path / "bad.npy", "--out", tmp_path / "e")
+    assert r.code == 2 and re.search(match, r.err) and "Traceback" not in r.err, r
+
+
+def test_embed_idx_without_labels_and_model_input_mismatch(cli, tmp_path):
+    pytest.importorskip("nestemb.models.image")
+    from nestemb.data.idx import write_synthetic_idx
+    from nestemb.models.image import ImageModel, ImageModelConfig, save_image_model
+
+    save_image_model(ImageModel(ImageModelConfig(dim=8, nesting=(2, 8), width=4)), tmp_path / "m")
+    write_synthetic_idx(tmp_path / "idx", n_train=12, n_test=6)
+    for f in (tmp_path / "idx").glob("*labels*"):
+        f.unlink()
+    r = cli("embed", "--model", tmp_path / "m", "--data", tmp_path / "idx", "--out", tmp_path / "e")
+    assert r.code == 0, r
+    assert load_embeddings(tmp_path / "e")[0].shape == (12, 8)
+    r = cli("embed", "--model", "minilm", "--data", tmp_path / "idx", "--out", tmp_path / "e2")
+    assert r.code == 2 and "minilm is a text model: it embeds texts (--texts" in r.err
+    txt = tmp_path / "t.txt"
+    txt.write_text("hello\n")
+    r = cli("embed", "--model", tmp_path / "m", "--texts", txt, "--out", tmp_path / "e3")
+    assert r.code == 2 and "is an image model: it embeds images (--data IDX folder" in r.err

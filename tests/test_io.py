@@ -181,3 +181,51 @@ def test_help_at_80_columns_does_not_truncate_options():
     assert p.returncode == 0, p.stderr
     assert "--no-hard-negatives" in p.stdout and "…" not in p.stdout
     assert max(map(len, p.stdout.splitlines())) <= 80
+
+
+def test_overwrite_never_deletes_a_folder_nestemb_did_not_write(tmp_path):
+    """issue 9: --overwrite used to delete unrelated files sitting in the target folder."""
+    from nestemb.io import OUTPUT_MARKER, atomic_dir
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    with pytest.raises(NestembError, match="refusing to replace .*nestemb did not write it"):
+        with atomic_dir(notes, overwrite=True) as tmp:
+            (tmp / "results.json").write_text("{}")
+    assert (notes / "todo.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # no temporary left
+    out = tmp_path / "run"
+    for value in ("1", "2"):  # nestemb's own output is replaced
+        with atomic_dir(out, overwrite=True) as tmp:
+            (tmp / "v.txt").write_text(value)
+    assert (out / "v.txt").read_text() == "2" and (out / OUTPUT_MARKER).is_file()
+
+
+def test_cli_overwrite_refuses_a_users_folder(cli, tmp_path):
+    from nestemb.index.synthetic import synthetic_matryoshka
+    from nestemb.nesting import Manifest, save_embeddings
+
+    emb = tmp_path / "emb"
+    save_embeddings(emb, synthetic_matryoshka(50, 8),
+                    Manifest(model_id="m", model_version="v", nesting=(4, 8), dim=8))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "paper.tex").write_text("draft")
+    r = cli("index", "build", emb, "--out", mine, "--overwrite", "--dims", "4,8",
+            "--shortlist", "50")
+    assert r.code == 2 and "Traceback" not in r.err, r
+    assert (mine / "paper.tex").read_text() == "draft"
+
+
+def test_progress_prints_plain_lines_with_totals_when_stderr_is_not_a_terminal(capsys):
+    """issue 9: when stderr is not a terminal a long run printed nothing until the end."""
+    from nestemb.progress import counter, progress_stages
+
+    with progress_stages() as update:
+        cb = counter(update, "encoding", 200)
+        for _ in range(20):
+            cb(10)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("encoding: 0/200") and lines[-1].startswith("encoding: 200/200")
+    assert 5 <= len(lines) <= 12  # about every 10 %, not every batch

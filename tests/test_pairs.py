@@ -83,3 +83,41 @@ def test_generic_pairs(tmp_path):
     p.write_text("only one field\n")
     with pytest.raises(NestembError, match=r"p.tsv:1: expected 2 or 3"):
         read_pairs(p)
+
+
+def test_sts_non_utf8_names_line(tmp_path):
+    p = tmp_path / "s.csv"
+    p.write_bytes("a\tb\tc\td\t3.0\tx\ty\na\tb\tc\td\t2.0\tcaf\u00e9\ty\n".encode("latin-1"))
+    with pytest.raises(NestembError, match=r"s.csv:2: not UTF-8 text \(byte 0xe9 at column 16\)"):
+        read_sts(p)
+
+
+@pytest.mark.parametrize("score", ["inf", "-inf", "nan", "Infinity"])
+def test_sts_non_finite_score(tmp_path, score):
+    p = tmp_path / "s.csv"
+    p.write_text(f"a\tb\tc\td\t3.0\tx\ty\na\tb\tc\td\t{score}\tx\ty\n")
+    with pytest.raises(NestembError, match=rf"s.csv:2: score '{score}' is not a finite number"):
+        read_sts(p)
+
+
+def test_evaluate_sts_refuses_constant_or_non_finite_scores():
+    import numpy as np
+
+    from nestemb.eval.sts import evaluate_sts
+
+    e1 = np.eye(3, dtype=np.float32)
+    e2 = np.ones((3, 3), dtype=np.float32)
+    with pytest.raises(NestembError, match=r"scores are all equal \(2\): Spearman correlation is undefined"):
+        evaluate_sts(e1, e2, [2.0, 2.0, 2.0], [3])
+    with pytest.raises(NestembError, match="scores must be finite numbers, got inf"):
+        evaluate_sts(e1, e2, [1.0, float("inf"), 2.0], [3])
+
+
+def test_eval_sts_constant_scores_named_before_loading_the_model(tmp_path):
+    from nestemb.text.evaluate import run_eval_sts
+
+    p = tmp_path / "s.csv"
+    p.write_text("a\tb\tc\td\t4\tx\ty\na\tb\tc\td\t4.0\tu\tv\n")
+    # the model does not exist: the data error comes first
+    with pytest.raises(NestembError, match=r"the scores in .*s.csv are all equal \(4\)"):
+        run_eval_sts(p, tmp_path / "no-model", [8])

@@ -86,3 +86,10 @@ def test_evaluate_sts_uses_prefix_views():
     assert res["spearman"][1] == pytest.approx(-0.5)
     with pytest.raises(NestembError, match="differ in length"):
         evaluate_sts(e1, e2, [1.0], [2])
+
+
+def test_index_search_refuses_negative_show(cli, tmp_path):
+    # issue 9: `--show -1` was accepted (checked before the index is opened)
+    r = cli("index", "search", tmp_path / "idx", "--queries", tmp_path / "q", "--show", "-1")
+    assert r.code == 2 and "Traceback" not in r.err, r
+    assert "--show must be >= 0, got -1" in r.err

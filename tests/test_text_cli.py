@@ -246,3 +246,81 @@ def test_modified_weights_are_refused(cli, tiny, trained, tmp_path):
         f.write(b"\x00\x01\x02\x03")
     with pytest.raises(NestembError, match="checksum mismatch for .*model.safetensors"):
         load_text_model(copy)
+
+
+@pytest.mark.parametrize("command, args, match", [
+    # issue 9: "layer 0 is beyond the model's depth"
+    ("eval-sts", ["--layers", "0"], "layer 0 does not exist: layers are numbered 1..2"),
+    # issue 9: the CLI names flags (--batch-size), not library parameters (batch_size)
+    ("eval-sts", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    ("eval-retrieval", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    ("train", ["--batch-size", "1"], "--batch-size must be at least 2, got 1"),
+    ("train", ["--distill-weight", "-1"], "--distill-weight must be >= 0, got -1.0"),
+])
+def test_cli_messages_name_flags_and_layers(cli, tiny, tmp_path, command, args, match):
+    out = tmp_path / ("m" if command == "train" else "r.json")
+    data = {"eval-sts": ["--sts", tiny["sts"], "--model", tiny["model"]],
+            "eval-retrieval": ["--beir", tiny["beir"], "--model", tiny["model"]],
+            "train": ["--beir", tiny["beir"], "--base", tiny["model"]]}[command]
+    r = cli("text", command, *data, *args, "--out", out)
+    assert r.code == 2 and "Traceback" not in r.err, r
+    assert match in r.err and "batch_size" not in r.err and "distill_weight" not in r.err, r.err
+    assert not out.exists()
+
+
+def test_distill_weight_help_gives_its_default(cli):
+    # issue 9: --distill-weight was called optional but defaults to 20
+    r = cli("text", "train", "--help")
+    text = " ".join(r.out.split())
+    assert "on by default (default 20; 0 turns it off)" in text
+    assert "default by recipe: finetune 300, projection 600" in text
+
+
+class _FakeBar:
+    """Records what the evaluation tells the progress display."""
+
+    def __init__(self):
+        self.tasks, self.updates = [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, description, total=None, **kw):
+        self.tasks.append((description, total))
+        return len(self.tasks) - 1
+
+    def update(self, task, completed=None, total=None, **kw):
+        self.updates.append((task, completed, total))
+
+    def advance(self, task, n):
+        self.updates.append((task, "advance", n))
+
+
+@pytest.mark.parametrize("what", ["retrieval", "sts"])
+def test_eval_encodes_each_text_once_with_a_progress_total(tiny, monkeypatch, what):
+    # issue 9: a `5483/?` bar (no total); each text encoded once per model and evaluation,
+    # whatever the number of prefixes and exit layers
+    import nestemb.progress
+    import nestemb.text.evaluate as ev
+    from nestemb.text.encoder import load_text_model
+
+    bar = _FakeBar()
+    monkeypatch.setattr(nestemb.progress, "progress_bar", lambda *a, **k: bar)
+    enc = load_text_model(str(tiny["model"]))
+    encoded = []
+    real = enc.encode_layers
+    monkeypatch.setattr(enc, "encode_layers", lambda texts, *a, **k: encoded.extend(texts) or real(texts, *a, **k))
+    if what == "retrieval":
+        r = ev.run_eval_retrieval(tiny["beir"], dims=[8, 16, 32], layers=[1, 2], encoder=enc,
+                                  show_progress=True, batch_size=4)  # fmt: skip
+        n = r["n_queries"] + r["n_docs"]
+    else:
+        r = ev.run_eval_sts(tiny["sts"], dims=[8, 16, 32], layers=[1, 2], encoder=enc,
+                            show_progress=True, batch_size=4)  # fmt: skip
+        n = len(set(encoded))
+    assert len(encoded) == n  # once each, not once per prefix or layer
+    assert bar.tasks == [("encoding", n)]
+    assert all(u[2] == n for u in bar.updates) and bar.updates[-1] == (0, n, n)

@@ -78,6 +78,41 @@ def _load_data(data: Optional[Path]):
     return folder, train, test
 
 
+def flag_error(e, names=("epochs", "steps", "batch_size", "lr", "holdout", "shift", "threads")):
+    """A library error that names a parameter, reworded for the CLI with the flag's name
+    (``batch_size`` -> ``--batch-size``); other errors unchanged.
+
+    Example:
+        >>> from nestemb.errors import NestembError
+        >>> str(flag_error(NestembError("batch_size must be at least 1, got 0")))
+        '--batch-size must be at least 1, got 0'
+    """
+    from nestemb.errors import NestembError
+
+    msg = str(e)
+    for name in names:
+        if msg.startswith(f"{name} "):
+            return NestembError("--" + name.replace("_", "-") + msg[len(name):])
+    if msg.startswith("give epochs or steps"):
+        return NestembError("give --epochs or --steps, not both")
+    return e
+
+
+def check_threads(threads: Optional[int]) -> None:
+    """``--threads`` is a positive count (or absent): checked before any work.
+
+    Example:
+        >>> check_threads(0)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: --threads must be at least 1, got 0
+    """
+    from nestemb.errors import NestembError
+
+    if threads is not None and threads < 1:
+        raise NestembError(f"--threads must be at least 1, got {threads}")
+
+
 def _prepare(data, dims, dim, head, weights, classifier, **train_kw):
     """Validate every option, then load the data: (model config, train config, folder, train, test)."""
     from nestemb.cli.parse import parse_dims, parse_floats
@@ -86,16 +121,7 @@ def _prepare(data, dims, dim, head, weights, classifier, **train_kw):
     from nestemb.models.image import make_model_config
     from nestemb.train.image import ImageTrainConfig
 
-    def cli_error(e: NestembError) -> NestembError:
-        # library messages name parameters; the options carry the same names as flags
-        msg = str(e)
-        for name in ("epochs", "steps", "batch_size", "lr", "holdout", "shift", "threads"):
-            if msg.startswith(f"{name} "):
-                return NestembError("--" + name.replace("_", "-") + msg[len(name):])
-        if msg.startswith("give epochs or steps"):
-            return NestembError("give --epochs or --steps, not both")
-        return e
-
+    cli_error = flag_error
     try:
         tcfg = ImageTrainConfig(weights=parse_floats(weights), **train_kw)
     except NestembError as e:
@@ -201,8 +227,11 @@ def train_cmd(
     """Train an image encoder with Matryoshka heads on an IDX data set; save it to --out."""
     from nestemb.io import atomic_dir, write_json
     from nestemb.models.image import write_model_files
+    from nestemb.cli.app import check_out_dir
     from nestemb.train.image import train_image
 
+    check_threads(threads)
+    check_out_dir(out, overwrite)  # before the data set is loaded
     mcfg, tcfg, folder, train, _test = _prepare(
         data, dims, dim, head, weights, classifier, steps=steps, epochs=epochs, seed=seed,
         batch_size=batch_size, lr=lr, holdout=holdout, augment=parse_augment(augment),
@@ -236,13 +265,17 @@ def eval_cmd(
     from nestemb.models.image import load_image_model
     from nestemb.device import torch_threads
 
+    check_threads(threads)
     check_out_file(out, overwrite)
     m = load_image_model(model)
     folder, train, test = _load_data(data)
     if tuple(train[0].shape[1:]) != m.config.in_hw:
         raise NestembError(f"{folder} holds {train[0].shape[1:]} images, the model takes {m.config.in_hw}")
-    with torch_threads(threads):
-        ev = evaluate_image_model(m, train, test, holdout=holdout, seed=seed if holdout is not None else None)
+    from nestemb.progress import progress_stages
+
+    with torch_threads(threads), progress_stages() as upd:
+        ev = evaluate_image_model(m, train, test, holdout=holdout,
+                                  seed=seed if holdout is not None else None, progress=upd)  # fmt: skip
     head = m.config.head
     res = {"dims": ev["dims"], head: method_results(ev), "cascade": ev["cascade"],
            "calibration": ev["calibration"], "model": str(model), "model_id": m.manifest.model_id,
@@ -289,7 +322,10 @@ def quickstart(
                                 {"split": info["split"], "data": str(folder), "training": info})  # fmt: skip
         console.print(f"evaluating every prefix (1-NN over the {len(train[0]):,} training images) ...")
         model.manifest = man  # evaluate with the split just recorded in model/manifest.json
-        ev = evaluate_image_model(model, train, test)
+        from nestemb.progress import progress_stages
+
+        with progress_stages() as upd:
+            ev = evaluate_image_model(model, train, test, progress=upd)
         dims = ev["dims"]
         results = {
             "dims": dims, "mrl": method_results(ev), "cascade": ev["cascade"],

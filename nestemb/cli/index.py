@@ -41,7 +41,9 @@ def _read_texts(path: Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise NestembError(f"--texts file not found: {path}")
     texts, ids = [], []
-    content = _read_utf8(path)
+    from nestemb.data.textfile import read_text
+
+    content = read_text(path, "--texts")
     seen: dict[str, int] = {}
     if path.suffix == ".jsonl":
         for n, line in enumerate(content.splitlines(), 1):
@@ -67,19 +69,6 @@ def _read_texts(path: Path) -> tuple[list[str], list[str]]:
     if not texts:
         raise NestembError(f"no texts in {path}")
     return texts, ids
-
-
-def _read_utf8(path: Path) -> str:
-    """The text of ``path``; a file that is not UTF-8 is an error naming the line and byte."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise NestembError(
-            f"{path} is not UTF-8 text: byte {e.start} (line {line}) is 0x{data[e.start]:02x}; "
-            "convert it, e.g. iconv -f latin1 -t utf-8"
-        ) from None
 
 
 def _read_images(data: Optional[Path], images: Optional[Path], split: Split):
@@ -203,10 +192,10 @@ DEFAULT_RECALL_WARNING = 0.9
 
 def _given(ctx: typer.Context, names) -> list[str]:
     """The options among ``names`` (parameter name -> flag) given on the command line."""
-    from click.core import ParameterSource
-
+    # compared by name: typer may use its own vendored copy of click's ParameterSource
+    sources = {name: ctx.get_parameter_source(name) for name in names}
     return [flag for name, flag in names.items()
-            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
+            if sources[name] is not None and sources[name].name not in ("DEFAULT", "DEFAULT_MAP")]
 
 
 def _check_build_options(ctx: typer.Context, index_type: "IndexType", codec, code_bytes) -> None:
@@ -326,6 +315,8 @@ def search(
     from nestemb.io import write_json
 
     _positive(limit, "--limit")
+    if show < 0:
+        raise NestembError(f"--show must be >= 0, got {show}")
     if out is not None:
         check_out_file(out, overwrite)
     index = load_index(index_dir)

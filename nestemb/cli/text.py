@@ -6,6 +6,7 @@ The commands only translate flags (comma lists, enums) into the typed library ca
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,7 +14,7 @@ import typer
 
 from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_file
 from nestemb.errors import NestembError
-from nestemb.text.train import DistillSource, TextRecipe as Recipe
+from nestemb.text.train import RECIPE_DEFAULTS, DistillSource, TextRecipe as Recipe
 
 text_app = typer.Typer(help="Text encoders: train nested (Matryoshka) models, evaluate them.",
                        no_args_is_help=True)
@@ -34,6 +35,31 @@ def _dims(text: Optional[str]):
     from nestemb.cli.parse import parse_dims
 
     return parse_dims(text, "--dims")
+
+
+def _recipe_default(name: str) -> str:
+    """The recipes' defaults of one setting for ``--help``: ``20`` when they agree, else
+    ``finetune 300, projection 600``."""
+    vals = {r: d[name] for r, d in RECIPE_DEFAULTS.items()}
+    if len(set(vals.values())) == 1:
+        return f"{next(iter(vals.values())):g}"
+    return ", ".join(f"{r} {v:g}" for r, v in vals.items())
+
+
+# library parameters that are also flags of these commands (errors are reworded with the flag)
+_FLAG_PARAMS = ("batch_size", "steps", "lr", "distill_weight", "self_distill_weight",
+                "max_seq_length", "layers", "seed")
+
+
+@contextlib.contextmanager
+def _flags():
+    """Reword a library error that names a parameter with the flag's name (``--batch-size``)."""
+    from nestemb.cli.image import flag_error
+
+    try:
+        yield
+    except NestembError as e:
+        raise flag_error(e, _FLAG_PARAMS) from None
 
 
 def _fmt(xs) -> str:
@@ -69,8 +95,9 @@ def eval_retrieval(
     from nestemb.text.evaluate import run_eval_retrieval
 
     check_out_file(out, overwrite)
-    res = run_eval_retrieval(beir, model, _dims(dims), _ints(layers, "--layers"), split=split,
-                             batch_size=batch_size, device=device.value, show_progress=True)
+    with _flags():
+        res = run_eval_retrieval(beir, model, _dims(dims), _ints(layers, "--layers"), split=split,
+                                 batch_size=batch_size, device=device.value, show_progress=True)
     write_json(out, res)
     typer.echo(f"dims {res['dims']}\nndcg@10 {_fmt(res['ndcg10'])}\nrecall@100 "
                f"{_fmt(res['recall100'])}\nwrote {out}")
@@ -92,8 +119,9 @@ def eval_sts(
     from nestemb.text.evaluate import run_eval_sts
 
     check_out_file(out, overwrite)
-    res = run_eval_sts(sts, model, _dims(dims), _ints(layers, "--layers"), batch_size=batch_size,
-                       device=device.value, show_progress=True)
+    with _flags():
+        res = run_eval_sts(sts, model, _dims(dims), _ints(layers, "--layers"),
+                           batch_size=batch_size, device=device.value, show_progress=True)
     write_json(out, res)
     typer.echo(f"dims {res['dims']}\nspearman {_fmt(res['spearman'])}\nwrote {out}")
 
@@ -112,11 +140,11 @@ def train(
     dims: Optional[str] = typer.Option(None, help="nesting, default 32,64,128,256,WIDTH"),
     weights: Optional[str] = typer.Option(None, help="loss weight per prefix, e.g. 2,1,1,1,1"),
     layers: Optional[str] = typer.Option(None, help="exit layers: layer x dimension mode (finetune)"),
-    steps: Optional[int] = typer.Option(None, help="optimizer steps (default: the recipe's)"),
-    batch_size: Optional[int] = typer.Option(None, help="pairs per batch (default: the recipe's)"),
-    lr: Optional[float] = typer.Option(None, help="learning rate (default: the recipe's)"),
+    steps: Optional[int] = typer.Option(None, help=f"optimizer steps (default by recipe: {_recipe_default('steps')})"),
+    batch_size: Optional[int] = typer.Option(None, help=f"pairs per batch (default by recipe: {_recipe_default('batch_size')})"),
+    lr: Optional[float] = typer.Option(None, help=f"learning rate (default by recipe: {_recipe_default('lr')})"),
     seed: int = typer.Option(0, help="random seed"),
-    distill_weight: Optional[float] = typer.Option(None, help="keep the base model's similarities at every prefix (0: off)"),
+    distill_weight: Optional[float] = typer.Option(None, help=f"weight of keeping the base model's similarities at every prefix; on by default (default {_recipe_default('distill_weight')}; 0 turns it off)"),
     distill_source: DistillSource = typer.Option(DistillSource.batch, help="finetune: distill on the pair batch, an unlabeled pool, or both"),
     self_distill_weight: float = typer.Option(0.0, help="KL of earlier exits toward the last (layer mode)"),
     hard_negatives: bool = typer.Option(True, help="mine one hard negative per BEIR pair with the base"),
@@ -128,18 +156,19 @@ def train(
     from nestemb.cli.parse import parse_floats
     from nestemb.device import resolve_device
     from nestemb.text.encoder import save_text_model
-    from nestemb.text.evaluate import progress_stages
+    from nestemb.progress import progress_stages
     from nestemb.text.train import TextTrainConfig, load_train_data, train_text
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise NestembError(f"output folder already exists: {out} (choose a new --out or add --overwrite)")
-    cfg = TextTrainConfig(
-        recipe=recipe.value, dims=_dims(dims), weights=parse_floats(weights, "--weights"),
-        layers=_ints(layers, "--layers"), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-        distill_weight=distill_weight, distill_source=distill_source.value,
-        self_distill_weight=self_distill_weight, hard_negatives=hard_negatives,
-        max_seq_length=max_seq_length, device=device.value,
-    )
+    with _flags():
+        cfg = TextTrainConfig(
+            recipe=recipe.value, dims=_dims(dims), weights=parse_floats(weights, "--weights"),
+            layers=_ints(layers, "--layers"), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+            distill_weight=distill_weight, distill_source=distill_source.value,
+            self_distill_weight=self_distill_weight, hard_negatives=hard_negatives,
+            max_seq_length=max_seq_length, device=device.value,
+        )
     resolve_device(cfg.device)  # an unavailable device fails before any data is read
     data = load_train_data(beir=beir, beir_split=split, sts=sts, nli=nli, pairs=pairs)
     with progress_stages() as upd:

@@ -15,7 +15,7 @@ one the model's manifest records (``extra["split"]``, written by the trainer). T
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from nestemb.errors import NestembError
 from nestemb.eval.cascade import DROPS, cascade_report
 from nestemb.eval.metrics import retrieval_metrics, top1
 from nestemb.models.image import ImageModel
+from nestemb.progress import counter
 
 
 def calibration_split(
@@ -66,9 +67,12 @@ def evaluate_image_model(
     seed: int | None = None,
     drops: Sequence[float] = DROPS,
     batch_size: int = 1024,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Per-prefix metrics (lists aligned with ``dims``), the cascade report and the
-    ``calibration`` split it used (see :func:`calibration_split`).
+    ``calibration`` split it used (see :func:`calibration_split`). ``progress(stage, done,
+    total)`` reports two stages with their totals known up front: ``"encoding images"``
+    (every forward pass) and ``"1-NN and mAP@10 per prefix"``.
 
     Example:
         >>> from nestemb.models.image import ImageModelConfig
@@ -84,23 +88,27 @@ def evaluate_image_model(
     train_x, train_y = train
     test_x, test_y = test
     calib = calibration_split(model, len(train_x), holdout, seed)
-    gallery = model.encode(train_x, batch_size)
-    queries = model.encode(test_x, batch_size)
-    test_probs = model.predict_proba(test_x, batch_size)
-    out: dict = {"dims": dims}
-    out["linear_top1"] = [top1(test_probs[:, i], test_y) for i in range(len(dims))]
-    out.update(retrieval_metrics(queries, test_y, gallery, train_y, dims, k=10))
-    out["cascade"] = []
     if len(dims) == 1:
         calib = {"source": None, "reason": "a single-prefix (FF) model has no cascade"}
-    elif calib["source"] is not None:
-        if not 0 < calib["holdout"] < len(train_x):
-            raise NestembError(
-                f"holdout must lie in 1..{len(train_x) - 1} for {len(train_x)} training images, "
-                f"got {calib['holdout']}"
-            )
+    elif calib["source"] is not None and not 0 < calib["holdout"] < len(train_x):
+        raise NestembError(
+            f"holdout must lie in 1..{len(train_x) - 1} for {len(train_x)} training images, "
+            f"got {calib['holdout']}"
+        )
+    n_calib = calib["holdout"] if calib["source"] is not None else 0
+    enc_cb = counter(progress, "encoding images", len(train_x) + 2 * len(test_x) + n_calib)
+    gallery = model.encode(train_x, batch_size, enc_cb)
+    queries = model.encode(test_x, batch_size, enc_cb)
+    test_probs = model.predict_proba(test_x, batch_size, enc_cb)
+    if n_calib:
         _, hold_idx = split_holdout(len(train_x), calib["holdout"], calib["seed"])
-        calib_probs = model.predict_proba(train_x[hold_idx], batch_size)
+        calib_probs = model.predict_proba(train_x[hold_idx], batch_size, enc_cb)
+    out: dict = {"dims": dims}
+    out["linear_top1"] = [top1(test_probs[:, i], test_y) for i in range(len(dims))]
+    knn_cb = counter(progress, "1-NN and mAP@10 per prefix", len(dims))
+    out.update(retrieval_metrics(queries, test_y, gallery, train_y, dims, k=10, progress=knn_cb))
+    out["cascade"] = []
+    if n_calib:
         out["cascade"] = cascade_report(calib_probs, train_y[hold_idx], test_probs, test_y, dims, drops)
     out["calibration"] = calib
     out["eval_seconds"] = round(time.perf_counter() - start, 2)

@@ -8,7 +8,7 @@ list with a single early hit as much as a perfect one), then averaged over queri
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -54,10 +54,11 @@ def retrieval_metrics(
     gallery_labels: np.ndarray,
     dims: Sequence[int],
     k: int = 10,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, list[float]]:
     """1-NN top-1 and mAP@k of cosine search on the prefix views (:func:`prefix_view`) of raw
     embeddings, for every ``m`` in ``dims``, under the keys ``knn_top1`` and ``map{k}``. Labels
-    define relevance (same class = relevant).
+    define relevance (same class = relevant). ``progress(1)`` is called after each prefix.
 
     Example:
         >>> g = np.array([[1.0, 0.0], [1.0, 0.2], [-1.0, 0.0], [-0.1, -1.0]])
@@ -74,4 +75,6 @@ def retrieval_metrics(
         rel = gallery_labels[nn_idx] == query_labels[:, None]
         out["knn_top1"].append(float(rel[:, 0].mean()))
         out[key].append(float(average_precision_at_k(rel, min(k, rel.shape[1])).mean()))
+        if progress is not None:
+            progress(1)
     return out

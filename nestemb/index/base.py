@@ -217,6 +217,7 @@ class PrefixIndex:
             raise NestembError("a tuning result must be a dict with a 'params' dict")
         self.set_params(**result["params"])
         self.tuning_ = dict(result)
+        self._warned_k = 0
         return self
 
     def __repr__(self) -> str:

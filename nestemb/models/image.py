@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -186,18 +186,19 @@ class ImageModel(nn.Module):
 
     def _check_images(self, images: Any) -> np.ndarray:
         arr = np.asarray(images)
-        if arr.ndim == 2:
-            arr = arr[None]
+        given = arr.shape  # reported as the caller passed it
+        if arr.ndim == 2 and tuple(given) == self.config.in_hw:
+            arr = arr[None]  # one image
         if arr.ndim != 3 or tuple(arr.shape[1:]) != self.config.in_hw:
-            raise NestembError(
-                f"images must have shape (N, {self.config.in_hw[0]}, {self.config.in_hw[1]}), "
-                f"got {arr.shape}"
-            )
+            h, w = self.config.in_hw
+            hint = (f" (flat rows of {h * w} pixels: reshape to (N, {h}, {w}))"
+                    if arr.ndim == 2 and given[-1] == h * w else "")  # fmt: skip
+            raise NestembError(f"images must have shape (N, {h}, {w}), got {given}{hint}")
         if arr.dtype != np.uint8:
             raise NestembError(f"images must be uint8 (0-255 pixels), got {arr.dtype}")
         return arr
 
-    def _batches(self, images: Any, batch_size: int, fn) -> np.ndarray:
+    def _batches(self, images: Any, batch_size: int, fn, progress=None) -> np.ndarray:
         arr = self._check_images(images)
         if batch_size < 1:
             raise NestembError(f"batch_size must be positive, got {batch_size}")
@@ -209,19 +210,38 @@ class ImageModel(nn.Module):
                 for i in range(0, len(arr), batch_size):
                     x = self.preprocess(torch.tensor(arr[i : i + batch_size]))
                     outs.append(fn(x).float().numpy())
+                    if progress is not None:
+                        progress(len(x))
         finally:
             self.train(was_training)
         return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
-    def encode(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        """Raw full embeddings, float32 ``(N, dim)``, of uint8 images ``(N, H, W)``."""
-        out = self._batches(images, batch_size, self.encoder)
+    def encode(self, images: np.ndarray, batch_size: int = 1024,
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Raw full embeddings, float32 ``(N, dim)``, of uint8 images ``(N, H, W)``;
+        ``progress(n)`` is called after each batch of ``n`` images."""
+        out = self._batches(images, batch_size, self.encoder, progress)
         return out.reshape(-1, self.config.dim).astype(np.float32, copy=False)
 
-    def predict_proba(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    def predict_proba(self, images: np.ndarray, batch_size: int = 1024,
+                      progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Softmax class probabilities of every prefix head, ``(N, K, classes)``."""
-        out = self._batches(images, batch_size, lambda x: self(x)[1].softmax(dim=-1))
+        out = self._batches(images, batch_size, lambda x: self(x)[1].softmax(dim=-1), progress)
         return out.reshape(-1, len(self.nesting), self.config.num_classes)
+
+
+def check_model_id(model_id: Any) -> str:
+    """A readable model name: a non-empty string (checked before any training starts).
+
+    Example:
+        >>> check_model_id(" ")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: model_id must be a non-empty string, got ' '
+    """
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise NestembError(f"model_id must be a non-empty string, got {model_id!r}")
+    return model_id
 
 
 def build_manifest(
@@ -237,8 +257,7 @@ def build_manifest(
         >>> man.kind, man.model_version == weights_version(m.state_dict())
         ('image-model', True)
     """
-    if not isinstance(model_id, str) or not model_id.strip():
-        raise NestembError(f"model_id must be a non-empty string, got {model_id!r}")
+    check_model_id(model_id)
     cfg = dataclasses.asdict(model.config)
     cfg["nesting"], cfg["in_hw"] = list(model.config.nesting), list(model.config.in_hw)
     return Manifest(
@@ -306,6 +325,82 @@ def save_image_model(
     return Path(directory)
 
 
+_CONFIG_TYPES = {"dim": int, "width": int, "num_classes": int, "head": str, "cosine": bool,
+                 "mean": float, "std": float}
+
+
+def config_from_manifest(cfg: Any, where: str) -> ImageModelConfig:
+    """An :class:`ImageModelConfig` from a manifest's ``extra.config``; any bad field is one
+    line naming it (``where`` names the file).
+
+    Example:
+        >>> config_from_manifest({"dim": 8, "nesting": [2, 8], "width": "x"}, "m/manifest.json")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: m/manifest.json: extra.config.width must be an integer, got 'x'
+    """
+    if not isinstance(cfg, dict):
+        raise NestembError(f"{where} has no model config (extra.config)")
+    names = {f.name for f in dataclasses.fields(ImageModelConfig)}
+    unknown = sorted(set(cfg) - names)
+    if unknown:
+        raise NestembError(f"{where}: extra.config has unknown field {unknown[0]!r} "
+                           f"(known: {', '.join(sorted(names))})")  # fmt: skip
+    for name, typ in _CONFIG_TYPES.items():
+        v = cfg.get(name)
+        if name not in cfg:
+            continue
+        ok = (isinstance(v, bool) if typ is bool else isinstance(v, str) if typ is str
+              else isinstance(v, (int, float)) and not isinstance(v, bool)
+              and (typ is float or float(v).is_integer()) and np.isfinite(v))  # fmt: skip
+        if not ok:
+            kind = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}[typ]
+            raise NestembError(f"{where}: extra.config.{name} must be {kind}, got {v!r}")
+    if "std" in cfg and not cfg["std"] > 0:
+        raise NestembError(f"{where}: extra.config.std must be positive, got {cfg['std']!r}")
+    for name, n in (("nesting", None), ("in_hw", 2)):
+        v = cfg.get(name)
+        if name in cfg and not (isinstance(v, (list, tuple)) and (n is None or len(v) == n)
+                                and all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+                                        for x in v)):  # fmt: skip
+            size = "two" if n else "a list of"
+            raise NestembError(f"{where}: extra.config.{name} must be {size} positive integers, got {v!r}")
+    try:
+        return ImageModelConfig(**cfg)
+    except NestembError as e:
+        raise NestembError(f"{where}: bad extra.config: {e}") from None
+
+
+def _check_state_fits(model: nn.Module, state: Any, where: str) -> None:
+    """Weights that do not fit the model built from the manifest's config: one line naming the
+    config field that most likely differs."""
+    if not isinstance(state, dict):
+        raise NestembError(f"{where}: the weights file holds no state dict")
+    own = model.state_dict()
+
+    def field(key: str) -> str:
+        if key.startswith("encoder.features."):
+            return "width"
+        if key.startswith("encoder."):
+            return "dim"
+        return "num_classes" if key in own and key in state else "cosine"
+
+    for key in own:
+        if key not in state:
+            raise NestembError(f"{where}: extra.config does not fit the weights (check "
+                               f"{field(key)!r}): the config expects {key!r}, the weights lack it")  # fmt: skip
+        got, want = tuple(getattr(state[key], "shape", ())), tuple(own[key].shape)
+        if got != want:
+            raise NestembError(
+                f"{where}: extra.config does not fit the weights (check {field(key)!r}): "
+                f"{key} has shape {got} in the weights, {want} from the config"
+            )
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise NestembError(f"{where}: extra.config does not fit the weights (check "
+                           f"{field(extra[0])!r}): the weights hold {extra[0]!r}, the config has no such part")  # fmt: skip
+
+
 def load_image_model(directory: str | os.PathLike) -> ImageModel:
     """Load a model saved by :func:`save_image_model` in eval mode, on the CPU; the file
     checksum and the weights version are both verified. Torch's thread count is left alone
@@ -318,18 +413,21 @@ def load_image_model(directory: str | os.PathLike) -> ImageModel:
     if WEIGHTS_NAME not in manifest.sha256:
         raise NestembError(f"{directory}/manifest.json lists no checksum for {WEIGHTS_NAME!r}")
     manifest.verify(directory)
-    try:
-        config = ImageModelConfig(**manifest.extra["config"])
-    except (KeyError, TypeError) as e:
-        raise NestembError(f"{directory}/manifest.json has no valid model config: {e}") from None
+    config = config_from_manifest(manifest.extra.get("config"), f"{directory}/manifest.json")
     if config.nesting != manifest.nesting or config.dim != manifest.dim:
         raise NestembError(f"{directory}/manifest.json: config and nesting disagree")
     model = ImageModel(config, manifest)
     try:
         state = torch.load(directory / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt file whose checksum was rewritten
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NestembError(f"cannot load weights from {directory / WEIGHTS_NAME}: {first}") from None
+    _check_state_fits(model, state, f"{directory}/manifest.json")
+    try:
         model.load_state_dict(state)
-    except Exception as e:  # a corrupt file whose checksum was rewritten, or a wrong architecture
-        raise NestembError(f"cannot load weights from {directory / WEIGHTS_NAME}: {e}") from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NestembError(f"cannot load weights from {directory / WEIGHTS_NAME}: {first}") from None
     version = weights_version(model.state_dict())
     if version != manifest.model_version:
         raise NestembError(

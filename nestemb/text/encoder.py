@@ -88,6 +88,10 @@ def check_layers(layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...]
         Traceback (most recent call last):
         ...
         nestemb.errors.NestembError: layer 7 is beyond the model's depth: it has 6 layers (use 1..6)
+        >>> check_layers([0], 6)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: layer 0 does not exist: layers are numbered 1..6 (1 = the first transformer layer)
     """
     if layers is None:
         return None
@@ -95,7 +99,12 @@ def check_layers(layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...]
     if not out:
         raise NestembError("layers list is empty")
     for layer in out:
-        if not 1 <= layer <= n_layers:
+        if layer < 1:
+            raise NestembError(
+                f"layer {layer} does not exist: layers are numbered 1..{n_layers} "
+                "(1 = the first transformer layer)"
+            )
+        if layer > n_layers:
             raise NestembError(
                 f"layer {layer} is beyond the model's depth: it has {n_layers} layers "
                 f"(use 1..{n_layers})"
@@ -160,7 +169,7 @@ class TextEncoder:
 
     def _batches(self, texts: Sequence[str], batch_size: int):
         if batch_size < 1:
-            raise NestembError(f"batch size must be positive, got {batch_size}")
+            raise NestembError(f"batch_size must be at least 1, got {batch_size}")
         order = np.argsort([-len(t) for t in texts], kind="stable")
         for s in range(0, len(texts), batch_size):
             idx = order[s : s + batch_size]

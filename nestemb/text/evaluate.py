@@ -4,39 +4,17 @@ arguments: paths, sequences of ints)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
-from nestemb.progress import progress_bar
+from nestemb.progress import counter, progress_stages
 
 
-@contextlib.contextmanager
-def progress_stages(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
-    """A progress display with one bar per stage; yields ``update(stage, done, total)``
-    (``total=-1``: add ``done`` items to an open-ended count).
+def _check_batch_size(batch_size: int) -> None:
+    from nestemb.errors import NestembError
 
-    Example:
-        >>> with progress_stages(enabled=False) as update:
-        ...     update("encoding", 5)
-        >>> callable(update)
-        True
-    """
-    if not enabled:
-        yield lambda *a: None
-        return
-    with progress_bar() as prog:
-        tasks: dict[str, int] = {}
-
-        def update(stage: str, done: int, total: int = -1) -> None:
-            if stage not in tasks:
-                tasks[stage] = prog.add_task(stage, total=None if total < 0 else total)
-            if total < 0:
-                prog.advance(tasks[stage], done)
-            else:
-                prog.update(tasks[stage], completed=done, total=total)
-
-        yield update
+    if int(batch_size) < 1:
+        raise NestembError(f"batch_size must be at least 1, got {batch_size}")
 
 
 def _encoder(model, encoder, device, dims, layers):
@@ -81,11 +59,13 @@ def run_eval_retrieval(
     from nestemb.data.beir import load_beir
     from nestemb.eval.retrieval import evaluate_retrieval
 
+    _check_batch_size(batch_size)
     data = load_beir(beir, split)
     enc, dims_t, layer_t = _encoder(model, encoder, device, dims, layers)
     qids, dids = list(data.queries), list(data.corpus)
     with progress_stages(show_progress) as upd:
-        cb = lambda n: upd("encoding", n)  # noqa: E731
+        # every text once, all exit layers from the same forward pass; the total is known up front
+        cb = counter(upd, "encoding", len(qids) + len(dids))
         q = enc.encode_layers([data.queries[i] for i in qids], layer_t, batch_size, cb)
         d = enc.encode_layers([data.corpus[i] for i in dids], layer_t, batch_size, cb)
     if layer_t is None:
@@ -128,13 +108,14 @@ def run_eval_sts(
     from nestemb.data.pairs import read_sts
     from nestemb.eval.sts import check_scores, evaluate_sts
 
+    _check_batch_size(batch_size)
     rows = read_sts(sts)
     check_scores([r[2] for r in rows], f"the scores in {sts}")
     enc, dims_t, layer_t = _encoder(model, encoder, device, dims, layers)
     sents = sorted({s for r in rows for s in r[:2]})
     pos = {s: i for i, s in enumerate(sents)}
     with progress_stages(show_progress) as upd:
-        e = enc.encode_layers(sents, layer_t, batch_size, lambda n: upd("encoding", n))
+        e = enc.encode_layers(sents, layer_t, batch_size, counter(upd, "encoding", len(sents)))
     i1 = [pos[r[0]] for r in rows]
     i2 = [pos[r[1]] for r in rows]
     scores = [r[2] for r in rows]

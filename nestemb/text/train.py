@@ -406,10 +406,17 @@ def train_text(
         encoder.model.max_seq_length = cfg.max_seq_length
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    enc_progress = (lambda n: progress("encoding", n, -1)) if progress else None
     base_embeddings = base_embeddings or BaseEmbeddings(encoder)
-    # every text the run needs from the base, encoded before any weight changes
-    base_embeddings(data.texts(), enc_progress)
+    # every text the run needs from the base, encoded before any weight changes (each once)
+    texts = data.texts()
+    if progress:
+        from nestemb.progress import counter
+
+        todo = len(set(texts) - set(base_embeddings.vectors))
+        enc_progress = counter(progress, "encoding", todo) if todo else None
+    else:
+        enc_progress = None
+    base_embeddings(texts, enc_progress)
     if cfg.hard_negatives and data.beir:
         data = mine_hard_negatives(data, base_embeddings, cfg.hard_negative_ranks, cfg.seed)
     exits = _exits(cfg, dims, layers, encoder)

@@ -33,7 +33,7 @@ import torch
 from nestemb.data.split import holdout_size, split_holdout
 from nestemb.errors import NestembError
 from nestemb.losses import check_weights, matryoshka_cross_entropy
-from nestemb.models.image import ImageModel, ImageModelConfig, write_model_files
+from nestemb.models.image import ImageModel, ImageModelConfig, check_model_id, write_model_files
 from nestemb.progress import progress_bar
 from nestemb.device import resolve_device, torch_threads
 
@@ -211,6 +211,7 @@ def train_image(
     weights = check_weights(config.weights or default_weights(model_config.nesting),
                             model_config.nesting)  # fmt: skip
     device = resolve_device(config.device)
+    check_model_id(model_id)  # before training, not after it
     holdout = holdout_size(len(images)) if config.holdout is None else config.holdout
     train_idx, hold_idx = split_holdout(len(images), holdout, config.seed)
     n = len(train_idx)
