@@ -322,3 +322,24 @@ def test_embed_idx_without_labels_and_model_input_mismatch(cli, tmp_path):
     txt.write_text("hello\n")
     r = cli("embed", "--model", tmp_path / "m", "--texts", txt, "--out", tmp_path / "e3")
     assert r.code == 2 and "is an image model: it embeds images (--data IDX folder" in r.err
+
+
+def test_embed_and_tune_report_progress_off_a_terminal(cli, tmp_path):
+    """issue 9: embed and index tune ran silently; off a terminal they now print plain lines."""
+    from nestemb.index.synthetic import synthetic_matryoshka
+    from nestemb.nesting import Manifest, save_embeddings
+
+    emb = tmp_path / "emb"
+    save_embeddings(emb, synthetic_matryoshka(400, 16),
+                    Manifest(model_id="m", model_version="v", nesting=(4, 16), dim=16))
+    r = cli("index", "build", emb, "--out", tmp_path / "idx", "--dims", "4,16", "--shortlist", "50")
+    assert r.code == 0, r
+    r = cli("index", "tune", tmp_path / "idx", "--queries", emb, "--recall", "0.9")
+    assert r.code == 0, r
+    assert "configurations measured: 1" in r.err, r.err
+    model = _tiny_text_model(tmp_path)
+    texts = tmp_path / "t.txt"
+    texts.write_text("\n".join(f"sentence number {i}" for i in range(30)))
+    r = cli("embed", "--model", model, "--texts", texts, "--out", tmp_path / "e")
+    assert r.code == 0, r
+    assert "encoding: 0/30" in r.err and "encoding: 30/30" in r.err, r.err

@@ -161,7 +161,11 @@ def embed(
         raise NestembError(f"{model} holds a {kind!r}; embed needs an image-model or text-model")
     if limit is not None:
         items, ids = items[:limit], ids[:limit]
-    X = encoder.encode(items, batch_size=batch_size)
+    from nestemb.progress import counter, progress_stages
+
+    with progress_stages() as update:
+        X = encoder.encode(items, batch_size=batch_size,
+                           progress=counter(update, "encoding", len(items)))
     man = encoder.manifest  # identity of the embeddings = identity of the model's weights
     manifest = Manifest(
         model_id=man.model_id, model_version=man.model_version, nesting=man.nesting, dim=man.dim,
@@ -360,11 +364,17 @@ def tune_cmd(
     if out is not None:
         check_out_dir(out, overwrite)
         check_index_path(out, overwrite)
+    else:
+        check_out_dir(index_dir, overwrite=True)  # rewritten in place: writable before the work
     index = load_index(index_dir)
     Q, man, _ = _load_emb(queries, "query")
     before = index.get_params()
-    res = tune(index, np.asarray(Q[:max_queries]), k=k, recall=recall, manifest=man,
-               max_queries=max_queries, max_candidates=max_candidates)
+    from nestemb.progress import progress_stages
+
+    with progress_stages() as update:
+        res = tune(index, np.asarray(Q[:max_queries]), k=k, recall=recall, manifest=man,
+                   max_queries=max_queries, max_candidates=max_candidates,
+                   progress=lambda n: update("configurations measured", n, -1))
     after = index.get_params()
     # in place: the directory is an index by construction, so replacing it is the request
     index.save(index_dir if out is None else out, overwrite=out is None or overwrite)

@@ -98,6 +98,7 @@ def tune(
     max_candidates: int = 8192,
     repeat: int = 1,
     manifest: Manifest | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Pick and apply the lowest-latency configuration whose recall@k meets ``recall``.
 
@@ -106,7 +107,8 @@ def tune(
     one query at a time (best of ``repeat`` passes). Candidates are ``groups`` (default:
     ``index.candidate_grid(k, max_candidates=max_candidates)``). If no candidate meets the
     target, the one with the highest recall is applied and ``met`` is False. Pass the queries'
-    ``manifest`` to have them checked against the index's (model id, version, nesting). The
+    ``manifest`` to have them checked against the index's (model id, version, nesting);
+    ``progress(1)`` is called after each measured configuration. The
     result is applied and recorded through ``index.set_tuning`` and returned: a dict with
     ``params``, ``recall``, ``latency_ms``, ``target``, ``met``, ``k``, ``n_queries`` and
     ``candidates`` (every measured configuration).
@@ -143,6 +145,8 @@ def tune(
                 m = measure(index, Q, truth, k, repeat)
                 plain = {n: list(v) if isinstance(v, tuple) else v for n, v in params.items()}
                 results.append({"params": plain, **m})
+                if progress is not None:
+                    progress(1)
                 if not exhaustive and m["recall"] >= recall:
                     break
         if not results:
