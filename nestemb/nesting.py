@@ -159,7 +159,7 @@ class Manifest:
     model_id: str
     nesting: tuple[int, ...]
     dim: int
-    model_version: str = "1"
+    model_version: str = "unknown"  # vectors from outside nestemb; models set weights_version
     normalization: str = NORMALIZATION
     dtype: str = "float32"
     kind: str = "embeddings"
