@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_file, choices
+from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_dir, check_out_file, choices, flag_error
 
 image_app = typer.Typer(
     help="Image encoders: train nested (Matryoshka) CNNs on IDX data, evaluate every prefix.",
@@ -78,24 +78,7 @@ def _load_data(data: Optional[Path]):
     return folder, train, test
 
 
-def flag_error(e, names=("epochs", "steps", "batch_size", "lr", "holdout", "shift", "threads")):
-    """A library error that names a parameter, reworded for the CLI with the flag's name
-    (``batch_size`` -> ``--batch-size``); other errors unchanged.
-
-    Example:
-        >>> from nestemb.errors import NestembError
-        >>> str(flag_error(NestembError("batch_size must be at least 1, got 0")))
-        '--batch-size must be at least 1, got 0'
-    """
-    from nestemb.errors import NestembError
-
-    msg = str(e)
-    for name in names:
-        if msg.startswith(f"{name} "):
-            return NestembError("--" + name.replace("_", "-") + msg[len(name):])
-    if msg.startswith("give epochs or steps"):
-        return NestembError("give --epochs or --steps, not both")
-    return e
+_FLAG_PARAMS = ("epochs", "steps", "batch_size", "lr", "holdout", "shift", "threads")
 
 
 def check_threads(threads: Optional[int]) -> None:
@@ -121,11 +104,10 @@ def _prepare(data, dims, dim, head, weights, classifier, **train_kw):
     from nestemb.models.image import make_model_config
     from nestemb.train.image import ImageTrainConfig
 
-    cli_error = flag_error
     try:
         tcfg = ImageTrainConfig(weights=parse_floats(weights), **train_kw)
     except NestembError as e:
-        raise cli_error(e) from None
+        raise flag_error(e, _FLAG_PARAMS) from None
     dims_t = parse_dims(dims)
     kw = dict(dim=dim, dims=dims_t, cosine=classifier == Classifier.cosine)
     try:
@@ -227,7 +209,6 @@ def train_cmd(
     """Train an image encoder with Matryoshka heads on an IDX data set; save it to --out."""
     from nestemb.io import atomic_dir, write_json
     from nestemb.models.image import write_model_files
-    from nestemb.cli.app import check_out_dir
     from nestemb.train.image import train_image
 
     check_threads(threads)

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_file
+from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_file, flag_error
 from nestemb.errors import NestembError
 from nestemb.text.train import RECIPE_DEFAULTS, DistillSource, TextRecipe as Recipe
 
@@ -54,8 +54,6 @@ _FLAG_PARAMS = ("batch_size", "steps", "lr", "distill_weight", "self_distill_wei
 @contextlib.contextmanager
 def _flags():
     """Reword a library error that names a parameter with the flag's name (``--batch-size``)."""
-    from nestemb.cli.image import flag_error
-
     try:
         yield
     except NestembError as e:
