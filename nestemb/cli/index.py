@@ -311,8 +311,15 @@ def search(
     out: Optional[Path] = typer.Option(None, help="write all results as JSON here"),
     overwrite: bool = typer.Option(False, help="replace an existing --out file"),
     show: int = typer.Option(5, help="print the results of the first N queries"),
+    adapter: Optional[Path] = typer.Option(
+        None, help="adapter directory (`nestemb adapter fit`) mapping the queries' model into "
+        "the index's model: search an index built by another model without re-encoding it"),
+    trust_unknown: bool = typer.Option(
+        False, help="with --adapter: accept queries whose model version is 'unknown' when the "
+        "model id matches"),
 ) -> None:
-    """Search an index with the queries of an embedding directory."""
+    """Search an index with the queries of an embedding directory (of the index's model, or of
+    another model through --adapter)."""
     import numpy as np
 
     from nestemb.index import load_index
@@ -326,6 +333,21 @@ def search(
     index = load_index(index_dir)
     Q, man, qids = _load_emb(queries, "query")
     Q = np.asarray(Q if limit is None else Q[:limit])
+    if adapter is not None:
+        from nestemb.cli.compat import apply_adapter_dir
+
+        Q, man = apply_adapter_dir(adapter, Q, man, trust_unknown)
+    elif trust_unknown:
+        raise NestembError("--trust-unknown applies only with --adapter")
+    elif index.manifest_ is not None and (man.model_id, man.model_version) != (
+            index.manifest_.model_id, index.manifest_.model_version):
+        from nestemb.nesting import check_compatible
+
+        try:
+            check_compatible(man, index.manifest_, what="queries and index")
+        except NestembError as e:
+            raise NestembError(f"{e}; encode the queries with the index's model, or give "
+                               "--adapter (fit one with `nestemb adapter fit`)") from None
     tuned_k = (index.tuning_ or {}).get("k")
     if isinstance(tuned_k, int) and k > tuned_k:
         typer.echo(f"warning: -k {k} is above the k={tuned_k} this index was tuned for "

@@ -1,0 +1,388 @@
+"""CLI commands for model upgrades: ``nestemb compat matrix`` and ``nestemb adapter fit|apply``.
+
+Inputs are embedding directories as written by ``nestemb embed`` (or
+:func:`nestemb.nesting.save_embeddings`): ``embeddings.npy``, ``manifest.json`` and, where
+the items have ids, ``ids.json``. Embeddings of several models are compared only when they hold
+the same items: the same ids in the same order (or, without ids, the same number of rows).
+
+Relevance for ``compat matrix``:
+
+* ``--metric top1|map`` (class labels): ``--query-labels FILE`` and ``--gallery-labels FILE``,
+  one label per row in the row order of the embeddings (``.npy`` 1-D array, or ``.txt`` one
+  label per line; labels are compared as text, so ``3`` in either file is the same class); or
+  ``--data DIR`` (an IDX folder such as fashion-mnist) with ``--query-split`` and
+  ``--gallery-split``, whose labels are looked up by the embeddings' ids (``nestemb embed
+  --data`` writes the IDX row numbers as ids).
+* ``--metric ndcg``: ``--beir DIR --split test``: the qrels ``DIR/qrels/<split>.tsv`` matched
+  against the ids of the query and gallery embeddings (``nestemb embed --texts queries.jsonl``
+  and ``corpus.jsonl`` keep the BEIR ``_id``); queries without judgments are skipped, a judged
+  document missing from the gallery is an error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from nestemb.cli.app import app, check_out_dir, choices, flag_error
+from nestemb.cli.parse import parse_dims
+from nestemb.errors import NestembError
+
+compat_app = typer.Typer(help="Compatibility between models: matrices and criteria.",
+                         no_args_is_help=True)
+adapter_app = typer.Typer(help="Post-hoc adapters between two models' spaces.", no_args_is_help=True)
+app.add_typer(compat_app, name="compat")
+app.add_typer(adapter_app, name="adapter")
+
+Metric = choices("Metric", "top1", "map", "ndcg")
+AdapterKind = choices("AdapterKind", "orthogonal", "affine", "mlp")
+IdxSplit = choices("IdxSplit", "train", "t10k")
+
+ADAPTER_OPTIONS = ("ridge", "slerp", "hidden", "epochs", "lr", "batch_size", "threads", "nesting")
+
+
+# --------------------------------------------------------------------------- shared readers
+
+
+def apply_adapter_dir(adapter: Path, vectors, manifest, trust_unknown: bool):
+    """Load the adapter in ``adapter`` and map ``vectors`` (with their ``manifest``) through it;
+    shared by ``adapter apply`` and ``index search --adapter``. Returns ``(vectors, manifest)``."""
+    import numpy as np
+
+    from nestemb.compat.adapter import adapt_embeddings, load_adapter
+
+    try:
+        return adapt_embeddings(np.asarray(vectors), manifest, load_adapter(adapter),
+                                trust_unknown=trust_unknown)
+    except NestembError as e:  # the library names its keyword; the CLI user needs the flag
+        raise NestembError(str(e).replace("trust_unknown=True", "--trust-unknown")) from None
+
+
+def _load(path: Path, what: str, mmap: bool = True):
+    """``(vectors, manifest, ids)`` of an embedding directory; a missing one names ``what``."""
+    from nestemb.nesting import load_embeddings
+
+    if not path.is_dir():
+        raise NestembError(f"{what} embedding directory not found: {path}")
+    return load_embeddings(path, mmap=mmap, with_ids=True)
+
+
+def _same_items(paths: List[Path], loaded: list, what: str) -> None:
+    """Refuse embedding files that do not hold the same items (ids, or row counts without ids),
+    naming the two files that differ."""
+    first, (x0, _, ids0) = paths[0], loaded[0]
+    for path, (x, _, ids) in zip(paths[1:], loaded[1:]):
+        if len(x) != len(x0):
+            raise NestembError(
+                f"{what} files do not hold the same items: {path} has {len(x)} rows, {first} "
+                f"{len(x0)}"
+            )
+        if ids is not None and ids0 is not None and list(ids) != list(ids0):
+            row = next(i for i, (a, b) in enumerate(zip(ids, ids0)) if a != b)
+            raise NestembError(
+                f"{what} files do not hold the same items: the ids of {path} and {first} differ "
+                f"(row {row}: {ids[row]!r} vs {ids0[row]!r})"
+            )
+        if (ids is None) != (ids0 is None):
+            with_ids = path if ids is not None else first
+            without = first if ids is not None else path
+            raise NestembError(
+                f"{what} files cannot be matched: {with_ids} has ids, {without} has none "
+                "(re-embed both with ids, or neither)"
+            )
+
+
+def _read_labels(path: Path, n: int, flag: str):
+    """One label per row from a ``.npy`` (1-D) or ``.txt`` (one per line) file."""
+    import numpy as np
+
+    if not path.is_file():
+        raise NestembError(f"{flag} file not found: {path}")
+    if path.suffix == ".npy":
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise NestembError(f"cannot read {flag} {path}: {str(e).splitlines()[0]}") from None
+        if labels.ndim != 1:
+            raise NestembError(f"{flag} {path} must hold a 1-D array, got shape {labels.shape}")
+    elif path.suffix == ".txt":
+        from nestemb.data.textfile import read_text
+
+        labels = np.array([line.strip() for line in read_text(path, flag).splitlines()
+                           if line.strip()])
+    else:
+        raise NestembError(f"{flag} must be a .npy or .txt file, got {path}")
+    if len(labels) != n:
+        raise NestembError(f"{flag} {path} holds {len(labels)} labels for {n} embeddings")
+    # compared as text, so that a .npy of ints and a .txt of the same classes agree
+    return labels.astype(str)
+
+
+def _idx_labels(data: Path, split: str, ids: Optional[list], n: int, what: str):
+    """IDX labels of ``split`` for the rows of an embedding file, looked up by its ids."""
+    import numpy as np
+
+    from nestemb.data.idx import LABELS_MAGIC, _find, read_idx
+
+    if not data.is_dir():
+        raise NestembError(f"--data must be an IDX folder, not found: {data}")
+    labels = read_idx(_find(data, split, "labels-idx1-ubyte"), LABELS_MAGIC).astype(np.int64)
+    if ids is None:
+        if n != len(labels):
+            raise NestembError(
+                f"{what} embeddings have no ids and {n} rows, the {split} labels of {data} "
+                f"{len(labels)}: cannot match them"
+            )
+        return labels
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(labels)
+               for i in ids):
+        raise NestembError(
+            f"the ids of the {what} embeddings are not row numbers of the {split} split of "
+            f"{data} ({len(labels)} rows): embed them with `nestemb embed --data`"
+        )
+    return labels[np.asarray(ids, dtype=np.int64)]
+
+
+def _beir_qrels(beir: Path, split: str, qids: Optional[list], gids: Optional[list]) -> list:
+    """Per query row, ``{gallery_row: relevance}`` from BEIR qrels matched by ids."""
+    from nestemb.data.beir import read_qrels
+
+    if not beir.is_dir():
+        raise NestembError(f"--beir folder not found: {beir}")
+    if qids is None or gids is None:
+        raise NestembError("--metric ndcg needs ids in the query and gallery embedding files "
+                           "(embed BEIR queries.jsonl and corpus.jsonl with nestemb embed)")
+    path = beir / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        have = sorted(p.stem for p in (beir / "qrels").glob("*.tsv"))
+        raise NestembError(f"BEIR qrels file not found: {path} (splits present: {have})")
+    qrels = read_qrels(path)
+    grow = {str(g): i for i, g in enumerate(gids)}
+    out: list = []
+    for q in qids:
+        judged = qrels.get(str(q))
+        if not judged:
+            out.append(None)
+            continue
+        missing = [d for d in judged if d not in grow]
+        if missing:
+            raise NestembError(
+                f"{path} judges corpus id {missing[0]!r} for query {q!r}, which is not in the "
+                "gallery embeddings: embed the whole corpus"
+            )
+        out.append({grow[d]: r for d, r in judged.items()})
+    if not any(out):
+        raise NestembError(f"no query of the query embeddings is judged in {path}")
+    return out
+
+
+def _names(manifests: list) -> list[str]:
+    """Model names for the table: model ids, with a version where ids repeat."""
+    ids = [m.model_id for m in manifests]
+    names = [i if ids.count(i) == 1 else f"{i}@{m.model_version[:8]}" for i, m in zip(ids, manifests)]
+    return [n if names.count(n) == 1 else f"{n}#{k}" for k, n in enumerate(names)]
+
+
+# --------------------------------------------------------------------------- compat matrix
+
+
+@compat_app.command("matrix")
+def matrix_cmd(
+    queries: List[Path] = typer.Option(..., "--queries", metavar="<path>", help="query embedding directory of one model; repeat per model, oldest first"),
+    gallery: List[Path] = typer.Option(..., "--gallery", metavar="<path>", help="gallery embedding directory of one model; repeat per model, in the --queries order"),
+    out: Path = typer.Option(..., help="output folder: matrix.json, heatmap.png and heatmap-<dim>.png"),
+    metric: Metric = typer.Option(Metric.top1, help="top1 (1-NN), map (mAP@k) or ndcg (nDCG@10)"),
+    k: Optional[int] = typer.Option(None, "-k", "--k", help="cut-off of map (default 100) or ndcg (default 10)"),
+    dims: Optional[str] = typer.Option(None, help="prefixes, e.g. 8,16,32 (default: every prefix of every model's nesting)"),
+    names: Optional[str] = typer.Option(None, help="model names, comma-separated (default: model ids)"),
+    query_labels: Optional[Path] = typer.Option(None, help="top1/map: query labels, .npy or .txt (one per row)"),
+    gallery_labels: Optional[Path] = typer.Option(None, help="top1/map: gallery labels, .npy or .txt (one per row)"),
+    data: Optional[Path] = typer.Option(None, help="top1/map: IDX folder whose labels match the embeddings' ids"),
+    query_split: IdxSplit = typer.Option(IdxSplit.t10k, help="--data split of the queries"),
+    gallery_split: IdxSplit = typer.Option(IdxSplit.train, help="--data split of the gallery"),
+    beir: Optional[Path] = typer.Option(None, help="ndcg: BEIR folder whose qrels match the embeddings' ids"),
+    split: str = typer.Option("test", help="ndcg: qrels split of --beir"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out folder"),
+) -> None:
+    """Compatibility matrix C[i][j] = metric(queries by model i, gallery by model j) at every
+    prefix: a table per prefix (x marks a pair i > j failing C[i][j] > C[j][j] and
+    C[i][i] >= C[i][j]), AC and AM, written as JSON and heat maps."""
+    import numpy as np
+
+    from nestemb.compat.matrix import compatibility_matrix, plot_compatibility
+    from nestemb.io import atomic_dir, write_json
+    from nestemb.nesting import check_compatible
+
+    if len(queries) != len(gallery):
+        raise NestembError(
+            f"give one --gallery per --queries (one pair per model): got {len(queries)} and "
+            f"{len(gallery)}"
+        )
+    if k is not None and k < 1:
+        raise NestembError(f"--k must be positive, got {k}")
+    labelled = metric is not Metric.ndcg
+    label_flags = [f for f, v in (("--query-labels", query_labels), ("--gallery-labels", gallery_labels),
+                                  ("--data", data)) if v is not None]
+    if labelled:
+        if beir is not None:
+            raise NestembError(f"--beir applies to --metric ndcg, not {metric.value}")
+        if data is not None and (query_labels or gallery_labels):
+            raise NestembError("give --data or --query-labels/--gallery-labels, not both")
+        if data is None and not (query_labels and gallery_labels):
+            raise NestembError(f"--metric {metric.value} needs labels: --query-labels and "
+                               "--gallery-labels, or --data")
+    else:
+        if label_flags:
+            raise NestembError(f"{', '.join(label_flags)} apply to --metric top1/map; ndcg "
+                               "takes --beir")
+        if beir is None:
+            raise NestembError("--metric ndcg needs --beir (a BEIR folder with qrels)")
+    dim_list = parse_dims(dims, "--dims")
+    check_out_dir(out, overwrite)
+
+    q_loaded = [_load(p, "--queries") for p in queries]
+    g_loaded = [_load(p, "--gallery") for p in gallery]
+    _same_items(list(queries), q_loaded, "--queries")
+    _same_items(list(gallery), g_loaded, "--gallery")
+    for qp, gp, (_, qm, _), (_, gm, _) in zip(queries, gallery, q_loaded, g_loaded):
+        try:
+            check_compatible(qm, gm, what=f"--queries {qp} and --gallery {gp}")
+        except NestembError as e:
+            raise NestembError(f"{e}: each --queries/--gallery pair must come from one model") from None
+    manifests = [m for _, m, _ in q_loaded]
+    model_names = (_names(manifests) if names is None
+                   else [n.strip() for n in names.split(",") if n.strip()])
+    if len(model_names) != len(queries):
+        raise NestembError(f"--names gives {len(model_names)} names for {len(queries)} models")
+    if dim_list is None:
+        dim_list = tuple(sorted({d for m in manifests for d in m.nesting}))
+    qids, gids = q_loaded[0][2], g_loaded[0][2]
+    n_q, n_g = len(q_loaded[0][0]), len(g_loaded[0][0])
+    kw: dict[str, Any] = {}
+    if labelled and data is not None:
+        kw["query_labels"] = _idx_labels(data, query_split.value, qids, n_q, "query")
+        kw["gallery_labels"] = _idx_labels(data, gallery_split.value, gids, n_g, "gallery")
+    elif labelled:
+        kw["query_labels"] = _read_labels(query_labels, n_q, "--query-labels")
+        kw["gallery_labels"] = _read_labels(gallery_labels, n_g, "--gallery-labels")
+    else:
+        kw["qrels"] = _beir_qrels(beir, split, qids, gids)
+    try:
+        cm = compatibility_matrix(
+            [np.asarray(x) for x, _, _ in q_loaded], [np.asarray(x) for x, _, _ in g_loaded],
+            models=model_names, dims=dim_list, metric=metric.value, k=k, **kw,
+        )
+    except NestembError as e:
+        raise flag_error(e, ("dims", "k", "models")) from None
+
+    summary = cm.summary()
+    for d in cm.dims:
+        c = cm.at(d)
+        crit = summary[d]["criterion"]
+        ac_text = f"AC {summary[d]['ac']:.2f}, " if summary[d]["ac"] is not None else ""
+        typer.echo(f"\n{cm.metric} at {d} dims (rows: queries by, columns: gallery by); "
+                   f"{ac_text}AM {summary[d]['am']:.4f}")
+        width = max(8, *(len(n) for n in cm.models))
+        typer.echo(" " * width + "".join(f"{n:>{width + 2}}" for n in cm.models))
+        for i, n in enumerate(cm.models):
+            cells = []
+            for j in range(len(cm.models)):
+                v = "-" if np.isnan(c[i, j]) else f"{c[i, j]:.4f}"
+                mark = ("" if crit[i][j] else " x") if i > j else ""
+                cells.append(f"{v + mark:>{width + 2}}")
+            typer.echo(f"{n:<{width}}" + "".join(cells))
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        res = cm.to_dict()
+        res["inputs"] = {"queries": [str(p) for p in queries], "gallery": [str(p) for p in gallery],
+                         "model_versions": [m.model_version for m in manifests]}
+        write_json(tmp / "matrix.json", res)
+        plot_compatibility(cm, tmp / "heatmap.png", title=f"compatibility ({cm.metric})")
+        for d in cm.dims:
+            plot_compatibility(cm, tmp / f"heatmap-{d}.png", dims=(d,))
+    typer.echo(f"\nwrote matrix.json and heat maps to {out}")
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+@adapter_app.command("fit")
+def adapter_fit(
+    source: Path = typer.Option(..., help="embedding directory of the source model (the vectors to be mapped)"),
+    target: Path = typer.Option(..., help="embedding directory of the target model, same items (ids must match)"),
+    out: Path = typer.Option(..., help="adapter directory to write"),
+    kind: AdapterKind = typer.Option(AdapterKind.orthogonal, help="orthogonal (Procrustes), affine (ridge least squares) or mlp"),
+    sample: Optional[int] = typer.Option(None, help="fit on a random sample of N paired rows (default: all)"),
+    ridge: Optional[float] = typer.Option(None, help="affine/mlp: ridge penalty (default 1e-4)"),
+    slerp: Optional[float] = typer.Option(None, help="orthogonal, equal widths: 0 = rotated vector, 1 = raw vector"),
+    hidden: Optional[int] = typer.Option(None, help="mlp: hidden width (default 512)"),
+    epochs: Optional[int] = typer.Option(None, help="mlp: epochs (default 30)"),
+    lr: Optional[float] = typer.Option(None, help="mlp: learning rate (default 1e-3)"),
+    batch_size: Optional[int] = typer.Option(None, help="mlp: batch size (default 256)"),
+    threads: Optional[int] = typer.Option(None, help="mlp: torch CPU threads"),
+    seed: int = typer.Option(0, help="seed of --sample and of the mlp"),
+    trust_unknown: bool = typer.Option(False, help="accept models whose weights version is 'unknown' (matched by model id alone)"),
+    overwrite: bool = typer.Option(False, help="replace an existing adapter directory"),
+) -> None:
+    """Fit an adapter mapping --source vectors into the --target model's space, from paired
+    embeddings of the same items. Both directions: new -> old maps new queries onto a stored
+    old gallery; old -> new moves stored old vectors into the new space."""
+    import numpy as np
+
+    from nestemb.compat.adapter import fit_adapter
+
+    if sample is not None and sample < 1:
+        raise NestembError(f"--sample must be positive, got {sample}")
+    check_out_dir(out, overwrite)
+    s_loaded = _load(source, "--source")
+    t_loaded = _load(target, "--target")
+    _same_items([source, target], [s_loaded, t_loaded], "--source and --target")
+    X, s_man, _ = s_loaded
+    Y, t_man, _ = t_loaded
+    rows = np.arange(len(X))
+    if sample is not None:
+        if sample > len(X):
+            raise NestembError(f"--sample {sample} is larger than the {len(X)} paired rows")
+        rows = np.sort(np.random.default_rng(seed).choice(len(X), sample, replace=False))
+    try:
+        adapter = fit_adapter(
+            np.asarray(X[rows]), np.asarray(Y[rows]), kind.value, source_ref=s_man,
+            target_ref=t_man, ridge=ridge, slerp=slerp, hidden=hidden, epochs=epochs, lr=lr,
+            batch_size=batch_size, threads=threads, seed=seed, trust_unknown=trust_unknown,
+            progress=kind is AdapterKind.mlp,
+        )
+    except NestembError as e:
+        msg = str(e).replace("trust_unknown=True", "--trust-unknown")
+        raise flag_error(NestembError(msg), ADAPTER_OPTIONS) from None
+    adapter.save(out, overwrite=overwrite)
+    cos = adapter.fit_info_["fit_cosine"]
+    typer.echo(
+        f"fitted a {kind.value} adapter {s_man.model_id} ({X.shape[1]} dims) -> "
+        f"{t_man.model_id} ({Y.shape[1]} dims) on {len(rows)} pairs in "
+        f"{adapter.fit_info_['seconds']:.1f} s; mean cosine on the fit pairs: "
+        + ", ".join(f"{d}: {v:.4f}" for d, v in cos.items())
+    )
+    typer.echo(f"wrote {out}")
+
+
+@adapter_app.command("apply")
+def adapter_apply(
+    adapter: Path = typer.Option(..., help="adapter directory (nestemb adapter fit)"),
+    embeddings: Path = typer.Option(..., help="embedding directory of the adapter's source model"),
+    out: Path = typer.Option(..., help="embedding directory to write (in the target model's space)"),
+    trust_unknown: bool = typer.Option(False, help="accept embeddings whose weights version is 'unknown' (matched by model id alone)"),
+    overwrite: bool = typer.Option(False, help="replace an existing output directory"),
+) -> None:
+    """Map an embedding directory through an adapter; the output's manifest names the target
+    model, so that its indexes accept it. Vectors of the target model (wrong direction) or of
+    any other model are refused."""
+    from nestemb.nesting import save_embeddings
+
+    check_out_dir(out, overwrite)
+    X, man, ids = _load(embeddings, "--embeddings")
+    Y, out_man = apply_adapter_dir(adapter, X, man, trust_unknown)
+    out_man.extra["adapted"]["adapter_path"] = str(adapter)
+    save_embeddings(out, Y, out_man, ids=ids, overwrite=overwrite)
+    typer.echo(f"wrote {len(Y)} embeddings of {man.model_id} mapped into {out_man.model_id} "
+               f"({out_man.dim} dims, version {out_man.model_version}) to {out}")

@@ -1,0 +1,618 @@
+"""Post-hoc adapters: a map fitted on paired embeddings of a sample, from one model's space
+(the *source*) into another's (the *target*), so that an upgrade needs no re-indexing.
+
+Both directions are the same object with the roles swapped: fit ``source=new, target=old`` to
+send new queries into a stored old gallery, or ``source=old, target=new`` to move stored old
+vectors into the new space without touching the raw data.
+
+Kinds (:data:`KINDS`):
+
+* ``orthogonal``: orthogonal Procrustes (:func:`~nestemb.compat.procrustes.orthogonal_procrustes`;
+  widths may differ), optionally slerped towards the raw vector when both widths are equal;
+* ``affine``: least squares with a ridge penalty on the matrix (not on the bias);
+* ``mlp``: the affine solution plus a small residual MLP (zero-initialised output layer),
+  trained in torch on the CPU with a Matryoshka-aware loss: ``1 - cos`` between the prefix views
+  of the prediction and of the target, averaged over the target nesting, so that every prefix of
+  the mapped vector speaks the target's prefix.
+
+**Cosine spaces.** Adapters fit and transform *L2-normalized rows* (the full-width view): the
+scale of a raw vector carries no meaning in a cosine space and would otherwise dominate the
+least-squares fit. Outputs are not re-normalized; every consumer takes
+:func:`~nestemb.nesting.prefix_view` views anyway.
+
+**Identity.** An adapter records the source and target :class:`ModelRef` (id, weights version,
+width). :meth:`Adapter.transform` given the vectors' manifest refuses vectors of the target
+model ("wrong direction") and of any model other than the source ("wrong model"). A model
+version ``"unknown"`` (vectors computed outside nestemb) cannot be told apart from another model
+of the same name, so it is refused unless the caller passes ``trust_unknown=True``, which then
+matches on ``model_id`` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from nestemb.compat.procrustes import orthogonal_procrustes
+from nestemb.errors import NestembError
+from nestemb.nesting import (
+    Manifest,
+    check_vectors,
+    default_nesting,
+    prefix_view,
+    validate_nesting,
+    weights_version,
+)
+
+KINDS = ("orthogonal", "affine", "mlp")
+"""The adapter kinds of :func:`fit_adapter`."""
+
+UNKNOWN_VERSION = "unknown"
+"""The ``model_version`` of vectors whose weights nestemb never saw (the Manifest default)."""
+
+WEIGHTS_NAME = "weights.npz"
+_DEFAULT_RIDGE = 1e-4
+_MLP_DEFAULTS = {"hidden": 512, "epochs": 30, "lr": 1e-3, "batch_size": 256}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """Who produced a set of embeddings: model id, weights version, width.
+
+    Example:
+        >>> m = Manifest(model_id="minilm", model_version="ab12", nesting=(8, 16), dim=16)
+        >>> ModelRef.from_manifest(m)
+        ModelRef(model_id='minilm', model_version='ab12', dim=16)
+        >>> ModelRef.from_dict(ModelRef.from_manifest(m).to_dict()) == ModelRef.from_manifest(m)
+        True
+    """
+
+    model_id: str
+    model_version: str
+    dim: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_id, str) or not self.model_id:
+            raise NestembError(f"model_id must be a non-empty string, got {self.model_id!r}")
+        if not isinstance(self.model_version, str) or not self.model_version:
+            raise NestembError(
+                f"model_version must be a non-empty string, got {self.model_version!r}"
+            )
+        if (isinstance(self.dim, bool) or not isinstance(self.dim, (int, np.integer))
+                or self.dim < 1):
+            raise NestembError(f"dim must be a positive integer, got {self.dim!r}")
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> "ModelRef":
+        """The reference of the model that wrote ``manifest``."""
+        return cls(manifest.model_id, manifest.model_version, int(manifest.dim))
+
+    @property
+    def unknown(self) -> bool:
+        """True when the weights version is unknown (vectors from outside nestemb)."""
+        return self.model_version == UNKNOWN_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelRef":
+        try:
+            return cls(d["model_id"], d["model_version"], int(d["dim"]))
+        except (KeyError, TypeError, ValueError):
+            raise NestembError(f"not a model reference: {d!r}") from None
+
+    def __str__(self) -> str:
+        return f"{self.model_id!r} (version {self.model_version!r}, {self.dim} dims)"
+
+
+def _as_ref(ref: ModelRef | Manifest | None, what: str) -> ModelRef | None:
+    if ref is None or isinstance(ref, ModelRef):
+        return ref
+    if isinstance(ref, Manifest):
+        return ModelRef.from_manifest(ref)
+    raise NestembError(f"{what} must be a ModelRef or a Manifest, got {type(ref).__name__}")
+
+
+def _same(a: ModelRef, b: ModelRef, trust_unknown: bool) -> bool:
+    """Same model: same id and width, and same version (or either unknown, when trusted)."""
+    if a.model_id != b.model_id or a.dim != b.dim:
+        return False
+    return a.model_version == b.model_version or (trust_unknown and (a.unknown or b.unknown))
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """The tanh GELU, as ``torch.nn.GELU(approximate="tanh")``: numpy transforms need no torch."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _ridge_affine(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """``W, b`` minimising ``mean ||x W + b - y||^2 + ridge ||W||_F^2`` (bias not penalised)."""
+    mx, my = x.mean(axis=0), y.mean(axis=0)
+    xc, yc = x - mx, y - my
+    gram = xc.T @ xc + len(x) * ridge * np.eye(x.shape[1])
+    w = np.linalg.solve(gram, xc.T @ yc)
+    return w, my - mx @ w
+
+
+def _slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """Spherical interpolation between unit rows ``a`` (t=0) and ``b`` (t=1)."""
+    a, b = prefix_view(a, a.shape[1]), prefix_view(b, b.shape[1])
+    cos = np.clip(np.einsum("ij,ij->i", a, b), -1.0, 1.0)
+    theta = np.arccos(cos)[:, None]
+    sin = np.sin(theta)
+    small = sin[:, 0] < 1e-6  # nearly parallel: the linear blend is exact to first order
+    wa = np.where(small[:, None], 1.0 - t, np.sin((1.0 - t) * theta) / np.maximum(sin, 1e-12))
+    wb = np.where(small[:, None], t, np.sin(t * theta) / np.maximum(sin, 1e-12))
+    return wa * a + wb * b
+
+
+class Adapter:
+    """A map from a source model's embedding space into a target model's (see the module
+    docstring). Build it with :func:`fit_adapter` or :meth:`fit`; read one with
+    :func:`load_adapter`.
+
+    Parameters are those of :func:`fit_adapter`. Learned state: ``weights_`` (arrays by name),
+    ``source_dim_``, ``target_dim_``, ``fit_info_`` (rows, seconds, mean cosine on the fit
+    data at every prefix of the nesting).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(100, 4)); R = np.linalg.qr(rng.normal(size=(4, 4)))[0]
+        >>> a = Adapter("orthogonal").fit(X, X @ R)
+        >>> np.allclose(a.transform(X[:2]), prefix_view(X[:2] @ R, 4))
+        True
+    """
+
+    def __init__(
+        self,
+        kind: str = "orthogonal",
+        *,
+        source_ref: ModelRef | Manifest | None = None,
+        target_ref: ModelRef | Manifest | None = None,
+        nesting: Sequence[int] | None = None,
+        ridge: float | None = None,
+        slerp: float | None = None,
+        hidden: int | None = None,
+        epochs: int | None = None,
+        lr: float | None = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+        threads: int | None = None,
+        trust_unknown: bool = False,
+        progress: bool = False,
+    ):
+        self.kind = kind
+        self.source_ref = source_ref
+        self.target_ref = target_ref
+        self.nesting = nesting
+        self.ridge = ridge
+        self.slerp = slerp
+        self.hidden = hidden
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.seed = seed
+        self.threads = threads
+        self.trust_unknown = trust_unknown
+        self.progress = progress
+
+    # ---------------------------------------------------------------------------------- fit
+
+    def _check_params(self, d_s: int, d_t: int) -> None:
+        """Validate the parameters against the data widths; fills the resolved ``nesting``."""
+        if self.kind not in KINDS:
+            raise NestembError(f"kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+        if self.kind == "orthogonal" and self.ridge is not None:
+            raise NestembError("ridge applies to kinds 'affine' and 'mlp', not 'orthogonal'")
+        if self.ridge is not None and (not isinstance(self.ridge, (int, float)) or isinstance(
+                self.ridge, bool) or not math.isfinite(self.ridge) or self.ridge < 0):
+            raise NestembError(f"ridge must be a finite number >= 0, got {self.ridge!r}")
+        if self.slerp is not None:
+            if self.kind != "orthogonal":
+                raise NestembError(f"slerp applies to kind 'orthogonal' only, not {self.kind!r}")
+            if not isinstance(self.slerp, (int, float)) or not 0.0 <= self.slerp <= 1.0:
+                raise NestembError(f"slerp must be a number in [0, 1], got {self.slerp!r}")
+            if d_s != d_t:
+                raise NestembError(
+                    f"slerp needs equal source and target widths (towards the raw vector), got "
+                    f"{d_s} and {d_t}"
+                )
+        for name in (*_MLP_DEFAULTS, "threads"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if self.kind != "mlp":
+                raise NestembError(f"{name} applies to kind 'mlp' only, not {self.kind!r}")
+            if name == "lr":
+                ok = (isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(v) and v > 0)
+            else:
+                ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+            if not ok:
+                what = "number" if name == "lr" else "integer"
+                raise NestembError(f"{name} must be a positive {what}, got {v!r}")
+        refs = []
+        for name, ref, d in (("source_ref", self.source_ref, d_s),
+                             ("target_ref", self.target_ref, d_t)):
+            ref = _as_ref(ref, name)
+            if ref is not None:
+                if ref.dim != d:
+                    raise NestembError(f"{name} {ref} does not match the data's width {d}")
+                if ref.unknown and not self.trust_unknown:
+                    raise NestembError(
+                        f"{name} {ref} has an unknown weights version: its identity cannot be "
+                        "checked (pass trust_unknown=True to rely on model_id alone)"
+                    )
+            refs.append(ref)
+        self.source_ref_, self.target_ref_ = refs
+        if refs[0] is not None and refs[1] is not None and refs[0] == refs[1]:
+            raise NestembError(f"source_ref and target_ref are the same model {refs[0]}")
+        nesting = self.nesting
+        if nesting is None and isinstance(self.target_ref, Manifest):
+            nesting = self.target_ref.nesting
+        if nesting is None:
+            nesting = default_nesting(d_t, start=8) if d_t > 8 else (d_t,)
+        self.nesting_ = validate_nesting(nesting, full_dim=d_t)
+
+    def _min_rows(self, d_s: int, d_t: int) -> int:
+        # orthogonal: the cross-covariance must reach full rank; affine/mlp: one row per
+        # coefficient of an output coordinate (matrix row + bias), ridge notwithstanding
+        return min(d_s, d_t) if self.kind == "orthogonal" else d_s + 1
+
+    def fit(self, source: Any, target: Any) -> "Adapter":
+        """Fit on paired rows: ``source[r]`` and ``target[r]`` embed the same item. Returns self."""
+        source = check_vectors(source, what="source")
+        target = check_vectors(target, what="target")
+        if len(source) != len(target):
+            raise NestembError(
+                f"source and target must be paired rows of the same items: got {len(source)} "
+                f"and {len(target)} rows"
+            )
+        d_s, d_t = source.shape[1], target.shape[1]
+        self._check_params(d_s, d_t)
+        need = self._min_rows(d_s, d_t)
+        if len(source) < need:
+            raise NestembError(
+                f"a {self.kind} adapter from {d_s} to {d_t} dims needs at least {need} paired "
+                f"rows, got {len(source)}"
+            )
+        start = time.perf_counter()
+        x = prefix_view(source.astype(np.float64), d_s)
+        y = prefix_view(target.astype(np.float64), d_t)
+        if self.kind == "orthogonal":
+            self.weights_ = {"W": orthogonal_procrustes(x, y).astype(np.float32)}
+        elif self.kind == "affine":
+            w, b = _ridge_affine(x, y, _DEFAULT_RIDGE if self.ridge is None else self.ridge)
+            self.weights_ = {"W": w.astype(np.float32), "b": b.astype(np.float32)}
+        else:
+            self.weights_ = self._fit_mlp(x, y)
+        self.source_dim_, self.target_dim_ = d_s, d_t
+        pred = self._apply(x.astype(np.float32))
+        self.fit_info_ = {
+            "rows": int(len(x)),
+            "seconds": round(time.perf_counter() - start, 3),
+            "fit_cosine": {
+                int(m): round(float(np.einsum("ij,ij->i", prefix_view(pred, m),
+                                              prefix_view(y, m)).mean()), 6)
+                for m in self.nesting_
+            },
+        }
+        return self
+
+    def _fit_mlp(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        from nestemb.device import torch_threads
+
+        with torch_threads(self.threads):
+            return self._train_mlp(x, y)
+
+    def _train_mlp(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        from nestemb.progress import progress_bar
+
+        p = {k: getattr(self, k) if getattr(self, k) is not None else v
+             for k, v in _MLP_DEFAULTS.items()}
+        w0, b0 = _ridge_affine(x, y, _DEFAULT_RIDGE if self.ridge is None else self.ridge)
+        gen = torch.Generator().manual_seed(int(self.seed))
+        torch.manual_seed(int(self.seed))
+        d_s, d_t, h = x.shape[1], y.shape[1], int(p["hidden"])
+        lin = torch.nn.Linear(d_s, d_t)
+        up = torch.nn.Linear(d_s, h)
+        down = torch.nn.Linear(h, d_t)
+        with torch.no_grad():  # start at the affine solution: the MLP only learns the residual
+            lin.weight.copy_(torch.from_numpy(w0.T.astype(np.float32)))
+            lin.bias.copy_(torch.from_numpy(b0.astype(np.float32)))
+            down.weight.zero_()
+            down.bias.zero_()
+        act = torch.nn.GELU(approximate="tanh")
+        params = [*lin.parameters(), *up.parameters(), *down.parameters()]
+        opt = torch.optim.Adam(params, lr=float(p["lr"]))
+        xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+        targets = {m: prefix_view(yt, m) for m in self.nesting_}
+        n, bs, epochs = len(xt), int(p["batch_size"]), int(p["epochs"])
+        with progress_bar(self.progress, info=True) as bar:
+            task = bar.add_task("adapter mlp", total=epochs, info="")
+            for epoch in range(epochs):
+                perm = torch.randperm(n, generator=gen)
+                total = 0.0
+                for a in range(0, n, bs):
+                    idx = perm[a : a + bs]
+                    xb = xt[idx]
+                    pred = lin(xb) + down(act(up(xb)))
+                    # Matryoshka-aware: every prefix of the prediction against the target's
+                    loss = sum(
+                        (1 - (prefix_view(pred, m) * targets[m][idx]).sum(-1)).mean()
+                        for m in self.nesting_
+                    ) / len(self.nesting_)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += loss.item() * len(idx)
+                bar.update(task, completed=epoch + 1, info=f"loss {total / n:.4f}")
+        return {
+            "W": lin.weight.detach().numpy().T.copy(), "b": lin.bias.detach().numpy().copy(),
+            "W1": up.weight.detach().numpy().T.copy(), "b1": up.bias.detach().numpy().copy(),
+            "W2": down.weight.detach().numpy().T.copy(), "b2": down.bias.detach().numpy().copy(),
+        }
+
+    # ---------------------------------------------------------------------------- transform
+
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        """The map on already-normalized rows."""
+        w = self.weights_
+        out = x @ w["W"]
+        if "b" in w:
+            out = out + w["b"]
+        if "W1" in w:
+            out = out + _gelu(x @ w["W1"] + w["b1"]) @ w["W2"] + w["b2"]
+        if self.kind == "orthogonal" and self.slerp:
+            out = _slerp(out, x, float(self.slerp))
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def check_manifest(self, manifest: Manifest, trust_unknown: bool = False) -> None:
+        """Refuse vectors whose ``manifest`` is not the adapter's source model: the target model
+        (wrong direction), another model, or an unknown version unless ``trust_unknown``.
+
+        Example:
+            >>> src = ModelRef("old", "aa", 4); tgt = ModelRef("new", "bb", 4)
+            >>> rng = np.random.default_rng(0); X = rng.normal(size=(20, 4))
+            >>> a = fit_adapter(X, X, source_ref=src, target_ref=tgt)
+            >>> a.check_manifest(Manifest(model_id="new", model_version="bb", nesting=(4,), dim=4))
+            Traceback (most recent call last):
+            ...
+            nestemb.errors.NestembError: wrong direction: these vectors come from the adapter's ...
+        """
+        self._check_fitted()
+        if not isinstance(manifest, Manifest):
+            raise NestembError(f"manifest must be a Manifest, got {type(manifest).__name__}")
+        got = ModelRef.from_manifest(manifest)
+        if got.unknown and not trust_unknown:
+            raise NestembError(
+                f"the vectors' manifest names model {got.model_id!r} with an unknown weights "
+                "version: their identity cannot be checked (pass trust_unknown=True to rely on "
+                "model_id alone)"
+            )
+        if self.source_ref_ is None:
+            raise NestembError(
+                "this adapter was fitted without source_ref: it cannot check which model the "
+                "vectors come from; fit it with source_ref, or transform without a manifest"
+            )
+        if _same(got, self.source_ref_, trust_unknown):
+            return
+        arrow = f"{self.source_ref_} -> {self.target_ref_ or 'target'}"
+        if self.target_ref_ is not None and _same(got, self.target_ref_, trust_unknown):
+            raise NestembError(
+                f"wrong direction: these vectors come from the adapter's target model {got}; "
+                f"it maps {arrow}"
+            )
+        raise NestembError(
+            f"wrong model: these vectors come from {got}, but the adapter maps {arrow}"
+        )
+
+    def transform(self, X: Any, manifest: Manifest | None = None, *,
+                  trust_unknown: bool = False) -> np.ndarray:
+        """Map source-space rows into the target space (rows L2-normalized first; outputs are
+        ``(n, target_dim)`` float32). With the vectors' ``manifest``, their model is checked
+        first (:meth:`check_manifest`); without one only the width is.
+
+        Example: see :class:`Adapter`.
+        """
+        self._check_fitted()
+        if manifest is not None:
+            self.check_manifest(manifest, trust_unknown=trust_unknown)
+        X = check_vectors(X, what="X")
+        if X.shape[1] != self.source_dim_:
+            raise NestembError(
+                f"X has {X.shape[1]} dims, but the adapter maps {self.source_dim_}-dim source "
+                f"vectors (into {self.target_dim_} dims)"
+            )
+        return self._apply(prefix_view(X, X.shape[1]))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "weights_"):
+            raise NestembError("the adapter is not fitted: call fit first")
+
+    # ----------------------------------------------------------------------------- storage
+
+    @property
+    def version_(self) -> str:
+        """Content hash of the weights (and of the kind and slerp), like a model's version."""
+        self._check_fitted()
+        w = dict(self.weights_)
+        w["_kind"] = np.frombuffer(f"{self.kind}|{self.slerp}".encode(), dtype=np.uint8)
+        return weights_version(w)
+
+    def manifest(self) -> Manifest:
+        """The artefact manifest: ``kind="adapter"``, the target's nesting and width, the
+        adapter's own id and version; source, target, direction and fit info under ``extra``."""
+        self._check_fitted()
+        src = self.source_ref_.model_id if self.source_ref_ else "source"
+        tgt = self.target_ref_.model_id if self.target_ref_ else "target"
+        return Manifest(
+            model_id=f"adapter-{self.kind}:{src}->{tgt}",
+            model_version=self.version_,
+            nesting=self.nesting_,
+            dim=self.target_dim_,
+            kind="adapter",
+            extra={"adapter": {
+                "kind": self.kind,
+                "direction": "source->target",
+                "source": self.source_ref_.to_dict() if self.source_ref_ else None,
+                "target": self.target_ref_.to_dict() if self.target_ref_ else None,
+                "source_dim": self.source_dim_,
+                "target_dim": self.target_dim_,
+                "params": {k: getattr(self, k) for k in
+                           ("ridge", "slerp", "hidden", "epochs", "lr", "batch_size", "seed",
+                            "threads")},
+                "fit": self.fit_info_,
+            }},
+        )
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the adapter directory (``manifest.json`` + ``weights.npz`` with its checksum),
+        atomically. Returns the path.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> X = np.random.default_rng(0).normal(size=(30, 4))
+            >>> a = fit_adapter(X, X[:, :3], kind="affine")
+            >>> out = a.save(pathlib.Path(tempfile.mkdtemp()) / "adapter")
+            >>> np.allclose(load_adapter(out).transform(X), a.transform(X))
+            True
+        """
+        from nestemb.io import atomic_dir, sha256_file
+
+        man = self.manifest()
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            with open(tmp / WEIGHTS_NAME, "wb") as f:
+                np.savez(f, **self.weights_)
+            man.sha256 = {WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)}
+            man.save(tmp)
+        return Path(path)
+
+
+def fit_adapter(
+    source: Any,
+    target: Any,
+    kind: str = "orthogonal",
+    *,
+    source_ref: ModelRef | Manifest | None = None,
+    target_ref: ModelRef | Manifest | None = None,
+    ridge: float | None = None,
+    slerp: float | None = None,
+    nesting: Sequence[int] | None = None,
+    seed: int = 0,
+    hidden: int | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    trust_unknown: bool = False,
+    progress: bool = False,
+) -> Adapter:
+    """Fit an adapter mapping ``source``-space rows into the ``target`` space on paired rows
+    (row ``r`` of both embeds the same item; widths may differ). Rows are L2-normalized first.
+
+    * ``kind="orthogonal"``: Procrustes; needs ``min(d_s, d_t)`` rows. ``slerp`` in ``[0, 1]``
+      (equal widths only) moves the output from the rotated vector (0) towards the raw one (1).
+    * ``kind="affine"``: ``x W + b`` by least squares, ``ridge`` (default 1e-4) times the number
+      of rows on ``||W||^2``; needs ``d_s + 1`` rows.
+    * ``kind="mlp"``: affine plus a residual GELU MLP of width ``hidden`` (512) trained for
+      ``epochs`` (30) with Adam (``lr`` 1e-3, ``batch_size`` 256, seeded by ``seed``) on the
+      prefix-cosine loss over ``nesting``, on ``threads`` torch CPU threads (default: torch's
+      setting; 1 is often fastest for so small a net on a busy machine); needs ``d_s + 1`` rows.
+
+    ``source_ref``/``target_ref`` (a :class:`ModelRef` or the embeddings' :class:`Manifest`)
+    record who produced each side; a target ``Manifest`` also gives the default ``nesting``
+    (else doubling prefixes from 8). Unknown weights versions are refused unless
+    ``trust_unknown=True``. Options of other kinds are refused.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(200, 6)); A = rng.normal(size=(6, 4))
+        >>> a = fit_adapter(X, X @ A, kind="affine")   # linear, but fitted on unit rows
+        >>> a.fit_info_["fit_cosine"][4] > 0.99
+        True
+    """
+    return Adapter(
+        kind, source_ref=source_ref, target_ref=target_ref, nesting=nesting, ridge=ridge,
+        slerp=slerp, hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+        threads=threads, trust_unknown=trust_unknown, progress=progress,
+    ).fit(source, target)
+
+
+def load_adapter(path: str | os.PathLike) -> Adapter:
+    """Read an adapter directory written by :meth:`Adapter.save`, verifying its checksum.
+
+    Example: see :meth:`Adapter.save`.
+    """
+    path = Path(path)
+    man = Manifest.open(path, "adapter", "adapter directory")
+    info = man.extra.get("adapter")
+    if not isinstance(info, dict) or info.get("kind") not in KINDS:
+        raise NestembError(f"{path} has no valid adapter description in its manifest")
+    try:
+        with np.load(path / WEIGHTS_NAME, allow_pickle=False) as z:
+            weights = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise NestembError(f"cannot read {path / WEIGHTS_NAME}: {e}") from None
+    params = dict(info.get("params", {}))
+    src = ModelRef.from_dict(info["source"]) if info.get("source") else None
+    tgt = ModelRef.from_dict(info["target"]) if info.get("target") else None
+    a = Adapter(info["kind"], source_ref=src, target_ref=tgt, nesting=man.nesting,
+                trust_unknown=True, **params)
+    a.source_ref_, a.target_ref_, a.nesting_ = src, tgt, man.nesting
+    a.source_dim_, a.target_dim_ = int(info["source_dim"]), int(info["target_dim"])
+    a.weights_, a.fit_info_ = weights, info.get("fit", {})
+    if weights.get("W") is None or weights["W"].shape != (a.source_dim_, a.target_dim_):
+        raise NestembError(f"{path / WEIGHTS_NAME} does not hold a {a.source_dim_} x "
+                           f"{a.target_dim_} adapter")
+    if a.version_ != man.model_version:
+        raise NestembError(f"{path}: the weights do not match the manifest's version")
+    return a
+
+
+def adapt_embeddings(
+    vectors: Any, manifest: Manifest, adapter: Adapter, *, trust_unknown: bool = False
+) -> tuple[np.ndarray, Manifest]:
+    """Map embeddings with their ``manifest`` through ``adapter`` (identity checked) and return
+    them with a manifest naming the adapter's *target* model (id, version, nesting), so that
+    indexes built from the target model accept them; ``extra["adapted"]`` records the adapter
+    and the source. What ``index search --adapter`` and ``adapter apply`` call.
+
+    Example:
+        >>> src = Manifest(model_id="old", model_version="aa", nesting=(4,), dim=4)
+        >>> tgt = Manifest(model_id="new", model_version="bb", nesting=(2, 4), dim=4)
+        >>> X = np.random.default_rng(0).normal(size=(20, 4))
+        >>> a = fit_adapter(X, X, source_ref=src, target_ref=tgt)
+        >>> Y, m = adapt_embeddings(X, src, a)
+        >>> m.model_id, m.model_version, m.nesting
+        ('new', 'bb', (2, 4))
+    """
+    adapter._check_fitted()
+    if adapter.target_ref_ is None:
+        raise NestembError(
+            "the adapter has no target model identity: fit it with target_ref to produce "
+            "embeddings that an index accepts"
+        )
+    out = adapter.transform(vectors, manifest, trust_unknown=trust_unknown)
+    tgt = adapter.target_ref_
+    man = Manifest(
+        model_id=tgt.model_id,
+        model_version=tgt.model_version,
+        nesting=adapter.nesting_,
+        dim=tgt.dim,
+        extra={"adapted": {
+            "adapter_id": adapter.manifest().model_id,
+            "adapter_version": adapter.version_,
+            "source": ModelRef.from_manifest(manifest).to_dict(),
+        }},
+    )
+    return out, man
