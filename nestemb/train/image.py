@@ -15,6 +15,9 @@ returns ``(model, info)``.
 - Optimizer: AdamW with a one-cycle learning-rate schedule. Loss:
   :func:`nestemb.losses.matryoshka_cross_entropy` over the per-prefix heads, weighted by
   ``weights`` (default :func:`default_weights`).
+- Compatibility with an older model (``compat``, a :class:`nestemb.compat.training.CompatConfig`):
+  BCT influence, a fixed d-simplex head, or prefix-compatible training with distillation and an
+  orthogonal layer; without it nothing changes. ``info["compat"]`` records the setup.
 - Device: ``"cpu"``, ``"cuda"`` or ``"auto"``; ``threads`` (if given) applies inside the call
   only. Seeded: on the CPU two runs with the same seed give the same weights.
 """
@@ -25,7 +28,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +39,9 @@ from nestemb.losses import check_weights, matryoshka_cross_entropy
 from nestemb.models.image import ImageModel, ImageModelConfig, check_model_id, write_model_files
 from nestemb.progress import progress_bar
 from nestemb.device import resolve_device, torch_threads
+
+if TYPE_CHECKING:
+    from nestemb.compat.training import CompatConfig
 
 AUGMENTS = ("shift", "flip")
 DEFAULT_EPOCHS = 10
@@ -178,6 +184,7 @@ def train_image(
     checkpoint_dir: Path | None = None,
     model_id: str = "nestemb-cnn",
     log: Callable[[str], None] | None = None,
+    compat: CompatConfig | None = None,
 ) -> tuple[ImageModel, dict]:
     """Train a model on uint8 ``images`` ``(N, H, W)`` with int ``labels``; returns the model (on
     the CPU, in eval mode) and a dict of training info (``train_seconds``, ``steps``, per-epoch
@@ -185,6 +192,11 @@ def train_image(
 
     With ``checkpoint_dir``, loadable model directories (weights + manifest, ``model_id``) are
     written to ``checkpoint_dir/epoch-E`` at about ten evenly spaced epochs and the last one.
+
+    With ``compat`` (a :class:`~nestemb.compat.training.CompatConfig`) the run is trained to be
+    compatible with an older model (see :mod:`nestemb.compat.training`); the returned model is
+    still a plain :class:`ImageModel` and ``info["compat"]`` describes the setup (save it in the
+    manifest's ``extra``).
 
     Example:
         >>> import numpy as np
@@ -223,7 +235,14 @@ def train_image(
         y_all = torch.from_numpy(labels[train_idx])
         model = ImageModel(model_config).to(device)
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        params = list(model.parameters())
+        hooks = None
+        if compat is not None:
+            from nestemb.compat.training import CompatTrainer
+
+            hooks = CompatTrainer(compat, model, x_all, y_all).to(device)
+            params = [p for p in params + list(hooks.parameters()) if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         if total_steps >= 8:
             sched = torch.optim.lr_scheduler.OneCycleLR(
                 opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.25
@@ -243,9 +262,12 @@ def train_image(
                 for s in range(n_steps):
                     idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
                     x = augment_batch(model.preprocess(x_all[idx]), gen, config.augment, config.shift)
-                    _, logits = model(x.to(device, non_blocking=True))
+                    x = x.to(device, non_blocking=True)
+                    z, logits = model(x) if hooks is None else hooks(model, x)
                     y = y_all[idx].to(device, non_blocking=True)
                     loss, _per = matryoshka_cross_entropy(logits, y, w, config.label_smoothing)
+                    if hooks is not None:
+                        loss = loss + hooks.loss(model, x, z, y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -261,8 +283,14 @@ def train_image(
                 if checkpoint_dir is not None and (epoch % every == 0 or epoch == epochs):
                     ckpt = Path(checkpoint_dir) / f"epoch-{epoch}"
                     ckpt.mkdir(parents=True, exist_ok=True)
-                    write_model_files(model, ckpt, model_id, {"epoch": epoch, "step": step})
+                    extra = {"epoch": epoch, "step": step}
+                    if compat is not None:
+                        extra["compat"] = compat.describe()
+                    write_model_files(model if hooks is None else hooks.export(model), ckpt,
+                                      model_id, extra)  # fmt: skip
         seconds = time.perf_counter() - start
+        if hooks is not None:
+            hooks.finish(model)  # the orthogonal layer goes into the model's last linear layer
     model.cpu().eval()
     cfg = dataclasses.asdict(config)
     cfg["augment"], cfg["device"] = list(config.augment), device
@@ -277,4 +305,6 @@ def train_image(
         "weights": list(weights),
         "train": cfg,
     }
+    if compat is not None:
+        info["compat"] = compat.describe()
     return model, info
