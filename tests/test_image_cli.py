@@ -223,3 +223,34 @@ def test_eval_shows_progress(cli, data, tmp_path):
     both = r.out + r.err
     assert "encoding images" in both and "260/260" in both  # 150 + 2 x 40 + hold-out 30
     assert "1-NN and mAP@10 per prefix" in both and "3/3" in both
+
+
+def test_train_compatible_with_an_old_model(cli, data, tmp_path):
+    """`--compatible-with` trains against the old model and records it in the manifest;
+    setups that cannot be compatible are refused before any training, leaving nothing."""
+    common = ("--data", data, "--steps", "2", "--device", "cpu", "--no-checkpoints")
+    old = tmp_path / "old"
+    assert cli("image", "train", "--out", old, "--dim", "8", "--dims", "4,8", *common).code == 0
+    old_man = json.loads((old / "manifest.json").read_text())
+    for method in ("prefix", "bct"):
+        new = tmp_path / f"new-{method}"
+        r = cli("image", "train", "--out", new, "--dim", "16", "--dims", "4,8,16",
+                "--compatible-with", old, "--compat", method, *common)
+        assert r.code == 0, r
+        compat = json.loads((new / "manifest.json").read_text())["extra"]["compat"]
+        assert compat["method"] == method
+        assert compat["old_model"]["model_version"] == old_man["model_version"]
+    r = cli("image", "train", "--out", tmp_path / "s", "--dim", "8", "--dims", "4,8",
+            "--compat", "simplex", *common)
+    assert r.code == 0, r
+    bad = [
+        (("--dim", "4", "--dims", "2,4", "--compatible-with", old), "--compatible-with"),
+        (("--dim", "16", "--dims", "2,16", "--compatible-with", old), "--compatible-with"),
+        (("--dim", "16", "--compat", "bct"), "--compat bct needs --compatible-with"),
+        (("--dim", "16", "--compat", "simplex", "--compatible-with", old), "drop --compatible-with"),
+        (("--dim", "16", "--compatible-with", tmp_path / "nope"), "model directory not found"),
+    ]
+    for args, match in bad:
+        r = cli("image", "train", "--out", tmp_path / "x", *args, *common)
+        _one_line_error(r, match)
+        assert not (tmp_path / "x").exists()

@@ -32,6 +32,7 @@ _STEPS_HELP = "Optimizer steps (default: 10 epochs, but at least 1500 steps on s
 
 Head = choices("Head", "mrl", "mrl-e", "ff")
 Classifier = choices("Classifier", "linear", "cosine")
+CompatMethod = choices("CompatMethod", "prefix", "bct", "simplex")
 
 
 def _console():
@@ -205,8 +206,17 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, help="torch CPU threads while training (default: torch's)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
     checkpoints: bool = typer.Option(True, help="Keep about ten model checkpoints along the way."),
+    compatible_with: Optional[Path] = typer.Option(
+        None, help="Old model directory: train the new model so that its queries search the "
+        "old model's stored gallery (no re-encoding)."),
+    compat: Optional[CompatMethod] = typer.Option(
+        None, help="prefix (default with --compatible-with): the old classifier on every old "
+        "prefix + distillation + an orthogonal layer; bct: the old classifier on the new "
+        "features; simplex: a fixed d-simplex classifier (no old model; use it for every model "
+        "of a chain)."),
 ) -> None:
-    """Train an image encoder with Matryoshka heads on an IDX data set; save it to --out."""
+    """Train an image encoder with Matryoshka heads on an IDX data set; save it to --out.
+    With --compatible-with / --compat the new model stays compatible with an older one."""
     from nestemb.io import atomic_dir, write_json
     from nestemb.models.image import write_model_files
     from nestemb.train.image import train_image
@@ -218,15 +228,48 @@ def train_cmd(
         batch_size=batch_size, lr=lr, holdout=holdout, augment=parse_augment(augment),
         shift=shift, threads=threads, device=device.value,
     )  # fmt: skip
+    compat_cfg = _compat_config(compatible_with, compat, mcfg)
     console = _console()
-    console.print(f"training {head.value} on {folder}: nesting {mcfg.nesting}")
+    console.print(f"training {head.value} on {folder}: nesting {mcfg.nesting}"
+                  + (f"; compatible ({compat_cfg.method})" if compat_cfg else ""))
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        model, info = train_image(mcfg, *train, tcfg, model_id=model_id,
+        model, info = train_image(mcfg, *train, tcfg, model_id=model_id, compat=compat_cfg,
                                   checkpoint_dir=tmp / "checkpoints" if checkpoints else None)  # fmt: skip
-        man = write_model_files(model, tmp, model_id, {"split": info["split"], "data": str(folder), "training": info})
+        extra = {"split": info["split"], "data": str(folder), "training": info}
+        if compat_cfg is not None:
+            extra["compat"] = info["compat"]
+        man = write_model_files(model, tmp, model_id, extra)
         write_json(tmp / "train.json", info)
     console.print(f"saved {out} ({model_id} version {man.model_version}; {info['steps']} steps, "
                   f"{info['train_seconds']:.1f} s training)")  # fmt: skip
+
+
+def _compat_config(old_dir: Optional[Path], method: Optional[CompatMethod], mcfg):
+    """The compatible-training setup of ``image train`` (None without the flags), checked
+    against the new model's config before any training."""
+    from nestemb.compat.training import CompatConfig
+    from nestemb.errors import NestembError
+    from nestemb.models.image import load_image_model
+
+    if old_dir is None and method is None:
+        return None
+    method = method or CompatMethod.prefix
+    if method is CompatMethod.simplex:
+        if old_dir is not None:
+            raise NestembError("--compat simplex uses no old model: drop --compatible-with (train "
+                               "every model of the chain with --compat simplex)")
+        return CompatConfig.simplex_classifier()
+    if old_dir is None:
+        raise NestembError(f"--compat {method.value} needs --compatible-with OLD_MODEL_DIR")
+    if not old_dir.is_dir():
+        raise NestembError(f"--compatible-with: model directory not found: {old_dir}")
+    old = load_image_model(old_dir)
+    cfg = CompatConfig.prefix(old) if method is CompatMethod.prefix else CompatConfig.bct(old)
+    try:
+        cfg.check_against(mcfg)
+    except NestembError as e:
+        raise NestembError(f"--compatible-with {old_dir}: {e}") from None
+    return cfg
 
 
 @image_app.command("eval")
