@@ -33,6 +33,7 @@ from nestemb.io import atomic_file, write_json
 from text_data import embed, load_encoder, scifact
 
 KINDS = ("orthogonal", "affine", "mlp")
+MIN_GAIN = 0.01  # nDCG@10 points below which the re-index gain is too small to be a ratio
 
 
 def ndcg(q: np.ndarray, g: np.ndarray, sf, dims) -> list[float]:
@@ -88,7 +89,8 @@ def summarize(r: dict) -> dict:
             v = a[side][-1]
             rows[f"{kind}/{side}"] = {
                 "ndcg10": v,
-                "gain_recovered": (v - oo) / gain if abs(gain) > 1e-9 else None,
+                # a ratio over a gain this small is noise: report "-" (and use of_best)
+                "gain_recovered": (v - oo) / gain if abs(gain) >= MIN_GAIN else None,
                 "of_best": v / max(oo, nn),
             }
     return {"old_old": oo, "new_new": nn, "reindex_gain": gain, "cross": rows}

@@ -1,11 +1,131 @@
-"""CLI commands ``nestemb adaptor fit|apply``: Matryoshka adaptors for frozen embeddings."""
+"""CLI commands ``nestemb adaptor fit|apply``: Matryoshka adaptors for frozen embeddings.
+
+``fit`` learns a nesting adaptor on an embedding directory (of any encoder, including vectors
+computed elsewhere), unsupervised or with paired query/document embedding directories;
+``apply`` writes the adaptor's output for an embedding directory of the same model as an
+ordinary embedding directory (the indexes accept it). Library errors become one-line messages
+with exit status 2.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-from nestemb.cli.app import app
+from nestemb.cli.app import app, check_out_dir, choices
+from nestemb.cli.parse import parse_dims
+from nestemb.errors import NestembError
 
 adaptor_app = typer.Typer(help="Nesting adaptors: make every prefix of a frozen embedding good.",
                           no_args_is_help=True)
 app.add_typer(adaptor_app, name="adaptor")
+
+Kind = choices("Kind", "linear", "mlp")
+
+# library parameter -> flag, for messages that name a parameter
+_FLAGS = {"X ": "--embeddings ", "k ": "--k ", "steps ": "--steps ", "batch_size ": "--batch-size ",
+          "nesting: ": "--nesting: ", "lr ": "--lr ", "hidden ": "--hidden "}
+
+
+def _flagged(e: NestembError) -> NestembError:
+    msg = str(e)
+    for name, flag in _FLAGS.items():
+        if msg.startswith(name):
+            return NestembError(flag + msg[len(name):])
+    return e
+
+
+def _load(path: Path, flag: str):
+    from nestemb.nesting import load_embeddings
+
+    if not path.is_dir():
+        raise NestembError(f"{flag} embedding directory not found: {path}")
+    X, man, ids = load_embeddings(path, with_ids=True)
+    return X, man, ids
+
+
+@adaptor_app.command("fit")
+def fit(
+    embeddings: Path = typer.Option(..., help="embedding directory to fit on (corpus texts of the frozen model)"),
+    out: Path = typer.Option(..., help="adaptor directory to write"),
+    kind: Kind = typer.Option(Kind.linear, help="linear map, or linear map plus a small residual MLP"),
+    pair_queries: Optional[Path] = typer.Option(
+        None, help="supervised: query embedding directory; row i pairs with row i of --pair-docs"),
+    pair_docs: Optional[Path] = typer.Option(
+        None, help="supervised: positive-document embedding directory, paired by row with --pair-queries"),
+    nesting: Optional[str] = typer.Option(None, help="prefix sizes, e.g. 8,16,32,64,128,256,384 "
+                                          "(default: doubling from 8 to the width)"),
+    steps: Optional[int] = typer.Option(None, help="optimisation steps (default: scales with the rows)"),
+    batch_size: Optional[int] = typer.Option(None, help="rows per step (default: up to 512)"),
+    k: int = typer.Option(10, "--k", help="neighbours per row for the top-k loss"),
+    center: bool = typer.Option(False, help="start from centered PCA instead of the uncentered rotation"),
+    seed: int = typer.Option(0, help="random seed"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out directory"),
+) -> None:
+    """Fit a nesting adaptor on frozen embeddings (unsupervised, or supervised with pairs)."""
+    import numpy as np
+
+    from nestemb.compat.adaptor import fit_nesting_adaptor
+
+    if (pair_queries is None) != (pair_docs is None):
+        raise NestembError("give both --pair-queries and --pair-docs (paired rows), or neither")
+    dims = parse_dims(nesting, "--nesting")
+    X, man, _ = _load(embeddings, "--embeddings")
+    pairs = None
+    if pair_queries is not None:
+        Q, qman, _ = _load(pair_queries, "--pair-queries")
+        P, pman, _ = _load(pair_docs, "--pair-docs")
+        for flag, other in (("--pair-queries", qman), ("--pair-docs", pman)):
+            if (other.model_id, other.model_version) != (man.model_id, man.model_version):
+                raise NestembError(
+                    f"{flag} come from model {other.model_id!r} version {other.model_version!r}, "
+                    f"--embeddings from {man.model_id!r} version {man.model_version!r}: all "
+                    "three must be embeddings of the same model"
+                )
+        if len(Q) != len(P):
+            raise NestembError(
+                f"--pair-queries has {len(Q)} rows but --pair-docs has {len(P)}: rows must be "
+                "paired one to one"
+            )
+        pairs = (np.asarray(Q), np.asarray(P))
+    check_out_dir(out, overwrite)  # before the fit
+    try:
+        ad = fit_nesting_adaptor(np.asarray(X), pairs, kind=kind.value, nesting=dims,
+                                 source_ref=man, steps=steps, batch_size=batch_size, k=k,
+                                 center=center, seed=seed)
+    except NestembError as e:
+        raise _flagged(e) from None
+    ad.save(out, overwrite=overwrite)
+    info = ad.fit_info_
+    mode = f"supervised on {info['pairs']} pairs" if pairs is not None else "unsupervised"
+    typer.echo(f"fitted a {kind.value} nesting adaptor ({mode}) on {info['rows']} rows of "
+               f"{man.model_id} in {info['seconds']:.1f} s ({info['steps']} steps); nesting "
+               f"{list(ad.nesting_)}; output model {ad.output_model_id} {ad.version_} -> {out}")
+
+
+@adaptor_app.command("apply")
+def apply(
+    adaptor: Path = typer.Option(..., help="adaptor directory (nestemb adaptor fit)"),
+    embeddings: Path = typer.Option(..., help="embedding directory of the model the adaptor was fitted on"),
+    out: Path = typer.Option(..., help="output embedding directory"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out directory"),
+) -> None:
+    """Write the adaptor's output for an embedding directory as a new embedding directory
+    (manifest: source model + adaptor, version = adaptor weights hash)."""
+    import numpy as np
+
+    from nestemb.compat.adaptor import load_nesting_adaptor, save_adapted_embeddings
+
+    if not adaptor.is_dir():
+        raise NestembError(f"--adaptor directory not found: {adaptor}")
+    ad = load_nesting_adaptor(adaptor)
+    X, man, ids = _load(embeddings, "--embeddings")
+    from nestemb.compat.adaptor import check_source
+
+    check_source(man, ad)  # before writing anything
+    check_out_dir(out, overwrite)
+    save_adapted_embeddings(out, np.asarray(X), man, ad, ids=ids, overwrite=overwrite)
+    typer.echo(f"wrote {len(X)} embeddings of {ad.output_model_id} {ad.version_} (nesting "
+               f"{list(ad.nesting_)}) to {out}")

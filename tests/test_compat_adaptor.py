@@ -1,0 +1,361 @@
+"""Nesting adaptors (``nestemb.compat.adaptor``) and ``nestemb adaptor fit|apply``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nestemb.compat.adaptor import (
+    NestingAdaptor,
+    _contrastive,
+    _pca_init,
+    _unsupervised_terms,
+    _Weights,
+    adapted_embeddings,
+    check_source,
+    fit_nesting_adaptor,
+    load_nesting_adaptor,
+    save_adapted_embeddings,
+)
+from nestemb.errors import NestembError
+from nestemb.exact import exact_search, knn_intersection
+from nestemb.nesting import Manifest, load_embeddings, prefix_view, save_embeddings
+
+D = 32
+SRC = Manifest(model_id="frozen-enc", model_version="v1", nesting=(D,), dim=D)
+
+
+def _data(n=300, d=D, seed=0):
+    """Rows whose energy sits in the *last* coordinates: truncation keeps the noise, a good
+    adaptor moves the structure to the front."""
+    rng = np.random.default_rng(seed)
+    scale = np.linspace(0.1, 2.0, d)
+    centers = rng.normal(size=(12, d)) * scale
+    X = centers[rng.integers(0, 12, n)] + 0.3 * rng.normal(size=(n, d)) * scale
+    return X.astype(np.float32)
+
+
+def _agreement(Y, X, m, k=10):
+    """Overlap of the top-k neighbours at prefix m of Y with the full-input neighbours of X."""
+    truth = exact_search(X, X, k + 1)[1][:, 1:]
+    found = exact_search(Y, Y, k + 1, dim=m)[1][:, 1:]
+    return knn_intersection(found, truth)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X = _data()
+    return X, fit_nesting_adaptor(X, nesting=(4, 8, 16, 32), source_ref=SRC, steps=60,
+                                  progress=False)
+
+
+# ------------------------------------------------------------------ the map
+def test_pca_init_is_the_pca_rotation():
+    X = _data()
+    W, b = _pca_init(X, center=False)
+    assert np.allclose(W.T @ W, np.eye(D), atol=1e-4) and not b.any()
+    # the uncentered rotation keeps every full-width cosine
+    assert np.allclose(prefix_view(X @ W, D) @ prefix_view(X @ W, D).T,
+                       prefix_view(X, D) @ prefix_view(X, D).T, atol=1e-4)
+    # components by decreasing energy
+    energy = ((X @ W) ** 2).sum(0)
+    assert (np.diff(energy) <= 1e-3 * energy[0]).all()
+    Wc, bc = _pca_init(X, center=True)
+    assert np.allclose(bc, -X.mean(0) @ Wc, atol=1e-5)
+    assert np.allclose((X @ Wc + bc).mean(0), 0, atol=1e-4)
+
+
+def test_adaptor_beats_truncation_and_keeps_full_width(fitted):
+    X, ad = fitted
+    Y = ad.transform(X)
+    assert Y.shape == X.shape and Y.dtype == np.float32
+    assert _agreement(Y, X, 4) > _agreement(X, X, 4) + 0.2
+    # at least as good as the PCA start it was initialised from (minus noise)
+    W, _ = _pca_init(X, center=False)
+    assert _agreement(Y, X, 4) >= _agreement(X @ W, X, 4) - 0.02
+    # the reconstruction term keeps the full-width neighbours
+    assert _agreement(Y, X, D) > 0.9
+    assert ad.fit_info_["steps"] == 60 and ad.fit_info_["rows"] == len(X)
+
+
+def test_mlp_kind_round_trip(tmp_path):
+    X = _data(n=120)
+    ad = fit_nesting_adaptor(X, kind="mlp", hidden=16, steps=20, progress=False)
+    assert set(ad.mlp_) == {"w1", "b1", "w2", "b2"} and ad.mlp_["w1"].shape == (D, 16)
+    back = load_nesting_adaptor(ad.save(tmp_path / "ad"))
+    assert back.kind_ == "mlp" and back.version_ == ad.version_
+    assert np.allclose(back.transform(X), ad.transform(X), atol=1e-5)
+    # the numpy transform is the torch forward pass
+    import torch
+
+    from nestemb.compat.adaptor import _Map
+
+    m = _Map(D, "mlp", 16, ad.weight_, ad.bias_)
+    with torch.no_grad():
+        m.mlp[0].weight.copy_(torch.from_numpy(ad.mlp_["w1"].T))
+        m.mlp[0].bias.copy_(torch.from_numpy(ad.mlp_["b1"]))
+        m.mlp[2].weight.copy_(torch.from_numpy(ad.mlp_["w2"].T))
+        m.mlp[2].bias.copy_(torch.from_numpy(ad.mlp_["b2"]))
+        assert np.allclose(m(torch.from_numpy(X)).numpy(), ad.transform(X), atol=1e-5)
+
+
+def test_default_nesting_and_other_widths():
+    for d, nest in ((16, (8, 16)), (24, (8, 16, 24)), (6, (6,))):
+        X = np.random.default_rng(0).normal(size=(40, d))
+        assert fit_nesting_adaptor(X, steps=2, progress=False).nesting_ == nest
+
+
+def test_supervised_pairs_align_queries_with_their_documents():
+    rng = np.random.default_rng(1)
+    X = _data(n=200)
+    docs = X[:64]
+    # queries: their document in a scrambled basis plus noise; truncation cannot match them
+    R = np.linalg.qr(rng.normal(size=(D, D)))[0]
+    queries = (docs @ R * 0.3 + docs * 0.7 + 0.1 * rng.normal(size=docs.shape)).astype(np.float32)
+    unsup = fit_nesting_adaptor(X, nesting=(8, 16, 32), steps=80, progress=False)
+    sup = fit_nesting_adaptor(X, (queries, docs), nesting=(8, 16, 32), steps=80,
+                              progress=False)
+
+    def top1(ad):
+        hits = exact_search(ad.transform(docs), ad.transform(queries), 1, dim=8)[1][:, 0]
+        return float(np.mean(hits == np.arange(len(docs))))
+
+    assert sup.fit_info_["pairs"] == 64
+    assert top1(sup) > top1(unsup)
+
+
+# ------------------------------------------------------------------ losses, by hand
+def test_loss_terms_by_hand():
+    import torch
+
+    from nestemb.compat.adaptor import _Map
+
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+    Xt = torch.from_numpy(X)
+    Xn = torch.nn.functional.normalize(Xt, dim=-1)
+    I2, z = np.eye(2, dtype=np.float32), np.zeros(2, dtype=np.float32)
+    model = _Map(2, "linear", 4, I2, z)
+    idx = torch.arange(3)
+    nbr = torch.tensor([[2], [2], [0]])
+    nbr_sim = (Xn[idx] * Xn[nbr[:, 0]]).sum(-1, keepdim=True)
+    w = _Weights()
+    # identity map at the full width: every term is zero
+    t = _unsupervised_terms(model, Xt, Xn, idx, nbr, nbr_sim, torch.from_numpy(I2),
+                            torch.from_numpy(z), (2,), w, 0.05, 3)
+    assert all(abs(float(v.detach())) < 1e-6 for v in t.values())
+    # prefix 1: the views are 1, 0 (a zero vector stays zero), 1; full cosines:
+    # (0,1)=0, (0,2)=(1,2)=1/sqrt2; prefix cosines: (0,1)=0, (0,2)=1, (1,2)=0
+    t = _unsupervised_terms(model, Xt, Xn, idx, nbr, nbr_sim, torch.from_numpy(I2),
+                            torch.from_numpy(z), (1,), w, 0.05, 3)
+    r = 1 / np.sqrt(2)
+    # off-diagonal errors |0-0|, |1-r|, |0-r| twice each, over 6 pairs (diagonal: 1 vs 1
+    # for rows 0 and 2, 0 vs 1 for the zero view of row 1, which counts: 1/9 * 9/6)
+    expected_pair = (2 * (1 - r) + 2 * r + 1) / 6
+    assert float(t["pairwise"].detach()) == pytest.approx(expected_pair, abs=1e-5)
+    # neighbour terms: rows 0,1,2 -> 2,2,0; prefix cosines 1, 0, 1 vs full r, r, r
+    assert float(t["topk"].detach()) == pytest.approx(((1 - r) + r + (1 - r)) / 3, abs=1e-5)
+
+
+def test_contrastive_by_hand():
+    import torch
+
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    d = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    tau = 0.5
+    # logits 2 on the diagonal, 0 off: -log(e^2 / (e^2 + 1))
+    expected = -np.log(np.exp(2) / (np.exp(2) + 1))
+    assert float(_contrastive(q, d, (2,), tau)) == pytest.approx(expected, abs=1e-6)
+
+
+# ------------------------------------------------------------------ artefacts and identity
+def test_save_load_and_tamper(fitted, tmp_path):
+    X, ad = fitted
+    path = ad.save(tmp_path / "ad")
+    man = json.loads((path / "manifest.json").read_text())
+    assert man["kind"] == "nesting-adaptor" and man["model_version"] == ad.version_
+    assert man["extra"]["source"] == {"model_id": "frozen-enc", "model_version": "v1", "dim": D}
+    back = load_nesting_adaptor(path)
+    assert np.array_equal(back.transform(X), ad.transform(X))
+    with pytest.raises(NestembError, match="already exists"):
+        ad.save(path)
+    (path / "adaptor.npz").write_bytes(b"broken")
+    with pytest.raises(NestembError, match="checksum mismatch"):
+        load_nesting_adaptor(path)
+    with pytest.raises(NestembError, match="not found"):
+        load_nesting_adaptor(tmp_path / "nothing")
+
+
+def test_output_is_an_embedding_file_indexes_accept(fitted, tmp_path):
+    X, ad = fitted
+    Y, man = adapted_embeddings(X, SRC, ad)
+    assert man.model_id == "frozen-enc+nesting-adaptor-linear"
+    assert man.model_version == ad.version_ and man.nesting == (4, 8, 16, 32)
+    assert man.extra["source_model_version"] == "v1"
+    out = save_adapted_embeddings(tmp_path / "emb", X, SRC, ad, ids=[str(i) for i in range(len(X))])
+    Z, zman = load_embeddings(out)
+    assert np.array_equal(Z, Y) and zman.model_id == man.model_id
+    from nestemb.index import FunnelIndex
+
+    index = FunnelIndex(dims=(4, 32), shortlist=(50,), nesting=zman.nesting,
+                        model_id=zman.model_id, model_version=zman.model_version)
+    index.add(Z)
+    assert index.search(Z[:3], k=1)[1][:, 0].tolist() == [0, 1, 2]
+
+
+def test_transform_refuses_other_models(fitted):
+    X, ad = fitted
+    ad.transform(X[:2], manifest=SRC)
+    other = Manifest(model_id="another", model_version="v1", nesting=(D,), dim=D)
+    with pytest.raises(NestembError, match="fitted on 'frozen-enc' version 'v1'"):
+        ad.transform(X[:2], manifest=other)
+    newer = Manifest(model_id="frozen-enc", model_version="v2", nesting=(D,), dim=D)
+    with pytest.raises(NestembError, match="version 'v2'"):
+        check_source(newer, ad)
+    with pytest.raises(NestembError, match="already this adaptor's output"):
+        check_source(ad.output_manifest(), ad)
+    with pytest.raises(NestembError, match="dimension 16, expected 32"):
+        ad.transform(X[:, :16])
+    with pytest.raises(NestembError, match="not fitted"):
+        NestingAdaptor().transform(X)
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_refuses_nan_and_inf(bad):
+    X = _data(n=40)
+    X[3, 5] = bad
+    with pytest.raises(NestembError, match=r"X contain NaN or inf values \(row 3\)"):
+        fit_nesting_adaptor(X, progress=False)
+    Q = _data(n=20, seed=1)
+    Q[2, 0] = bad
+    with pytest.raises(NestembError, match=r"pairs\[0\] \(queries\) contain NaN or inf"):
+        fit_nesting_adaptor(_data(n=40), (Q, _data(n=20)), progress=False)
+
+
+def test_refuses_too_few_rows():
+    with pytest.raises(NestembError, match="X has 10 rows; .* needs at least 16"):
+        fit_nesting_adaptor(_data(n=10), progress=False)
+    with pytest.raises(NestembError, match="X has 20 rows; .* needs at least 32"):
+        fit_nesting_adaptor(_data(n=20), k=30, progress=False)
+    with pytest.raises(NestembError, match="pairs has 4 rows; supervised fitting needs at least 8"):
+        fit_nesting_adaptor(_data(n=40), (_data(n=4), _data(n=4, seed=1)), progress=False)
+
+
+def test_refuses_bad_pairs():
+    X = _data(n=40)
+    with pytest.raises(NestembError, match="pairs have different lengths: 20 queries vs 19"):
+        fit_nesting_adaptor(X, (_data(n=20), _data(n=19)), progress=False)
+    with pytest.raises(NestembError, match=r"pairs\[1\] \(positives\) have dimension 16, but X has 32"):
+        fit_nesting_adaptor(X, (_data(n=20), _data(n=20, d=16)), progress=False)
+    with pytest.raises(NestembError, match="pairs must be a tuple"):
+        fit_nesting_adaptor(X, _data(n=20), progress=False)
+
+
+def test_refuses_bad_parameters():
+    X = _data(n=40)
+    with pytest.raises(NestembError, match="nesting: the last nesting dimension must be the full dimension 32, got 16"):
+        fit_nesting_adaptor(X, nesting=(8, 16), progress=False)
+    with pytest.raises(NestembError, match="nesting: nesting must be strictly ascending"):
+        fit_nesting_adaptor(X, nesting=(16, 8, 32), progress=False)
+    with pytest.raises(NestembError, match="kind must be one of"):
+        fit_nesting_adaptor(X, kind="quadratic", progress=False)
+    with pytest.raises(NestembError, match="k must be a positive integer"):
+        fit_nesting_adaptor(X, k=0, progress=False)
+    with pytest.raises(NestembError, match="weights has an unknown loss 'ranking'"):
+        fit_nesting_adaptor(X, weights={"ranking": 1.0}, progress=False)
+    with pytest.raises(NestembError, match="source_ref says dim 16, but X has dimension 32"):
+        fit_nesting_adaptor(X, source_ref=Manifest(model_id="m", nesting=(16,), dim=16),
+                            progress=False)
+    with pytest.raises(NestembError, match="unexpected keyword argument 'epochs'"):
+        fit_nesting_adaptor(X, epochs=3, progress=False)
+
+
+# ------------------------------------------------------------------ CLI
+@pytest.fixture
+def emb_dirs(tmp_path):
+    X = _data(n=200)
+    rng = np.random.default_rng(3)
+    q = (X[:40] + 0.2 * rng.normal(size=(40, D))).astype(np.float32)
+    save_embeddings(tmp_path / "corpus", X, SRC, ids=[f"d{i}" for i in range(len(X))])
+    save_embeddings(tmp_path / "pq", q, SRC)
+    save_embeddings(tmp_path / "pd", X[:40], SRC)
+    save_embeddings(tmp_path / "pd_short", X[:39], SRC)
+    other = Manifest(model_id="other-enc", model_version="v9", nesting=(D,), dim=D)
+    save_embeddings(tmp_path / "other", X, other)
+    return tmp_path
+
+
+def test_cli_fit_apply_and_index(cli, emb_dirs):
+    t = emb_dirs
+    r = cli("adaptor", "fit", "--embeddings", t / "corpus", "--out", t / "ad", "--steps", "20",
+            "--nesting", "8,16,32")
+    assert r.code == 0, r
+    assert "fitted a linear nesting adaptor (unsupervised) on 200 rows" in r.out
+    r = cli("adaptor", "apply", "--adaptor", t / "ad", "--embeddings", t / "corpus",
+            "--out", t / "adapted")
+    assert r.code == 0, r
+    Y, man, ids = load_embeddings(t / "adapted", with_ids=True)
+    ad = load_nesting_adaptor(t / "ad")
+    assert man.model_id == "frozen-enc+nesting-adaptor-linear" and man.model_version == ad.version_
+    assert man.nesting == (8, 16, 32) and ids[:2] == ["d0", "d1"]
+    assert np.allclose(Y, ad.transform(load_embeddings(t / "corpus")[0]))
+    r = cli("index", "build", t / "adapted", "--out", t / "idx", "--dims", "8,32")
+    assert r.code == 0, r
+    # raw source vectors do not search the adapted index
+    r = cli("index", "search", t / "idx", "--queries", t / "corpus")
+    assert r.code == 2 and "different models" in r.err
+
+
+def test_cli_supervised(cli, emb_dirs):
+    t = emb_dirs
+    r = cli("adaptor", "fit", "--embeddings", t / "corpus", "--pair-queries", t / "pq",
+            "--pair-docs", t / "pd", "--kind", "mlp", "--steps", "10", "--out", t / "ad")
+    assert r.code == 0, r
+    assert "mlp nesting adaptor (supervised on 40 pairs)" in r.out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--embeddings", "{t}/missing", "--out", "{t}/ad"], "--embeddings embedding directory not found"),
+        (["--embeddings", "{t}/corpus", "--out", "{t}/ad", "--pair-queries", "{t}/pq"],
+         "give both --pair-queries and --pair-docs"),
+        (["--embeddings", "{t}/corpus", "--out", "{t}/ad", "--pair-queries", "{t}/pq",
+          "--pair-docs", "{t}/pd_short"], "--pair-queries has 40 rows but --pair-docs has 39"),
+        (["--embeddings", "{t}/corpus", "--out", "{t}/ad", "--pair-queries", "{t}/pq",
+          "--pair-docs", "{t}/other"], "--pair-docs come from model 'other-enc'"),
+        (["--embeddings", "{t}/corpus", "--out", "{t}/ad", "--nesting", "8,16"],
+         "--nesting: the last nesting dimension must be the full dimension 32"),
+        (["--embeddings", "{t}/corpus", "--out", "{t}/ad", "--k", "0"], "--k must be a positive integer"),
+        (["--embeddings", "{t}/corpus", "--out", "{t}/corpus"], "--out directory already exists"),
+        (["--embeddings", "{t}/corpus", "--out", "{t}/ad", "--kind", "cubic"], "Invalid value"),
+    ],
+)
+def test_cli_fit_errors(cli, emb_dirs, args, message):
+    r = cli("adaptor", "fit", *[a.format(t=emb_dirs) for a in args])
+    assert r.code == 2, r
+    assert message in r.err
+    assert not (emb_dirs / "ad").exists()
+
+
+def test_cli_apply_errors(cli, emb_dirs):
+    t = emb_dirs
+    assert cli("adaptor", "fit", "--embeddings", t / "corpus", "--out", t / "ad",
+               "--steps", "5").code == 0
+    r = cli("adaptor", "apply", "--adaptor", t / "ad", "--embeddings", t / "other",
+            "--out", t / "x")
+    assert r.code == 2 and "fitted on 'frozen-enc' version 'v1'" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+    assert cli("adaptor", "apply", "--adaptor", t / "ad", "--embeddings", t / "corpus",
+               "--out", t / "y").code == 0
+    r = cli("adaptor", "apply", "--adaptor", t / "ad", "--embeddings", t / "y", "--out", t / "z")
+    assert r.code == 2 and "already this adaptor's output" in r.err
+    r = cli("adaptor", "apply", "--adaptor", t / "nope", "--embeddings", t / "corpus",
+            "--out", t / "z")
+    assert r.code == 2 and "--adaptor directory not found" in r.err
+    r = cli("adaptor", "apply", "--adaptor", t / "corpus", "--embeddings", t / "corpus",
+            "--out", t / "z")
+    assert r.code == 2 and "not a nesting-adaptor" in r.err
+    assert not (t / "x").exists() and not (t / "z").exists()
