@@ -19,24 +19,14 @@ import math
 
 import numpy as np
 
+from nestemb.compat.procrustes import finite_matrix
 from nestemb.errors import NestembError
 
 # ||X - mean|| below this share of ||X|| is rounding noise from identical rows, not variance.
 _NO_VARIANCE = 1e-10
 
 
-def _matrix(x: object, name: str) -> np.ndarray:
-    """``x`` as a finite, non-empty 2-D float64 array; errors name the parameter ``name``."""
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise NestembError(f"{name} must be a numeric array") from None
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise NestembError(f"{name} must be a non-empty 2-D (n, dim) array, got shape {arr.shape}")
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        raise NestembError(f"{name} contains NaN or inf values (row {int(np.argmin(finite))})")
-    return arr
+_matrix = finite_matrix
 
 
 def _paired(X: object, Y: object) -> tuple[np.ndarray, np.ndarray]:
