@@ -10,10 +10,21 @@ Kinds (:data:`KINDS`):
 * ``orthogonal``: orthogonal Procrustes (:func:`~nestemb.compat.procrustes.orthogonal_procrustes`;
   widths may differ), optionally slerped towards the raw vector when both widths are equal;
 * ``affine``: least squares with a ridge penalty on the matrix (not on the bias);
+* ``affine`` with ``bias=False``: plain linear least squares ``x W`` (no intercept);
 * ``mlp``: the affine solution plus a small residual MLP (zero-initialised output layer),
   trained in torch on the CPU with a Matryoshka-aware loss: ``1 - cos`` between the prefix views
   of the prediction and of the target, averaged over the target nesting, so that every prefix of
   the mapped vector speaks the target's prefix.
+
+**Translation between latent spaces** (relative representations, Maiorca et al. 2023) is the
+same fit on paired *anchors*: ``scaling="center"`` or ``"standard"`` centres (and scales each
+coordinate to unit variance) both sides with their own fit-row statistics before the map and
+undoes the target's afterwards, which lets spaces of different scale and width meet;
+``underdetermined=True`` accepts fewer anchors than coefficients (e.g. 64 anchors between
+128-dim spaces): the ridge solution of ``affine`` is then close to the minimum-norm least
+squares, and ``orthogonal`` maps the directions the anchors do not span arbitrarily.
+Zero-padding the narrower side to a square Procrustes problem (a common recipe for different
+widths) gives the same map as the thin solution used here, so it is not a separate option.
 
 **Cosine spaces.** Adapters fit and transform *L2-normalized rows* (the full-width view): the
 scale of a raw vector carries no meaning in a cosine space and would otherwise dominate the
@@ -59,6 +70,8 @@ UNKNOWN_VERSION = "unknown"
 WEIGHTS_NAME = "weights.npz"
 _DEFAULT_RIDGE = 1e-4
 _MLP_DEFAULTS = {"hidden": 512, "epochs": 30, "lr": 1e-3, "batch_size": 256}
+SCALINGS = ("center", "standard")
+"""Values of ``scaling`` (besides ``None``): per-side centring, or centring and unit variance."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,13 +145,27 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def _ridge_affine(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
-    """``W, b`` minimising ``mean ||x W + b - y||^2 + ridge ||W||_F^2`` (bias not penalised)."""
-    mx, my = x.mean(axis=0), y.mean(axis=0)
+def _ridge_affine(
+    x: np.ndarray, y: np.ndarray, ridge: float, bias: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """``W, b`` minimising ``mean ||x W + b - y||^2 + ridge ||W||_F^2`` (bias not penalised);
+    ``bias=False`` fixes ``b = 0`` (plain linear least squares)."""
+    mx = x.mean(axis=0) if bias else np.zeros(x.shape[1])
+    my = y.mean(axis=0) if bias else np.zeros(y.shape[1])
     xc, yc = x - mx, y - my
     gram = xc.T @ xc + len(x) * ridge * np.eye(x.shape[1])
     w = np.linalg.solve(gram, xc.T @ yc)
     return w, my - mx @ w
+
+
+def _scaler(z: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-coordinate mean and scale of the fit rows (scale 1 for ``center`` and for constant
+    coordinates, which carry nothing to scale)."""
+    mean = z.mean(axis=0)
+    if scaling == "center":
+        return mean, np.ones(z.shape[1])
+    std = z.std(axis=0)
+    return mean, np.where(std > 1e-12, std, 1.0)
 
 
 def _slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
@@ -187,8 +214,14 @@ class Adapter:
         threads: int | None = None,
         trust_unknown: bool = False,
         progress: bool = False,
+        scaling: str | None = None,
+        bias: bool = True,
+        underdetermined: bool = False,
     ):
         self.kind = kind
+        self.scaling = scaling
+        self.bias = bias
+        self.underdetermined = underdetermined
         self.source_ref = source_ref
         self.target_ref = target_ref
         self.nesting = nesting
@@ -209,6 +242,29 @@ class Adapter:
         """Validate the parameters against the data widths; fills the resolved ``nesting``."""
         if self.kind not in KINDS:
             raise NestembError(f"kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+        if self.scaling is not None:
+            if self.scaling not in SCALINGS:
+                raise NestembError(
+                    f"scaling must be None or one of {', '.join(SCALINGS)}, got {self.scaling!r}"
+                )
+            if self.kind == "mlp":
+                raise NestembError("scaling applies to kinds 'orthogonal' and 'affine', not 'mlp'")
+        if not isinstance(self.bias, (bool, np.bool_)):
+            raise NestembError(f"bias must be True or False, got {self.bias!r}")
+        if not self.bias and self.kind != "affine":
+            raise NestembError(f"bias=False applies to kind 'affine' only, not {self.kind!r}")
+        if not isinstance(self.underdetermined, (bool, np.bool_)):
+            raise NestembError(f"underdetermined must be True or False, got {self.underdetermined!r}")
+        if self.underdetermined:
+            if self.kind == "mlp":
+                raise NestembError(
+                    "underdetermined applies to kinds 'orthogonal' and 'affine', not 'mlp'"
+                )
+            if self.ridge is not None and self.ridge == 0:
+                raise NestembError(
+                    "underdetermined=True needs ridge > 0: with fewer rows than coefficients "
+                    "the unpenalised least squares has no unique solution"
+                )
         if self.kind == "orthogonal" and self.ridge is not None:
             raise NestembError("ridge applies to kinds 'affine' and 'mlp', not 'orthogonal'")
         if self.ridge is not None and (not isinstance(self.ridge, (int, float)) or isinstance(
@@ -263,8 +319,11 @@ class Adapter:
 
     def _min_rows(self, d_s: int, d_t: int) -> int:
         # orthogonal: the cross-covariance must reach full rank; affine/mlp: one row per
-        # coefficient of an output coordinate (matrix row + bias), ridge notwithstanding
-        return min(d_s, d_t) if self.kind == "orthogonal" else d_s + 1
+        # coefficient of an output coordinate (matrix row + bias), ridge notwithstanding;
+        # underdetermined fits need two rows (a spread to centre and scale)
+        if self.underdetermined:
+            return 2
+        return min(d_s, d_t) if self.kind == "orthogonal" else d_s + int(self.bias)
 
     def fit(self, source: Any, target: Any) -> "Adapter":
         """Fit on paired rows: ``source[r]`` and ``target[r]`` embed the same item. Returns self."""
@@ -286,13 +345,23 @@ class Adapter:
         start = time.perf_counter()
         x = prefix_view(source.astype(np.float64), d_s)
         y = prefix_view(target.astype(np.float64), d_t)
+        scalers: dict[str, np.ndarray] = {}
+        xs, ys = x, y
+        if self.scaling is not None:
+            (mx, sx), (my, sy) = _scaler(x, self.scaling), _scaler(y, self.scaling)
+            xs, ys = (x - mx) / sx, (y - my) / sy
+            scalers = {"x_mean": mx, "x_scale": sx, "y_mean": my, "y_scale": sy}
         if self.kind == "orthogonal":
-            self.weights_ = {"W": orthogonal_procrustes(x, y).astype(np.float32)}
+            self.weights_ = {"W": orthogonal_procrustes(xs, ys).astype(np.float32)}
         elif self.kind == "affine":
-            w, b = _ridge_affine(x, y, _DEFAULT_RIDGE if self.ridge is None else self.ridge)
-            self.weights_ = {"W": w.astype(np.float32), "b": b.astype(np.float32)}
+            w, b = _ridge_affine(xs, ys, _DEFAULT_RIDGE if self.ridge is None else self.ridge,
+                                 bias=bool(self.bias))
+            self.weights_ = {"W": w.astype(np.float32)}
+            if self.bias:
+                self.weights_["b"] = b.astype(np.float32)
         else:
             self.weights_ = self._fit_mlp(x, y)
+        self.weights_.update({k: v.astype(np.float32) for k, v in scalers.items()})
         self.source_dim_, self.target_dim_ = d_s, d_t
         pred = self._apply(x.astype(np.float32))
         self.fit_info_ = {
@@ -367,13 +436,18 @@ class Adapter:
     def _apply(self, x: np.ndarray) -> np.ndarray:
         """The map on already-normalized rows."""
         w = self.weights_
+        raw = x
+        if "x_mean" in w:
+            x = (x - w["x_mean"]) / w["x_scale"]
         out = x @ w["W"]
         if "b" in w:
             out = out + w["b"]
         if "W1" in w:
             out = out + _gelu(x @ w["W1"] + w["b1"]) @ w["W2"] + w["b2"]
+        if "y_mean" in w:
+            out = out * w["y_scale"] + w["y_mean"]
         if self.kind == "orthogonal" and self.slerp:
-            out = _slerp(out, x, float(self.slerp))
+            out = _slerp(out, raw, float(self.slerp))
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def check_manifest(self, manifest: Manifest, trust_unknown: bool = False) -> None:
@@ -470,7 +544,7 @@ class Adapter:
                 "target_dim": self.target_dim_,
                 "params": {k: getattr(self, k) for k in
                            ("ridge", "slerp", "hidden", "epochs", "lr", "batch_size", "seed",
-                            "threads")},
+                            "threads", "scaling", "bias", "underdetermined")},
                 "fit": self.fit_info_,
             }},
         )
@@ -516,6 +590,9 @@ def fit_adapter(
     threads: int | None = None,
     trust_unknown: bool = False,
     progress: bool = False,
+    scaling: str | None = None,
+    bias: bool = True,
+    underdetermined: bool = False,
 ) -> Adapter:
     """Fit an adapter mapping ``source``-space rows into the ``target`` space on paired rows
     (row ``r`` of both embeds the same item; widths may differ). Rows are L2-normalized first.
@@ -523,7 +600,8 @@ def fit_adapter(
     * ``kind="orthogonal"``: Procrustes; needs ``min(d_s, d_t)`` rows. ``slerp`` in ``[0, 1]``
       (equal widths only) moves the output from the rotated vector (0) towards the raw one (1).
     * ``kind="affine"``: ``x W + b`` by least squares, ``ridge`` (default 1e-4) times the number
-      of rows on ``||W||^2``; needs ``d_s + 1`` rows.
+      of rows on ``||W||^2``; needs ``d_s + 1`` rows. ``bias=False``: plain linear least
+      squares ``x W`` (needs ``d_s`` rows).
     * ``kind="mlp"``: affine plus a residual GELU MLP of width ``hidden`` (512) trained for
       ``epochs`` (30) with Adam (``lr`` 1e-3, ``batch_size`` 256, seeded by ``seed``) on the
       prefix-cosine loss over ``nesting``, on ``threads`` torch CPU threads (default: torch's
@@ -533,6 +611,19 @@ def fit_adapter(
     record who produced each side; a target ``Manifest`` also gives the default ``nesting``
     (else doubling prefixes from 8). Unknown weights versions are refused unless
     ``trust_unknown=True``. Options of other kinds are refused.
+
+    Latent-space translation from paired anchors (orthogonal and affine only):
+    ``scaling="center"`` / ``"standard"`` centres (and standardizes per coordinate) each side
+    with its own fit-row statistics and maps back into the target's; ``underdetermined=True``
+    accepts as few as 2 rows (fewer anchors than dims; ``ridge`` must then stay > 0).
+
+    Example (translation with 20 anchors between 32-dim spaces):
+        >>> rng = np.random.default_rng(0)
+        >>> Y = rng.normal(size=(300, 32)); Q = np.linalg.qr(rng.normal(size=(32, 32)))[0]
+        >>> t = fit_adapter(Y[:20], 3 * Y[:20] @ Q + 1, kind="affine", scaling="standard",
+        ...                 underdetermined=True)
+        >>> t.transform(Y[20:]).shape
+        (280, 32)
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -544,7 +635,8 @@ def fit_adapter(
     return Adapter(
         kind, source_ref=source_ref, target_ref=target_ref, nesting=nesting, ridge=ridge,
         slerp=slerp, hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-        threads=threads, trust_unknown=trust_unknown, progress=progress,
+        threads=threads, trust_unknown=trust_unknown, progress=progress, scaling=scaling,
+        bias=bias, underdetermined=underdetermined,
     ).fit(source, target)
 
 

@@ -1,4 +1,4 @@
-"""A compact CNN image encoder with nested (Matryoshka) classification heads, and its on-disk
+"""A compact CNN (or MLP) image encoder with nested (Matryoshka) classification heads, and its on-disk
 format.
 
 A saved image model is a directory with ``weights`` (a torch state dict) and ``manifest.json``
@@ -28,6 +28,8 @@ from nestemb.nesting import Manifest, default_nesting, validate_nesting, weights
 KIND = "image-model"
 WEIGHTS_NAME = "weights"
 HEADS = ("mrl", "mrl-e", "ff")
+ARCHS = ("cnn", "mlp")
+"""Encoder architectures: :class:`CNNEncoder` and :class:`MLPEncoder`."""
 DEFAULT_MODEL_ID = "nestemb-cnn"
 
 
@@ -37,7 +39,9 @@ class ImageModelConfig:
 
     ``head`` is ``"mrl"``, ``"mrl-e"`` or ``"ff"`` (fixed feature: a single-prefix nesting
     ``(dim,)``); ``cosine`` selects cosine classifiers on prefix views; ``mean``/``std`` are the
-    pixel statistics (0-1 scale) used to standardize inputs.
+    pixel statistics (0-1 scale) used to standardize inputs. ``arch`` is the encoder:
+    ``"cnn"`` (:class:`CNNEncoder`) or ``"mlp"`` (:class:`MLPEncoder`, for cross-architecture
+    comparisons); ``width`` sizes either.
 
     Example:
         >>> ImageModelConfig(dim=8, nesting=(2, 4, 8)).nesting
@@ -57,8 +61,11 @@ class ImageModelConfig:
     in_hw: tuple[int, int] = (28, 28)
     mean: float = 0.2860
     std: float = 0.3530
+    arch: str = "cnn"
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise NestembError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         self.nesting = validate_nesting(self.nesting, full_dim=self.dim)
         self.in_hw = tuple(int(v) for v in self.in_hw)
         if self.head not in HEADS:
@@ -150,6 +157,32 @@ class CNNEncoder(nn.Module):
         return self.proj(self.features(x))
 
 
+class MLPEncoder(nn.Module):
+    """A fully connected encoder: flattened pixels, two Linear-BN-ReLU layers of ``32 * width``
+    units and a linear projection to ``dim`` (``proj``, as in :class:`CNNEncoder`). No
+    convolutions: a different architecture for stitching and comparison experiments, and several
+    times faster to train than the CNN.
+
+    Example:
+        >>> import torch
+        >>> MLPEncoder(dim=8, width=2, in_hw=(28, 28))(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(self, dim: int, width: int = 16, in_hw: tuple[int, int] = (28, 28)):
+        super().__init__()
+        h = 32 * width
+        self.features = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_hw[0] * in_hw[1], h, bias=False), nn.BatchNorm1d(h), nn.ReLU(inplace=True),
+            nn.Linear(h, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.proj = nn.Linear(h, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(x))
+
+
 class ImageModel(nn.Module):
     """Encoder + per-prefix heads. ``forward(x_float)`` returns ``(embedding, logits)`` with
     logits ``(B, K, classes)``; :meth:`encode` and :meth:`predict_proba` take uint8 images.
@@ -167,7 +200,8 @@ class ImageModel(nn.Module):
         super().__init__()
         self.config = config
         self.manifest = manifest
-        self.encoder = CNNEncoder(config.dim, config.width)
+        self.encoder = (MLPEncoder(config.dim, config.width, config.in_hw) if config.arch == "mlp"
+                        else CNNEncoder(config.dim, config.width))
         kind = "mrl" if config.head == "ff" else config.head
         self.head = NestedHead(config.nesting, config.num_classes, kind=kind, cosine=config.cosine)
 
@@ -326,7 +360,7 @@ def save_image_model(
 
 
 _CONFIG_TYPES = {"dim": int, "width": int, "num_classes": int, "head": str, "cosine": bool,
-                 "mean": float, "std": float}
+                 "mean": float, "std": float, "arch": str}
 
 
 def config_from_manifest(cfg: Any, where: str) -> ImageModelConfig:
