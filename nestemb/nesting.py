@@ -140,6 +140,31 @@ def check_vectors(x: Any, dim: int | None = None, what: str = "vectors") -> np.n
     return np.ascontiguousarray(arr)
 
 
+def finite_matrix(x: object, name: str) -> np.ndarray:
+    """``x`` as a finite, non-empty 2-D float64 array; errors name the parameter ``name``.
+    The float64 sibling of :func:`check_vectors` for the analyses (Procrustes, the comparison
+    measures, relative projections); unlike it, a 1-D input is refused rather than made a row.
+
+    Example:
+        >>> finite_matrix([[1, 2]], "X").dtype
+        dtype('float64')
+        >>> finite_matrix([[1.0, float("nan")]], "X")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: X contains NaN or inf values (row 0)
+    """
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise NestembError(f"{name} must be a numeric array") from None
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise NestembError(f"{name} must be a non-empty 2-D (n, dim) array, got shape {arr.shape}")
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        raise NestembError(f"{name} contains NaN or inf values (row {int(np.argmin(finite))})")
+    return arr
+
+
 @dataclasses.dataclass
 class Manifest:
     """What every stored set of embeddings says about itself.

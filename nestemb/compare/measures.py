@@ -19,8 +19,8 @@ import math
 
 import numpy as np
 
-from nestemb.compat.procrustes import finite_matrix
 from nestemb.errors import NestembError
+from nestemb.nesting import finite_matrix
 
 # ||X - mean|| below this share of ||X|| is rounding noise from identical rows, not variance.
 _NO_VARIANCE = 1e-10

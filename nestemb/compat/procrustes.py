@@ -10,30 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from nestemb.errors import NestembError
-
-
-def finite_matrix(x: object, name: str) -> np.ndarray:
-    """``x`` as a finite, non-empty 2-D float64 array; errors name the parameter ``name``.
-    Shared by Procrustes and the comparison measures (:mod:`nestemb.compare`).
-
-    Example:
-        >>> finite_matrix([[1, 2]], "X").dtype
-        dtype('float64')
-        >>> finite_matrix([[1.0, float("nan")]], "X")
-        Traceback (most recent call last):
-        ...
-        nestemb.errors.NestembError: X contains NaN or inf values (row 0)
-    """
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise NestembError(f"{name} must be a numeric array") from None
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise NestembError(f"{name} must be a non-empty 2-D (n, dim) array, got shape {arr.shape}")
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        raise NestembError(f"{name} contains NaN or inf values (row {int(np.argmin(finite))})")
-    return arr
+from nestemb.nesting import finite_matrix
 
 
 def _paired(source: object, target: object) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from nestemb.errors import NestembError
+from nestemb.nesting import finite_matrix
 
 KINDS = ("cosine", "euclidean", "l1", "linf", "product")
 """Relative projection kinds; ``product`` concatenates the other four."""
@@ -216,20 +217,12 @@ def relative_projection(
     """
     check_kind(kind)
     A = check_anchors(anchors)
-    try:
-        x = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise NestembError("X must be a numeric array") from None
-    if x.ndim != 2 or len(x) == 0:
-        raise NestembError(f"X must be a non-empty 2-D (n, dim) array, got shape {x.shape}")
+    x = finite_matrix(X, "X")
     if x.shape[1] != A.shape[1]:
         raise NestembError(
             f"X has width {x.shape[1]} but anchors have width {A.shape[1]}: they must come from "
             "the same space"
         )
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
-        raise NestembError(f"X contains NaN or inf values (row {int(np.argmin(finite))})")
     if kind in ("cosine", "product"):
         Ac = A - A.mean(0) if center else A
         zero = np.flatnonzero(np.linalg.norm(Ac, axis=1) <= _EPS)
