@@ -156,10 +156,13 @@ def _rel(x: np.ndarray, anchors: np.ndarray, kind: str, center: bool = False) ->
 
 def stitch_pair(E: dict, src: str, tgt: str, dim: int, n_anchors: int, method: str = "uniform",
                 kinds=REL_KINDS, translations=TRANSLATIONS, per_class: bool = False,
-                seed: int = 0, normalize: bool = True) -> dict:
-    """Every input route for one (source, target, prefix, anchors) cell: accuracies."""
+                seed: int = 0, normalize: bool = True, src_dim: int | None = None) -> dict:
+    """Every input route for one (source, target, prefix, anchors) cell: accuracies.
+    ``src_dim`` (default ``dim``) stitches a source prefix of another width onto the target's
+    ``dim``-wide head: absolute stitching is then impossible (None)."""
     ytr, yte = E["y_train"], E["y_test"]
-    s_tr, s_te = (prefix_view(a, dim) for a in E["emb"][src])
+    src_dim = dim if src_dim is None else src_dim
+    s_tr, s_te = (prefix_view(a, src_dim) for a in E["emb"][src])
     t_tr, t_te = (prefix_view(a, dim) for a in E["emb"][tgt])
     # anchors: chosen in the target's training rows (a user picks items once; both encoders
     # embed them)
@@ -168,7 +171,10 @@ def stitch_pair(E: dict, src: str, tgt: str, dim: int, n_anchors: int, method: s
     alpha = choose_alpha(E, tgt)
     head = fit_head(t_tr, ytr, alpha=alpha)
     res["end_to_end"] = stitch_accuracy(head, t_te, yte)
-    res["absolute"] = stitch_accuracy(head, s_te, yte) if src != tgt else res["end_to_end"]
+    if src_dim != dim:
+        res["absolute"] = None
+    else:
+        res["absolute"] = stitch_accuracy(head, s_te, yte) if src != tgt else res["end_to_end"]
     for kind in kinds:
         for center in (False, True):
             if center and kind not in ("cosine", "product"):
@@ -247,6 +253,26 @@ def run_image(args) -> dict:
     return out
 
 
+WIDTHS = ((16, 128), (32, 128), (128, 32), (128, 16))  # (source prefix, target prefix)
+
+
+def run_widths(args) -> dict:
+    """Encoders of different output widths: a source prefix of one width stitched onto a head
+    trained on a target prefix of another (64 uniform anchors)."""
+    E = embeddings(train_models(args.steps, args.threads))
+    out = {}
+    for src, tgt in PAIRS[:2]:
+        for sd, td in WIDTHS:
+            key = f"{src}@{sd}->{tgt}@{td}"
+            out[key] = stitch_pair(E, src, tgt, td, 64, src_dim=sd,
+                                   kinds=("cosine", "euclidean", "product"),
+                                   translations={k: TRANSLATIONS[k] for k in
+                                                 ("orthogonal", "orthogonal+std", "affine")})
+            log(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[key].items()
+                                      if isinstance(v, float)))
+    return out
+
+
 # -------------------------------------------------------------------------------------- text
 
 
@@ -298,6 +324,76 @@ def run_text(args) -> dict:
             log(f"{src}->{tgt} {n} anchors: " + ", ".join(
                 f"{k} {c['ndcg10']:.4f} ({c['of_native_target']:.1%})" for k, c in cell.items()))
         out["directions"][f"{src}->{tgt}"] = rows
+    return out
+
+
+SNLI = Path("../shared/data/snli")
+SNLI_TEST = 3000  # test pairs embedded by mpnet (a seeded sample: mpnet costs ~1 min / 1,000
+                  # sentences on this 2-core machine)
+
+
+def _snli(split: str) -> tuple[list[str], list[str], np.ndarray]:
+    read = lambda f: (SNLI / f"{f}.{split}").read_text(encoding="utf-8").splitlines()  # noqa: E731
+    return read("s1"), read("s2"), np.array(read("labels"))
+
+
+def _pair_features(e: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The usual sentence-pair classifier input: [u, v, |u - v|, u * v]."""
+    u, v = e[a], e[b]
+    return np.hstack([u, v, np.abs(u - v), u * v])
+
+
+def run_text_head(args) -> dict:
+    """SNLI classifier head stitched across text encoders: a head trained on MiniLM's space
+    (SNLI dev pairs) reads all-mpnet-base-v2 (768-d) test pairs, through relative projections
+    on 500 anchor sentences of SNLI dev or through a translation fitted on them."""
+    from text_data import embed, load_encoder
+
+    s1, s2, ytr = _snli("dev")
+    t1, t2, yte = _snli("test")
+    keep = np.sort(np.random.default_rng(0).permutation(len(yte))[:SNLI_TEST])
+    t1, t2, yte = [t1[i] for i in keep], [t2[i] for i in keep], yte[keep]
+    dev = sorted(set(s1) | set(s2))
+    test = sorted(set(t1) | set(t2))
+    pos_d, pos_t = {s: i for i, s in enumerate(dev)}, {s: i for i, s in enumerate(test)}
+    da, db = np.array([pos_d[s] for s in s1]), np.array([pos_d[s] for s in s2])
+    ta, tb = np.array([pos_t[s] for s in t1]), np.array([pos_t[s] for s in t2])
+    anchors_idx = np.random.default_rng(1).permutation(len(dev))[:500]
+    anchor_texts = [dev[i] for i in anchors_idx]
+    mini, mp = load_encoder("minilm"), load_encoder("mpnet", 256)
+    t = time.perf_counter()
+    M_dev, M_test, M_anc = embed(mini, dev), embed(mini, test), embed(mini, anchor_texts)
+    P_test, P_anc = embed(mp, test), embed(mp, anchor_texts)
+    log(f"SNLI embeddings ready ({time.perf_counter() - t:.0f} s): dev {M_dev.shape}, "
+        f"test MiniLM {M_test.shape} mpnet {P_test.shape}")
+    # ridge penalty chosen on MiniLM's own dev pairs (80/20), as in the image part
+    x = _pair_features(M_dev, da, db)
+    cut = int(0.8 * len(x))
+    val = {a: stitch_accuracy(fit_head(x[:cut], ytr[:cut], alpha=a), x[cut:], ytr[cut:])
+           for a in ALPHAS}
+    alpha = max(ALPHAS, key=lambda a: (val[a], a))
+    out: dict = {"alpha": alpha, "alpha_validation": {str(a): v for a, v in val.items()},
+                 "test_pairs": int(len(yte)), "train_pairs": int(len(ytr)), "routes": {}}
+    head = fit_head(x, ytr, alpha=alpha)
+    out["routes"]["end_to_end"] = stitch_accuracy(head, _pair_features(M_test, ta, tb), yte)
+    for n in (64, 128, 256, 500):
+        r: dict = {}
+        # the product is 4 x n wide, 16 x n as pair features: ridge on it costs too much past 128
+        for kind in ("cosine", "euclidean") + (("product",) if n <= 128 else ()):
+            h = fit_head(_pair_features(relative_projection(M_dev, M_anc[:n], kind), da, db),
+                         ytr, alpha=alpha)
+            f = _pair_features(relative_projection(P_test, P_anc[:n], kind), ta, tb)
+            r[f"rel-{kind}"] = stitch_accuracy(h, f, yte)
+            # per-encoder normalization with the source's own unlabelled test pairs
+            r[f"rel-{kind}-n"] = stitch_accuracy(h, f, yte, reference=f)
+        for name in ("orthogonal", "orthogonal+std", "affine", "linear+std"):
+            ad = fit_adapter(P_anc[:n], M_anc[:n], **TRANSLATIONS[name])
+            r[f"tr-{name}"] = stitch_accuracy(head, _pair_features(ad.transform(P_test), ta, tb),
+                                              yte)
+        out["routes"][str(n)] = r
+        log(f"SNLI head MiniLM <- mpnet, {n} anchors: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in r.items()) + f" (end-to-end "
+            f"{out['routes']['end_to_end']:.3f})")
     return out
 
 
@@ -428,6 +524,30 @@ def tables(res: dict) -> str:
                 lines.append(f"| {n} | " + " | ".join(
                     f"{cell[k]['ndcg10']:.4f} ({cell[k]['of_native_target']:.1%})"
                     for k in names) + " |")
+    wid = res.get("widths")
+    if wid:
+        names = [k for k in next(iter(wid.values())) if k not in ("fit_seconds", "errors")]
+        lines += ["", "## Different widths: a source prefix onto a head on another target prefix "
+                  "(64 uniform anchors), accuracy (share of end-to-end)", "",
+                  "| source@dims -> target@dims | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for key, r in wid.items():
+            lines.append(f"| {key} | " + " | ".join(
+                "-" if r.get(k) is None else (f"{r[k]:.4f}" if k == "end_to_end"
+                                              else _pct(r[k], r["end_to_end"])) for k in names)
+                + " |")
+    th = res.get("text-head")
+    if th:
+        e2e = th["routes"]["end_to_end"]
+        names = list(th["routes"]["64"])
+        lines += ["", f"## SNLI head stitched across text encoders: head trained on MiniLM "
+                  f"({th['train_pairs']} dev pairs, ridge alpha {th['alpha']}), applied to "
+                  f"all-mpnet-base-v2 on {th['test_pairs']} test pairs; accuracy (share of "
+                  f"MiniLM end-to-end {e2e:.4f})", "",
+                  "| anchors | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for n, r in th["routes"].items():
+            if n != "end_to_end":
+                lines.append(f"| {n} | " + " | ".join(_pct(r.get(k), e2e) for k in names) + " |")
     cmp_ = res.get("compare")
     if cmp_:
         for key, p in cmp_["pairs"].items():
@@ -526,7 +646,7 @@ def plots(res: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=["image", "text", "compare"],
-                    choices=["image", "text", "compare"])
+                    choices=["image", "widths", "text", "text-head", "compare"])
     ap.add_argument("--steps", type=int, default=600, help="training steps per encoder")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -538,7 +658,8 @@ def main() -> None:
     res = json.loads(path.read_text()) if path.exists() else {}
     for part in args.parts:
         t = time.perf_counter()
-        res[part] = {"image": run_image, "text": run_text, "compare": run_compare}[part](args)
+        res[part] = {"image": run_image, "widths": run_widths, "text": run_text,
+                     "text-head": run_text_head, "compare": run_compare}[part](args)
         res.setdefault("seconds", {})[part] = round(time.perf_counter() - t, 1)
         write_json(path, res)
         log(f"{part} done in {time.perf_counter() - t:.0f} s")
