@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nestemb-installed
 OUT    ?= runs/quickstart
 
-.PHONY: demo test data venv clean mpnet
+.PHONY: demo test data venv clean mpnet browser
 
 venv: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,backends,ray]"
 	touch $(STAMP)
 
 data:
@@ -25,7 +25,19 @@ data:
 demo: $(STAMP) data
 	$(BIN)/nestemb quickstart --out $(OUT) --overwrite
 
-test: $(STAMP)
+# Debian's Chromium + ChromeDriver for the search-page test (best effort: where they cannot be
+# installed, that one test skips and says why).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium + chromium-driver for the page test"; \
+	    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } || \
+	    echo "chromium could not be installed: the page test will skip"; \
+	  else echo "chromium not installed (needs root + apt): the page test will skip"; fi; \
+	fi
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 # Optional: all-mpnet-base-v2 for the upgrade benchmarks (not needed by demo or test).

@@ -22,6 +22,7 @@ from nestemb.cli import adaptor as _adaptor  # noqa: E402,F401
 from nestemb.cli import compare as _compare  # noqa: E402,F401
 from nestemb.cli import compat as _compat  # noqa: E402,F401
 from nestemb.cli import image as _image  # noqa: E402,F401
+from nestemb.cli import serve as _serve  # noqa: E402,F401
 from nestemb.cli import index as _index  # noqa: E402,F401
 from nestemb.cli import text as _text  # noqa: E402,F401
 

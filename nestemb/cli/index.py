@@ -98,22 +98,39 @@ def _read_images(data: Optional[Path], images: Optional[Path], split: Split):
     return arr, list(range(len(arr)))
 
 
+RAY_OPTIONS = {"address": "--address", "workers": "--workers", "shard_size": "--shard-size"}
+
+
 @app.command()
 def embed(
+    ctx: typer.Context,
     model: str = typer.Option(..., help="saved image/text model folder, or 'minilm'"),
     out: Path = typer.Option(..., help="output embedding directory"),
     data: Optional[Path] = typer.Option(None, help="image IDX folder (e.g. fashion-mnist), for an image model"),
     split: Split = typer.Option(Split.train, help="IDX split of --data"),
     images: Optional[Path] = typer.Option(None, help="uint8 .npy images (N, H, W), for an image model"),
     texts: Optional[Path] = typer.Option(
-        None, help=".jsonl (BEIR-style _id, title, text) or .txt (one text per line), for a text model"
+        None, help=".jsonl (BEIR-style _id, title, text), a BEIR folder (its corpus.jsonl), "
+        ".txt (one text per line) or .parquet (columns text [, title, _id]), for a text model"
     ),
     limit: Optional[int] = typer.Option(None, help="embed only the first N items"),
     batch_size: int = typer.Option(256, help="encoder batch size"),
     device: Device = typer.Option(Device.auto, help="cpu, cuda or auto (image models run on the cpu)"),
     overwrite: bool = typer.Option(False, help="replace an existing output directory"),
+    ray: bool = typer.Option(False, "--ray", help="embed with a Ray Data actor pool (one model per "
+                             "actor) into a sharded, resumable directory: run the same command "
+                             "again to resume an interrupted job"),
+    address: Optional[str] = typer.Option(None, help="with --ray: Ray cluster address (auto, "
+                                          "ray://HOST:10001); default: start a local Ray"),
+    workers: int = typer.Option(2, help="with --ray: actors, one model and one CPU each"),
+    shard_size: int = typer.Option(10000, help="with --ray: rows per output shard"),
 ) -> None:
-    """Encode images or texts into an embedding directory (manifest: the model's id and version)."""
+    """Encode images or texts into an embedding directory (manifest: the model's id and version).
+
+    With --ray the work is spread over a Ray actor pool and written as shards
+    (OUT/shards/shard-NNNNN.npy + ids, each with its checksums; OUT/manifest.json when all are
+    done; read it with nestemb.bulk.load_shards); an interrupted job resumes where it stopped.
+    """
     from nestemb.nesting import Manifest, save_embeddings
 
     _positive(limit, "--limit")
@@ -121,6 +138,20 @@ def embed(
     given = [flag for flag, v in (("--data", data), ("--images", images), ("--texts", texts)) if v is not None]
     if len(given) != 1:
         raise NestembError(f"give exactly one of --data, --images or --texts (got {given or 'none'})")
+    if not ray:
+        foreign = _given(ctx, RAY_OPTIONS)
+        if foreign:
+            raise NestembError(f"{', '.join(foreign)} {'applies' if len(foreign) == 1 else 'apply'} "
+                               "only with --ray")
+    else:
+        _positive(workers, "--workers")
+        _positive(shard_size, "--shard-size")
+    if texts is not None and texts.is_dir() and (texts / "corpus.jsonl").is_file():
+        texts = texts / "corpus.jsonl"  # a BEIR folder: its corpus
+    if ray:
+        _embed_ray(model, out, data, split, images, texts, limit, batch_size, device, overwrite,
+                   address, workers, shard_size)
+        return
     check_out_dir(out, overwrite)
     model_dir = Path(model)
     kind = "text-model" if model.lower() == "minilm" else None
@@ -155,7 +186,7 @@ def embed(
             from nestemb.text.encoder import load_text_model
         except ImportError:
             raise NestembError("text models are not available in this installation") from None
-        items, ids = _read_texts(texts)
+        items, ids = _read_texts_any(texts)
         encoder = load_text_model(model, device=device.value)
     else:
         raise NestembError(f"{model} holds a {kind!r}; embed needs an image-model or text-model")
@@ -174,6 +205,49 @@ def embed(
     save_embeddings(out, X, manifest, ids=ids, overwrite=overwrite)
     typer.echo(f"wrote {len(X)} embeddings of dim {X.shape[1]} ({man.model_id} "
                f"{man.model_version}) to {out}")
+
+
+def _read_texts_any(path: Path) -> tuple[list[str], list[str]]:
+    """:func:`_read_texts`, plus Parquet files (columns text [, title, _id])."""
+    if path.suffix == ".parquet":
+        from nestemb.bulk import ParquetCorpus
+
+        corpus = ParquetCorpus(path)
+        return corpus.read(0, len(corpus))
+    return _read_texts(path)
+
+
+def _embed_ray(model, out, data, split, images, texts, limit, batch_size, device, overwrite,
+               address, workers, shard_size) -> None:  # fmt: skip
+    """``embed --ray``: the corpus as :mod:`nestemb.bulk` takes it, then the Ray job."""
+    try:
+        from nestemb import bulk
+        import ray  # noqa: F401
+    except ImportError:
+        raise NestembError("--ray needs Ray Data: pip install 'nestemb[ray]'") from None
+    if device is Device.cuda and texts is None:
+        raise NestembError("embed runs image models on the cpu: use --device cpu or auto")
+    dev = "cuda" if device is Device.cuda else "cpu"
+    if texts is not None:
+        if texts.suffix == ".parquet":
+            corpus = bulk.ParquetCorpus(texts, limit=limit)
+        else:
+            items, ids = _read_texts(texts)
+            corpus = bulk.ArrayCorpus(items[:limit], ids[:limit], source=str(texts))
+    else:
+        arr, ids = _read_images(data, images, split)
+        corpus = bulk.ArrayCorpus(arr[:limit], ids[:limit], source=str(data or images))
+    from nestemb.progress import counter, progress_stages
+
+    with progress_stages() as update:
+        tick = counter(update, "shards", -(-len(corpus) // shard_size))
+        summary = bulk.embed_corpus(corpus, model, out, workers=workers, shard_size=shard_size,
+                                    batch_size=batch_size, address=address, overwrite=overwrite,
+                                    device=dev, on_shard=(lambda row: tick(1)) if tick else None)  # fmt: skip
+    resumed = f" ({summary['skipped']} done before, resumed)" if summary["skipped"] else ""
+    typer.echo(f"wrote {summary['rows']} embeddings in {summary['shards']} shards to {out}"
+               f"{resumed}; {summary['embedded']} shards embedded by {workers} Ray workers at "
+               f"{summary['items_per_s']:.1f} items/s")
 
 
 # --------------------------------------------------------------------------- index

@@ -22,6 +22,14 @@ full-dimension similarity matrix at every prefix: on the texts of the contrastiv
 ``4 * distill_batch_size`` unlabeled vectors per step (cached, so the batch is free) and also
 keeps the projection near orthogonal (``orthogonal_weight``), which keeps full-view similarities
 on any text, not only the training domain. Hard negatives (one per BEIR pair) are mined with the base model at full size.
+
+Under ``torchrun`` (see :mod:`nestemb.distributed`) the same call runs data-parallel: the base
+model's encoding of the training texts is split over the processes and gathered; the finetune
+recipe draws the same global batch everywhere, each process forwards its shard of every text
+group, the embeddings are gathered with gradients (:func:`gathered_exits`) so the contrastive
+losses see the whole global batch as in-batch negatives and every per-prefix loss is computed on
+the gathered batch, and gradients are averaged over processes. The projection fit itself (a
+``d x d`` matrix on cached vectors, milliseconds per step) runs identically on every process.
 """
 
 from __future__ import annotations
@@ -377,13 +385,23 @@ def train_text(
     """
     import torch
 
+    from nestemb import distributed as dist
     from nestemb.nesting import default_nesting
-    from nestemb.device import resolve_device
     from nestemb.text.encoder import check_dims, check_layers, load_text_model
 
     t0 = time.perf_counter()
-    device = resolve_device(config.device)
+    env, device = dist.init_distributed(config.device)
+    progress = progress if env.is_main else None
     cfg = config.resolve(device)
+    if env.is_distributed:
+        if contrastive_loss is not None:
+            raise NestembError("contrastive_loss (a loss on one process's tokenized batch) cannot "
+                               "see the other processes' texts: run it without torchrun")
+        small = [f"{k} {getattr(cfg, k)}" for k in ("batch_size", "distill_batch_size")
+                 if cfg.recipe == "finetune" and getattr(cfg, k) < env.world_size]
+        if small:
+            raise NestembError(f"{', '.join(small)} is smaller than the {env.world_size} "
+                               "processes: every process needs rows of each batch")
     if encoder is None:
         encoder = load_text_model(base, device=device)
     else:
@@ -416,13 +434,14 @@ def train_text(
         enc_progress = counter(progress, "encoding", todo) if todo else None
     else:
         enc_progress = None
-    base_embeddings(texts, enc_progress)
+    encode_base(base_embeddings, texts, env, enc_progress)
     if cfg.hard_negatives and data.beir:
         data = mine_hard_negatives(data, base_embeddings, cfg.hard_negative_ranks, cfg.seed)
     exits = _exits(cfg, dims, layers, encoder)
     t_train = time.perf_counter()
     train = _train_projection if cfg.recipe == "projection" else _train_finetune
-    losses = train(encoder, data, cfg, exits, base_embeddings, rng, contrastive_loss, progress)
+    losses = train(encoder, data, cfg, exits, base_embeddings, rng, contrastive_loss, progress,
+                   env=env)
     from nestemb.nesting import Manifest, weights_version
     from nestemb.text.encoder import TEXT_MODEL_KIND
 
@@ -446,8 +465,74 @@ def train_text(
         "steps": cfg.steps,
         "exits": [[e.layer, e.dim, e.weight] for e in exits],
         "final_loss": float(np.mean(losses[-10:])) if losses else math.nan,
+        "world_size": env.world_size,
     }
     return encoder, info
+
+
+def encode_base(base: BaseEmbeddings, texts: Sequence[str], env=None,
+                progress: Callable[[int], None] | None = None) -> None:
+    """Fill ``base``'s cache with every text of ``texts`` it lacks. Under ``torchrun`` (``env``
+    from :func:`nestemb.distributed.init_distributed`) each process encodes its share of the
+    missing texts and the vectors are gathered, so every process ends with the same cache.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from nestemb.text.encoder import load_text_model
+        >>> from nestemb.text.testing import make_tiny_model
+        >>> base = BaseEmbeddings(load_text_model(make_tiny_model(pathlib.Path(tempfile.mkdtemp()) / "m")))
+        >>> encode_base(base, ["a cat", "a dog"]); sorted(base.vectors)
+        ['a cat', 'a dog']
+    """
+    from nestemb import distributed as dist
+
+    env = env or dist.DistEnv()
+    if not env.is_distributed:
+        base(texts, progress)
+        return
+    import torch
+
+    missing = sorted(set(texts) - set(base.vectors))
+    # the batches of a one-process encode, split over the processes: every text is encoded in
+    # the same batch as in one process, so every vector is the one-process vector
+    batches = list(base.encoder._batches(missing, base.batch_size))
+    groups = [batches[dist.shard_slice(len(batches), dataclasses.replace(env, rank=r))]
+              for r in range(env.world_size)]  # fmt: skip
+    vecs = [base.encoder.encode(b, batch_size=len(b), progress=progress) for _, b in groups[env.rank]]
+    vec = np.concatenate(vecs) if vecs else np.zeros((0, base.encoder.dim), np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32)).to(base.encoder.device)
+    every = dist.gather_rows(t, env, [sum(len(idx) for idx, _ in g) for g in groups])
+    order = [i for g in groups for idx, _ in g for i in idx]
+    base.vectors.update(zip((missing[i] for i in order), every.cpu().numpy()))
+
+
+def gathered_exits(model, texts: Sequence[str], layers: Sequence[int] | None = None, env=None) -> dict:
+    """:func:`~nestemb.text.encoder.forward_exits` of a *global* batch of ``texts``: under
+    ``torchrun`` each process forwards only its shard and the embeddings are gathered with
+    gradients (:func:`nestemb.distributed.gather_rows`), so every loss computed on the result
+    sees the whole batch -- in-batch negatives included -- as in one process.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from nestemb.text.encoder import load_text_model
+        >>> from nestemb.text.testing import make_tiny_model
+        >>> enc = load_text_model(make_tiny_model(pathlib.Path(tempfile.mkdtemp()) / "m"))
+        >>> {la: tuple(e.shape) for la, e in gathered_exits(enc.model, ["a cat", "a dog"]).items()}
+        {2: (2, 32)}
+    """
+    from nestemb import distributed as dist
+    from nestemb.text.encoder import forward_exits
+
+    env = env or dist.DistEnv()
+    texts = list(texts)
+    if not env.is_distributed:
+        return forward_exits(model, texts, layers)
+    sizes = dist.shard_sizes(len(texts), env.world_size)
+    if min(sizes) == 0:
+        raise NestembError(f"a batch of {len(texts)} texts cannot be split over "
+                           f"{env.world_size} processes")  # fmt: skip
+    own = forward_exits(model, texts[dist.shard_slice(len(texts), env)], layers)
+    return {la: dist.gather_rows(e, env, sizes) for la, e in own.items()}
 
 
 def _jsonable(d: dict) -> dict:
@@ -464,11 +549,15 @@ def _exits(cfg: TextTrainConfig, dims, layers, encoder):
     return starbucks_exits(dims, layers, cfg.weights)
 
 
-def _train_finetune(encoder, data, cfg, exits, base, rng, contrastive_loss, progress) -> list:
-    """Every weight of the encoder; one forward per text group feeds every prefix and exit."""
+def _train_finetune(encoder, data, cfg, exits, base, rng, contrastive_loss, progress,
+                    env=None) -> list:  # fmt: skip
+    """Every weight of the encoder; one forward per text group feeds every prefix and exit
+    (under ``torchrun``: per process, its shard of the group, gathered; see
+    :func:`gathered_exits`)."""
     import torch
 
-    from nestemb.text.encoder import forward_exits, tokenize
+    from nestemb import distributed as dist
+    from nestemb.text.encoder import tokenize
     from nestemb.text.losses import MatryoshkaTextLoss
 
     loss_fn = MatryoshkaTextLoss(exits, cfg.temperature, cfg.self_distill_weight)
@@ -497,7 +586,7 @@ def _train_finetune(encoder, data, cfg, exits, base, rng, contrastive_loss, prog
             if contrastive_loss is not None:
                 total = total + contrastive_loss(model, [tokenize(model, c) for c in cols])
             else:
-                embs = [forward_exits(model, list(c), exit_layers) for c in cols]
+                embs = [gathered_exits(model, c, exit_layers, env) for c in cols]
                 total = total + loss_fn.contrastive(*embs[:3])
                 if batch_distill:
                     student = {la: torch.cat([e[la] for e in embs], 0) for la in exit_layers}
@@ -505,16 +594,17 @@ def _train_finetune(encoder, data, cfg, exits, base, rng, contrastive_loss, prog
                         student, teacher([t for c in cols for t in c]))
         if graded_iter is not None and cfg.cosent_weight > 0:
             gb = next(graded_iter)
-            e1 = forward_exits(model, [g[0] for g in gb], exit_layers)
-            e2 = forward_exits(model, [g[1] for g in gb], exit_layers)
+            e1 = gathered_exits(model, [g[0] for g in gb], exit_layers, env)
+            e2 = gathered_exits(model, [g[1] for g in gb], exit_layers, env)
             sc = torch.tensor([g[2] for g in gb], device=model.device)
             total = total + cfg.cosent_weight * loss_fn.cosent(e1, e2, sc)
         if pool_iter is not None:
             texts = next(pool_iter)
-            student = forward_exits(model, texts, exit_layers)
+            student = gathered_exits(model, texts, exit_layers, env)
             total = total + cfg.distill_weight * loss_fn.distill(student, teacher(texts))
         opt.zero_grad(set_to_none=True)
         total.backward()
+        dist.average_gradients(model.parameters(), env or dist.DistEnv())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
@@ -602,8 +692,10 @@ def fit_projection(
     return W.detach().numpy().copy(), losses
 
 
-def _train_projection(encoder, data, cfg, exits, base, rng, contrastive_loss, progress) -> list:
-    """Frozen encoder: fit a projection on cached base vectors, append it as a Dense module."""
+def _train_projection(encoder, data, cfg, exits, base, rng, contrastive_loss, progress,
+                      env=None) -> list:  # fmt: skip
+    """Frozen encoder: fit a projection on cached base vectors, append it as a Dense module.
+    Under ``torchrun`` every process fits the same projection on the same (gathered) vectors."""
     import torch
 
     pairs = [tuple(base([r[i] for r in src]) for i in range(len(src[0])))

@@ -20,6 +20,15 @@ returns ``(model, info)``.
   orthogonal layer; without it nothing changes. ``info["compat"]`` records the setup.
 - Device: ``"cpu"``, ``"cuda"`` or ``"auto"``; ``threads`` (if given) applies inside the call
   only. Seeded: on the CPU two runs with the same seed give the same weights.
+- Under ``torchrun`` (see :mod:`nestemb.distributed`) the same call trains data-parallel:
+  ``batch_size`` stays the *global* batch; every process draws and augments it from the same
+  seeded generator and forwards its shard, inside ``DistributedDataParallel`` with batch norm
+  over the global batch; the logits are gathered with gradients and the Matryoshka loss is
+  computed per prefix on the gathered batch, so each step equals the one-process step (to
+  float rounding). Only rank 0 writes checkpoints and reports progress.
+- Checkpoints (``checkpoint_dir``) also hold ``trainer-state.pt`` (optimizer, schedule,
+  generator, epoch); ``resume_from=checkpoint_dir/epoch-E`` continues after epoch ``E`` and
+  gives the weights of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -39,11 +48,13 @@ from nestemb.losses import check_weights, matryoshka_cross_entropy
 from nestemb.models.image import ImageModel, ImageModelConfig, check_model_id, write_model_files
 from nestemb.progress import progress_bar
 from nestemb.device import resolve_device, torch_threads
+from nestemb import distributed as dist
 
 if TYPE_CHECKING:
     from nestemb.compat.training import CompatConfig
 
 AUGMENTS = ("shift", "flip")
+STATE_NAME = "trainer-state.pt"
 DEFAULT_EPOCHS = 10
 DEFAULT_MIN_STEPS = 1500
 
@@ -174,6 +185,40 @@ def augment_batch(
     return x
 
 
+def batch_loss(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weights: torch.Tensor,
+    label_smoothing: float = 0.0,
+    env: dist.DistEnv | None = None,
+) -> torch.Tensor:
+    """The training loss of one *global* batch ``x`` (preprocessed, augmented) with labels
+    ``y``: :func:`~nestemb.losses.matryoshka_cross_entropy` over the per-prefix heads.
+
+    Across processes (``env`` from :func:`nestemb.distributed.init_distributed`, ``net``
+    wrapped by :func:`nestemb.distributed.wrap_ddp`) each process forwards only its shard of
+    ``x``; the logits are gathered with gradients, so every process computes the loss of the
+    whole batch and, after DDP averages them, the gradients of the one-process run.
+
+    Example:
+        >>> from nestemb.models.image import ImageModel, ImageModelConfig
+        >>> m = ImageModel(ImageModelConfig(dim=4, nesting=(2, 4), width=2, num_classes=3))
+        >>> loss = batch_loss(m, torch.zeros(6, 1, 28, 28), torch.arange(6) % 3, torch.ones(2))
+        >>> loss.ndim, loss.requires_grad
+        (0, True)
+    """
+    env = env or dist.DistEnv()
+    device = weights.device
+    sizes = dist.shard_sizes(len(x), env.world_size)
+    part = x[dist.shard_slice(len(x), env)] if env.is_distributed else x
+    _z, logits = net(part.to(device, non_blocking=True))
+    logits = dist.gather_rows(logits, env, sizes)
+    loss, _per = matryoshka_cross_entropy(logits, y.to(device, non_blocking=True), weights,
+                                          label_smoothing)  # fmt: skip
+    return loss
+
+
 def train_image(
     model_config: ImageModelConfig,
     images: np.ndarray,
@@ -185,6 +230,7 @@ def train_image(
     model_id: str = "nestemb-cnn",
     log: Callable[[str], None] | None = None,
     compat: CompatConfig | None = None,
+    resume_from: Path | None = None,
 ) -> tuple[ImageModel, dict]:
     """Train a model on uint8 ``images`` ``(N, H, W)`` with int ``labels``; returns the model (on
     the CPU, in eval mode) and a dict of training info (``train_seconds``, ``steps``, per-epoch
@@ -197,6 +243,14 @@ def train_image(
     compatible with an older model (see :mod:`nestemb.compat.training`); the returned model is
     still a plain :class:`ImageModel` and ``info["compat"]`` describes the setup (save it in the
     manifest's ``extra``).
+
+    ``resume_from`` (a ``checkpoint_dir/epoch-E`` folder of an earlier run with the same data
+    and config) restores the weights, optimizer, schedule and random state saved there and
+    trains epochs ``E+1..``: the result equals the uninterrupted run's.
+
+    Under ``torchrun`` the call trains data-parallel (see the module notes); the returned
+    model is the same on every process, ``info["world_size"]`` says how many took part, and
+    only rank 0 writes checkpoints, calls ``log`` and shows progress.
 
     Example:
         >>> import numpy as np
@@ -222,12 +276,21 @@ def train_image(
         )
     weights = check_weights(config.weights or default_weights(model_config.nesting),
                             model_config.nesting)  # fmt: skip
-    device = resolve_device(config.device)
+    env, device = dist.init_distributed(config.device)
+    if compat is not None and env.is_distributed:
+        raise NestembError("compatible training (compat) runs in one process: start it without "
+                           f"torchrun (WORLD_SIZE={env.world_size})")
     check_model_id(model_id)  # before training, not after it
     holdout = holdout_size(len(images)) if config.holdout is None else config.holdout
     train_idx, hold_idx = split_holdout(len(images), holdout, config.seed)
     n = len(train_idx)
     epochs, per_epoch, total_steps = config.schedule(n)
+    signature = {"n_train": int(n), "holdout": int(holdout), "seed": int(config.seed),
+                 "batch_size": int(config.batch_size), "total_steps": int(total_steps),
+                 "epochs": int(epochs), "model": repr(model_config),
+                 "compat": compat.describe() if compat is not None else None}
+    state = _load_state(resume_from, signature) if resume_from is not None else None
+    progress = progress and env.is_main
     with torch_threads(config.threads):
         torch.manual_seed(config.seed)
         gen = torch.Generator().manual_seed(config.seed)
@@ -251,43 +314,62 @@ def train_image(
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         w = torch.tensor(weights, dtype=torch.float32, device=device)
         every = max(1, epochs // 10)
-        history, step = [], 0
+        history, step, first = [], 0, 1
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            if hooks is not None:
+                hooks.load_state_dict(state["hooks"])
+            history, step, first = list(state["history"]), int(state["step"]), int(state["epoch"]) + 1
+        net = dist.wrap_ddp(model, env, device)
         start = time.perf_counter()
-        with progress_bar(progress, info=True) as bar:
-            for epoch in range(1, epochs + 1):
-                n_steps = min(per_epoch, total_steps - step)
-                task = bar.add_task(f"epoch {epoch}/{epochs}", total=n_steps, info="")
-                perm = torch.randperm(n, generator=gen)
-                total, count = 0.0, 0
-                for s in range(n_steps):
-                    idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
-                    x = augment_batch(model.preprocess(x_all[idx]), gen, config.augment, config.shift)
-                    x = x.to(device, non_blocking=True)
-                    z, logits = model(x) if hooks is None else hooks(model, x)
-                    y = y_all[idx].to(device, non_blocking=True)
-                    loss, _per = matryoshka_cross_entropy(logits, y, w, config.label_smoothing)
-                    if hooks is not None:
-                        loss = loss + hooks.loss(model, x, z, y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    step += 1
-                    total += loss.item() * len(idx)
-                    count += len(idx)
-                    if s % 10 == 0 or s == n_steps - 1:
-                        bar.update(task, completed=s + 1, info=f"loss {total / count:.4f}")
-                history.append(total / count)
-                if log:
-                    log(f"epoch {epoch}: loss {total / count:.4f}")
-                if checkpoint_dir is not None and (epoch % every == 0 or epoch == epochs):
-                    ckpt = Path(checkpoint_dir) / f"epoch-{epoch}"
-                    ckpt.mkdir(parents=True, exist_ok=True)
-                    extra = {"epoch": epoch, "step": step}
-                    if compat is not None:
-                        extra["compat"] = compat.describe()
-                    write_model_files(model if hooks is None else hooks.export(model), ckpt,
-                                      model_id, extra)  # fmt: skip
+        try:
+            with progress_bar(progress, info=True) as bar:
+                for epoch in range(first, epochs + 1):
+                    n_steps = min(per_epoch, total_steps - step)
+                    task = bar.add_task(f"epoch {epoch}/{epochs}", total=n_steps, info="")
+                    perm = torch.randperm(n, generator=gen)
+                    total, count = 0.0, 0
+                    for s in range(n_steps):
+                        idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
+                        # the whole global batch is augmented on every process (one generator,
+                        # as in a one-process run); each process forwards its shard of it
+                        x = augment_batch(model.preprocess(x_all[idx]), gen, config.augment, config.shift)
+                        if hooks is None:
+                            loss = batch_loss(net, x, y_all[idx], w, config.label_smoothing, env)
+                        else:
+                            x = x.to(device, non_blocking=True)
+                            z, logits = hooks(model, x)
+                            y = y_all[idx].to(device, non_blocking=True)
+                            loss, _per = matryoshka_cross_entropy(logits, y, w, config.label_smoothing)
+                            loss = loss + hooks.loss(model, x, z, y)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        sched.step()
+                        step += 1
+                        total += loss.item() * len(idx)
+                        count += len(idx)
+                        if s % 10 == 0 or s == n_steps - 1:
+                            bar.update(task, completed=s + 1, info=f"loss {total / count:.4f}")
+                    history.append(total / count)
+                    if log and env.is_main:
+                        log(f"epoch {epoch}: loss {total / count:.4f}")
+                    if (checkpoint_dir is not None and env.is_main
+                            and (epoch % every == 0 or epoch == epochs)):  # fmt: skip
+                        ckpt = Path(checkpoint_dir) / f"epoch-{epoch}"
+                        ckpt.mkdir(parents=True, exist_ok=True)
+                        extra = {"epoch": epoch, "step": step}
+                        if compat is not None:
+                            extra["compat"] = compat.describe()
+                        write_model_files(model if hooks is None else hooks.export(model), ckpt,
+                                          model_id, extra)  # fmt: skip
+                        _save_state(ckpt, signature, epoch, step, history, model, opt, sched, gen,
+                                    hooks)  # fmt: skip
+        finally:
+            dist.revert_batchnorm(model)
         seconds = time.perf_counter() - start
         if hooks is not None:
             hooks.finish(model)  # the orthogonal layer goes into the model's last linear layer
@@ -296,6 +378,7 @@ def train_image(
     cfg["augment"], cfg["device"] = list(config.augment), device
     info = {
         "train_seconds": round(seconds, 2),
+        "world_size": env.world_size,
         "epochs": epochs,
         "steps": step,
         "epoch_losses": [round(v, 5) for v in history],
@@ -307,4 +390,38 @@ def train_image(
     }
     if compat is not None:
         info["compat"] = compat.describe()
+    if state is not None:
+        info["resumed_from"] = str(resume_from)
     return model, info
+
+
+def _save_state(ckpt: Path, signature: dict, epoch: int, step: int, history: list, model, opt,
+                sched, gen: torch.Generator, hooks) -> None:  # fmt: skip
+    """Everything :func:`train_image` needs to continue after ``epoch`` (atomically)."""
+    from nestemb.io import atomic_file
+
+    state = {"signature": signature, "epoch": epoch, "step": step, "history": list(history),
+             "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "generator": gen.get_state(),
+             "hooks": hooks.state_dict() if hooks is not None else None}  # fmt: skip
+    with atomic_file(ckpt / STATE_NAME) as f:
+        torch.save(state, f)
+
+
+def _load_state(ckpt: Path, signature: dict) -> dict:
+    """The trainer state of a checkpoint folder, refused when it belongs to another run."""
+    path = Path(ckpt) / STATE_NAME
+    if not path.is_file():
+        raise NestembError(f"resume_from: {ckpt} holds no {STATE_NAME} (give a checkpoint "
+                           "folder checkpoints/epoch-E of a run)")  # fmt: skip
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or not a torch file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NestembError(f"cannot read {path}: {first}") from None
+    saved = state.get("signature", {}) if isinstance(state, dict) else {}
+    for key, value in signature.items():
+        if saved.get(key) != value:
+            raise NestembError(f"resume_from: {ckpt} was written by a different run: {key} "
+                               f"{saved.get(key)!r} there, {value!r} now")  # fmt: skip
+    return state

@@ -1,0 +1,14 @@
+"""The nestemb service: an HTTP API over durable Matryoshka collections (``nestemb serve``).
+
+* :mod:`nestemb.service.store`: SQLite (WAL) storage of collections and points;
+* :mod:`nestemb.service.collection`: the in-memory funnel search of one collection;
+* :mod:`nestemb.service.auth`: API keys scoped to collections and read/write;
+* :mod:`nestemb.service.app`: the FastAPI application and its limits.
+"""
+
+from nestemb.service.app import Limits, create_app
+from nestemb.service.auth import ApiKey, load_api_keys
+from nestemb.service.collection import LiveCollection, Plan
+from nestemb.service.store import Store
+
+__all__ = ["ApiKey", "Limits", "LiveCollection", "Plan", "Store", "create_app", "load_api_keys"]

@@ -1,0 +1,813 @@
+"""The HTTP API: durable Matryoshka collections, budgeted search, a search page.
+
+:func:`create_app` builds the FastAPI application over a data folder; ``nestemb serve`` runs it
+under uvicorn. Layers, outermost first:
+
+1. :class:`GuardMiddleware` (pure ASGI): authorization from the method and path alone and the
+   request-size limit (``Content-Length`` checked up front, streamed bodies counted), so a
+   request without the right key never has its body read and never changes anything;
+2. FastAPI validation of the JSON body (pydantic models below; every error is a JSON
+   ``{"error": {"status", "message", "field"}}``);
+3. the handlers: checks against the collection (vector length, nesting, ids), then the SQLite
+   commit (:class:`nestemb.service.store.Store`), then the in-memory update
+   (:class:`nestemb.service.collection.LiveCollection`), then the answer: an acknowledged write
+   is durable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Optional, Union
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nestemb import __version__
+from nestemb.errors import NestembError
+from nestemb.nesting import default_nesting, validate_nesting
+from nestemb.service.auth import ApiKey, find_key
+from nestemb.service.collection import LiveCollection, check_plan
+from nestemb.service.store import MissingCollection, Store
+
+log = logging.getLogger("nestemb.service")
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""Collection names: letters, digits, ``_`` and ``-`` (no separators, no dots), <= 64 chars."""
+INT_ID_MIN, INT_ID_MAX = -(2**53 - 1), 2**53 - 1
+"""Integer point ids are JSON-safe: JavaScript's ``JSON.parse`` (the search page) and every
+float-based JSON reader keep them exact."""
+MAX_PAYLOAD_DEPTH = 64
+"""Deepest nesting of arrays and objects in a payload (the response encoder stops near 255)."""
+MAX_ABS_STORED = 1e30
+MIN_PREFIX_NORM = 1e-30
+"""Stored vectors: values within +-1e30 and a first prefix of norm >= 1e-30, so every float32
+product and norm of the search stays finite and normal (queries are normalized in float64)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits; each is answered with 413 (sizes) or 422 (values) naming the field."""
+
+    max_body_bytes: int = 32 << 20
+    max_batch: int = 1000
+    max_k: int = 1000
+    max_payload_bytes: int = 65536
+    max_text_chars: int = 20000
+    max_dim: int = 8192
+    max_queries: int = 256
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+def error_body(status: int, message: str, field: str | None = None) -> dict:
+    return {"error": {"status": status, "message": message, "field": field}}
+
+
+# ----------------------------------------------------------------------------- API models
+def _utf8(s: str) -> str:
+    """JSON allows lone surrogates (``"\\ud800"``); they cannot be written back as UTF-8."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("string holds a lone UTF-16 surrogate (not valid Unicode)") from None
+    return s
+
+
+def _integral(v: Any) -> Any:
+    """JSON Schema's integers include ``10.0``: take it as 10 (but not ``true`` or ``"10"``)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def json_int(lo: int, hi: int) -> Any:
+    """An integer in ``[lo, hi]`` (bounds first: after the validator they would not reach the
+    OpenAPI schema as minimum and maximum)."""
+    return Annotated[StrictInt, Field(ge=lo, le=hi), BeforeValidator(_integral)]
+
+
+Utf8Str = Annotated[str, AfterValidator(_utf8)]
+PointId = Union[json_int(INT_ID_MIN, INT_ID_MAX),
+                Annotated[str, Field(min_length=1, max_length=256)]]
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Scalar = Union[StrictInt, FiniteFloat, Utf8Str, bool, None]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(Strict):
+    status: int
+    message: str
+    field: Optional[str] = None
+
+
+class ErrorResponse(Strict):
+    error: ErrorDetail
+
+
+class CollectionCreate(Strict):
+    nesting: Optional[list[json_int(1, 65536)]] = Field(
+        None, max_length=64,
+        description="prefix dims, ascending; the last is the vector length (default for a "
+                    "text encoder: its own nesting)")
+    encoder: Optional[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        None, description='null (vectors only), "minilm" (the bundled all-MiniLM-L6-v2) or '
+                          'the path of a saved nestemb text model on the server')
+
+
+class Point(Strict):
+    id: PointId
+    vector: Optional[list[FiniteFloat]] = None
+    text: Optional[Utf8Str] = None
+    payload: Optional[dict[str, Any]] = Field(None, description="any JSON object (finite "
+                                                                "numbers), at most the server's "
+                                                                "max_payload_bytes")
+
+
+class UpsertRequest(Strict):
+    points: list[Point]
+
+
+class DeleteRequest(Strict):
+    ids: list[PointId]
+
+
+class SearchRequest(Strict):
+    vector: Optional[list[FiniteFloat]] = None
+    text: Optional[Utf8Str] = None
+    k: json_int(1, 2**31 - 1) = Field(10, description="hits to return (1 ... the server's "
+                                                     "max_k)")
+    dims: Optional[list[json_int(1, 65536)]] = Field(
+        None, max_length=64, description="stage prefix dims, ascending, each in the nesting")
+    shortlist: Optional[list[json_int(1, 2**31 - 1)]] = Field(
+        None, max_length=63, description="candidates kept per stage but the last (with dims), "
+                                         "non-increasing, each >= k")
+    recall: Optional[FiniteFloat] = Field(None, gt=0, le=1,
+                                          description="recall@10 target in (0, 1]")
+    filter: Optional[dict[Utf8Str, Scalar]] = Field(None, description="payload fields that "
+                                                                      "must equal these values")
+
+
+class BatchSearchRequest(Strict):
+    searches: list[SearchRequest]
+
+
+class Hit(BaseModel):
+    id: PointId
+    score: float
+    payload: dict[str, Any]
+
+
+class PlanOut(BaseModel):
+    dims: list[int]
+    shortlist: list[int]
+    source: str
+    expected_recall: Optional[float]
+
+
+class SearchResponse(BaseModel):
+    hits: list[Hit]
+    plan: PlanOut
+    timing: dict[str, Any]
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[SearchResponse]
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    count: int
+    dim: int
+    nesting: list[int]
+    encoder: Optional[str]
+    model_id: Optional[str]
+    model_version: Optional[str]
+    index: dict[str, Any]
+
+
+class PointOut(BaseModel):
+    id: PointId
+    vector: list[float]
+    payload: dict[str, Any]
+
+
+class CollectionSummary(BaseModel):
+    name: str
+    count: int
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionSummary]
+
+
+class Dropped(BaseModel):
+    dropped: str
+
+
+class Upserted(BaseModel):
+    upserted: int
+
+
+class Deleted(BaseModel):
+    deleted: int
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    collections: int
+
+
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 415, 422)}
+
+
+# ----------------------------------------------------------------------------- middleware
+def _route_scope(method: str, path: str) -> tuple[bool, str | None, str]:
+    """(needs a key, collection or None, "read"/"write") for a request line."""
+    if path in ("/", "/healthz", "/openapi.json", "/docs") or path.startswith("/static/"):
+        return False, None, "read"
+    m = re.match(r"^/collections/([^/]*)(/.*)?$", path)
+    if not m:
+        return True, None, "read"
+    name, rest = m.group(1), m.group(2) or ""
+    write = method in ("PUT", "DELETE", "PATCH") or (method == "POST" and not
+                                                     rest.startswith("/search"))
+    return True, name, "write" if write else "read"
+
+
+class GuardMiddleware:
+    """Authorization and the body-size limit, before the application reads anything."""
+
+    def __init__(self, app, keys: list[ApiKey] | None, limits: Limits):
+        self.app, self.keys, self.limits = app, keys, limits
+
+    async def _reply(self, send, status: int, message: str, field: str | None = None) -> None:
+        body = json.dumps(error_body(status, message, field)).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        needs_key, collection, access = _route_scope(scope["method"], scope["path"])
+        if self.keys is not None and needs_key:
+            given = headers.get("x-api-key")
+            auth = headers.get("authorization", "")
+            if not given and auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+            key = find_key(self.keys, given)
+            if key is None:
+                return await self._reply(send, 401, "missing or unknown API key (send "
+                                         "'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
+                                         "authorization")
+            if not key.allows(collection, access):
+                return await self._reply(send, 403, f"this API key may not {access} "
+                                         f"collection {collection!r}", "authorization")
+            scope.setdefault("state", {})["api_key"] = key
+        limit = self.limits.max_body_bytes
+        length = headers.get("content-length")
+        if length is not None:
+            if not re.fullmatch(r"[0-9]{1,19}", length.strip()):
+                return await self._reply(send, 400, "invalid Content-Length", "content-length")
+            if int(length) > limit:
+                return await self._reply(send, 413, f"request body of {length} bytes exceeds "
+                                         f"the limit of {limit} bytes", "body")
+        seen = 0
+
+        async def counted_receive():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return msg
+
+        try:
+            await self.app(scope, counted_receive, send)
+        except BodyTooLarge as e:  # raised where no handler turned it into the 413 answer
+            await self._reply(send, 413, e.detail, "body")
+
+
+class AccessLogMiddleware:
+    """One JSON log line per request (method, path, status, ms), refused ones included. Pure
+    ASGI: Starlette's ``BaseHTTPMiddleware`` would wrap every request in a task and a stream."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not log.isEnabledFor(logging.INFO):
+            return await self.app(scope, receive, send)
+        t, status = time.perf_counter(), 500  # 500 unless the app answered
+
+        async def logged_send(msg):
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, logged_send)
+        finally:
+            log.info(json.dumps({"event": "request", "method": scope["method"],
+                                 "path": scope["path"], "status": status,
+                                 "ms": round((time.perf_counter() - t) * 1000, 2)}))
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A streamed (chunked) body grew past the limit. An HTTPException, so that FastAPI's
+    body reader passes it through (it turns other exceptions into a 400) to the 413 handler."""
+
+    field = "body"
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+
+
+# ----------------------------------------------------------------------------- service
+class Service:
+    """State behind the routes: the store, live collections, encoders, background tuning."""
+
+    def __init__(self, store: Store, limits: Limits, tune_interval: float = 2.0):
+        self.store, self.limits = store, limits
+        self.collections: dict[str, LiveCollection] = {}
+        self.configs: dict[str, dict] = {}
+        self._encoders: dict[str, Any] = {}
+        self._encoder_lock = threading.Lock()
+        self._admin = threading.Lock()  # create / drop
+        self._stop = threading.Event()
+        self._tune_interval = tune_interval
+        for name, cfg in store.collections().items():
+            live = LiveCollection(name, cfg["nesting"])
+            ids, X, pays = store.load(name, live.dim)  # checks every vector's length
+            if ids:
+                live.upsert(ids, X, pays)
+            self.collections[name], self.configs[name] = live, cfg
+            log.info(json.dumps({"event": "collection_loaded", "name": name, "count": len(live)}))
+        self._tuner = threading.Thread(target=self._tune_loop, name="nestemb-tuner", daemon=True)
+
+    def start(self) -> None:
+        """Start the background tuner (once: a second lifespan of the app does not fail)."""
+        if self._tuner.ident is None:
+            self._tuner.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._tuner.is_alive():
+            self._tuner.join(timeout=10)
+        self.store.close()
+
+    def _tune_loop(self) -> None:
+        """Re-tune a collection whose size changed by > 20 % since its last tuning."""
+        while not self._stop.wait(self._tune_interval):
+            for name, live in list(self.collections.items()):
+                n, t = len(live), live.tuning
+                if n >= 100 and (t is None or abs(n - t.count) > 0.2 * t.count):
+                    try:
+                        res = live.tune()
+                        log.info(json.dumps({"event": "tuned", "name": name, "count": res.count,
+                                             "seconds": res.seconds}))
+                    except Exception:  # noqa: BLE001 - a dropped collection mid-tuning
+                        log.exception("tuning %s failed", name)
+
+    def get(self, name: str) -> LiveCollection:
+        check_name(name)
+        live = self.collections.get(name)
+        if live is None:
+            raise ApiError(404, f"collection {name!r} does not exist", "name")
+        return live
+
+    def encoder(self, spec: str):
+        with self._encoder_lock:
+            if spec not in self._encoders:
+                from nestemb.text.encoder import load_text_model
+
+                self._encoders[spec] = load_text_model(spec, device="cpu")
+            return self._encoders[spec]
+
+    def config(self, name: str) -> dict:
+        """The configuration of a live collection (404 once it is dropped)."""
+        cfg = self.configs.get(name)
+        if cfg is None:
+            raise ApiError(404, f"collection {name!r} does not exist", "name")
+        return cfg
+
+    def embed(self, name: str, texts: list[str], fields: list[str]) -> np.ndarray:
+        """Embed ``texts`` (``fields[i]`` names text ``i`` in errors) with the collection's
+        encoder, after checking every text."""
+        cfg = self.config(name)
+        spec = cfg.get("encoder")
+        if spec is None:
+            raise ApiError(422, f"collection {name!r} has no encoder: send vectors", fields[0])
+        for t, field in zip(texts, fields):
+            if not t.strip():
+                raise ApiError(422, "text must not be empty", field)
+            if len(t) > self.limits.max_text_chars:
+                raise ApiError(413, f"text of {len(t)} characters exceeds the limit of "
+                               f"{self.limits.max_text_chars}", field)
+        try:
+            enc = self.encoder(spec)
+        except (NestembError, OSError, ValueError) as e:  # the model folder went away
+            raise ApiError(409, f"the encoder {spec!r} of collection {name!r} cannot be "
+                           f"loaded: {e}", "encoder") from None
+        have, want = enc.manifest.model_version, cfg.get("model_version")
+        if want is not None and have != want:
+            raise ApiError(409, f"the encoder {spec!r} now has weights version {have}, "
+                           f"collection {name!r} was built with {want}: new texts would not "
+                           "be comparable with its stored vectors", "encoder")
+        return np.asarray(enc.encode(texts), dtype=np.float32)
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.fullmatch(name):
+        raise ApiError(422, f"invalid collection name {name!r}: use 1-64 letters, digits, '_' "
+                       "or '-', starting with a letter or digit", "name")
+
+
+def _vectors(rows: list[list[float]], dim: int, fields: list[str],
+             max_abs: float = 3e38) -> np.ndarray:
+    """Rows as a float32 matrix, each of length ``dim`` with values within ``max_abs``
+    (``fields[i]`` names row ``i`` in errors)."""
+    for v, field in zip(rows, fields):
+        if len(v) != dim:
+            raise ApiError(422, f"vector has length {len(v)}, the collection's dimension is "
+                           f"{dim}", field)
+    X = np.asarray(rows, dtype=np.float64).reshape(len(rows), dim)
+    bad = ~(np.abs(X) <= max_abs).all(axis=1)
+    if bad.any():
+        raise ApiError(422, f"vector values must be finite and within +-{max_abs:g}",
+                       fields[int(np.flatnonzero(bad)[0])])
+    return X.astype(np.float32)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d + 1)
+            if deepest > MAX_PAYLOAD_DEPTH:
+                break
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _payload_json(payload: dict, field: str, limit: int) -> None:
+    """Check that a payload is storable JSON that can be answered back: finite numbers (the
+    parser reads ``NaN`` and ``1e999``), valid Unicode, at most ``MAX_PAYLOAD_DEPTH`` levels
+    deep, and at most ``limit`` bytes."""
+    if _depth(payload) > MAX_PAYLOAD_DEPTH:
+        raise ApiError(422, f"payload is nested deeper than {MAX_PAYLOAD_DEPTH} levels", field)
+    try:
+        text = json.dumps(payload, allow_nan=False, ensure_ascii=False)
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # (a ValueError: first)
+        raise ApiError(422, "payload holds a lone UTF-16 surrogate (not valid Unicode)",
+                       field) from None
+    except ValueError:  # NaN / Infinity, or an integer too long to write back
+        raise ApiError(422, "payload numbers must be finite (no NaN or Infinity)", field) from None
+    if size > limit:
+        raise ApiError(413, f"payload of {size} bytes exceeds the limit of {limit}", field)
+
+
+def _error_field(loc: tuple, body: Any, missing: bool) -> str:
+    """The request field a validation error is about, as ``a.0.b``: ``loc`` followed through
+    the body as sent, leaving out pydantic's union tags (``points.0.id.int`` -> ``points.0.id``)."""
+    parts: list[str] = []
+    cur = body
+    items = list(loc[1:] if loc[:1] == ("body",) else loc)
+    for i, x in enumerate(items):
+        if isinstance(cur, dict) and isinstance(x, str) and (
+                x in cur or (missing and i == len(items) - 1)):
+            parts.append(x)
+            cur = cur.get(x)
+        elif isinstance(cur, list) and isinstance(x, int) and 0 <= x < len(cur):
+            parts.append(str(x))
+            cur = cur[x]
+        else:
+            break
+    return ".".join(parts) or "body"
+
+
+def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
+               durability: str = "full", limits: Limits | None = None,
+               tune_interval: float = 2.0) -> FastAPI:
+    """The service's ASGI application over ``data_dir`` (created if missing).
+
+    Example:
+        >>> import tempfile
+        >>> from fastapi.testclient import TestClient
+        >>> with TestClient(create_app(tempfile.mkdtemp())) as client:
+        ...     client.put("/collections/docs", json={"nesting": [2, 4]}).status_code
+        ...     _ = client.put("/collections/docs/points",
+        ...                    json={"points": [{"id": 1, "vector": [1, 0, 0, 0]}]})
+        ...     client.post("/collections/docs/search",
+        ...                 json={"vector": [1, 0, 0, 0], "k": 1}).json()["hits"][0]["id"]
+        200
+        1
+    """
+    limits = limits or Limits()
+    store = Store(data_dir, durability)
+    svc = Service(store, limits, tune_interval)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        svc.start()
+        log.info(json.dumps({"event": "started", "data_dir": str(data_dir),
+                             "durability": durability, "collections": len(svc.collections)}))
+        yield
+        svc.stop()
+        log.info(json.dumps({"event": "stopped"}))
+
+    app = FastAPI(title="nestemb", version=__version__, lifespan=lifespan,
+                  description="Matryoshka collections: one stored vector per point, searched "
+                              "as a funnel over its prefixes.")
+    app.state.service = svc
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return JSONResponse(error_body(exc.status, exc.message, exc.field), exc.status)
+
+    @app.exception_handler(NestembError)
+    async def _nestemb_error(request: Request, exc: NestembError):
+        msg = str(exc)
+        field = msg.split(":", 1)[0] if re.match(r"^\w+:", msg) else None
+        return JSONResponse(error_body(422, msg, field), 422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = exc.errors() or [{"loc": (), "msg": "invalid request", "type": ""}]
+        if errors[0].get("type") == "json_invalid":
+            return JSONResponse(error_body(400, "malformed JSON body", "body"), 400)
+        if isinstance(exc.body, (bytes, bytearray)):  # a body FastAPI did not read as JSON
+            return JSONResponse(error_body(415, "send the body as JSON, with the header "
+                                           "'Content-Type: application/json'", "content-type"),
+                                415)
+
+        def field_of(err: dict) -> str:
+            return _error_field(tuple(err.get("loc", ())), exc.body, err.get("type") == "missing")
+
+        field = field_of(errors[0])
+        # a union (an id: integer or string) fails once per member: give every reason
+        msgs = list(dict.fromkeys(str(e.get("msg")) for e in errors if field_of(e) == field))
+        return JSONResponse(error_body(422, f"{field}: {'; or '.join(msgs)}", field), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        field = getattr(exc, "field", None) or {400: "body", 404: "path", 405: "method",
+                                                 413: "body"}.get(exc.status_code)
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            message = "malformed JSON body (nested too deeply, or a number too long?)"
+        return JSONResponse(error_body(exc.status_code, message, field),
+                            exc.status_code, headers=getattr(exc, "headers", None))
+
+    app.add_middleware(GuardMiddleware, keys=api_keys, limits=limits)
+    app.add_middleware(AccessLogMiddleware)  # added last: outermost, logs refused requests too
+
+    # -------------------------------------------------------------------- routes
+    @app.get("/healthz")
+    def healthz() -> Health:
+        return {"status": "ok", "version": __version__, "collections": len(svc.collections)}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return resources.files("nestemb.service").joinpath("page.html").read_text("utf-8")
+
+    @app.get("/collections", responses=ERRORS)
+    def list_collections(request: Request) -> CollectionList:
+        key: ApiKey | None = request.scope.get("state", {}).get("api_key")
+        cols = list(svc.collections.items())
+        return CollectionList(collections=[
+            CollectionSummary(name=n, count=len(live)) for n, live in sorted(cols)
+            if key is None or key.allows(n, "read")])
+
+    def info(name: str) -> CollectionInfo:
+        live = svc.get(name)
+        cfg = svc.config(name)
+        t = live.tuning
+        return CollectionInfo(
+            name=name, count=len(live), dim=live.dim, nesting=list(live.nesting),
+            encoder=cfg.get("encoder"), model_id=cfg.get("model_id"),
+            model_version=cfg.get("model_version"),
+            index={"kind": "funnel: exact scan of the first stage prefix, re-rank on longer "
+                           "prefixes", "default_plan": live.default_plan().as_dict(),
+                   "tuning": None if t is None else {"count": t.count, "seconds": t.seconds,
+                                                     "configs": t.configs}})
+
+    @app.put("/collections/{name}", responses=ERRORS)
+    def create_collection(name: str, body: CollectionCreate) -> CollectionInfo:
+        check_name(name)
+        with svc._admin:
+            if name in svc.collections:
+                raise ApiError(409, f"collection {name!r} already exists", "name")
+            cfg: dict[str, Any] = {"encoder": body.encoder, "model_id": None,
+                                   "model_version": None, "created": time.time()}
+            if body.encoder is not None:
+                try:
+                    enc = svc.encoder(body.encoder)
+                except (NestembError, OSError, ValueError) as e:  # OSError: a bad path
+                    raise ApiError(422, str(e), "encoder") from None
+                man = enc.manifest
+                dim = enc.dim
+                nesting = body.nesting or list(man.nesting or default_nesting(dim, 8))
+                cfg.update(model_id=man.model_id, model_version=man.model_version)
+            else:
+                if not body.nesting:
+                    raise ApiError(422, "nesting is required for a collection without an "
+                                   "encoder", "nesting")
+                nesting = body.nesting
+                dim = nesting[-1]
+            if dim > limits.max_dim:
+                raise ApiError(422, f"dimension {dim} exceeds the limit of {limits.max_dim}",
+                               "nesting")
+            try:
+                nesting = list(validate_nesting(nesting, full_dim=dim))
+            except NestembError as e:
+                raise ApiError(422, f"nesting: {e}", "nesting") from None
+            cfg["nesting"] = nesting
+            svc.store.create_collection(name, cfg)
+            svc.configs[name] = cfg
+            svc.collections[name] = LiveCollection(name, nesting)
+        return info(name)
+
+    @app.get("/collections/{name}", responses=ERRORS)
+    def describe_collection(name: str) -> CollectionInfo:
+        return info(name)
+
+    @app.delete("/collections/{name}", responses=ERRORS)
+    def drop_collection(name: str) -> Dropped:
+        with svc._admin:
+            live = svc.get(name)
+            with live.write_lock:  # no write of this collection is between commit and memory
+                svc.store.drop_collection(name)
+                svc.collections.pop(name, None)
+                svc.configs.pop(name, None)
+        return Dropped(dropped=name)
+
+    @app.put("/collections/{name}/points", responses=ERRORS)
+    def upsert_points(name: str, body: UpsertRequest) -> Upserted:
+        live = svc.get(name)
+        pts = body.points
+        if not pts:
+            raise ApiError(422, "points must not be empty", "points")
+        if len(pts) > limits.max_batch:
+            raise ApiError(413, f"batch of {len(pts)} points exceeds the limit of "
+                           f"{limits.max_batch}", "points")
+        seen: set = set()
+        for i, p in enumerate(pts):
+            if (p.vector is None) == (p.text is None):
+                raise ApiError(422, "give exactly one of vector and text", f"points.{i}")
+            if (type(p.id), p.id) in seen:
+                raise ApiError(422, f"duplicate id {p.id!r} in the batch", f"points.{i}.id")
+            seen.add((type(p.id), p.id))
+            _payload_json(p.payload or {}, f"points.{i}.payload", limits.max_payload_bytes)
+        X = np.zeros((len(pts), live.dim), dtype=np.float32)
+        vec_rows = [i for i, p in enumerate(pts) if p.vector is not None]
+        if vec_rows:
+            X[vec_rows] = _vectors([pts[i].vector for i in vec_rows], live.dim,
+                                   [f"points.{i}.vector" for i in vec_rows], MAX_ABS_STORED)
+        text_rows = [i for i, p in enumerate(pts) if p.text is not None]
+        if text_rows:
+            X[text_rows] = svc.embed(name, [pts[i].text for i in text_rows],
+                                     [f"points.{i}.text" for i in text_rows])
+        norms = np.linalg.norm(X[:, : live.nesting[0]].astype(np.float64), axis=1)
+        if (norms < MIN_PREFIX_NORM).any():
+            i = int(np.flatnonzero(norms < MIN_PREFIX_NORM)[0])
+            raise ApiError(422, f"vector's first {live.nesting[0]} dims are all zero or nearly "
+                           f"(norm < {MIN_PREFIX_NORM:g}): no direction to compare",
+                           f"points.{i}.vector")
+        ids = [p.id for p in pts]
+        payloads = [p.payload or {} for p in pts]
+        with live.write_lock:
+            try:
+                if svc.collections.get(name) is not live:  # dropped while embedding
+                    raise MissingCollection(name)
+                svc.store.upsert(name, list(zip(ids, X, payloads)))  # durable first
+            except MissingCollection:
+                raise ApiError(404, f"collection {name!r} does not exist", "name") from None
+            live.upsert(ids, X, payloads)
+        return Upserted(upserted=len(ids))
+
+    def _parse_id(live: LiveCollection, raw: str) -> int | str:
+        """A path id: the integer if it looks like one and exists; else the string if it
+        exists; else, for a JSON string literal (``"5"``, how to reach the string id ``"5"``
+        beside an integer 5), the string it spells; else the raw string."""
+        if re.fullmatch(r"-?[0-9]{1,16}", raw) and INT_ID_MIN <= int(raw) <= INT_ID_MAX \
+                and live.get(int(raw)) is not None:
+            return int(raw)
+        if live.get(raw) is None and len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            try:
+                quoted = json.loads(raw)
+            except ValueError:
+                return raw
+            if isinstance(quoted, str):
+                return quoted
+        return raw
+
+    @app.get("/collections/{name}/points/{point_id}", responses=ERRORS)
+    def get_point(name: str, point_id: str) -> PointOut:
+        live = svc.get(name)
+        pid = _parse_id(live, point_id)
+        got = live.get(pid)
+        if got is None:
+            raise ApiError(404, f"point {point_id!r} not found in {name!r}", "id")
+        return PointOut(id=pid, vector=got[0].tolist(), payload=got[1])
+
+    @app.post("/collections/{name}/points/delete", responses=ERRORS)
+    def delete_points(name: str, body: DeleteRequest) -> Deleted:
+        live = svc.get(name)
+        if not body.ids:
+            raise ApiError(422, "ids must not be empty", "ids")
+        if len(body.ids) > limits.max_batch:
+            raise ApiError(413, f"batch of {len(body.ids)} ids exceeds the limit of "
+                           f"{limits.max_batch}", "ids")
+        keys = [(type(i), i) for i in body.ids]
+        if len(set(keys)) != len(keys):
+            i = next(j for j, key in enumerate(keys) if key in keys[:j])
+            raise ApiError(422, f"duplicate id {body.ids[i]!r} in the batch", f"ids.{i}")
+        with live.write_lock:
+            if svc.collections.get(name) is not live:
+                raise ApiError(404, f"collection {name!r} does not exist", "name")
+            svc.store.delete(name, body.ids)
+            return Deleted(deleted=live.delete(body.ids))
+
+    def _search(name: str, req: SearchRequest, field: str = "") -> SearchResponse:
+        live = svc.get(name)
+        t0 = time.perf_counter()
+        if not 1 <= req.k <= limits.max_k:
+            raise ApiError(422, f"k must be in 1 ... {limits.max_k}, got {req.k}", field + "k")
+        if (req.vector is None) == (req.text is None):
+            raise ApiError(422, "give exactly one of vector and text", field + "vector")
+        if req.recall is not None and req.dims is not None:
+            raise ApiError(422, "give dims or recall, not both", field + "recall")
+        if req.shortlist is not None and req.dims is None:
+            raise ApiError(422, "shortlist needs dims", field + "shortlist")
+        timing: dict[str, Any] = {}
+        if req.text is not None:
+            t = time.perf_counter()
+            q = svc.embed(name, [req.text], [field + "text"])
+            timing["embed_ms"] = round((time.perf_counter() - t) * 1000, 3)
+        else:
+            q = _vectors([req.vector], live.dim, [field + "vector"])
+        if not q[0, : live.nesting[0]].any():
+            raise ApiError(422, f"query's first {live.nesting[0]} dims are all zero",
+                           field + "vector")
+        if req.recall is not None:
+            if not 0 < req.recall <= 1:
+                raise ApiError(422, f"recall must be in (0, 1], got {req.recall}",
+                               field + "recall")
+            plan = live.plan_for_recall(req.recall)
+        elif req.dims is not None:
+            try:
+                plan = check_plan(req.dims, req.shortlist, live.nesting, req.k)
+            except NestembError as e:
+                fname = str(e).split(":", 1)[0]
+                raise ApiError(422, str(e), field + fname) from None
+        else:
+            plan = live.default_plan()
+        hits, stages = live.search(q, req.k, plan, req.filter)
+        timing["stages"] = stages
+        timing["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return SearchResponse(hits=[Hit(**h) for h in hits[0]], plan=PlanOut(**plan.as_dict()),
+                              timing=timing)
+
+    @app.post("/collections/{name}/search", responses=ERRORS)
+    def search(name: str, body: SearchRequest) -> SearchResponse:
+        return _search(name, body)
+
+    @app.post("/collections/{name}/search/batch", responses=ERRORS)
+    def search_batch(name: str, body: BatchSearchRequest) -> BatchSearchResponse:
+        svc.get(name)
+        if not body.searches:
+            raise ApiError(422, "searches must not be empty", "searches")
+        if len(body.searches) > limits.max_queries:
+            raise ApiError(413, f"batch of {len(body.searches)} searches exceeds the limit of "
+                           f"{limits.max_queries}", "searches")
+        return BatchSearchResponse(results=[_search(name, r, f"searches.{i}.")
+                                            for i, r in enumerate(body.searches)])
+
+    return app
+
