@@ -51,10 +51,14 @@ def serve(
                              limits=limits)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal it caught:
     # with no-op handlers underneath, a graceful stop exits 0 (not the CLI's "interrupted").
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: None)
-    uvicorn.run(application, host=host, port=port, log_level=log_level,
-                timeout_graceful_shutdown=10)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT,
+                                                                      signal.SIGTERM)}
+    try:
+        uvicorn.run(application, host=host, port=port, log_level=log_level,
+                    timeout_graceful_shutdown=10)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command()
