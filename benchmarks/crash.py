@@ -112,7 +112,8 @@ def measure_window(durability: str, seconds: float, profile: str, workdir: Path,
     finally:
         server.kill()  # SIGKILL: no closing checkpoint in the trace
     syncs = []  # (start, end, file)
-    pat = re.compile(r"^\d+\s+([\d.]+) (fsync|fdatasync)\((\d+)<([^>]*)>\)\s*=\s*(-?\d+).*<([\d.]+)>")
+    pat = re.compile(r"^\d+\s+([\d.]+) (fsync|fdatasync)\((\d+)<([^>]*)>\)\s*=\s*(-?\d+)"
+                     r".*<([\d.]+)>")
     for line in trace.read_text().splitlines():
         m = pat.match(line)
         if m:

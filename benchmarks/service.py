@@ -233,11 +233,26 @@ def http_load(url: str, name: str, ds: dict, dims: list[int], n_requests: int, p
           for i in range(procs)]
     for p in ps:
         p.start()
+    def get(q: "mp.Queue", deadline: float):
+        """The next item, failing fast if a client process died (instead of waiting)."""
+        import queue
+
+        while True:
+            try:
+                return q.get(timeout=2)
+            except queue.Empty:
+                dead = [p.exitcode for p in ps if p.exitcode not in (None, 0)]
+                if dead or time.perf_counter() > deadline:
+                    for p in ps:
+                        p.kill()
+                    raise RuntimeError(f"client processes failed (exit codes {dead}) or "
+                                       f"timed out")
+
     for _ in range(procs * threads):
-        ready.get(timeout=1800)
+        get(ready, time.perf_counter() + 1800)
     t0 = time.perf_counter()
     start.set()
-    results = [out.get(timeout=7200) for _ in ps]
+    results = [get(out, t0 + 7200) for _ in ps]
     wall = time.perf_counter() - t0
     for p in ps:
         p.join()

@@ -16,10 +16,12 @@ A request is *acknowledged* when its 200 answer arrived, *refused* when the conn
 be opened (nothing was sent) and *in flight* otherwise (killed mid-request, or any other error):
 its effect may or may not be there, and the check accepts both. Each id belongs to one client
 thread, whose requests on it are sequential; after an in-flight failure the thread waits for the
-next server, so an old request can never land after a newer one. Every restart is followed by a
-check of the ids touched since the last one (the writes most at risk) plus a random sample of
-the others, and every ``full_every`` restarts (and at the end) by a check of every id; a check
-resolves each in-flight outcome to what the server shows, so later checks are exact again.
+next server, so an old request can never land after a newer one. Every ``check_every``-th
+restart is followed by a check: every collection's count against the bounds above, every
+in-flight id, the ids touched since the last check (all, or ``dirty_sample`` of them) and a
+random sample of the others; every ``full_every``-th restart checks every id by search; the end
+checks every id by ``GET`` and by search. A check resolves each in-flight outcome to what the
+server shows, so later checks are exact again.
 
 Small collections ``tmp-0`` ... ``tmp-2`` are created, filled, dropped and re-created during the
 run (acknowledged drops must stay dropped, and a re-created collection must come back empty).
