@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nestemb.service.crashtest import (  # noqa: E402
-    CrashConfig, ServerProcess, _vector, run_crash, summary)
+    CrashConfig, RestartableServer, _vector, run_crash, summary)
 
 
 def log(msg: str) -> None:
@@ -67,7 +67,7 @@ def measure_window(durability: str, seconds: float, profile: str, workdir: Path,
     if data.exists():
         shutil.rmtree(data)
     trace = workdir / f"{tag}.strace"
-    server = ServerProcess(data, durability, workdir / f"{tag}.log")
+    server = RestartableServer(data, durability, workdir / f"{tag}.log")
     server.command_prefix = ["strace", "-f", "-ttt", "-T", "-y", "-qq", "-o", str(trace),
                              "-e", "trace=fsync,fdatasync", sys.executable, "-m", "nestemb"]
     acks: list[tuple[float, float, int]] = []  # (sent, answered, points), wall clock

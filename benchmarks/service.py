@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from nestemb.service.crashtest import ServerProcess  # noqa: E402
+from nestemb.service.crashtest import RestartableServer  # noqa: E402
 
 WORK = REPO / "runs" / "service" / "load"
 RESULTS = REPO / "docs" / "results" / "service"
@@ -99,7 +99,7 @@ def synthetic_vectors(n: int, dim: int = 128) -> dict:
             "upload": "store"}
 
 
-def prepare(ds: dict, data_dir: Path, server_log: Path) -> ServerProcess:
+def prepare(ds: dict, data_dir: Path, server_log: Path) -> RestartableServer:
     """A data folder holding the collection, and a started server on it."""
     import httpx
 
@@ -119,7 +119,7 @@ def prepare(ds: dict, data_dir: Path, server_log: Path) -> ServerProcess:
             store.upsert(name, [(i, X[i], {"n": i}) for i in range(s, min(s + 50_000, len(X)))])
         store.close()
         log(f"{name}: {len(X)} points stored in {time.perf_counter() - t:.1f} s")
-    server = ServerProcess(data_dir, "full", server_log, startup_timeout=600,
+    server = RestartableServer(data_dir, "full", server_log, startup_timeout=600,
                            log_level="info")  # the CLI's default
     t = server.start()
     log(f"{name}: server up in {t:.1f} s")

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from nestemb.service.crashtest import (
-    ABSENT, MAIN, CrashConfig, Key, Model, ServerProcess, _payload, _vector, check, run_crash)
+    ABSENT, MAIN, CrashConfig, Key, Model, RestartableServer, _payload, _vector, check,
+    run_crash)
 
 FAILURES = ("lost_writes", "resurrected_deletes", "stale_versions", "corrupt_points",
             "unsearchable", "collections_failing_to_open", "counts_out_of_bounds",
@@ -38,7 +39,7 @@ def test_checker_detects_each_failure(tmp_path):
     """A model that disagrees with the server in known ways: each disagreement is reported
     under its own name (so a zero above means something)."""
     cfg = CrashConfig(data_dir=tmp_path / "data", dim=16, nesting=(4, 16), seed=3)
-    server = ServerProcess(cfg.data_dir, "full", tmp_path / "server.log")
+    server = RestartableServer(cfg.data_dir, "full", tmp_path / "server.log")
     server.start()
     try:
         keys = [Key(0, 1, s) for s in range(1, 7)]

@@ -40,7 +40,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from nestemb.errors import NestembError
+from nestemb.service.testing import HOST, free_port, kill_server, stop_server
 
 MAIN = ("crash-int", "crash-str")
 """The two long-lived collections: integer ids and string ids."""
@@ -62,16 +62,10 @@ ABSENT = -1
 
 
 # ----------------------------------------------------------------------------- the server
-def free_port() -> int:
-    """A loopback TCP port free right now (bound to port 0, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
+class RestartableServer:
     """``nestemb serve`` (through the CLI, as a user starts it) in its own process group, so a
-    SIGKILL reaches it and nothing it started survives it.
+    SIGKILL reaches it and nothing it started survives it; started, killed and started again on
+    the same data folder (:func:`nestemb.service.testing.running_server` is the one-shot form).
 
     The port is kept across restarts (uvicorn sets ``SO_REUSEADDR``); if it is taken by
     something else meanwhile, a new free one is picked.
@@ -92,7 +86,7 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{HOST}:{self.port}"
 
     def spawn(self) -> subprocess.Popen:
         """Start the process without waiting for it to answer."""
@@ -146,39 +140,24 @@ class ServerProcess:
         with socket.socket() as s:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("127.0.0.1", self.port))
+                s.bind((HOST, self.port))
             except OSError:
                 return True
         return False
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the whole process group and reap the process."""
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-        self.proc = None
+    def kill(self) -> None:
+        """SIGKILL the whole process group and reap the process."""
+        if self.proc is not None:
+            kill_server(self.proc, timeout=60)
+            self.proc = None
 
     def stop(self, timeout: float = 20.0) -> tuple[int | None, float]:
-        """Graceful stop (SIGTERM), SIGKILL after ``timeout``; returns (exit status, seconds)."""
-        proc = self.proc
-        if proc is None:
+        """Graceful stop (SIGTERM), SIGKILL after ``timeout``; returns (exit status or None
+        if it had to be killed, seconds)."""
+        if self.proc is None:
             return None, 0.0
         t0 = time.perf_counter()
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            code = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            code = None
-        except ProcessLookupError:
-            code = proc.wait()
+        code = stop_server(self.proc, timeout)
         self.proc = None
         return code, time.perf_counter() - t0
 
@@ -745,7 +724,7 @@ def run_crash(cfg: CrashConfig, progress: Callable[[str], None] | None = None) -
     if log_path.exists():
         log_path.unlink()
     rng = random.Random(cfg.seed)
-    server = ServerProcess(data_dir, cfg.durability, log_path)
+    server = RestartableServer(data_dir, cfg.durability, log_path)
     model, gate, counters = Model(), Gate(), Counters()
     want_points = lambda: counters.points_acked < cfg.points  # noqa: E731
     clients = [Client(i, cfg, model, gate, counters, want_points) for i in range(cfg.clients)]
