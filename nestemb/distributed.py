@@ -347,12 +347,12 @@ def _global_batchnorm_class():
     class GlobalBatchNormFn(torch.autograd.Function):
         """Batch norm with the statistics of the global batch: one collective forward (every
         process's mean, variance and count, merged exactly), one backward (the global sums of
-        ``dy`` and ``dy * xhat``). Weight and bias gradients stay local: DDP averages them."""
+        ``dy`` and ``dy * xhat``). Weight and bias gradients stay local: DDP averages them.
+        The per-channel reductions and the normalisation use torch's own batch-norm kernels."""
 
         @staticmethod
         def forward(ctx, x, weight, bias, eps, world):  # type: ignore[override]
-            dims = [0, *range(2, x.dim())]
-            var_l, mean_l = torch.var_mean(x, dim=dims, unbiased=False)
+            mean_l, var_l = torch.batch_norm_update_stats(x, None, None, 0.0)  # biased variance
             count = torch.full((1,), x.numel() / x.shape[1], dtype=torch.float64, device=x.device)
             mine = torch.cat([mean_l.double(), var_l.double(), count])
             parts = [torch.empty_like(mine) for _ in range(world)]
@@ -367,7 +367,7 @@ def _global_batchnorm_class():
             y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
             invstd = torch.rsqrt(var + eps)
             ctx.save_for_backward(x, weight, mean, invstd)
-            ctx.n = float(n)
+            ctx.n, ctx.eps = float(n), eps
             n = n.to(x.dtype)
             ctx.mark_non_differentiable(mean, var, n)
             return y, mean, var, n
@@ -375,17 +375,20 @@ def _global_batchnorm_class():
         @staticmethod
         def backward(ctx, dy, _dmean, _dvar, _dn):  # type: ignore[override]
             x, weight, mean, invstd = ctx.saved_tensors
-            dims = [0, *range(2, x.dim())]
+            w = weight if weight is not None else torch.ones_like(mean)
+            # local sums of dy * xhat and dy (torch's kernel), then their global sums
+            _, s_dy_xhat, s_dy = torch.ops.aten.native_batch_norm_backward(
+                dy, x, w, None, None, mean, invstd, True, ctx.eps, [False, True, True])
+            g_dy, g_dy_xhat = _sum_over_ranks(torch.cat([s_dy, s_dy_xhat])).split(x.shape[1])
+            # dx = w * invstd * (dy - g_dy / n - xhat * g_dy_xhat / n), as dy * a + x * b + c
             shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
-            xhat = (x - mean.view(shape)) * invstd.view(shape)
-            sum_dy = dy.sum(dims)
-            sum_dy_xhat = (dy * xhat).sum(dims)
-            g_dy, g_dy_xhat = _sum_over_ranks(torch.cat([sum_dy, sum_dy_xhat])).split(x.shape[1])
-            scale = invstd if weight is None else invstd * weight
-            dx = (dy - (g_dy / ctx.n).view(shape) - xhat * (g_dy_xhat / ctx.n).view(shape))
-            dx = dx * scale.view(shape)
-            dw = sum_dy_xhat if weight is not None and ctx.needs_input_grad[1] else None
-            db = sum_dy if weight is not None and ctx.needs_input_grad[2] else None
+            a = w * invstd
+            b = -a * invstd * g_dy_xhat / ctx.n
+            c = -a * g_dy / ctx.n - b * mean
+            dx = dy * a.view(shape)
+            dx.addcmul_(x, b.view(shape)).add_(c.view(shape))
+            dw = s_dy_xhat if weight is not None and ctx.needs_input_grad[1] else None
+            db = s_dy if weight is not None and ctx.needs_input_grad[2] else None
             return dx, dw, db, None, None
 
     class GlobalBatchNorm(_BatchNorm):

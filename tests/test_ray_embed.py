@@ -28,7 +28,8 @@ N_DOCS, SHARD = 61, 8  # 8 shards, the last one short
 @pytest.fixture(scope="module")
 def cluster():
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")  # the local cluster on loopback only
     startup = time.perf_counter() - t0
     yield startup
     ray.shutdown()
