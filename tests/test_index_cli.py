@@ -156,7 +156,6 @@ def test_embed_text_then_index(cli, tmp_path):
 
 
 def test_embed_images(cli, tmp_path):
-    pytest.importorskip("nestemb.models.image")
     from nestemb.data.idx import write_synthetic_idx
     from nestemb.models.image import ImageModel, ImageModelConfig, load_image_model, save_image_model
 
@@ -293,7 +292,6 @@ def test_embed_refuses_non_utf8_text(cli, tmp_path, suffix):
     ],
 )
 def test_embed_refuses_npy_that_is_not_an_image_array(cli, tmp_path, array, match):
-    pytest.importorskip("nestemb.models.image")
     import re
 
     from nestemb.models.image import ImageModel, ImageModelConfig, save_image_model
@@ -305,7 +303,6 @@ def test_embed_refuses_npy_that_is_not_an_image_array(cli, tmp_path, array, matc
 
 
 def test_embed_idx_without_labels_and_model_input_mismatch(cli, tmp_path):
-    pytest.importorskip("nestemb.models.image")
     from nestemb.data.idx import write_synthetic_idx
     from nestemb.models.image import ImageModel, ImageModelConfig, save_image_model
 
