@@ -605,9 +605,22 @@ def _run_ray(corpus, model, out, pending, spec, workers, shard_size, batch_size,
             ray.shutdown()
 
 
+def is_shard_dir(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` is (or is becoming) a sharded embedding directory: it holds the
+    ``job.json`` that :func:`embed_corpus` writes first.
+
+    Example:
+        >>> is_shard_dir("/no/such/dir")
+        False
+    """
+    return (Path(directory) / JOB_NAME).is_file()
+
+
 def load_shards(directory: str | os.PathLike, mmap: bool = False) -> tuple[np.ndarray, Any, list]:
     """Read a finished sharded directory (checksums verified): ``(vectors, manifest, ids)``
-    with the rows of all shards in corpus order.
+    with the rows of all shards in corpus order. An unfinished job (no manifest yet: a shard
+    missing or partially written) and a shard file changed after the job are refused, naming
+    the shard. (:func:`nestemb.nesting.load_embeddings` reads these directories too.)
 
     Example:
         >>> load_shards("/no/such/dir")
@@ -615,14 +628,46 @@ def load_shards(directory: str | os.PathLike, mmap: bool = False) -> tuple[np.nd
         ...
         nestemb.errors.NestembError: sharded embedding directory not found: /no/such/dir
     """
-    from nestemb.nesting import Manifest
+    from nestemb.nesting import MANIFEST_NAME, Manifest
 
     directory = Path(directory)
+    if is_shard_dir(directory) and not (directory / MANIFEST_NAME).is_file():
+        _refuse_unfinished(directory)
     manifest = Manifest.open(directory, KIND, "sharded embedding directory")
     parts, ids = [], []
     for rec in manifest.extra["shards"]:
         stem = directory / SHARDS_DIR / shard_name(int(rec["shard"]))
-        parts.append(np.load(f"{stem}.npy", mmap_mode="r" if mmap else None))
-        ids += json.loads(Path(f"{stem}.ids.json").read_text())
+        try:
+            part = np.load(f"{stem}.npy", mmap_mode="r" if mmap else None)
+        except (OSError, ValueError) as e:
+            raise NestembError(f"cannot read {stem}.npy: {str(e).splitlines()[0]}") from None
+        part_ids = json.loads(Path(f"{stem}.ids.json").read_text())
+        want = (int(rec["rows"]), int(manifest.dim))
+        if part.ndim != 2 or part.shape != want or len(part_ids) != want[0]:
+            raise NestembError(f"{stem}.npy holds {part.shape} vectors and {len(part_ids)} ids, "
+                               f"the manifest says {want}")  # fmt: skip
+        parts.append(part)
+        ids += part_ids
     X = np.concatenate(parts) if len(parts) > 1 else parts[0]
     return X, manifest, ids
+
+
+def _refuse_unfinished(directory: Path) -> None:
+    """The error for a job directory without its manifest: which shards are done, which not."""
+    try:
+        job = json.loads((directory / JOB_NAME).read_text())
+        total = int(job["shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise NestembError(f"{directory / JOB_NAME} is unreadable: this sharded embedding job "
+                           "cannot be read; run `nestemb embed --ray ... --overwrite` again") from None
+    todo = [i for i in range(total) if read_done(directory / SHARDS_DIR, i) is None]
+    if not todo:
+        raise NestembError(f"{directory} is an unfinished sharded embedding job: all {total} "
+                           "shards are complete but the manifest was not written; run the same "
+                           "`nestemb embed --ray` command again to finish it")  # fmt: skip
+    names = ", ".join(shard_name(i) for i in todo[:3]) + (" ..." if len(todo) > 3 else "")
+    raise NestembError(
+        f"{directory} is an unfinished sharded embedding job: {total - len(todo)} of {total} "
+        f"shards complete ({names} missing or partially written); run the same `nestemb embed "
+        "--ray` command again to resume it"
+    )

@@ -392,10 +392,16 @@ def load_embeddings(
     directory: str | os.PathLike, mmap: bool = False, with_ids: bool = False
 ) -> tuple[np.ndarray, Manifest] | tuple[np.ndarray, Manifest, list | None]:
     """Read an embedding file written by :func:`save_embeddings`, verifying its checksums.
+    The sharded directory of ``nestemb embed --ray`` is read too (:func:`nestemb.bulk.load_shards`).
 
     Example: see :func:`save_embeddings`.
     """
     directory = Path(directory)
+    from nestemb import bulk
+
+    if bulk.is_shard_dir(directory):
+        X, man, ids = bulk.load_shards(directory, mmap=mmap)
+        return (X, man, ids) if with_ids else (X, man)
     manifest = Manifest.open(directory, "embeddings", "embedding directory")
     try:
         vectors = np.load(directory / EMBEDDINGS_NAME, mmap_mode="r" if mmap else None)

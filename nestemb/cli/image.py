@@ -9,12 +9,14 @@ at the end (:func:`nestemb.io.atomic_dir`), so a failure leaves nothing behind.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_dir, check_out_file, choices, flag_error
+from nestemb.errors import NestembError
 
 image_app = typer.Typer(
     help="Image encoders: train nested (Matryoshka) CNNs on IDX data, evaluate every prefix.",
@@ -206,6 +208,14 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, help="torch CPU threads while training (default: torch's)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
     checkpoints: bool = typer.Option(True, help="Keep about ten model checkpoints along the way."),
+    checkpoint_dir: Optional[Path] = typer.Option(
+        None, help="Write the checkpoints (epoch-E/: model + trainer-state.pt) here instead of "
+        "OUT/checkpoints: a folder outside the output survives an interrupted run, and running "
+        "the same command again continues it."),
+    resume: Optional[bool] = typer.Option(
+        None, "--resume/--no-resume", help="Continue from the latest checkpoint of "
+        "--checkpoint-dir (or of OUT/checkpoints, with --overwrite). Default: continue when "
+        "--checkpoint-dir holds one; --resume fails without one; --no-resume starts over."),
     compatible_with: Optional[Path] = typer.Option(
         None, help="Old model directory: train the new model so that its queries search the "
         "old model's stored gallery (no re-encoding)."),
@@ -216,13 +226,17 @@ def train_cmd(
         "of a chain)."),
 ) -> None:
     """Train an image encoder with Matryoshka heads on an IDX data set; save it to --out.
-    With --compatible-with / --compat the new model stays compatible with an older one."""
-    from nestemb.io import atomic_dir, write_json
+    With --compatible-with / --compat the new model stays compatible with an older one.
+    Under ``torchrun --nproc_per_node N`` it trains data-parallel; only rank 0 writes and prints."""
+    from nestemb.distributed import env_from_torchrun, main_process_dir
+    from nestemb.io import write_json
     from nestemb.models.image import write_model_files
     from nestemb.train.image import train_image
 
+    env = env_from_torchrun()  # rank 0 writes the output and prints; the others only train
     check_threads(threads)
     check_out_dir(out, overwrite)  # before the data set is loaded
+    resume_from = _resume_point(out, checkpoints, checkpoint_dir, resume, overwrite)
     mcfg, tcfg, folder, train, _test = _prepare(
         data, dims, dim, head, weights, classifier, steps=steps, epochs=epochs, seed=seed,
         batch_size=batch_size, lr=lr, holdout=holdout, augment=parse_augment(augment),
@@ -230,18 +244,86 @@ def train_cmd(
     )  # fmt: skip
     compat_cfg = _compat_config(compatible_with, compat, mcfg)
     console = _console()
-    console.print(f"training {head.value} on {folder}: nesting {mcfg.nesting}"
-                  + (f"; compatible ({compat_cfg.method})" if compat_cfg else ""))
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        model, info = train_image(mcfg, *train, tcfg, model_id=model_id, compat=compat_cfg,
-                                  checkpoint_dir=tmp / "checkpoints" if checkpoints else None)  # fmt: skip
+    if env.is_main:
+        console.print(f"training {head.value} on {folder}: nesting {mcfg.nesting}"
+                      + (f"; compatible ({compat_cfg.method})" if compat_cfg else "")
+                      + (f"; {env.world_size} processes" if env.is_distributed else "")
+                      + (f"; resuming from {resume_from}" if resume_from else ""))
+    with main_process_dir(out, env, overwrite=overwrite) as tmp:
+        ckpt = None
+        if checkpoints:
+            ckpt = checkpoint_dir if checkpoint_dir is not None else tmp / "checkpoints"
+            if env.is_main and checkpoint_dir is None and resume_from is not None:
+                # resuming from OUT/checkpoints: the new output keeps the earlier epochs
+                shutil.copytree(resume_from.parent, ckpt, dirs_exist_ok=True)
+            if env.is_main and checkpoint_dir is not None and resume_from is None:
+                _clear_checkpoints(checkpoint_dir)  # --no-resume --overwrite: start over
+        try:
+            model, info = train_image(mcfg, *train, tcfg, model_id=model_id, compat=compat_cfg,
+                                      checkpoint_dir=ckpt, resume_from=resume_from)  # fmt: skip
+        except NestembError as e:
+            if str(e).startswith("resume_from: "):
+                raise NestembError(f"--resume: {str(e)[len('resume_from: '):]} (give the options "
+                                   "of that run, or --no-resume --overwrite to start over)") from None
+            raise
+        if checkpoint_dir is not None:
+            info["checkpoint_dir"] = str(checkpoint_dir)
         extra = {"split": info["split"], "data": str(folder), "training": info}
         if compat_cfg is not None:
             extra["compat"] = info["compat"]
         man = write_model_files(model, tmp, model_id, extra)
         write_json(tmp / "train.json", info)
-    console.print(f"saved {out} ({model_id} version {man.model_version}; {info['steps']} steps, "
-                  f"{info['train_seconds']:.1f} s training)")  # fmt: skip
+    if env.is_main:
+        console.print(f"saved {out} ({model_id} version {man.model_version}; {info['steps']} "
+                      f"steps, {info['train_seconds']:.1f} s training)")  # fmt: skip
+
+
+def _resume_point(out: Path, checkpoints: bool, checkpoint_dir: Optional[Path],
+                  resume: Optional[bool], overwrite: bool) -> Optional[Path]:
+    """The checkpoint ``image train`` continues from (``None``: a fresh run), checked before
+    any data is read: ``--resume`` without a checkpoint, ``--no-resume`` over the checkpoints
+    of an earlier run without ``--overwrite``, and contradicting flags are refused.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _resume_point(d / "out", True, d / "ck", None, False) is None   # nothing to resume
+        True
+        >>> _resume_point(d / "out", True, d / "ck", True, False)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: --resume: no checkpoint (epoch-E/trainer-state.pt) in .../ck
+    """
+    from nestemb.train.image import STATE_NAME, latest_checkpoint
+
+    if not checkpoints and (resume or checkpoint_dir is not None):
+        raise NestembError(f"{'--resume' if resume else '--checkpoint-dir'} needs checkpoints: "
+                           "drop --no-checkpoints")
+    if checkpoint_dir is not None and checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise NestembError(f"--checkpoint-dir exists and is not a directory: {checkpoint_dir}")
+    if checkpoint_dir is not None and checkpoint_dir.resolve() == out.resolve():
+        raise NestembError("--checkpoint-dir must not be --out (the output is replaced as a whole)")
+    source = checkpoint_dir if checkpoint_dir is not None else out / "checkpoints"
+    found = latest_checkpoint(source) if checkpoints else None
+    if resume is False or (resume is None and checkpoint_dir is None):
+        if found is not None and checkpoint_dir is not None and not overwrite:
+            raise NestembError(f"--checkpoint-dir {checkpoint_dir} holds checkpoints of an earlier "
+                               f"run ({found.name}): continue it with --resume, or add "
+                               "--overwrite to start over")  # fmt: skip
+        return None
+    if found is None and resume:
+        raise NestembError(f"--resume: no checkpoint (epoch-E/{STATE_NAME}) in {source}")
+    return found
+
+
+def _clear_checkpoints(folder: Path) -> None:
+    """Remove the ``epoch-E`` checkpoint folders of an earlier run from ``folder``."""
+    from nestemb.train.image import STATE_NAME
+
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith("epoch-") and (p / STATE_NAME).is_file():
+                shutil.rmtree(p)
 
 
 def _compat_config(old_dir: Optional[Path], method: Optional[CompatMethod], mcfg):

@@ -129,7 +129,8 @@ def embed(
 
     With --ray the work is spread over a Ray actor pool and written as shards
     (OUT/shards/shard-NNNNN.npy + ids, each with its checksums; OUT/manifest.json when all are
-    done; read it with nestemb.bulk.load_shards); an interrupted job resumes where it stopped.
+    done; `nestemb index build` reads it, as does nestemb.bulk.load_shards); an interrupted job
+    resumes where it stopped.
     """
     from nestemb.nesting import Manifest, save_embeddings
 
@@ -307,7 +308,8 @@ def _measured_recall(index, X, k: int = 10, n_queries: int = 200) -> tuple[float
 @index_app.command("build")
 def build(
     ctx: typer.Context,
-    embeddings: Path = typer.Argument(..., help="embedding directory (nestemb embed)"),
+    embeddings: Path = typer.Argument(..., help="embedding directory (nestemb embed, or the "
+                                      "sharded directory of nestemb embed --ray)"),
     out: Path = typer.Option(..., help="index directory to write"),
     index_type: IndexType = typer.Option(IndexType.funnel, help="funnel (prefix shortlist + re-rank), ivf (AdANNS-IVF) or opq (AdANNS-OPQ)"),
     dims: Optional[str] = typer.Option(None, help="funnel stage dims, e.g. 16,64,384 (default: shortest prefix, full)"),

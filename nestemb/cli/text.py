@@ -150,9 +150,11 @@ def train(
     device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, help="replace an existing --out folder"),
 ) -> None:
-    """Train a nested text encoder: every prefix (and exit layer) a good embedding."""
+    """Train a nested text encoder: every prefix (and exit layer) a good embedding.
+    Under ``torchrun --nproc_per_node N`` it trains data-parallel; only rank 0 saves and prints."""
     from nestemb.cli.parse import parse_floats
     from nestemb.device import resolve_device
+    from nestemb.distributed import env_from_torchrun
     from nestemb.text.encoder import save_text_model
     from nestemb.progress import progress_stages
     from nestemb.text.train import TextTrainConfig, load_train_data, train_text
@@ -169,6 +171,10 @@ def train(
         )
     resolve_device(cfg.device)  # an unavailable device fails before any data is read
     data = load_train_data(beir=beir, beir_split=split, sts=sts, nli=nli, pairs=pairs)
+    env = env_from_torchrun()
+    if not env.is_main:  # the other processes train alongside rank 0, which saves and prints
+        train_text(data, cfg, base=base, model_id=model_id or out.name)
+        return
     with progress_stages() as upd:
         enc, info = train_text(data, cfg, base=base, model_id=model_id or out.name, progress=upd)
     enc.manifest.extra.update(

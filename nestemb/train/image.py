@@ -285,10 +285,7 @@ def train_image(
     train_idx, hold_idx = split_holdout(len(images), holdout, config.seed)
     n = len(train_idx)
     epochs, per_epoch, total_steps = config.schedule(n)
-    signature = {"n_train": int(n), "holdout": int(holdout), "seed": int(config.seed),
-                 "batch_size": int(config.batch_size), "total_steps": int(total_steps),
-                 "epochs": int(epochs), "model": repr(model_config),
-                 "compat": compat.describe() if compat is not None else None}
+    signature = run_signature(model_config, images, labels, config, compat)
     state = _load_state(resume_from, signature) if resume_from is not None else None
     progress = progress and env.is_main
     with torch_threads(config.threads):
@@ -393,6 +390,72 @@ def train_image(
     if state is not None:
         info["resumed_from"] = str(resume_from)
     return model, info
+
+
+def run_signature(model_config: ImageModelConfig, images: np.ndarray, labels: np.ndarray,
+                  config: ImageTrainConfig, compat: CompatConfig | None = None) -> dict:
+    """What a checkpoint must share with a run to be resumed by it: the data (sizes and a
+    sha256 of the images and labels), the split, the schedule, the model and every setting that
+    changes the arithmetic of a step (learning rate, weight decay, loss weights, augmentation,
+    label smoothing). Threads and device are left out: a run may resume elsewhere.
+
+    Example:
+        >>> from nestemb.models.image import make_model_config
+        >>> x, y = np.zeros((40, 28, 28), np.uint8), np.arange(40) % 10
+        >>> cfg = make_model_config("mrl", dim=8, width=4)
+        >>> a = run_signature(cfg, x, y, ImageTrainConfig(steps=3))
+        >>> a == run_signature(cfg, x, y, ImageTrainConfig(steps=3, threads=2))
+        True
+        >>> b = run_signature(cfg, x, y, ImageTrainConfig(steps=3, lr=1e-3))
+        >>> sorted(k for k in a if a[k] != b[k])
+        ['lr']
+    """
+    import hashlib
+
+    images = np.ascontiguousarray(images)
+    labels = np.ascontiguousarray(np.asarray(labels, dtype=np.int64))
+    h = hashlib.sha256(f"{images.shape}|{labels.shape}|".encode())
+    h.update(images.tobytes())
+    h.update(labels.tobytes())
+    holdout = holdout_size(len(images)) if config.holdout is None else config.holdout
+    epochs, _per_epoch, total_steps = config.schedule(len(images) - holdout)
+    weights = config.weights or default_weights(model_config.nesting)
+    return {"n_train": int(len(images) - holdout), "holdout": int(holdout),
+            "seed": int(config.seed), "batch_size": int(config.batch_size),
+            "total_steps": int(total_steps), "epochs": int(epochs), "model": repr(model_config),
+            "compat": compat.describe() if compat is not None else None,
+            "data_sha256": h.hexdigest(), "lr": float(config.lr),
+            "weight_decay": float(config.weight_decay),
+            "weights": [float(w) for w in weights], "augment": list(config.augment),
+            "shift": int(config.shift),
+            "label_smoothing": float(config.label_smoothing)}  # fmt: skip
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The checkpoint folder ``checkpoint_dir/epoch-E`` with the highest ``E`` that holds a
+    trainer state (what ``resume_from`` takes), or ``None`` when there is none (or no folder).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> latest_checkpoint(d) is None
+        True
+        >>> for e in (2, 10, 11):
+        ...     (d / f"epoch-{e}").mkdir()
+        >>> for e in (2, 10):
+        ...     _ = (d / f"epoch-{e}" / STATE_NAME).write_bytes(b"")
+        >>> latest_checkpoint(d).name           # epoch-11 has no trainer state
+        'epoch-10'
+    """
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return None
+    found = []
+    for p in folder.iterdir():
+        head, _, num = p.name.partition("-")
+        if head == "epoch" and num.isdigit() and (p / STATE_NAME).is_file():
+            found.append((int(num), p))
+    return max(found)[1] if found else None
 
 
 def _save_state(ckpt: Path, signature: dict, epoch: int, step: int, history: list, model, opt,
