@@ -257,18 +257,23 @@ class FunnelBackend:
     def __len__(self) -> int:
         return int(self.manifest_.extra["count"])
 
-    def _prepare(self, Q: Any, k: Any, manifest: Manifest | None) -> tuple[np.ndarray, int, list[int]]:
+    def _prepare(self, Q: Any, k: Any, manifest: Manifest | None, count: int | None = None
+                 ) -> tuple[np.ndarray, int, list[int]]:
+        """Checked queries, ``k`` and the candidates kept per stage. ``count`` is the number of
+        points the collection holds now (default: the count its manifest recorded at export;
+        a collection written to live, as the service does, passes its current count)."""
         if manifest is not None:
             check_compatible(manifest, self.manifest_, what=f"queries and {self.where}")
         Q = check_vectors(Q, dim=self.dim, what="queries")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise NestembError(f"k must be a positive integer, got {k!r}")
         k = int(k)
-        if k > len(self):
-            raise NestembError(f"k={k} is larger than {self.where}, which holds {len(self)} vectors")
+        n = len(self) if count is None else int(count)
+        if k > n:
+            raise NestembError(f"k={k} is larger than {self.where}, which holds {n} vectors")
         if any(s < k for s in self.shortlist):
             raise NestembError(f"shortlist {self.shortlist} has a size smaller than k={k}")
-        keeps = [min(s, len(self)) for s in self.shortlist] + [k]
+        keeps = [min(s, n) for s in self.shortlist] + [k]
         return Q, k, keeps
 
     def _assemble(self, hits: list[list[tuple[Any, float]]], k: int) -> tuple[np.ndarray, np.ndarray]:

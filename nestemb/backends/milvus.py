@@ -302,6 +302,8 @@ class MilvusFunnel(FunnelBackend):
         self.client, self.collection = client, collection
         self.rerank, self.search_params = rerank, dict(search_params or {})
         self._configure(_read_properties(client, collection, self.where), dims, shortlist, manifest)
+        with _milvus_errors(self.where):  # a collection is released when its process ended
+            client.load_collection(collection)
         if self.shortlist and self.shortlist[0] > MAX_TOPK:
             raise NestembError(
                 f"shortlist {self.shortlist}: Milvus returns at most {MAX_TOPK} hits per search"
@@ -322,14 +324,24 @@ class MilvusFunnel(FunnelBackend):
 
         Example: see :class:`MilvusFunnel`.
         """
-        Q, k, keeps = self._prepare(Q, k, manifest)
+        return self._assemble(self.search_hits(Q, k, manifest=manifest), int(k))
+
+    def search_hits(self, Q: Any, k: int = 10, *, manifest: Manifest | None = None,
+                    count: int | None = None) -> list[list[tuple[Any, float]]]:
+        """Like :meth:`search`, as one list of ``(id, score)`` per query (primary keys as
+        stored); ``count`` is the number of rows held now, for a collection written to after
+        its export (the service's live collections).
+
+        Example: see :class:`MilvusFunnel`.
+        """
+        Q, k, keeps = self._prepare(Q, k, manifest, count)
         dims = self.dims
         later = [field_name(d) for d in dims[1:]]
         first = self._search(prefix_view(Q, dims[0]), dims[0], keeps[0],
                              output=later if self.rerank == "client" else None)
         hits = [[(h[PK], float(h["distance"])) for h in row] for row in first]
         if len(dims) == 1:
-            return self._assemble(hits, k)
+            return hits
         if self.rerank == "server":
             for d, keep in zip(dims[1:], keeps[1:]):
                 Qd = prefix_view(Q, d)
@@ -339,7 +351,7 @@ class MilvusFunnel(FunnelBackend):
                     expr = f"{PK} in {json.dumps([i for i, _ in row])}"
                     res = self._search(Qd[q : q + 1], d, min(keep, len(row)), expr)[0]
                     hits[q] = [(h[PK], float(h["distance"])) for h in res]
-            return self._assemble(hits, k)
+            return hits
         # client re-rank: the shortlist's stored views, re-scored in one numpy call per stage
         nq, s = len(first), max(1, max(len(row) for row in first))
         ids = [[h[PK] for h in row] for row in first]
@@ -358,6 +370,5 @@ class MilvusFunnel(FunnelBackend):
             sc[~alive] = -np.inf
             best, order = topk(sc, keep)
             cand, alive = np.take_along_axis(cand, order, axis=1), np.isfinite(best)
-        out = [[(ids[q][p], float(b)) for p, b, ok in zip(cand[q], best[q], alive[q]) if ok]
-               for q in range(nq)]
-        return self._assemble(out, k)
+        return [[(ids[q][p], float(b)) for p, b, ok in zip(cand[q], best[q], alive[q]) if ok]
+                for q in range(nq)]

@@ -149,6 +149,14 @@ def _payloads(src: ExportSource, payload: Sequence[dict] | None, with_id: bool) 
     return out
 
 
+def _hit_id(point: Any, with_id: bool) -> Any:
+    """The nestemb id of a returned point: its payload's ``nestemb_id`` where the collection
+    keeps ids there (a point written without one keeps its point id)."""
+    if with_id and point.payload and ID_KEY in point.payload:
+        return point.payload[ID_KEY]
+    return point.id
+
+
 # --------------------------------------------------------------------- engines
 class _ClientEngine:
     """qdrant-client (a server, a cluster or local mode)."""
@@ -221,7 +229,7 @@ class _ClientEngine:
             # local mode scans exactly and says search params have no effect: known, not news
             warnings.filterwarnings("ignore", message="Local mode performs exact")
             res = self.client.query_batch_points(self.collection, requests=requests)
-        return [[(p.payload[ID_KEY] if with_id else p.id, p.score) for p in r.points] for r in res]
+        return [[(_hit_id(p, with_id), p.score) for p in r.points] for r in res]
 
     def close(self) -> None:
         """The client belongs to the caller: nothing to release."""
@@ -323,7 +331,7 @@ class _EdgeEngine:
                 res = [self.shard.query(requests[0])]
             else:
                 res = self.shard.query_batch(qe.QueryBatchRequest(requests))
-        return [[(p.payload[ID_KEY] if with_id else p.id, p.score) for p in r] for r in res]
+        return [[(_hit_id(p, with_id), p.score) for p in r] for r in res]
 
     def close(self) -> None:
         if self.shard is not None:
@@ -560,15 +568,24 @@ class QdrantFunnel(FunnelBackend):
 
         Example: see :class:`QdrantFunnel`.
         """
-        Q, k, keeps = self._prepare(Q, k, manifest)
+        return self._assemble(self.search_hits(Q, k, manifest=manifest), int(k))
+
+    def search_hits(self, Q: Any, k: int = 10, *, manifest: Manifest | None = None,
+                    count: int | None = None) -> list[list[tuple[Any, float]]]:
+        """Like :meth:`search`, as one list of ``(id, score)`` per query (ids as stored: an int
+        or a str, mixed if the collection mixes them); ``count`` is the number of points held
+        now, for a collection written to after its export (the service's live collections).
+
+        Example: see :class:`QdrantFunnel`.
+        """
+        Q, k, keeps = self._prepare(Q, k, manifest, count)
         stages = [(field_name(d), prefix_view(Q, d), keep) for d, keep in zip(self.dims, keeps)]
         params = {}
         if self.exact:
             params["exact"] = True
         if self.hnsw_ef is not None:
             params["hnsw_ef"] = self.hnsw_ef
-        hits = self._engine.query(stages, params, bool(self.manifest_.extra.get("id_payload")))
-        return self._assemble(hits, k)
+        return self._engine.query(stages, params, bool(self.manifest_.extra.get("id_payload")))
 
     def close(self) -> None:
         """Release an Edge shard (a no-op for a ``QdrantClient``, which belongs to the caller)."""

@@ -19,6 +19,7 @@ from nestemb.errors import NestembError
 
 # Importing these modules registers their commands on ``app``.
 from nestemb.cli import adaptor as _adaptor  # noqa: E402,F401
+from nestemb.cli import backend as _backend  # noqa: E402,F401
 from nestemb.cli import compare as _compare  # noqa: E402,F401
 from nestemb.cli import compat as _compat  # noqa: E402,F401
 from nestemb.cli import image as _image  # noqa: E402,F401

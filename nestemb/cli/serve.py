@@ -13,6 +13,7 @@ from nestemb.cli.app import app, choices
 from nestemb.errors import NestembError
 
 Durability = choices("Durability", "full", "relaxed")
+BackendKind = choices("BackendKind", "sqlite", "qdrant-edge", "qdrant", "milvus")
 
 
 @app.command()
@@ -30,8 +31,23 @@ def serve(
     max_batch: int = typer.Option(1000, help="most points (or ids, searches) per request"),
     max_body_mb: int = typer.Option(32, help="largest request body in MiB"),
     log_level: str = typer.Option("info", help="uvicorn and nestemb log level"),
+    backend: BackendKind = typer.Option(  # type: ignore[valid-type]
+        "sqlite", help="where points live: sqlite (the embedded store in --data-dir), "
+                       "qdrant-edge (Qdrant's engine in-process, a shard folder per "
+                       "collection), qdrant (a server/cluster URL, or a local-mode folder) or "
+                       "milvus (a server/cluster URI, or a milvus-lite .db file)"),
+    backend_url: Optional[str] = typer.Option(
+        None, "--backend-url", help="the backend's URL or path (default: inside --data-dir: "
+                                    "qdrant-edge/, qdrant/ or milvus.db)"),
+    backend_key_env: str = typer.Option(
+        "NESTEMB_BACKEND_KEY", help="environment variable holding the backend's API key / "
+                                    "token (if any)"),
 ) -> None:
-    """Serve collections over HTTP (OpenAPI at /openapi.json, search page at /)."""
+    """Serve collections over HTTP (OpenAPI at /openapi.json, search page at /).
+
+    With --backend qdrant-edge|qdrant|milvus the points live in that engine (searched with its
+    funnel: dims + shortlist plans; no recall targets or payload filters); the collection
+    registry stays in --data-dir."""
     import uvicorn
 
     from nestemb.service import Limits, create_app, load_api_keys
@@ -44,11 +60,28 @@ def serve(
         raise NestembError(f"--log-level must be critical, error, warning, info or debug, "
                            f"got {log_level!r}")
     keys = load_api_keys(api_keys) if api_keys is not None else None
+    engine = None
+    if backend.value != "sqlite":
+        import os
+
+        from nestemb.service.points import default_backend_url, open_backend
+
+        url = backend_url or default_backend_url(backend.value, data_dir)
+        if backend_url is None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        engine = open_backend(backend.value, url, api_key=os.environ.get(backend_key_env))
+    elif backend_url is not None:
+        raise NestembError("--backend-url needs --backend qdrant-edge, qdrant or milvus")
     limits = Limits(max_batch=max_batch, max_queries=min(256, max_batch),
                     max_body_bytes=max_body_mb << 20)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    application = create_app(data_dir, api_keys=keys, durability=durability.value,
-                             limits=limits)
+    try:
+        application = create_app(data_dir, api_keys=keys, durability=durability.value,
+                                 limits=limits, backend=engine)
+    except BaseException:
+        if engine is not None:
+            engine.close()
+        raise
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal it caught:
     # with no-op handlers underneath, a graceful stop exits 0 (not the CLI's "interrupted").
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT,

@@ -2,6 +2,8 @@
 
 * :mod:`nestemb.service.store`: SQLite (WAL) storage of collections and points;
 * :mod:`nestemb.service.collection`: the in-memory funnel search of one collection;
+* :mod:`nestemb.service.points`: where a collection's points live (the ``PointStore``
+  protocol: SQLite + memory, or a Qdrant / Milvus collection, ``nestemb serve --backend``);
 * :mod:`nestemb.service.auth`: API keys scoped to collections and read/write;
 * :mod:`nestemb.service.app`: the FastAPI application and its limits.
 """

@@ -8,10 +8,11 @@ under uvicorn. Layers, outermost first:
    request without the right key never has its body read and never changes anything;
 2. FastAPI validation of the JSON body (pydantic models below; every error is a JSON
    ``{"error": {"status", "message", "field"}}``);
-3. the handlers: checks against the collection (vector length, nesting, ids), then the SQLite
-   commit (:class:`nestemb.service.store.Store`), then the in-memory update
-   (:class:`nestemb.service.collection.LiveCollection`), then the answer: an acknowledged write
-   is durable.
+3. the handlers: checks against the collection (vector length, nesting, ids), then the write
+   to the collection's :class:`nestemb.service.points.PointStore` (the SQLite commit of
+   :class:`nestemb.service.store.Store`, then the in-memory update of
+   :class:`nestemb.service.collection.LiveCollection`; or, with ``backend``, the write to a
+   Qdrant / Milvus collection), then the answer: an acknowledged write is durable.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from nestemb import __version__
 from nestemb.errors import NestembError
 from nestemb.nesting import default_nesting, validate_nesting
 from nestemb.service.auth import ApiKey, find_key
-from nestemb.service.collection import LiveCollection, check_plan
+from nestemb.service.collection import check_plan
+from nestemb.service.points import Backend, Mismatch, PointStore, SqlitePoints, Unsupported
 from nestemb.service.store import MissingCollection, Store
 
 log = logging.getLogger("nestemb.service")
@@ -349,23 +351,58 @@ class BodyTooLarge(StarletteHTTPException):
 class Service:
     """State behind the routes: the store, live collections, encoders, background tuning."""
 
-    def __init__(self, store: Store, limits: Limits, tune_interval: float = 2.0):
-        self.store, self.limits = store, limits
-        self.collections: dict[str, LiveCollection] = {}
+    def __init__(self, store: Store, limits: Limits, tune_interval: float = 2.0,
+                 backend: Backend | None = None):
+        self.store, self.limits, self.backend = store, limits, backend
+        self.collections: dict[str, PointStore] = {}
         self.configs: dict[str, dict] = {}
         self._encoders: dict[str, Any] = {}
         self._encoder_lock = threading.Lock()
         self._admin = threading.Lock()  # create / drop
         self._stop = threading.Event()
         self._tune_interval = tune_interval
-        for name, cfg in store.collections().items():
-            live = LiveCollection(name, cfg["nesting"])
-            ids, X, pays = store.load(name, live.dim)  # checks every vector's length
-            if ids:
-                live.upsert(ids, X, pays)
-            self.collections[name], self.configs[name] = live, cfg
-            log.info(json.dumps({"event": "collection_loaded", "name": name, "count": len(live)}))
+        configs = store.collections()
+        if backend is not None:
+            self._adopt(configs)
+        try:
+            for name, cfg in configs.items():
+                live: PointStore = (SqlitePoints(store, name, cfg["nesting"], load=True)
+                                    if backend is None else backend.open(name, cfg))
+                self.collections[name], self.configs[name] = live, cfg
+                log.info(json.dumps({"event": "collection_loaded", "name": name,
+                                     "count": len(live)}))
+        except BaseException:
+            self.close_collections()
+            raise
         self._tuner = threading.Thread(target=self._tune_loop, name="nestemb-tuner", daemon=True)
+
+    def _adopt(self, configs: dict[str, dict]) -> None:
+        """Register the nestemb collections the backend holds that the service does not know
+        yet (e.g. written by ``nestemb backend export``); other collections are left alone."""
+        assert self.backend is not None
+        for name in self.backend.names():
+            if name in configs or not NAME_RE.fullmatch(name):
+                continue
+            try:
+                man = self.backend.manifest(name)
+            except NestembError as e:
+                log.info(json.dumps({"event": "backend_collection_skipped", "name": name,
+                                     "reason": str(e)}))
+                continue
+            cfg = {"encoder": man.extra.get("encoder"),
+                   "model_id": None if man.model_id == "unknown" else man.model_id,
+                   "model_version": None if man.model_version == "unknown"
+                   else man.model_version,
+                   "created": time.time(), "nesting": list(man.nesting)}
+            self.store.create_collection(name, cfg)
+            configs[name] = cfg
+
+    def close_collections(self) -> None:
+        for live in self.collections.values():
+            live.close()
+        self.collections.clear()
+        if self.backend is not None:
+            self.backend.close()
 
     def start(self) -> None:
         """Start the background tuner (once: a second lifespan of the app does not fail)."""
@@ -376,12 +413,15 @@ class Service:
         self._stop.set()
         if self._tuner.is_alive():
             self._tuner.join(timeout=10)
+        self.close_collections()
         self.store.close()
 
     def _tune_loop(self) -> None:
         """Re-tune a collection whose size changed by > 20 % since its last tuning."""
         while not self._stop.wait(self._tune_interval):
             for name, live in list(self.collections.items()):
+                if not getattr(live, "tunable", False):
+                    continue  # a backend collection: dims + shortlist plans only
                 n, t = len(live), live.tuning
                 if n >= 100 and (t is None or abs(n - t.count) > 0.2 * t.count):
                     try:
@@ -391,7 +431,7 @@ class Service:
                     except Exception:  # noqa: BLE001 - a dropped collection mid-tuning
                         log.exception("tuning %s failed", name)
 
-    def get(self, name: str) -> LiveCollection:
+    def get(self, name: str) -> PointStore:
         check_name(name)
         live = self.collections.get(name)
         if live is None:
@@ -513,7 +553,7 @@ def _error_field(loc: tuple, body: Any, missing: bool) -> str:
 
 def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
                durability: str = "full", limits: Limits | None = None,
-               tune_interval: float = 2.0) -> FastAPI:
+               tune_interval: float = 2.0, backend: Backend | None = None) -> FastAPI:
     """The service's ASGI application over ``data_dir`` (created if missing).
 
     Example:
@@ -530,7 +570,11 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
     """
     limits = limits or Limits()
     store = Store(data_dir, durability)
-    svc = Service(store, limits, tune_interval)
+    try:
+        svc = Service(store, limits, tune_interval, backend)
+    except BaseException:
+        store.close()
+        raise
 
     @asynccontextmanager
     async def lifespan(app):
@@ -553,6 +597,10 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
     @app.exception_handler(NestembError)
     async def _nestemb_error(request: Request, exc: NestembError):
         msg = str(exc)
+        if isinstance(exc, Unsupported):
+            return JSONResponse(error_body(422, msg, exc.field), 422)
+        if isinstance(exc, Mismatch):
+            return JSONResponse(error_body(409, msg, "name"), 409)
         field = msg.split(":", 1)[0] if re.match(r"^\w+:", msg) else None
         return JSONResponse(error_body(422, msg, field), 422)
 
@@ -607,15 +655,10 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
     def info(name: str) -> CollectionInfo:
         live = svc.get(name)
         cfg = svc.config(name)
-        t = live.tuning
         return CollectionInfo(
             name=name, count=len(live), dim=live.dim, nesting=list(live.nesting),
             encoder=cfg.get("encoder"), model_id=cfg.get("model_id"),
-            model_version=cfg.get("model_version"),
-            index={"kind": "funnel: exact scan of the first stage prefix, re-rank on longer "
-                           "prefixes", "default_plan": live.default_plan().as_dict(),
-                   "tuning": None if t is None else {"count": t.count, "seconds": t.seconds,
-                                                     "configs": t.configs}})
+            model_version=cfg.get("model_version"), index=live.index_info())
 
     @app.put("/collections/{name}", responses=ERRORS)
     def create_collection(name: str, body: CollectionCreate) -> CollectionInfo:
@@ -648,9 +691,15 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             except NestembError as e:
                 raise ApiError(422, f"nesting: {e}", "nesting") from None
             cfg["nesting"] = nesting
-            svc.store.create_collection(name, cfg)
+            live: PointStore
+            if svc.backend is None:
+                svc.store.create_collection(name, cfg)
+                live = SqlitePoints(svc.store, name, nesting)
+            else:  # the engine first: a mismatch with what it holds leaves no registration
+                live = svc.backend.create(name, cfg)
+                svc.store.create_collection(name, cfg)
             svc.configs[name] = cfg
-            svc.collections[name] = LiveCollection(name, nesting)
+            svc.collections[name] = live
         return info(name)
 
     @app.get("/collections/{name}", responses=ERRORS)
@@ -662,6 +711,9 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
         with svc._admin:
             live = svc.get(name)
             with live.write_lock:  # no write of this collection is between commit and memory
+                if svc.backend is not None:
+                    live.close()
+                    svc.backend.drop(name)
                 svc.store.drop_collection(name)
                 svc.collections.pop(name, None)
                 svc.configs.pop(name, None)
@@ -705,13 +757,12 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             try:
                 if svc.collections.get(name) is not live:  # dropped while embedding
                     raise MissingCollection(name)
-                svc.store.upsert(name, list(zip(ids, X, payloads)))  # durable first
+                live.upsert(ids, X, payloads)  # durable, then visible
             except MissingCollection:
                 raise ApiError(404, f"collection {name!r} does not exist", "name") from None
-            live.upsert(ids, X, payloads)
         return Upserted(upserted=len(ids))
 
-    def _parse_id(live: LiveCollection, raw: str) -> int | str:
+    def _parse_id(live: PointStore, raw: str) -> int | str:
         """A path id: the integer if it looks like one and exists; else the string if it
         exists; else, for a JSON string literal (``"5"``, how to reach the string id ``"5"``
         beside an integer 5), the string it spells; else the raw string."""
@@ -751,7 +802,6 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
         with live.write_lock:
             if svc.collections.get(name) is not live:
                 raise ApiError(404, f"collection {name!r} does not exist", "name")
-            svc.store.delete(name, body.ids)
             return Deleted(deleted=live.delete(body.ids))
 
     def _search(name: str, req: SearchRequest, field: str = "") -> SearchResponse:
@@ -779,7 +829,10 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             if not 0 < req.recall <= 1:
                 raise ApiError(422, f"recall must be in (0, 1], got {req.recall}",
                                field + "recall")
-            plan = live.plan_for_recall(req.recall)
+            try:
+                plan = live.plan_for_recall(req.recall)
+            except Unsupported as e:  # a backend: no tuning
+                raise ApiError(422, str(e), field + e.field) from None
         elif req.dims is not None:
             try:
                 plan = check_plan(req.dims, req.shortlist, live.nesting, req.k)
@@ -788,7 +841,10 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
                 raise ApiError(422, str(e), field + fname) from None
         else:
             plan = live.default_plan()
-        hits, stages = live.search(q, req.k, plan, req.filter)
+        try:
+            hits, stages = live.search(q, req.k, plan, req.filter)
+        except Unsupported as e:  # a backend: no filters, or a prefix it does not store
+            raise ApiError(422, str(e), field + e.field) from None
         timing["stages"] = stages
         timing["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return SearchResponse(hits=[Hit(**h) for h in hits[0]], plan=PlanOut(**plan.as_dict()),
