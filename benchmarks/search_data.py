@@ -6,6 +6,12 @@
     horizontal flip, Gaussian noise) through the same encoder, up to ``n`` gallery vectors;
     queries = t10k;
 (c) ``scifact``: all-MiniLM-L6-v2 embeddings of the SciFact corpus and queries;
+(d) ``fmnist1024``: as (b) through a 1,024-d MRL image model (nesting 8 ... 1,024, e.g.
+    ``runs/search1024/model``), 1,000,000 gallery vectors (4 GB float32, memory-mapped).
+
+Every image gallery gets a manifest next to its cache file (``<gallery>.manifest.json``: model
+identity, nesting, rows, augmentation, SHA-256 of the gallery and query files), written once and
+checked (size and model) on every later use.
 ``synthetic``: clustered vectors with decaying energy (development only).
 """
 
@@ -68,6 +74,7 @@ def image_embeddings(model_dir: Path, data: Path, n: int, cache: Path, threads: 
     bigger = sorted(cache.glob(f"fmnist-gallery-{tag}-*.npy"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
     bigger = [p for p in bigger if int(p.stem.rsplit("-", 1)[1]) >= n]
     if not gpath.is_file() and bigger:  # its first 60k rows are the un-augmented train images
+        write_manifest(bigger[0], qpath, man)
         return (np.load(bigger[0], mmap_mode="r")[:n], np.load(qpath), tuple(man.nesting),
                 man.model_id)
     if not gpath.is_file():
@@ -83,7 +90,50 @@ def image_embeddings(model_dir: Path, data: Path, n: int, cache: Path, threads: 
         out.flush()
         del out
         os.replace(tmp, gpath)
+    write_manifest(gpath, qpath, man)
     return np.load(gpath, mmap_mode="r"), np.load(qpath), tuple(man.nesting), man.model_id
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(gpath: Path, qpath: Path, man) -> dict:
+    """The data set's manifest next to the gallery cache (``<gallery>.manifest.json``): written
+    once (hashing a 4 GB gallery takes seconds); later calls check that it still describes the
+    files (sizes, model) and raise ``RuntimeError`` if not."""
+    mpath = gpath.with_name(gpath.stem + ".manifest.json")
+    G = np.load(gpath, mmap_mode="r")
+    Qs = np.load(qpath, mmap_mode="r")
+    ident = {"model_id": man.model_id, "model_version": man.model_version,
+             "model_weights_sha256": man.sha256.get("weights", ""), "nesting": list(man.nesting),
+             "dim": int(man.dim), "normalization": "slice-then-l2 (vectors stored raw)"}
+    if mpath.is_file():
+        old = json.loads(mpath.read_text())
+        same = all(old.get(k) == v for k, v in ident.items()) and \
+            old["gallery"]["bytes"] == gpath.stat().st_size and old["queries"]["bytes"] == qpath.stat().st_size
+        if not same:
+            raise RuntimeError(f"{mpath} does not describe {gpath.name} / {qpath.name}: delete the cache")
+        return old
+    _log(f"writing {mpath.name} (hashing {gpath.stat().st_size / 1e9:.1f} GB)")
+    out = {**ident,
+           "gallery": {"file": gpath.name, "rows": int(G.shape[0]), "bytes": gpath.stat().st_size,
+                       "sha256": _sha256(gpath), "dtype": str(G.dtype),
+                       "content": "Fashion-MNIST train (60,000 images, rows 0-59,999), then augmented "
+                                  "copies of the train images in blocks of 60,000 (block starting at "
+                                  "row r: augment(train, seed=r): shift +-3 px, zoom-crop 80-100 %, "
+                                  "horizontal flip, Gaussian noise on half the images)"},
+           "queries": {"file": qpath.name, "rows": int(Qs.shape[0]), "bytes": qpath.stat().st_size,
+                       "sha256": _sha256(qpath), "content": "Fashion-MNIST t10k (10,000 images)"},
+           "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+    mpath.write_text(json.dumps(out, indent=1))
+    return out
 
 
 def scifact_embeddings(data: Path, cache: Path):
@@ -112,7 +162,7 @@ def scifact_embeddings(data: Path, cache: Path):
 def synthetic_embeddings(n: int, dim: int = 128):
     from nestemb.index import synthetic_matryoshka
 
-    X = synthetic_matryoshka(n + 2000, dim, seed=0, decay=0.03, n_clusters=1024)
+    X = synthetic_matryoshka(n + 2000, dim, seed=0, decay=0.03 * 128 / dim, n_clusters=1024)
     X, Q = X[:n], X[n:]
-    nest = tuple(d for d in (8, 16, 32, 64, 128, 256) if d < dim) + (dim,)
+    nest = tuple(d for d in (8, 16, 32, 64, 128, 256, 512) if d < dim) + (dim,)
     return X, Q, nest, "synthetic"

@@ -108,7 +108,7 @@ def test_cli_errors(cli, emb):
     assert r.code == 2 and "different models" in r.err
     r = cli("index", "tune", tmp / "idx", "--queries", other)
     assert r.code == 2 and "different models" in r.err
-    vec = tmp / "idx" / "vectors.npy"
+    vec = tmp / "idx" / "full.faiss"  # FunnelIndex keeps its full vectors there
     vec.write_bytes(vec.read_bytes()[:-8])
     r = cli("index", "search", tmp / "idx", "--queries", q)
     assert r.code == 2 and "checksum mismatch" in r.err

@@ -212,7 +212,9 @@ def faiss_bytes(idx):
     return out
 
 
-def test_memory_report_has_one_scheme(data):
+def test_memory_report_has_one_scheme(data, tmp_path):
+    from nestemb.index import load_index
+
     X, _, _ = data
     indexes = [
         FunnelIndex(dims=(16, 64), shortlist=(50,), prefix_dtype="binary", nesting=NEST),
@@ -220,11 +222,16 @@ def test_memory_report_has_one_scheme(data):
         AdaptiveIVFIndex(d_cluster=8, d_search=32, nlist=16, codec="fp16", nesting=NEST),
         AdaptiveOPQIndex(d_search=16, code_bytes=4, train_size=500, nesting=NEST),
     ]
-    for idx in indexes:
+    for j, idx in enumerate(indexes):
         m = idx.add(X).bytes_per_vector()
         assert set(m) == {"resident", "mmap", "total", "parts"}, type(idx)
-        assert m["mmap"] == m["parts"]["vectors"] == 4 * D
+        # built in memory: the full vectors are resident; after save + load they are mapped
+        assert m["mmap"] == 0 and m["parts"]["vectors"] == 4 * D
         assert m["total"] == pytest.approx(sum(m["parts"].values()))
+        loaded = load_index(idx.save(tmp_path / str(j))).bytes_per_vector()
+        assert loaded["mmap"] == loaded["parts"]["vectors"] == 4 * D
+        assert loaded["resident"] == pytest.approx(m["resident"] - 4 * D, rel=0.01)
+        m = loaded
         assert m["resident"] == pytest.approx(m["total"] - m["mmap"])
         assert m["parts"]["ids"] == 8 and m["parts"]["deleted"] == 1
     binary, hnsw, fp16, opq = (i.bytes_per_vector()["parts"] for i in indexes)

@@ -70,11 +70,11 @@ def test_manifest_holds_config_and_tuning(tmp_path, X, funnel):
     assert extra["params"]["dims"] == list(funnel.dims)
     assert extra["tuning"]["recall"] >= 0.9 and extra["tuning"]["target"] == 0.9
     man = json.loads((tmp_path / "i" / "manifest.json").read_text())
-    assert set(man["sha256"]) >= {"vectors.npy", "ids.npy", "deleted.npy", "first_stage.faiss"}
+    assert set(man["sha256"]) >= {"full.faiss", "ids.npy", "deleted.npy", "first_stage.faiss"}
     assert load_index(tmp_path / "i").tuning_["params"] == funnel.tuning_["params"]
 
 
-@pytest.mark.parametrize("name", ["vectors.npy", "first_stage.faiss", "ids.npy"])
+@pytest.mark.parametrize("name", ["full.faiss", "first_stage.faiss", "ids.npy"])
 def test_checksum_mismatch_truncated_or_modified(tmp_path, funnel, name):
     p = funnel.save(tmp_path / "i") / name
     data = p.read_bytes()

@@ -8,6 +8,9 @@
   ``bytes_per_vector``, ``save`` / ``load``), in :mod:`nestemb.index.base`.
 - :func:`tune`: pick the cheapest configuration meeting a recall target.
 - :func:`load_index`: read any index directory (checksums verified), :mod:`nestemb.index.persist`.
+- :func:`set_search_threads`: FAISS search threads (clamped to the cores, with a warning).
+- :mod:`nestemb.index.diagnostics`: distance gaps against quantization error
+  (:func:`~nestemb.index.diagnostics.gap_statistics`).
 - :func:`synthetic_matryoshka`: MRL-like test vectors; :func:`exact_search` and
   :func:`knn_intersection` re-exported from :mod:`nestemb.exact`.
 
@@ -25,6 +28,7 @@ from nestemb.index.funnel import FunnelIndex
 from nestemb.index.ivf import AdaptiveIVFIndex, AdaptiveOPQIndex
 from nestemb.index.persist import load_index
 from nestemb.index.synthetic import synthetic_matryoshka
+from nestemb.index.threads import set_search_threads
 from nestemb.index.tune import tune
 
 __all__ = [
@@ -36,5 +40,6 @@ __all__ = [
     "knn_intersection",
     "load_index",
     "synthetic_matryoshka",
+    "set_search_threads",
     "tune",
 ]

@@ -98,7 +98,8 @@ class PrefixIndex:
     :class:`~nestemb.index.AdaptiveIVFIndex` and :class:`~nestemb.index.AdaptiveOPQIndex`.
 
     Public fitted attributes (read them, never assign): ``vectors_`` (the full float32 vectors,
-    one row per added vector, memory-mapped after load), ``ids_`` (the external id of each row),
+    one row per added vector, memory-mapped after load; :class:`~nestemb.index.FunnelIndex`
+    stores them L2-normalized, which changes none of their prefix views), ``ids_`` (the external id of each row),
     ``deleted_`` (tombstone per row), ``next_id_`` (the next auto-assigned integer id: ids are
     never reused), ``manifest_`` and ``tuning_`` (the last
     :meth:`set_tuning` record, or ``None``).
@@ -192,10 +193,14 @@ class PrefixIndex:
             if rebuild:
                 logger.info("%s: rebuilding the search structures from %d stored vectors "
                             "(changed: %s)", type(self).__name__, len(self.ids_), ", ".join(changed))
-                X = np.asarray(self.vectors_)
-                self._train(X)
-                self._add_rows(X, np.arange(len(X), dtype=np.int64))
+                self._rebuild()
         return self
+
+    def _rebuild(self) -> None:
+        """Rebuild the search structures from the stored vectors (after a structural change)."""
+        X = np.asarray(self.vectors_)
+        self._train(X)
+        self._add_rows(X, np.arange(len(X), dtype=np.int64))
 
     def candidate_grid(self, k: int = 10, *, max_candidates: int = 8192) -> list[list[dict]]:
         """The search configurations :func:`~nestemb.index.tune` tries on this index: groups of
@@ -326,7 +331,7 @@ class PrefixIndex:
             (100, 99)
         """
         first = not self.is_trained
-        X = check_vectors(X, dim=None if first else self.dim, what="vectors")
+        X = self._check_input(X, dim=None if first else self.dim)
         if first:  # fail on bad parameters or ids before the (possibly long) training
             self._validate(X.shape[1])
             self._make_manifest(X.shape[1])
@@ -356,17 +361,41 @@ class PrefixIndex:
                         type(self).__name__, len(X))
             self._fit(X)
         if n_old:
-            self.vectors_ = np.concatenate([np.asarray(self.vectors_), X])
             self.ids_ = np.concatenate([self.ids_, new_ids])
             self.deleted_ = np.concatenate([self.deleted_, np.zeros(len(X), dtype=bool)])
         else:
-            self.vectors_, self.ids_ = X, new_ids
+            self.ids_ = new_ids
             self.deleted_ = np.zeros(len(X), dtype=bool)
-        self._add_rows(X, np.arange(n_old, n_old + len(X), dtype=np.int64))
+        self._append_vectors(X)
         if new_ids.dtype.kind == "i" and len(new_ids):
             self.next_id_ = max(self.next_id_, int(new_ids.max()) + 1)
         self._lookup = None
         return self
+
+    def _check_input(self, X: Any, dim: int | None) -> np.ndarray:
+        """Validate vectors given to :meth:`add`. Indexes that stream their input
+        (``_streams_input``) accept a path to a ``.npy`` file (memory-mapped) and keep a large
+        array or memory map as it is (shape checked here, values chunk by chunk as they are
+        stored), so a gallery larger than memory is never read whole."""
+        if isinstance(X, (str, os.PathLike)):
+            if not getattr(self, "_streams_input", False):
+                raise NestembError(f"{type(self).__name__}.add takes an array, not a path")
+            try:
+                X = np.load(X, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise NestembError(f"cannot read vectors from {X}: {e}") from None
+        if (getattr(self, "_streams_input", False) and isinstance(X, np.ndarray) and X.ndim == 2
+                and X.dtype.kind == "f" and X.size > (1 << 22)):
+            if dim is not None and X.shape[1] != dim:
+                raise NestembError(f"vectors have dimension {X.shape[1]}, expected {dim}")
+            return X
+        return check_vectors(X, dim=dim, what="vectors")
+
+    def _append_vectors(self, X: np.ndarray) -> None:
+        """Store new vectors after the existing rows and fill the search structures."""
+        n_old = len(self.vectors_)
+        self.vectors_ = np.concatenate([np.asarray(self.vectors_), X]) if n_old else X
+        self._add_rows(X, np.arange(n_old, n_old + len(X), dtype=np.int64))
 
     def _id_map(self) -> dict:
         if getattr(self, "_lookup", None) is None:
@@ -446,7 +475,12 @@ class PrefixIndex:
         self._check_fitted()
         if manifest is not None:
             check_compatible(manifest, self.manifest_, what="queries and index")
-        return check_vectors(Q, dim=self.dim, what="queries"), self._check_k(k)
+        dim = self.dim
+        if (isinstance(Q, np.ndarray) and Q.dtype == np.float32 and 0 < Q.ndim <= 2
+                and Q.shape[-1] == dim and Q.size and Q.flags.c_contiguous
+                and np.isfinite(Q).all()):  # fast path: a valid float32 query, no copy
+            return Q.reshape(-1, dim), self._check_k(k)
+        return check_vectors(Q, dim=dim, what="queries"), self._check_k(k)
 
     def search(self, Q: Any, k: int = 10, *, manifest: Manifest | None = None):
         """Top-``k`` by inner product of normalized views: ``(scores, ids)``, each
@@ -490,6 +524,8 @@ class PrefixIndex:
         return scores, self._rows_to_ids(rows)
 
     def _rows_to_ids(self, rows: np.ndarray) -> np.ndarray:
+        if rows.size and rows.min() >= 0:  # the common case, kept cheap for single queries
+            return self.ids_[rows]
         ids = self.ids_[np.maximum(rows, 0)]
         if (rows < 0).any():
             ids = ids.copy()
@@ -540,26 +576,45 @@ class PrefixIndex:
 
     # ----------------------------------------------------------------- memory
     def bytes_per_vector(self) -> dict[str, Any]:
-        """Memory per stored vector, one scheme for every index type: ``resident`` (held in
-        RAM: codes, graph links, lists, ids, tombstones, trained structures amortized over the
-        vectors), ``mmap`` (the float32 full vectors, memory-mapped after load: only rows that
-        are re-ranked are read), ``total`` and ``parts`` (bytes of each part by name).
+        """Memory per stored vector, one scheme for every index type, true to the index's
+        current state: ``resident`` (held in RAM: codes, graph links, lists, ids, tombstones,
+        trained structures amortized over the vectors, and the full vectors while they are in
+        memory), ``mmap`` (the full vectors once memory-mapped, i.e. after :meth:`load`: only
+        rows that are re-ranked are read), ``total`` and ``parts`` (bytes of each part by name).
+        For deployment figures, save the index and report the loaded one.
 
         Example:
-            >>> from nestemb.index import FunnelIndex, synthetic_matryoshka
-            >>> m = FunnelIndex(dims=(8, 32), shortlist=(40,)).add(
-            ...     synthetic_matryoshka(100, 32)).bytes_per_vector()
+            >>> import tempfile, pathlib
+            >>> from nestemb.index import FunnelIndex, load_index, synthetic_matryoshka
+            >>> idx = FunnelIndex(dims=(8, 32), shortlist=(40,)).add(synthetic_matryoshka(100, 32))
+            >>> m = idx.bytes_per_vector()
             >>> m["resident"], m["mmap"], m["parts"]["first_stage"]
-            (41.0, 128.0, 32.0)
+            (169.0, 0.0, 32.0)
+            >>> m = load_index(idx.save(pathlib.Path(tempfile.mkdtemp()) / "i")).bytes_per_vector()
+            >>> m["resident"], m["mmap"]
+            (41.0, 128.0)
         """
         self._check_fitted()
         parts = dict(self._memory_parts())
         parts["ids"] = float(self.ids_.dtype.itemsize)
         parts["deleted"] = 1.0
-        mmap = float(4 * self.dim)
         resident = float(sum(parts.values()))
-        parts["vectors"] = mmap
+        mmap = 0.0
+        for name, (size, mapped) in self._vector_parts().items():
+            parts[name] = size
+            if mapped:
+                mmap += size
+            else:
+                resident += size
         return {"resident": resident, "mmap": mmap, "total": resident + mmap, "parts": parts}
+
+    def _vector_parts(self) -> dict[str, tuple[float, bool]]:
+        """Bytes per vector of the stored full vectors, by part, and whether each is mapped."""
+        return {"vectors": (float(4 * self.dim), isinstance(self.vectors_, np.memmap))}
+
+    def _writes_vectors_file(self) -> bool:
+        """Whether :meth:`save` writes ``vectors.npy`` (an index may keep them in its own files)."""
+        return True
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:

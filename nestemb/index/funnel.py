@@ -1,29 +1,60 @@
 """Funnel search: shortlist with a short prefix, re-rank the shortlist with longer ones.
 
-Each vector is stored once (full, float32, memory-mapped after :meth:`FunnelIndex.load`). The
-first stage scans a compact copy of the shortest prefix view (float32 / float16 / int8 / sign
-bits), exactly (``first_stage="flat"``) or through an HNSW graph built on that prefix
-(``first_stage="hnsw"``, sublinear). Every later stage re-scores only the surviving candidates
-with :func:`nestemb.nesting.prefix_view` of the stored vectors.
+Each vector is stored once: the L2-normalized full vectors live in the last stage's FAISS index
+(float32 ``IndexFlatIP``, or fp16 codes with ``full_dtype="float16"``), and ``vectors_`` is a
+view of that storage (memory-mapped from the index file after :meth:`FunnelIndex.load`).
+Normalizing a full vector changes none of its prefix views, so every stage sees the same views.
+The first stage scans a compact copy of the shortest prefix view (float32 / float16 / int8 /
+sign bits), exactly (``first_stage="flat"``) or through an HNSW graph built on that prefix
+(``first_stage="hnsw"``, sublinear); an optional int8 rescoring stage (``rescore_dtype="int8"``)
+re-scores the shortlist from int8 codes of a longer prefix; the last stage re-ranks in float.
+
+Native search (``native=True``, the default) runs the whole funnel inside FAISS, one call per
+batch, no Python per query or candidate::
+
+    IndexPreTransform(normalize D)
+      -> IndexRefine(refine = full vectors, k_factor = last shortlist / k)
+           [-> IndexRefine(refine = IndexPreTransform(remap D->d1, normalize) -> SQ8(d1))]
+                -> IndexPreTransform(remap D->d0, normalize) -> first stage (flat / HNSW)
+
+Deletions pending :meth:`compact` are excluded inside FAISS (an ``IDSelectorBitmap`` of the live
+rows on the first stage), so they stay native. Configurations FAISS cannot chain fall back to
+the numpy path (one FAISS call for the first stage, then one vectorized numpy call per stage and
+batch): a ``binary`` first stage (FAISS has no refine over binary codes), and three stages with
+a float32 middle prefix. ``native=False`` forces the numpy path; both return the same results
+(tested).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import logging
+import os
+from typing import Any, Sequence
 
 import numpy as np
 
 from nestemb.errors import NestembError
+from nestemb.exact import topk
 from nestemb.index import quantize as qz
 from nestemb.index.base import PrefixIndex, doubling, pos_int
 from nestemb.nesting import prefix_view
 
+logger = logging.getLogger("nestemb.index")
+
 STAGE_NAME = "first_stage.faiss"
+RESCORE_NAME = "rescore.faiss"
+FULL_NAME = "full.faiss"
 HNSW_M_MAX = 1024
 """The largest ``hnsw_m`` accepted (FAISS allocates ``2 hnsw_m`` links per vector)."""
+FULL_DTYPES = ("float32", "float16")
+"""Storage of the full vectors the last stage re-ranks with."""
+RESCORE_DTYPES = (None, "int8")
+"""Storage of the middle stage of a three-stage funnel: float32 vectors, or int8 codes."""
+_CHUNK = 65536
 
 
-def _check_stage_dims(dims: Sequence[int], prefix_dtype: str = "float32") -> tuple[int, ...]:
+def _check_stage_dims(dims: Sequence[int], prefix_dtype: str = "float32",
+                      rescore_dtype: str | None = None) -> tuple[int, ...]:
     try:
         out = tuple(int(d) for d in dims)
     except (TypeError, ValueError):
@@ -32,11 +63,28 @@ def _check_stage_dims(dims: Sequence[int], prefix_dtype: str = "float32") -> tup
         raise NestembError("dims is empty: give at least the full dimension")
     if any(d <= 0 for d in out):
         raise NestembError(f"stage dims must be positive, got {out}")
+    if rescore_dtype is not None:
+        if len(out) != 3:
+            raise NestembError(
+                f"rescore_dtype={rescore_dtype!r} needs three stage dims (d0, d1, D): the first "
+                f"stage, the int8 rescoring prefix d1 and the full dimension, got {out}"
+            )
+        if not out[0] <= out[1] <= out[2]:
+            raise NestembError(f"stage dims must be non-decreasing with rescoring, got {out}")
+        return out
     # a quantized first stage may be re-scored in float32 at the same prefix: (D, D) is allowed
     rest = out[1:] if len(out) > 1 and out[0] == out[1] and prefix_dtype != "float32" else out
     if any(a >= b for a, b in zip(rest, rest[1:])):
         raise NestembError(f"stage dims must be strictly ascending, got {out}")
     return out
+
+
+def _as_float32_rows(X: Any, a: int, b: int) -> np.ndarray:
+    chunk = np.asarray(X[a:b], dtype=np.float32)
+    if not np.isfinite(chunk).all():
+        bad = int(np.argmin(np.isfinite(chunk).all(axis=1)))
+        raise NestembError(f"vectors contain NaN or inf values (row {a + bad})")
+    return chunk
 
 
 class FunnelIndex(PrefixIndex):
@@ -45,23 +93,35 @@ class FunnelIndex(PrefixIndex):
     Args:
         dims: stage prefixes, strictly ascending, each in the nesting; the last is the full
             dimension. With a quantized ``prefix_dtype`` the first two may be equal (e.g.
-            ``(384, 384)``: binary codes of the full vector, re-scored in float32).
+            ``(384, 384)``: binary codes of the full vector, re-scored in float32). With
+            ``rescore_dtype`` exactly three, non-decreasing: ``(d0, d1, D)``.
         shortlist: candidates kept after each stage but the last (``len(dims) - 1`` entries,
             non-increasing, each ``>= k`` at search time).
-        prefix_dtype: storage of the first-stage prefix: ``float32``, ``float16``, ``int8`` or
-            ``binary``.
+        prefix_dtype: storage of the first-stage prefix: ``float32``, ``float16``, ``int8``,
+            ``binary`` or ``rabitq`` (FAISS RaBitQ, flat first stage only).
         first_stage: ``"flat"`` (exact scan of the prefix) or ``"hnsw"`` (graph on the prefix).
         hnsw_m, ef_construction, ef_search: HNSW parameters (``first_stage="hnsw"`` only;
             ``hnsw_m`` at most 1024).
         train_size: vectors sampled (evenly) by :meth:`train` to learn int8 ranges.
+        int8_trim: fraction of each dimension's values clipped at each end of its int8 range
+            (0: FAISS's per-dimension [min, max]; e.g. 0.001 trims outliers that would stretch
+            the range). Applies to an int8 first stage and to int8 rescoring.
+        rescore_dtype: ``None``, or ``"int8"``: the middle stage of ``dims=(d0, d1, D)`` scores
+            the ``d1``-prefix views from int8 codes (``d1`` may equal ``D``), e.g. a binary
+            first stage, int8 rescoring, float re-rank.
+        full_dtype: storage of the full vectors the last stage re-ranks with: ``float32`` or
+            ``float16`` (half the bytes; scores differ by ~1e-3).
+        native: run the funnel inside FAISS where the configuration allows (see the module
+            docstring); ``False`` forces the numpy path, which returns the same results.
         nesting: the model's nesting (default: the stage dims); stage dims must belong to it.
         model_id, model_version: identity of the embeddings' model (copy them from the
             embeddings' manifest); saved in the index manifest and checked against the queries'
             manifest by ``search(..., manifest=...)``.
 
-    Search-time parameters (no rebuild): ``shortlist``, ``ef_search`` and the re-rank dims
-    ``dims[1:]``; changing ``dims[0]``, ``prefix_dtype``, ``first_stage``, ``hnsw_m`` or
-    ``ef_construction`` rebuilds the first stage.
+    Search-time parameters (no rebuild): ``shortlist``, ``ef_search``, ``native`` and the
+    re-rank dims ``dims[1:]`` without rescoring; changing ``dims[0]``, ``prefix_dtype``,
+    ``first_stage``, ``hnsw_m``, ``ef_construction``, ``int8_trim``, ``rescore_dtype``, the
+    rescoring prefix or ``full_dtype`` rebuilds the structures from the stored vectors.
 
     Example:
         >>> from nestemb.index import FunnelIndex, synthetic_matryoshka
@@ -70,12 +130,17 @@ class FunnelIndex(PrefixIndex):
         >>> scores, ids = index.search(X[:3], k=5)
         >>> ids.shape, ids[:, 0].tolist()
         ((3, 5), [0, 1, 2])
+        >>> fast = FunnelIndex(dims=(16, 64), shortlist=(100,)).add(X)
+        >>> fast.is_native, fast.search(X[:3], k=5)[1][:, 0].tolist()
+        (True, [0, 1, 2])
     """
 
     _param_names = (
         "dims", "shortlist", "prefix_dtype", "first_stage", "hnsw_m", "ef_construction",
-        "ef_search", "train_size", "nesting", "model_id", "model_version",
+        "ef_search", "train_size", "int8_trim", "rescore_dtype", "full_dtype", "native",
+        "nesting", "model_id", "model_version",
     )
+    _streams_input = True
 
     def __init__(
         self,
@@ -88,11 +153,18 @@ class FunnelIndex(PrefixIndex):
         ef_construction: int = 40,
         ef_search: int = 64,
         train_size: int = 131072,
+        int8_trim: float = 0.0,
+        rescore_dtype: str | None = None,
+        full_dtype: str = "float32",
+        native: bool = True,
         nesting: Sequence[int] | None = None,
         model_id: str = "unknown",
         model_version: str = "unknown",
     ):
-        self.dims = _check_stage_dims(dims, prefix_dtype)
+        if rescore_dtype not in RESCORE_DTYPES:
+            raise NestembError(f"rescore_dtype must be one of {RESCORE_DTYPES}, got {rescore_dtype!r}")
+        self.rescore_dtype = rescore_dtype
+        self.dims = _check_stage_dims(dims, prefix_dtype, rescore_dtype)
         try:
             self.shortlist = tuple(int(s) for s in shortlist)
         except (TypeError, ValueError):
@@ -114,6 +186,13 @@ class FunnelIndex(PrefixIndex):
         self.ef_construction = pos_int(ef_construction, "ef_construction")
         self.ef_search = pos_int(ef_search, "ef_search")
         self.train_size = pos_int(train_size, "train_size")
+        self.int8_trim = qz.check_int8_trim(int8_trim)
+        if full_dtype not in FULL_DTYPES:
+            raise NestembError(f"full_dtype must be one of {FULL_DTYPES}, got {full_dtype!r}")
+        self.full_dtype = full_dtype
+        if not isinstance(native, (bool, np.bool_)):
+            raise NestembError(f"native must be True or False, got {native!r}")
+        self.native = bool(native)
         self._set_identity(nesting, model_id, model_version)
 
     # ----------------------------------------------------------------- structure
@@ -127,30 +206,133 @@ class FunnelIndex(PrefixIndex):
             )
 
     def _structure(self) -> tuple:
-        return (self.dims[0], self.prefix_dtype, self.first_stage, self.hnsw_m, self.ef_construction)
+        d1 = self.dims[1] if self.rescore_dtype else None
+        return (self.dims[0], self.prefix_dtype, self.first_stage, self.hnsw_m,
+                self.ef_construction, self.int8_trim, self.rescore_dtype, d1, self.full_dtype)
+
+    @property
+    def is_native(self) -> bool:
+        """Whether :meth:`search` runs the whole funnel inside FAISS (see the module docstring)."""
+        return (self.native and self.prefix_dtype != "binary"
+                and (len(self.dims) <= 2 or (len(self.dims) == 3 and self.rescore_dtype is not None)))
+
+    def _new_full(self, D: int):
+        import faiss
+
+        if self.full_dtype == "float32":
+            return faiss.IndexFlatIP(D)
+        return faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
 
     def _train(self, X: np.ndarray) -> None:
-        self.stage_ = qz.make_stage(
-            self.dims[0], self.prefix_dtype, self.first_stage, self.hnsw_m, self.ef_construction
-        )
-        if self.prefix_dtype == "int8":  # per-dimension ranges from (a sample of) the data
+        D = X.shape[1]
+        self.stage_ = qz.make_stage(self.dims[0], self.prefix_dtype, self.first_stage, self.hnsw_m,
+                                    self.ef_construction)
+        sample = None
+        if self.prefix_dtype == "int8" or self.rescore_dtype:
             sample = np.asarray(X[:: max(1, len(X) // self.train_size)], dtype=np.float32)
-            self.stage_.train(np.ascontiguousarray(prefix_view(sample, self.dims[0])))
+        if self.prefix_dtype == "int8":  # per-dimension ranges from (a sample of) the data
+            qz.train_sq8(self.stage_, prefix_view(sample, self.dims[0]), self.int8_trim)
+        self.rescore_ = None
+        if self.rescore_dtype:
+            self.rescore_ = qz.make_sq8(self.dims[1])
+            qz.train_sq8(self.rescore_, prefix_view(sample, self.dims[1]), self.int8_trim)
+        full = getattr(self, "full_", None)
+        if full is None or full.d != D or self._full_kind(full) != self.full_dtype or full.ntotal:
+            self.full_ = self._new_full(D)
+            self._mapped = False
+        self._native = None
+
+    @staticmethod
+    def _full_kind(full) -> str:
+        return "float16" if hasattr(full, "sq") else "float32"
 
     def _clear(self) -> None:
         self.stage_.reset()  # keeps int8 ranges
+        if self.rescore_ is not None:
+            self.rescore_.reset()
+        self.full_ = self._new_full(self.full_.d)
+        self._mapped = False
+        self._native = None
 
-    def _add_rows(self, X: np.ndarray, rows: np.ndarray) -> None:
+    def _append_vectors(self, X: Any) -> None:
+        """Store vectors (normalized, once, in ``full_``) and fill the structures, in chunks:
+        a memory-mapped input is never read whole."""
+        self._add_rows(X, None)
+
+    def _unmap_full(self) -> None:
+        """Copy memory-mapped full vectors into RAM (FAISS cannot append to a mapped file)."""
+        old, n, D = self.full_, self.full_.ntotal, self.full_.d
+        logger.info("FunnelIndex: adding to a memory-mapped index: copying its %d full vectors "
+                    "into memory (save and load again to map them)", n)
+        self.full_ = self._new_full(D)
+        for a in range(0, n, _CHUNK):
+            b = min(n, a + _CHUNK)
+            if self.full_dtype == "float32":
+                rows = np.asarray(self.vectors_[a:b], dtype=np.float32)
+            else:
+                rows = np.asarray(old.reconstruct_n(a, b - a), dtype=np.float32)
+            self.full_.add(np.ascontiguousarray(rows))
+        self._mapped = False
+        if self.full_dtype == "float32":
+            self.vectors_ = qz.codes_view(self.full_, n, 4 * D).view(np.float32)
+
+    def _add_rows(self, X: Any, rows: Any) -> None:
+        if getattr(self, "_mapped", False) and len(X):
+            self._unmap_full()
         d0 = self.dims[0]
-        for a in range(0, len(X), 262144):
-            qz.train_add(self.stage_, prefix_view(X[a : a + 262144], d0), self.prefix_dtype)
+        extra = []
+        for a in range(0, len(X), _CHUNK):
+            V = prefix_view(_as_float32_rows(X, a, a + _CHUNK), X.shape[1])
+            self.full_.add(np.ascontiguousarray(V))
+            qz.train_add(self.stage_, prefix_view(V, d0), self.prefix_dtype)
+            if self.rescore_ is not None:
+                self.rescore_.add(np.ascontiguousarray(prefix_view(V, self.dims[1])))
+            if self.full_dtype == "float16":
+                extra.append(V)
+        if self.full_dtype == "float32":
+            self.vectors_ = qz.codes_view(self.full_, self.full_.ntotal, 4 * self.full_.d).view(np.float32)
+        else:
+            old = np.asarray(self.vectors_) if len(getattr(self, "vectors_", ())) else None
+            parts = ([old] if old is not None and len(old) + sum(map(len, extra)) == self.full_.ntotal
+                     else []) + extra
+            self.vectors_ = np.concatenate(parts) if parts else np.empty((0, X.shape[1]), np.float32)
+        self._native = None
+
+    def _rebuild(self) -> None:
+        X = np.asarray(self.vectors_)
+        if self._full_kind(self.full_) != self.full_dtype or self.full_dtype == "float16":
+            X = np.array(X)  # the old storage goes away
+            self.full_ = None
+            self._train(X)
+            self.vectors_ = np.empty((0, X.shape[1]), np.float32)
+            self._add_rows(X, None)
+            return
+        # the full vectors stay where they are; only the prefix structures are rebuilt
+        self._train_prefix_only(X)
+
+    def _train_prefix_only(self, X: np.ndarray) -> None:
+        keep = self.full_
+        self.full_ = None
+        self._train(X)
+        self.full_ = keep
+        d0 = self.dims[0]
+        for a in range(0, len(X), _CHUNK):
+            V = np.asarray(X[a : a + _CHUNK])
+            qz.train_add(self.stage_, prefix_view(V, d0), self.prefix_dtype)
+            if self.rescore_ is not None:
+                self.rescore_.add(np.ascontiguousarray(prefix_view(V, self.dims[1])))
+        self._native = None
 
     def candidate_grid(self, k: int = 10, *, max_candidates: int = 8192) -> list[list[dict]]:
         """Configurations :func:`~nestemb.index.tune` tries, in groups ordered by shortlist size.
 
-        A flat first stage: every first-stage prefix of the nesting in float32, int8 and binary
-        (32 dims or more), with two stages and, where the nesting has a prefix ``>= 4 d0``, three;
-        an HNSW first stage: its prefix with shortlists and ``ef_search`` doubling.
+        A flat first stage: every first-stage prefix of the nesting in float32, int8 (ranges
+        trimmed by ``int8_trim`` 0.001) with two stages and, where the nesting has a prefix
+        ``>= 4 d0``, three (float32 middle stage); binary codes of every prefix of 32 dims or
+        more (the full dimension included) followed by int8 rescoring of the full vector and the
+        float re-rank, ``dims=(d0, D, D)``, rescoring shortlist 1/8 of the first, and RaBitQ
+        codes of those prefixes below ``D`` (two stages); an HNSW first stage: its prefix with
+        shortlists and ``ef_search`` doubling. ``full_dtype`` and ``native`` are kept.
 
         Example:
             >>> from nestemb.index import synthetic_matryoshka
@@ -158,6 +340,11 @@ class FunnelIndex(PrefixIndex):
             >>> grid = idx.candidate_grid(k=10)
             >>> grid[0][0]["dims"], [g["shortlist"][0] for g in grid[0]]
             ((8, 32), [10, 20, 40, 80, 100])
+            >>> sorted({g[0]["prefix_dtype"] for g in grid})
+            ['binary', 'float32', 'int8']
+            >>> idx = FunnelIndex(dims=(32, 64), shortlist=(40,)).add(synthetic_matryoshka(100, 64))
+            >>> sorted({g[0]["prefix_dtype"] for g in idx.candidate_grid(k=10)})
+            ['binary', 'float32', 'int8', 'rabitq']
         """
         self._check_fitted()
         n, D, nesting = len(self), self.dim, self.manifest_.nesting
@@ -168,57 +355,202 @@ class FunnelIndex(PrefixIndex):
         if self.first_stage == "hnsw":
             d0 = self.dims[0]
             return [
-                [{"dims": (d0, D), "shortlist": (s,), "ef_search": ef}
+                [{"dims": (d0, D), "shortlist": (s,), "ef_search": ef, "rescore_dtype": None}
                  for ef in doubling(16, 1024) if ef >= s]
-                or [{"dims": (d0, D), "shortlist": (s,), "ef_search": s}]
+                or [{"dims": (d0, D), "shortlist": (s,), "ef_search": s, "rescore_dtype": None}]
                 for s in lists[:8]
             ]
         groups: list[list[dict]] = []
         for dtype in ("float32", "int8", "binary"):
-            for d0 in nesting[:-1]:
-                if dtype == "binary" and d0 < 32:
+            trim = 0.001 if dtype == "int8" else 0.0
+            for d0 in (nesting if dtype == "binary" else nesting[:-1]):
+                if dtype == "binary":
+                    if d0 < 32:
+                        continue
+                    if d0 < D:  # RaBitQ: 1 bit / dim too, but an unbiased estimate, native
+                        groups.append([
+                            {"dims": (d0, D), "shortlist": (s,), "prefix_dtype": "rabitq",
+                             "rescore_dtype": None, "int8_trim": 0.0} for s in lists
+                        ])
+                    groups.append([
+                        {"dims": (d0, D, D), "shortlist": (s, r), "prefix_dtype": dtype,
+                         "rescore_dtype": "int8", "int8_trim": trim}
+                        for s in lists if s >= 4 * k for r in (max(k, s // 8),)
+                    ])
                     continue
                 groups.append([
-                    {"dims": (d0, D), "shortlist": (s,), "prefix_dtype": dtype} for s in lists
+                    {"dims": (d0, D), "shortlist": (s,), "prefix_dtype": dtype,
+                     "rescore_dtype": None, "int8_trim": trim} for s in lists
                 ])
                 mids = [m for m in nesting if 4 * d0 <= m < D]
                 if mids:
                     groups.append([
                         {"dims": (d0, mids[0], D), "shortlist": (s, max(k, s // 4)),
-                         "prefix_dtype": dtype}
+                         "prefix_dtype": dtype, "rescore_dtype": None, "int8_trim": trim}
                         for s in lists if s >= 4 * k
                     ])
         return [g for g in groups if g]
 
     # ----------------------------------------------------------------- search
-    def _search_rows(self, Q: np.ndarray, k: int):
+    def _keeps(self, k: int) -> list[int]:
         live = len(self)
         for s in self.shortlist:
             if s < k:
                 raise NestembError(f"shortlist {self.shortlist} has a size smaller than k={k}")
-        keeps = [min(s, live) for s in self.shortlist] + [k]
+        return [min(s, live) for s in self.shortlist] + [k]
+
+    def _search_rows(self, Q: np.ndarray, k: int):
+        if self.is_native:
+            return self._search_native(Q, k)
+        return self._search_numpy(Q, k)
+
+    # native ------------------------------------------------------------
+    def _pipeline(self):
+        """The FAISS funnel over the stored structures (built on first use, then cached)."""
+        import faiss
+
+        D, d0 = self.full_.d, self.dims[0]
+        keep: list = []
+
+        def prefix(index, d):
+            pre = faiss.IndexPreTransform(index)
+            pre.prepend_transform(faiss.NormalizationTransform(d))
+            if d < D:
+                pre.prepend_transform(faiss.RemapDimensionsTransform(D, d, False))
+            keep.append(pre)
+            return pre
+
+        base = prefix(self.stage_, d0)
+        if len(self.dims) == 1:  # one stage: the scan of the full views is the search
+            self._native = {"index": base, "keep": keep, "params": {}}
+            return self._native
+        if self.rescore_ is not None:
+            base = faiss.IndexRefine(base, prefix(self.rescore_, self.dims[1]))
+            keep.append(base)
+        top = faiss.IndexRefine(base, self.full_)
+        outer = faiss.IndexPreTransform(top)
+        outer.prepend_transform(faiss.NormalizationTransform(D))
+        keep += [top, outer]
+        self._native = {"index": outer, "keep": keep, "params": {}}
+        return self._native
+
+    def _live_selector(self):
+        import faiss
+
+        bits = np.packbits(~self.deleted_, bitorder="little")
+        return faiss.IDSelectorBitmap(len(self.deleted_), faiss.swig_ptr(bits)), bits
+
+    def _native_params(self, k: int):
+        import faiss
+
+        key = (k, self.shortlist, self.ef_search, self.n_deleted_)
+        cache = self._native["params"]
+        if key in cache:  # the single-query path: one dict lookup
+            return cache[key]
+        keeps = self._keeps(k)
+        if self.first_stage == "hnsw":
+            p0 = faiss.SearchParametersHNSW()
+            p0.efSearch = max(self.ef_search, keeps[0])
+        else:
+            p0 = faiss.SearchParameters()
+        refs: list = [p0]
+        if self.n_deleted_:
+            sel, bits = self._live_selector()
+            p0.sel = sel
+            refs += [sel, bits]
+        # k_factor: float; + 0.5 so that int(k * k_factor) is the shortlist exactly
+        p = p0
+        if len(keeps) == 1:
+            cache.clear()
+            cache[key] = (p0, refs)
+            return cache[key]
+        if self.rescore_ is not None:
+            mid = faiss.IndexRefineSearchParameters()
+            mid.k_factor = (keeps[0] + 0.5) / keeps[1]
+            mid.base_index_params = p0
+            refs.append(mid)
+            p = mid
+        top = faiss.IndexRefineSearchParameters()
+        top.k_factor = (keeps[-2] + 0.5) / k
+        top.base_index_params = p
+        refs.append(top)
+        cache.clear()  # one configuration at a time: parameters change rarely
+        cache[key] = (top, refs)
+        return cache[key]
+
+    def _search_native(self, Q: np.ndarray, k: int):
+        native = self._native or self._pipeline()
+        params, _ = self._native_params(k)
+        scores, rows = native["index"].search(Q, k, params=params)
+        if rows.min() < 0:  # a row found by no stage
+            scores[rows < 0] = -np.inf
+        return scores, rows
+
+    # numpy -------------------------------------------------------------
+    def _search_numpy(self, Q: np.ndarray, k: int):
+        keeps = self._keeps(k)
         fetch = min(keeps[0] + self.n_deleted_, len(self.ids_))
         ef = max(self.ef_search, fetch) if self.first_stage == "hnsw" else None
         scores, rows = qz.stage_search(
             self.stage_, prefix_view(Q, self.dims[0]), fetch, self.prefix_dtype, ef
         )
         scores, rows = self._drop_deleted(scores, rows, keeps[0])
-        for d, keep in zip(self.dims[1:], keeps[1:]):
-            scores, rows = self._rerank(Q, rows, d, keep)
+        D = self.dim
+        for i, (d, keep) in enumerate(zip(self.dims[1:], keeps[1:])):
+            if i == 0 and self.rescore_ is not None:
+                scores, rows = self._rescore_int8(Q, rows, keep)
+            elif d == D and self.full_dtype == "float16":
+                codes = qz.codes_view(self.full_, self.full_.ntotal, 2 * D).view(np.float16)
+                scores, rows = _score_candidates(prefix_view(Q, D), rows, keep,
+                                                 lambda r: codes[r].astype(np.float32))
+            else:
+                scores, rows = self._rerank(Q, rows, d, keep)
         return scores, rows
+
+    def _rescore_int8(self, Q: np.ndarray, cand: np.ndarray, keep: int):
+        """Score candidates from the int8 codes of the ``d1``-prefix views: with code ``c``
+        decoding to ``vmin + (c + 0.5) vstep``, ``q . x = (q vstep) . c + q . (vmin + vstep/2)``."""
+        d1 = self.dims[1]
+        vmin, vstep = qz.sq8_tables(self.rescore_)
+        Qd = prefix_view(Q, d1)
+        qs = Qd * vstep
+        const = Qd @ (vmin + 0.5 * vstep)
+        codes = qz.codes_view(self.rescore_, self.rescore_.ntotal, d1)
+        return _score_candidates(qs, cand, keep, lambda r: codes[r].astype(np.float32), const)
 
     def _memory_parts(self) -> dict[str, float]:
         parts = {"first_stage": float(qz.code_bytes(self.dims[0], self.prefix_dtype))}
         if self.first_stage == "hnsw":
             parts["hnsw_links"] = qz.hnsw_link_bytes(self.stage_)
+        if self.rescore_ is not None:
+            parts["rescore"] = float(self.dims[1])
         return parts
 
-    # ----------------------------------------------------------------- persistence
-    def _write(self, tmp) -> list[str]:
-        qz.write_stage(self.stage_, tmp / STAGE_NAME, self.prefix_dtype)
-        return [STAGE_NAME]
+    def _vector_parts(self) -> dict[str, tuple[float, bool]]:
+        D = self.dim
+        mapped = bool(getattr(self, "_mapped", False))
+        if self.full_dtype == "float32":  # vectors_ is the refine storage: one copy
+            return {"vectors": (4.0 * D, mapped)}
+        return {"full_fp16": (2.0 * D, mapped), "vectors": (4.0 * D, isinstance(self.vectors_, np.memmap))}
 
-    def _read(self, path) -> None:
+    # ----------------------------------------------------------------- persistence
+    def _writes_vectors_file(self) -> bool:
+        return self.full_dtype != "float32"  # float32: vectors_ lives in full.faiss
+
+    def _write(self, tmp) -> list[str]:
+        import faiss
+
+        qz.write_stage(self.stage_, tmp / STAGE_NAME, self.prefix_dtype)
+        names = [STAGE_NAME, FULL_NAME]
+        faiss.write_index(self.full_, str(tmp / FULL_NAME))
+        if self.rescore_ is not None:
+            faiss.write_index(self.rescore_, str(tmp / RESCORE_NAME))
+            names.append(RESCORE_NAME)
+        return names
+
+    def _read(self, path, mmap: bool = True) -> None:
+        import faiss
+
         self.stage_ = qz.read_stage(path / STAGE_NAME, self.prefix_dtype)
         expected = qz.stage_signature(qz.make_stage(
             self.dims[0], self.prefix_dtype, self.first_stage, self.hnsw_m, self.ef_construction
@@ -230,8 +562,60 @@ class FunnelIndex(PrefixIndex):
                 f"{self.prefix_dtype!r}, first_stage={self.first_stage!r}, hnsw_m={self.hnsw_m}): "
                 "was manifest.json edited?"
             )
-        if self.stage_.ntotal != len(self.ids_):
+        n = len(self.ids_)
+        if self.stage_.ntotal != n:
             raise NestembError(
-                f"{path}: first stage holds {self.stage_.ntotal} vectors, expected {len(self.ids_)}"
+                f"{path}: first stage holds {self.stage_.ntotal} vectors, expected {n}"
             )
+        self.rescore_ = None
+        if self.rescore_dtype:
+            self.rescore_ = qz.read_stage(path / RESCORE_NAME, "int8")
+            if self.rescore_.ntotal != n or self.rescore_.d != self.dims[1]:
+                raise NestembError(f"{path}: {RESCORE_NAME} does not match the manifest")
+        self._native = None
+        D = self.manifest_.dim
+        full_path = path / FULL_NAME
+        if not full_path.exists():  # written before the full vectors moved into full.faiss
+            logger.info("%s: no %s (older format): building it in memory", path, FULL_NAME)
+            X = self.vectors_
+            self.full_ = self._new_full(D)
+            self.vectors_ = np.empty((0, D), np.float32)
+            self._add_rows(X, None)
+            return
+        flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
+        try:
+            self.full_ = faiss.read_index(str(full_path), flags)
+        except RuntimeError as e:
+            raise NestembError(f"cannot read index file {full_path}: {str(e).splitlines()[0]}") from None
+        if self.full_.ntotal != n or self.full_.d != D or self._full_kind(self.full_) != self.full_dtype:
+            raise NestembError(f"{path}: {FULL_NAME} does not match the manifest")
+        self._mapped = bool(mmap)
+        if self.full_dtype == "float32":
+            if mmap:  # the same file region FAISS maps: one copy in the page cache
+                offset = os.path.getsize(full_path) - 4 * n * D
+                self.vectors_ = (np.memmap(full_path, dtype=np.float32, mode="r", offset=offset,
+                                           shape=(n, D)) if n else np.empty((0, D), np.float32))
+            else:
+                self.vectors_ = qz.codes_view(self.full_, n, 4 * D).view(np.float32)
 
+
+def _score_candidates(Qs: np.ndarray, cand: np.ndarray, keep: int, rows_of, const=None):
+    """Top-``keep`` of candidate rows scored as ``rows_of(rows) @ Qs[i]`` (+ ``const[i]``), one
+    vectorized call per block of queries; row ``-1`` scores ``-inf``."""
+    nq, s = cand.shape
+    keep = min(keep, s)
+    d = Qs.shape[1]
+    out_s = np.empty((nq, keep), dtype=np.float32)
+    out_r = np.empty((nq, keep), dtype=np.int64)
+    chunk = max(1, (1 << 22) // max(1, s * d))
+    for a in range(0, nq, chunk):
+        c = cand[a : a + chunk]
+        V = rows_of(np.maximum(c, 0).ravel()).reshape(len(c), s, d)
+        sc = np.matmul(V, Qs[a : a + chunk, :, None].astype(np.float32))[..., 0]
+        if const is not None:
+            sc += const[a : a + chunk, None]
+        sc[c < 0] = -np.inf
+        best, pos = topk(sc, keep)
+        out_s[a : a + chunk] = best
+        out_r[a : a + chunk] = np.where(np.isfinite(best), np.take_along_axis(c, pos, 1), -1)
+    return out_s, out_r

@@ -237,7 +237,7 @@ class AdaptiveIVFIndex(PrefixIndex):
             names.append(OPQ_NAME)
         return names
 
-    def _read(self, path) -> None:
+    def _read(self, path, mmap: bool = True) -> None:
         import faiss
 
         try:

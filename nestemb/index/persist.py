@@ -78,10 +78,13 @@ def save_index(index: PrefixIndex, path: str | os.PathLike, overwrite: bool = Fa
     index._check_fitted()
     path = check_index_path(path, overwrite)
     with atomic_dir(path, overwrite=True) as tmp:
-        np.save(tmp / VECTORS_NAME, np.asarray(index.vectors_))
+        names = [IDS_NAME, DELETED_NAME]
+        if index._writes_vectors_file():
+            _save_npy_chunked(tmp / VECTORS_NAME, index.vectors_)
+            names.insert(0, VECTORS_NAME)
         np.save(tmp / IDS_NAME, index.ids_)
         np.save(tmp / DELETED_NAME, index.deleted_)
-        names = [VECTORS_NAME, IDS_NAME, DELETED_NAME, *index._write(tmp)]
+        names += index._write(tmp)
         config = {
             "index_type": type(index).__name__,
             "params": index.get_params(),
@@ -116,25 +119,46 @@ def read_index(
         manifest.verify(path)
     index = _index_from_manifest(path, target, manifest)
     try:
-        index.vectors_ = np.load(path / VECTORS_NAME, mmap_mode="r" if mmap else None)
         index.ids_ = np.load(path / IDS_NAME)
         index.deleted_ = np.load(path / DELETED_NAME)
+        # an index may keep the full vectors in its own files (FunnelIndex: full.faiss)
+        has_npy = (path / VECTORS_NAME).exists()
+        if has_npy:
+            index.vectors_ = np.load(path / VECTORS_NAME, mmap_mode="r" if mmap else None)
     except (OSError, ValueError) as e:
         raise NestembError(f"cannot read index data in {path}: {e}") from None
-    n = len(index.vectors_)
-    if index.vectors_.ndim != 2 or index.vectors_.shape[1] != manifest.dim:
-        raise NestembError(
-            f"{path}: vectors have shape {index.vectors_.shape}, manifest dim {manifest.dim}"
-        )
-    if len(index.ids_) != n or len(index.deleted_) != n:
-        raise NestembError(f"{path}: ids/deleted flags do not match the {n} vectors")
+    n = len(index.ids_)
+    if len(index.deleted_) != n:
+        raise NestembError(f"{path}: ids/deleted flags do not match the {n} ids")
     index.n_deleted_ = int(index.deleted_.sum())
     index.next_id_ = _next_id(path, manifest, index.ids_)
     index.tuning_ = manifest.extra.get("tuning")
     index.manifest_ = manifest
     index._lookup = None
-    index._read(path)
+    if has_npy:
+        _check_vectors_shape(path, index.vectors_, n, manifest.dim)
+    elif index._writes_vectors_file():
+        raise NestembError(f"cannot read index data in {path}: {VECTORS_NAME} is missing")
+    index._read(path, mmap=mmap)
+    _check_vectors_shape(path, index.vectors_, n, manifest.dim)
     return index
+
+
+def _check_vectors_shape(path: Path, vectors, n: int, dim: int) -> None:
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise NestembError(f"{path}: vectors have shape {vectors.shape}, manifest dim {dim}")
+    if len(vectors) != n:
+        raise NestembError(f"{path}: ids/deleted flags do not match the {len(vectors)} vectors")
+
+
+def _save_npy_chunked(path: Path, vectors, chunk: int = 65536) -> None:
+    """``np.save`` of a float32 matrix, written block by block (a memory map is never read
+    whole)."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=tuple(vectors.shape))
+    for a in range(0, len(vectors), chunk):
+        arr[a : a + chunk] = vectors[a : a + chunk]
+    arr.flush()
+    del arr
 
 
 def _index_from_manifest(path: Path, target: type, manifest: Manifest) -> PrefixIndex:

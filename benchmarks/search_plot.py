@@ -1,0 +1,56 @@
+"""Pareto plots of ``benchmarks/search.py`` results: single-query latency vs recall@10 and resident
+bytes per vector vs recall@10, one colour per method, the Pareto front of nestemb's and of FAISS's
+configurations drawn separately (so the plot shows where each side's best trade-off lies)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from nestemb.plotting import pareto_front  # noqa: E402
+
+
+def _front_min(points):
+    """Pareto front for (recall up, cost down): the points no other point beats on both."""
+    flipped = [(r, -c) for r, c in points]
+    return sorted((points[i] for i in pareto_front(flipped)), key=lambda p: p[0])
+
+
+def search_pareto(path: Path, rows: list[dict], meta: dict, xmin: float | None = None) -> None:
+    """Two panels next to each other, written to ``path`` (png)."""
+    t = meta["threads"][0]
+    lat = f"latency_ms_{t}t"
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    methods = list(dict.fromkeys(x["method"] for x in rows))
+    cmap = plt.get_cmap("tab20")
+    for ax, key, ylabel in ((axes[0], lat, f"single-query latency, ms ({t} thread)"),
+                            (axes[1], "resident", "resident bytes / vector")):
+        sides = {"nestemb": [], "faiss": []}
+        for i, m in enumerate(methods):
+            pts = [(x["recall"], x[key]) for x in rows if x["method"] == m
+                   and (xmin is None or x["recall"] >= xmin) and x.get(key)]
+            if not pts:
+                continue
+            marker = "^" if m.startswith("faiss") else "o"
+            ax.scatter(*zip(*pts), s=16, marker=marker, color=cmap(i % 20), label=m)
+            sides["faiss" if m.startswith("faiss") else "nestemb"].extend(pts)
+        for side, style in (("nestemb", "-"), ("faiss", "--")):
+            if sides[side]:
+                front = _front_min(sides[side])
+                ax.plot(*zip(*front), color="black", linestyle=style, linewidth=1,
+                        label=f"{side} Pareto front")
+        ax.set_yscale("log")
+        ax.set_xlabel("recall@10 (vs exact full-dimension top-10)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="upper left")
+    title = f"{meta['dataset']}: n={meta['n']:,}, D={meta['dim']}" + (f", recall >= {xmin}" if xmin else "")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
