@@ -329,7 +329,13 @@ def nestemb_families(X, nest, nlist, model_id, kept, deploy_dir: Path):
     # recall saturates at ef_search = 2 x shortlist on fmnist1024 (100k): no larger ef
     hcfg = [(s, e) for s in (10, 20, 30, 40, 50, 70, 100, 150, 200, 300) for e in sorted({max(16, s), 2 * s})]
     h8, h4 = near(nest, D / 8, 16), near(nest, D / 4, 16)
-    hnsw_specs = [("float32", h8, {}), ("float32", h4, {}), ("int8", h8, {})]
+    h16 = near(nest, D / 16, 16)
+    hnsw_specs = [("float32", h8, {}), ("float32", h4, {}), ("int8", h8, {}), ("float32", h8, {"hnsw_m": 16})]
+    if h16 != h8:
+        hnsw_specs.append(("float32", h16, {}))
+    h2 = near(nest, D / 2, 16)
+    if D <= 256 and h2 not in (h8, h4):  # narrow sets: a graph on half the dims is still small
+        hnsw_specs.append(("float32", h2, {}))
     if "full_dtype" in params:
         hnsw_specs.append(("float32", h8, {"full_dtype": "float16"}))
     for dtype, dh, extra in hnsw_specs:
@@ -338,7 +344,7 @@ def nestemb_families(X, nest, nlist, model_id, kept, deploy_dir: Path):
 
         def b_fhnsw(dtype=dtype, dh=dh, extra=extra, name=name):
             idx = FunnelIndex(dims=(dh, D), shortlist=(20,), first_stage="hnsw", prefix_dtype=dtype,
-                              hnsw_m=32, ef_construction=40, **extra, **common).add(X)
+                              ef_construction=40, **({"hnsw_m": 32} | extra), **common).add(X)
             return idx
 
         fams.append(Family(name, b_fhnsw,
@@ -637,6 +643,30 @@ def pareto_plot(path, rows, meta):
     search_pareto(path.with_name(path.stem + "-high.png"), rows, meta, xmin=0.9)
 
 
+def add_gap_statistics(jpath: Path, X, Q, nest) -> None:
+    """Why a quantized first stage holds or fails: for each (prefix, dtype) first stage, the
+    median gap between the 10th and the 50th / 100th exact neighbour on that prefix, the
+    stage's ranking-relevant score error, the share of queries whose gap exceeds twice the error,
+    and the share of the true top-10 (on the prefix) surviving shortlists of 10-400."""
+    from nestemb.index.diagnostics import gap_statistics
+
+    D = X.shape[1]
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    stages = [(near(nest, D / 16, 16), "int8"), (near(nest, D / 8, 16), "int8"),
+              (near(nest, D / 8, 16), "float16"), (near(nest, D / 4, 32), "binary"),
+              (near(nest, D / 2, 32), "binary"), (D, "binary"), (D, "int8"), (D, "float16")]
+    out = []
+    for d0, dtype in dict.fromkeys(stages):
+        t0 = time.perf_counter()
+        g = gap_statistics(X, Q, d0, dtype, k=K, ranks=(50, 100), shortlists=(10, 50, 100, 200, 400))
+        out.append({"rows": len(X), "queries": len(Q), **g.summary()})
+        log(f"gaps {dtype} d0={d0}: {out[-1]} ({time.perf_counter() - t0:.1f} s)")
+    result = json.loads(jpath.read_text())
+    result["diagnostics"] = out
+    jpath.write_text(json.dumps(result, indent=1, default=str))
+    report(jpath)
+
+
 def report(path, write_md: bool = True):
     """Re-print the tables of a finished (or partial) run from its JSON, redraw its plots and
     write them as ``<name>.md`` next to it."""
@@ -700,6 +730,9 @@ def main(argv=None):
                     help="where nestemb indexes are saved and reloaded memory-mapped (removed after each)")
     ap.add_argument("--out", default="runs/bench_search")
     ap.add_argument("--report", help="only re-print the tables of this result JSON")
+    ap.add_argument("--gaps", type=int, default=0, metavar="N",
+                    help="only add first-stage distance-gap statistics (on the first N gallery rows, "
+                         "100 queries) to the existing result JSON, then re-print it")
     args = ap.parse_args(argv)
     if args.report:
         return report(args.report)
@@ -720,6 +753,9 @@ def main(argv=None):
         Qe = np.ascontiguousarray(Q[:n_eval], dtype=np.float32)
         Qs = Qe[: args.single_queries]
         log(f"{ds}: gallery {X.shape} ({type(X).__name__}), {n_eval} eval queries, nesting {nest}")
+        if args.gaps:
+            add_gap_statistics(Path(args.out) / f"{ds}.json", X[: args.gaps], Qe[:100], nest)
+            continue
         tpath = Path(args.cache) / f"truth-{ds}-{model_id}-{n}-{n_eval}.npy"
         if ds != "synthetic" and tpath.is_file():
             truth = np.load(tpath)

@@ -56,3 +56,20 @@ def tiny_model(tmp_path_factory) -> Path:
     from nestemb.text.testing import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def matryoshka_data():
+    """``make(n, n_queries)`` -> ``(X, Q, exact_search(X, Q, 10))``: synthetic 64-d Matryoshka
+    vectors (nesting 8, 16, 32, 64) shared by the index tests; each size is made once."""
+    from functools import lru_cache
+
+    from nestemb.index import exact_search, synthetic_matryoshka
+
+    @lru_cache(maxsize=None)
+    def make(n: int, n_queries: int):
+        X = synthetic_matryoshka(n, 64, seed=0, decay=0.05)
+        Q = synthetic_matryoshka(n_queries, 64, seed=1, decay=0.05)
+        return X, Q, exact_search(X, Q, 10)
+
+    return make

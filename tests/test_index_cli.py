@@ -340,3 +340,56 @@ def test_embed_and_tune_report_progress_off_a_terminal(cli, tmp_path):
     r = cli("embed", "--model", model, "--texts", texts, "--out", tmp_path / "e")
     assert r.code == 0, r
     assert "encoding: 0/30" in r.err and "encoding: 30/30" in r.err, r.err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--first-stage", "hnsw", "--full-dtype", "float16", "--hnsw-m", "8", "--ef-search", "400",
+         "--dims", "16,32", "--shortlist", "400"],
+        ["--prefix-dtype", "binary", "--rescore-dtype", "int8", "--dims", "32,32,32",
+         "--shortlist", "800,400"],
+        ["--prefix-dtype", "int8", "--int8-trim", "0.001", "--dims", "16,32", "--shortlist", "800"],
+        ["--prefix-dtype", "rabitq", "--dims", "16,32", "--shortlist", "800"],
+    ],
+)
+def test_build_options_of_the_native_funnel(cli, emb, args):
+    """Every funnel option reaches the index; with shortlists covering the gallery, the saved
+    index returns the exact top-5 (fp16 full vectors: up to rounding near ties)."""
+    tmp, g, q = emb
+    r = cli("index", "build", g, "--out", tmp / "idx", *args)
+    assert r.code == 0, r
+    params = json.loads((tmp / "idx" / "manifest.json").read_text())["extra"]["params"]
+    ints = lambda v: [int(x) for x in v.split(",")]  # noqa: E731
+    parse = {"dims": ints, "shortlist": ints, "hnsw_m": int, "ef_search": int, "int8_trim": float}
+    for flag, value in zip(args[::2], args[1::2]):
+        name = flag[2:].replace("-", "_")
+        assert params[name] == parse.get(name, str)(value), (name, params[name], value)
+    X, _, ids = load_embeddings(g, with_ids=True)
+    Q = load_embeddings(q)[0]
+    r = cli("index", "search", tmp / "idx", "--queries", q, "-k", "5", "--out", tmp / "res.json",
+            "--threads", "1")
+    assert r.code == 0, r
+    res = json.loads((tmp / "res.json").read_text())
+    found = np.array([res[str(i)]["ids"] for i in range(len(Q))])
+    truth = np.asarray(ids)[exact_search(X, Q, 5)[1]]
+    assert knn_intersection(found, truth) >= (0.99 if "float16" in args else 1.0)
+
+
+def test_search_threads_above_the_cores_are_clamped_with_a_warning(cli, emb):
+    import os
+
+    tmp, g, q = emb
+    assert cli("index", "build", g, "--out", tmp / "idx").code == 0
+    r = cli("index", "search", tmp / "idx", "--queries", q, "--threads", str(10 * (os.cpu_count() or 1)))
+    assert r.code == 0, r
+    assert "more than the" in r.err and "cores" in r.err
+    r = cli("index", "search", tmp / "idx", "--queries", q, "--threads", "0")
+    assert r.code == 2 and "--threads must be positive" in r.err
+
+
+def test_funnel_options_are_refused_for_ivf(cli, emb):
+    tmp, g, q = emb
+    r = cli("index", "build", g, "--out", tmp / "idx", "--index-type", "ivf", "--full-dtype", "float16")
+    assert r.code == 2 and "--full-dtype" in r.err and "does not apply" in r.err
+    assert not (tmp / "idx").exists()

@@ -23,10 +23,8 @@ NEST = (8, 16, 32, 64)
 
 
 @pytest.fixture(scope="module")
-def data():
-    X = synthetic_matryoshka(N, D, seed=0, decay=0.05)
-    Q = synthetic_matryoshka(40, D, seed=1, decay=0.05)
-    return X, Q, exact_search(X, Q, 10)
+def data(matryoshka_data):
+    return matryoshka_data(N, 40)
 
 
 CONFIGS = [

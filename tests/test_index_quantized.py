@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nestemb.errors import NestembError
-from nestemb.index import FunnelIndex, exact_search, knn_intersection, synthetic_matryoshka, tune
+from nestemb.index import FunnelIndex, exact_search, knn_intersection, tune
 from nestemb.index import quantize as qz
 from nestemb.index.diagnostics import gap_statistics, stage_scores
 
@@ -16,10 +16,8 @@ NEST = (8, 16, 32, 64)
 
 
 @pytest.fixture(scope="module")
-def data():
-    X = synthetic_matryoshka(N, D, seed=0, decay=0.05)
-    Q = synthetic_matryoshka(200, D, seed=1, decay=0.05)
-    return X, Q, exact_search(X, Q, 10)
+def data(matryoshka_data):
+    return matryoshka_data(N, 200)
 
 
 def test_gap_statistics_hand_computed():

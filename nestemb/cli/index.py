@@ -24,7 +24,9 @@ app.add_typer(index_app, name="index")
 
 Split = choices("Split", "train", "t10k")
 IndexType = choices("IndexType", "funnel", "ivf", "opq")
-PrefixDtype = choices("PrefixDtype", "float32", "float16", "int8", "binary")
+PrefixDtype = choices("PrefixDtype", "float32", "float16", "int8", "binary", "rabitq")
+FullDtype = choices("FullDtype", "float32", "float16")
+RescoreDtype = choices("RescoreDtype", "none", "int8")
 FirstStage = choices("FirstStage", "flat", "hnsw")
 Codec = choices("Codec", "flat", "fp16", "sq8", "pq", "opq")
 
@@ -261,7 +263,9 @@ def _load_emb(path: Path, what: str):
 
 
 FUNNEL_OPTIONS = {"dims": "--dims", "shortlist": "--shortlist", "prefix_dtype": "--prefix-dtype",
-                  "first_stage": "--first-stage"}
+                  "first_stage": "--first-stage", "full_dtype": "--full-dtype",
+                  "rescore_dtype": "--rescore-dtype", "int8_trim": "--int8-trim",
+                  "hnsw_m": "--hnsw-m", "ef_search": "--ef-search"}
 IVF_OPTIONS = {"d_cluster": "--d-cluster", "d_search": "--d-search", "nlist": "--nlist",
                "nprobe": "--nprobe", "codec": "--codec", "code_bytes": "--code-bytes",
                "rerank": "--rerank"}
@@ -316,6 +320,11 @@ def build(
     shortlist: Optional[str] = typer.Option(None, help="funnel shortlist sizes, e.g. 400,100"),
     prefix_dtype: PrefixDtype = typer.Option(PrefixDtype.float32, help="funnel first-stage storage"),
     first_stage: FirstStage = typer.Option(FirstStage.flat, help="funnel first stage: exact scan or HNSW graph"),
+    full_dtype: FullDtype = typer.Option(FullDtype.float32, help="funnel: storage of the full vectors the last stage re-ranks (float16 halves their bytes)"),
+    rescore_dtype: RescoreDtype = typer.Option(RescoreDtype.none, help="funnel with 3 --dims: score the middle stage from int8 codes (e.g. binary -> int8 -> float)"),
+    int8_trim: float = typer.Option(0.0, help="funnel int8 stages: fraction of values clipped at each end of every dimension's range"),
+    hnsw_m: int = typer.Option(32, help="funnel --first-stage hnsw: graph degree M"),
+    ef_search: int = typer.Option(64, help="funnel --first-stage hnsw: search breadth (raised to the shortlist)"),
     d_cluster: Optional[int] = typer.Option(None, help="ivf/opq: clustering prefix"),
     d_search: Optional[int] = typer.Option(None, help="ivf/opq: scanned prefix"),
     nlist: int = typer.Option(256, help="ivf/opq: number of lists"),
@@ -331,8 +340,6 @@ def build(
     exact search (recall@10 with 200 gallery vectors as queries) is printed, with a warning and
     a hint to run ``nestemb index tune`` when it is below 0.9.
     """
-    import numpy as np
-
     from nestemb.index import AdaptiveIVFIndex, AdaptiveOPQIndex, FunnelIndex
     from nestemb.index.persist import check_index_path
 
@@ -348,7 +355,9 @@ def build(
         if sl is None:
             sl = tuple(max(100, 400 // 4**i) for i in range(len(stage_dims) - 1))
         index = FunnelIndex(dims=stage_dims, shortlist=sl, prefix_dtype=prefix_dtype.value,
-                            first_stage=first_stage.value, **common)
+                            first_stage=first_stage.value, full_dtype=full_dtype.value,
+                            rescore_dtype=None if rescore_dtype.value == "none" else rescore_dtype.value,
+                            int8_trim=int8_trim, hnsw_m=hnsw_m, ef_search=ef_search, **common)
     else:
         ds = d_search or (nest[len(nest) // 2] if index_type is IndexType.ivf else man.dim)
         kw = dict(d_search=ds, nlist=nlist, nprobe=nprobe, **common)
@@ -359,7 +368,7 @@ def build(
             index = AdaptiveOPQIndex(d_cluster=d_cluster, codec=(codec or Codec.opq).value,
                                      code_bytes=code_bytes or max(1, ds // 4),
                                      rerank=rerank or 100, **kw)
-    index.add(np.asarray(X), ids=ids)
+    index.add(X, ids=ids)  # a memory-mapped gallery is streamed, never read whole
     index.save(out, overwrite=overwrite)
     typer.echo(f"built {index!r} over {len(index)} vectors -> {out}")
     try:
@@ -393,6 +402,9 @@ def search(
     trust_unknown: bool = typer.Option(
         False, help="with --adapter: accept queries whose model version is 'unknown' when the "
         "model id matches"),
+    threads: Optional[int] = typer.Option(
+        None, help="search threads (default: FAISS's); more than the machine's cores is "
+        "clamped to them with a warning"),
 ) -> None:
     """Search an index with the queries of an embedding directory (of the index's model, or of
     another model through --adapter)."""
@@ -404,6 +416,14 @@ def search(
     _positive(limit, "--limit")
     if show < 0:
         raise NestembError(f"--show must be >= 0, got {show}")
+    if threads is not None:
+        from nestemb.index import set_search_threads
+
+        _positive(threads, "--threads")
+        applied = set_search_threads(threads)
+        if applied != threads:
+            typer.echo(f"warning: --threads {threads} is more than the {applied} cores here; "
+                       f"using {applied}", err=True)
     if out is not None:
         check_out_file(out, overwrite)
     index = load_index(index_dir)
