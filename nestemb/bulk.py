@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -372,7 +373,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def _prepare_out(out: Path, spec: dict, overwrite: bool) -> None:
     """Create ``out`` or check that it holds the same, unfinished job."""
-    from nestemb.io import write_json
+    from nestemb.io import check_replaceable, write_json, write_marker
     from nestemb.nesting import MANIFEST_NAME
 
     if out.exists() and not out.is_dir():
@@ -380,9 +381,7 @@ def _prepare_out(out: Path, spec: dict, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         ours = (out / JOB_NAME).is_file()
         if overwrite:
-            if not ours:
-                raise NestembError(f"refusing to replace {out}: it holds no {JOB_NAME} (nestemb "
-                                   "did not write it); move its files or choose another output")
+            check_replaceable(out, KIND, overwrite, generated=_job_file)
             shutil.rmtree(out)
         elif not ours:
             raise NestembError(f"output directory already exists and is not empty: {out} (it is "
@@ -401,6 +400,14 @@ def _prepare_out(out: Path, spec: dict, overwrite: bool) -> None:
             return
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     write_json(out / JOB_NAME, spec)
+    write_marker(out, KIND)
+
+
+def _job_file(rel: str) -> bool:
+    """Whether ``rel`` (a path inside a job folder) is one an embedding job writes: its shards
+    land one by one, after the folder's marker was written."""
+    return rel in (JOB_NAME, "manifest.json", "run.json", SHARDS_DIR) or bool(
+        re.fullmatch(rf"{SHARDS_DIR}/shard-\d{{5}}(\.npy|\.ids\.json|\.json)", rel))
 
 
 def check_reachable(address: str | None, timeout: float = 5.0) -> None:
@@ -495,7 +502,7 @@ def embed_corpus(
         ...
         nestemb.errors.NestembError: workers must be at least 1, got 0
     """
-    from nestemb.io import write_json
+    from nestemb.io import write_json, write_marker
     from nestemb.nesting import Manifest
 
     for name, v in (("workers", workers), ("shard_size", shard_size), ("batch_size", batch_size),
@@ -544,6 +551,7 @@ def embed_corpus(
                             for r in records]})  # fmt: skip
     manifest.save(out)
     write_json(out / "run.json", {"seconds": seconds, "embedded_rows": embedded, "workers": workers})
+    write_marker(out, KIND)
     rows = len(corpus)
     todo = set(pending)
     done_rows = sum(b - a for i, (a, b) in enumerate(ranges) if i in todo)

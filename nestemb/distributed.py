@@ -500,7 +500,9 @@ def wrap_ddp(model, env: DistEnv, device: str):
 
 # --------------------------------------------------------------------------- outputs
 @contextlib.contextmanager
-def main_process_dir(path: str | os.PathLike, env: DistEnv, overwrite: bool = False) -> Iterator[Path]:
+def main_process_dir(
+    path: str | os.PathLike, env: DistEnv, kind: str, overwrite: bool = False
+) -> Iterator[Path]:
     """:func:`nestemb.io.atomic_dir` on the main process; on the others a scratch directory
     that is deleted afterwards, so code that writes its outputs in the block runs unchanged
     under ``torchrun`` and only rank 0's output appears.
@@ -508,7 +510,7 @@ def main_process_dir(path: str | os.PathLike, env: DistEnv, overwrite: bool = Fa
     Example:
         >>> import tempfile, pathlib
         >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
-        >>> with main_process_dir(out, DistEnv(rank=1, world_size=2)) as tmp:
+        >>> with main_process_dir(out, DistEnv(rank=1, world_size=2), "image-model") as tmp:
         ...     _ = (tmp / "x").write_text("1")
         >>> out.exists()
         False
@@ -516,7 +518,7 @@ def main_process_dir(path: str | os.PathLike, env: DistEnv, overwrite: bool = Fa
     from nestemb.io import atomic_dir
 
     if env.is_main:
-        with atomic_dir(path, overwrite=overwrite) as tmp:
+        with atomic_dir(path, kind=kind, overwrite=overwrite) as tmp:
             yield tmp
         return
     tmp = Path(tempfile.mkdtemp(prefix="nestemb-rank%d-" % env.rank))

@@ -17,7 +17,7 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from nestemb.errors import NestembError
 
@@ -165,44 +165,142 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
 
 
 OUTPUT_MARKER = ".nestemb-output"
-"""Written into every directory :func:`atomic_dir` creates: what ``overwrite`` may replace."""
+"""Written into every folder nestemb writes (:func:`atomic_dir`, the embedding jobs): JSON
+naming the artefact's kind and every file and folder it wrote. It is what ``overwrite`` may
+replace: a folder without it, of another kind, or holding anything it does not list is
+refused, whatever its file names."""
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Build a directory in a temporary sibling; rename it to ``path`` only when the block succeeds.
+def _listing(root: Path) -> list[str]:
+    """Every file and folder below ``root`` as sorted relative POSIX paths (not the marker)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        out += [(rel / n).as_posix() for n in dirnames + filenames]
+    return sorted(p for p in out if p != OUTPUT_MARKER)
 
-    On any error the temporary directory is removed and ``path`` is untouched. With
-    ``overwrite=False`` an existing, non-empty ``path`` is an error (nothing stored is lost);
-    with ``overwrite=True`` the old directory is replaced only after the new one is complete,
-    and only if nestemb wrote it (it holds the :data:`OUTPUT_MARKER` every ``atomic_dir`` output
-    gets, or a ``manifest.json``): a folder of the user's own files is never deleted.
+
+def write_marker(folder: str | os.PathLike, kind: str) -> None:
+    """Record ``folder`` as nestemb's output of ``kind``, listing everything now in it. Writers
+    that add to a folder over time (resumable jobs) call it again after each addition.
 
     Example:
         >>> import tempfile, pathlib
-        >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
-        >>> with atomic_dir(out) as tmp:
-        ...     _ = (tmp / "results.json").write_text("{}")
-        >>> sorted(p.name for p in out.iterdir())
-        ['.nestemb-output', 'results.json']
-        >>> notes = out.parent / "notes"; notes.mkdir(); _ = (notes / "todo.txt").write_text("x")
-        >>> with atomic_dir(notes, overwrite=True) as tmp:
-        ...     pass
+        >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "a.npy").write_bytes(b"")
+        >>> write_marker(d, "embeddings"); read_marker(d)["files"]
+        ['a.npy']
+    """
+    folder = Path(folder)
+    write_json(folder / OUTPUT_MARKER, {"written_by": "nestemb", "kind": kind,
+                                        "files": _listing(folder)})
+
+
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    """The marker of ``folder`` as ``{"kind", "files"}``, or ``None`` where there is none or it
+    is not one this version wrote (an older plain-text marker, a damaged file)."""
+    try:
+        data = json.loads((Path(folder) / OUTPUT_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(data, dict) or not isinstance(data.get("kind"), str)
+            or not isinstance(data.get("files"), list)
+            or not all(isinstance(f, str) for f in data["files"])):
+        return None
+    return data
+
+
+def check_replaceable(
+    path: str | os.PathLike,
+    kind: str,
+    overwrite: bool,
+    generated: Callable[[str], bool] | None = None,
+) -> None:
+    """The one rule for writing an output folder: ``path`` may be written when it is absent or
+    empty; when it holds anything, only with ``overwrite`` and only if nestemb wrote it (its
+    :data:`OUTPUT_MARKER`), as an artefact of the same ``kind``, and every file in it is one
+    the marker lists (or that ``generated`` recognises as the writer's own, for folders that
+    grow). Anything else is refused and named; nothing is deleted. Call it before long work;
+    :func:`atomic_dir` calls it again before it replaces anything.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp()) / "idx"
+        >>> with atomic_dir(d, kind="index") as tmp:
+        ...     _ = (tmp / "ids.npy").write_bytes(b"")
+        >>> check_replaceable(d, "index", overwrite=True)        # nestemb's own index: fine
+        >>> check_replaceable(d, "embeddings", overwrite=True)
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: refusing to replace .../notes: nestemb did not write it (no manifest.json or .nestemb-output); move its files or choose another output
+        nestemb.errors.NestembError: refusing to replace .../idx: it holds an index, not embeddings
+        >>> _ = (d / "notes.txt").write_text("mine")
+        >>> check_replaceable(d, "index", overwrite=True)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: refusing to replace .../idx: nestemb did not write notes.txt (move it, or choose another output)
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NestembError(f"output path exists and is not a directory: {path}")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise NestembError(f"output directory already exists and is not empty: {path}")
-        if not ((path / OUTPUT_MARKER).is_file() or (path / "manifest.json").is_file()):
-            raise NestembError(
-                f"refusing to replace {path}: nestemb did not write it (no manifest.json or "
-                f"{OUTPUT_MARKER}); move its files or choose another output"
-            )
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise NestembError(f"output directory already exists and is not empty: {path} "
+                           "(set {param} to replace it)", param="overwrite")
+    marker = read_marker(path)
+    if marker is None:
+        why = ("its marker is from an older nestemb, which did not record its files; delete "
+               "it yourself" if (path / OUTPUT_MARKER).is_file() else
+               f"nestemb did not write it (no {OUTPUT_MARKER}); move its files")
+        raise NestembError(f"refusing to replace {path}: {why}, or choose another output")
+    if marker["kind"] != kind:
+        raise NestembError(f"refusing to replace {path}: it holds {article(marker['kind'])}, "
+                           f"not {article(kind)}")
+    listed = set(marker["files"])
+    for rel in _listing(path):
+        if rel not in listed and not _TMP_RE.match(Path(rel).name) and not (
+                generated and generated(rel)):
+            raise NestembError(f"refusing to replace {path}: nestemb did not write {rel} "
+                               "(move it, or choose another output)")
+
+
+def article(kind: str) -> str:
+    """``kind`` with its indefinite article (``an index``, ``a text-model``); plural kinds
+    (``embeddings``) stand alone.
+
+    Example:
+        >>> article("index"), article("image-model"), article("embeddings")
+        ('an index', 'an image-model', 'embeddings')
+    """
+    if kind.endswith("s"):
+        return kind
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory in a temporary sibling; rename it to ``path`` only when the block succeeds.
+
+    On any error the temporary directory is removed and ``path`` is untouched. An existing,
+    non-empty ``path`` is replaced only under :func:`check_replaceable`'s rule (``overwrite``,
+    nestemb's marker, the same ``kind``, no file it did not write), and only after the new
+    folder is complete. The new folder gets its :data:`OUTPUT_MARKER`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> with atomic_dir(out, kind="comparison") as tmp:
+        ...     _ = (tmp / "results.json").write_text("{}")
+        >>> sorted(p.name for p in out.iterdir())
+        ['.nestemb-output', 'results.json']
+        >>> notes = out.parent / "notes"; notes.mkdir(); _ = (notes / "todo.txt").write_text("x")
+        >>> with atomic_dir(notes, kind="comparison", overwrite=True) as tmp:
+        ...     pass
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: refusing to replace .../notes: nestemb did not write it (no .nestemb-output); move its files, or choose another output
+    """
+    path = Path(path)
+    check_replaceable(path, kind, overwrite)
     _prepare_parent(path)
     tmp = path.parent / _tmp_name()
     try:
@@ -211,9 +309,10 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise NestembError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         yield tmp
-        (tmp / OUTPUT_MARKER).write_text("written by nestemb; --overwrite may replace this folder\n")
+        write_marker(tmp, kind)
         try:
             if path.exists():
+                check_replaceable(path, kind, overwrite)  # a file may have arrived meanwhile
                 old = path.parent / _tmp_name()
                 os.replace(path, old)
                 try:

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence, TypeVar
 import numpy as np
 
 from nestemb.errors import NestembError
+from nestemb.io import article
 
 NORMALIZATION = "slice-then-l2"
 """The name written into manifests for the prefix-view rule of :func:`prefix_view`."""
@@ -246,7 +247,7 @@ class Manifest:
             >>> Manifest.open(out, "index", "index directory")
             Traceback (most recent call last):
             ...
-            nestemb.errors.NestembError: ... holds an embeddings artefact, not an index
+            nestemb.errors.NestembError: ... holds embeddings, not an index
         """
         directory = Path(directory)
         if not directory.is_dir():
@@ -254,7 +255,7 @@ class Manifest:
         manifest = cls.load(directory)
         if manifest.kind != kind:
             raise NestembError(
-                f"{directory} holds {_a(manifest.kind)} artefact, not {_a(kind)}"
+                f"{directory} holds {article(manifest.kind)}, not {article(kind)}"
             )
         if verify:
             manifest.verify(directory)
@@ -272,11 +273,6 @@ class Manifest:
                 raise NestembError(
                     f"checksum mismatch for {path}: the file is truncated or was modified"
                 )
-
-
-def _a(kind: str) -> str:
-    """``kind`` with its indefinite article: ``an index``, ``a text-model``."""
-    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
 
 
 MANIFEST_NAME = "manifest.json"
@@ -372,7 +368,7 @@ def save_embeddings(
     vectors = check_vectors(vectors, dim=manifest.dim, what="embeddings")
     if ids is not None and len(ids) != len(vectors):
         raise NestembError(f"got {len(ids)} ids for {len(vectors)} embeddings")
-    with atomic_dir(directory, overwrite=overwrite) as tmp:
+    with atomic_dir(directory, kind="embeddings", overwrite=overwrite) as tmp:
         np.save(tmp / EMBEDDINGS_NAME, vectors)
         names = [EMBEDDINGS_NAME]
         if ids is not None:

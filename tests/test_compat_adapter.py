@@ -191,7 +191,7 @@ def test_load_refuses_corrupt_and_foreign(tmp_path, pair):
     from nestemb.nesting import save_embeddings
 
     save_embeddings(tmp_path / "emb", X, OLD)
-    with pytest.raises(NestembError, match="holds an embeddings artefact, not an adapter"):
+    with pytest.raises(NestembError, match="holds embeddings, not an adapter"):
         load_adapter(tmp_path / "emb")
     with pytest.raises(NestembError, match="adapter directory not found"):
         load_adapter(tmp_path / "nothing")

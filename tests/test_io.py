@@ -4,6 +4,7 @@ umask, and the CLI's --version / --help."""
 from __future__ import annotations
 
 import os
+from functools import partial
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,7 @@ def _dead_pid() -> int:
 
 
 # 1. output path checks before work; library writers: NestembError, nothing left behind
-@pytest.mark.parametrize("check", [check_out_file, check_out_dir])
+@pytest.mark.parametrize("check", [check_out_file, partial(check_out_dir, kind="index")])
 def test_check_out_refuses_parent_that_is_a_file(tmp_path, check):
     f = tmp_path / "plain-file"
     f.write_text("x")
@@ -33,7 +34,7 @@ def test_check_out_refuses_parent_that_is_a_file(tmp_path, check):
         check(f / "sub" / "out", False)
 
 
-@pytest.mark.parametrize("check", [check_out_file, check_out_dir])
+@pytest.mark.parametrize("check", [check_out_file, partial(check_out_dir, kind="index")])
 def test_check_out_refuses_read_only_parent(tmp_path, monkeypatch, check):
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == tmp_path else real(p, m))
@@ -44,7 +45,7 @@ def test_check_out_refuses_read_only_parent(tmp_path, monkeypatch, check):
 
 def test_check_out_accepts_missing_parents_under_writable_folder(tmp_path):
     check_out_file(tmp_path / "a" / "b" / "r.json", False)
-    check_out_dir(tmp_path / "a" / "b" / "run", False)
+    check_out_dir(tmp_path / "a" / "b" / "run", False, "index")
 
 
 def test_cli_refuses_unwritable_out_before_work(cli, tmp_path):
@@ -64,7 +65,7 @@ def test_atomic_writers_unwritable_location_is_clean_error(tmp_path, writer):
             with atomic_file(f / "out.bin") as fh:
                 fh.write(b"x")
         else:
-            with atomic_dir(f / "sub" / "out"):
+            with atomic_dir(f / "sub" / "out", kind="test"):
                 pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain-file"]
 
@@ -74,7 +75,7 @@ def test_atomic_dir_rename_failure_is_clean_error(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     with pytest.raises(NestembError, match="cannot write .*Permission denied"):
-        with atomic_dir(tmp_path / "out") as tmp:
+        with atomic_dir(tmp_path / "out", kind="test") as tmp:
             (tmp / "x").write_text("1")
             monkeypatch.setattr(os, "replace", fail)
     monkeypatch.undo()
@@ -85,9 +86,9 @@ def test_atomic_dir_rename_failure_is_clean_error(tmp_path, monkeypatch):
 def test_250_character_output_names(tmp_path):
     name = "n" * 250
     write_json(tmp_path / (name + ".json")[:250], {"a": 1})
-    with atomic_dir(tmp_path / ("d" * 250)) as tmp:
+    with atomic_dir(tmp_path / ("d" * 250), kind="test") as tmp:
         write_json(tmp / name, [1])
-    with atomic_dir(tmp_path / ("d" * 250), overwrite=True) as tmp:  # replacing works too
+    with atomic_dir(tmp_path / ("d" * 250), kind="test", overwrite=True) as tmp:  # replacing works too
         write_json(tmp / name, [2])
     assert (tmp_path / ("d" * 250) / name).read_text().strip().startswith("[")
     assert sorted(len(p.name) for p in tmp_path.iterdir()) == [250, 250]
@@ -102,7 +103,7 @@ from nestemb.io import atomic_dir, atomic_file
 @app.command("slow-write")
 def slow_write(out: str, kind: str = "dir") -> None:
     if kind == "dir":
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, kind="test") as tmp:
             (tmp / "part").write_bytes(b"x" * 1000)
             os.kill(os.getpid(), signal.{sig})
             raise SystemExit("signal not delivered")
@@ -153,7 +154,7 @@ def test_outputs_honour_umask(tmp_path, mask, fmode, dmode):
     old = os.umask(mask)
     try:
         write_json(tmp_path / "r.json", {})
-        with atomic_dir(tmp_path / "run") as tmp:
+        with atomic_dir(tmp_path / "run", kind="test") as tmp:
             write_json(tmp / "manifest.json", {})
             (tmp / "sub").mkdir()
     finally:
@@ -191,13 +192,13 @@ def test_overwrite_never_deletes_a_folder_nestemb_did_not_write(tmp_path):
     notes.mkdir()
     (notes / "todo.txt").write_text("mine")
     with pytest.raises(NestembError, match="refusing to replace .*nestemb did not write it"):
-        with atomic_dir(notes, overwrite=True) as tmp:
+        with atomic_dir(notes, overwrite=True, kind="test") as tmp:
             (tmp / "results.json").write_text("{}")
     assert (notes / "todo.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # no temporary left
     out = tmp_path / "run"
     for value in ("1", "2"):  # nestemb's own output is replaced
-        with atomic_dir(out, overwrite=True) as tmp:
+        with atomic_dir(out, overwrite=True, kind="test") as tmp:
             (tmp / "v.txt").write_text(value)
     assert (out / "v.txt").read_text() == "2" and (out / OUTPUT_MARKER).is_file()
 

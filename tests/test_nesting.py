@@ -98,7 +98,7 @@ def test_manifest_errors(tmp_path):
 def test_atomic_dir_leaves_nothing_on_error(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(RuntimeError):
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, kind="test") as tmp:
             (tmp / "partial.json").write_text("{}")
             raise RuntimeError("boom")
     assert not out.exists()
@@ -113,7 +113,7 @@ def test_cli_version(cli):
 def test_manifest_open_wrong_kind_message_is_grammatical(tmp_path):
     out = tmp_path / "emb"
     save_embeddings(out, np.ones((2, 4), dtype="float32"), Manifest(model_id="m", nesting=(2, 4), dim=4))
-    with pytest.raises(NestembError, match=r"holds an embeddings artefact, not an index$"):
+    with pytest.raises(NestembError, match=r"holds embeddings, not an index$"):
         Manifest.open(out, "index", "index directory")
-    with pytest.raises(NestembError, match=r"holds an embeddings artefact, not a text-model$"):
+    with pytest.raises(NestembError, match=r"holds embeddings, not a text-model$"):
         Manifest.open(out, "text-model", "model directory")

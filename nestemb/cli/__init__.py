@@ -46,6 +46,39 @@ def _raise_interrupted(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
 
+def option_name(param: str | None, argv: list[str]) -> str | None:
+    """The CLI spelling of the library parameter ``param`` on the command ``argv`` invokes:
+    the option's longest flag (``--code-bytes``), or an argument's metavar; ``None`` when the
+    command has no such parameter (the error then names the Python parameter). A command's
+    Python parameter names match the library's, which is how an error finds its flag.
+
+    Example:
+        >>> option_name("code_bytes", ["index", "build", "g", "--out", "i"])
+        '--code-bytes'
+        >>> option_name("embeddings", ["index", "build", "g"])
+        'EMBEDDINGS'
+        >>> option_name("nothing_like_it", ["index", "build"]) is None
+        True
+    """
+    import typer.main
+
+    if param is None:
+        return None
+    # typer ships its own click: duck-typed, so any click-like command tree works
+    cmd = typer.main.get_command(app)
+    words = [a for a in argv if not a.startswith("-")]
+    while cmd is not None and hasattr(cmd, "get_command"):
+        if not words:
+            return None
+        cmd = cmd.get_command(cmd.context_class(cmd), words.pop(0))
+    for p in getattr(cmd, "params", ()):
+        if p.name == param:
+            if p.param_type_name == "option":
+                return max(p.opts, key=len)
+            return (p.metavar or p.name).upper()
+    return None
+
+
 def main() -> None:
     """Run the CLI; user errors exit with status 2 and a one-line message, SIGINT/SIGTERM
     with ``interrupted`` and status 130/143."""
@@ -58,7 +91,9 @@ def main() -> None:
     try:
         app()
     except NestembError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        message = e.render(option_name(e.param, sys.argv[1:])) if e.param else str(e)
+        Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False,
+                                   soft_wrap=True)
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT

@@ -90,7 +90,7 @@ def fit(
                 "paired one to one"
             )
         pairs = (np.asarray(Q), np.asarray(P))
-    check_out_dir(out, overwrite)  # before the fit
+    check_out_dir(out, overwrite, "nesting-adaptor")  # before the fit
     try:
         ad = fit_nesting_adaptor(np.asarray(X), pairs, kind=kind.value, nesting=dims,
                                  source_ref=man, steps=steps, batch_size=batch_size, k=k,
@@ -125,7 +125,7 @@ def apply(
     from nestemb.compat.adaptor import check_source
 
     check_source(man, ad)  # before writing anything
-    check_out_dir(out, overwrite)
+    check_out_dir(out, overwrite, "embeddings")
     save_adapted_embeddings(out, np.asarray(X), man, ad, ids=ids, overwrite=overwrite)
     typer.echo(f"wrote {len(X)} embeddings of {ad.output_model_id} {ad.version_} (nesting "
                f"{list(ad.nesting_)}) to {out}")

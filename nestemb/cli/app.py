@@ -110,26 +110,24 @@ def check_out_file(out: Path, overwrite: bool) -> None:
     check_writable_parent(out)
 
 
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse an ``--out`` artefact directory before any long work: a file, or a non-empty
-    directory without ``--overwrite`` (the writer itself decides what it may replace), or a
-    folder that cannot be written.
+def check_out_dir(out: Path, overwrite: bool, kind: str) -> None:
+    """Refuse an ``--out`` artefact directory before any long work: anything
+    :func:`nestemb.io.check_replaceable` refuses (a file, a non-empty folder without
+    ``--overwrite``, a folder nestemb did not write, of another kind, or holding a file nestemb
+    did not write), or a folder that cannot be written.
 
     Example:
         >>> import tempfile
         >>> d = Path(tempfile.mkdtemp()); (d / "notes.txt").write_text("x")
         1
-        >>> check_out_dir(d, overwrite=False)
+        >>> check_out_dir(d, overwrite=False, kind="index")
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: --out directory already exists and is not empty: ... (add --overwrite to replace it)
+        nestemb.errors.NestembError: output directory already exists and is not empty: ... (set overwrite to replace it)
     """
-    if out.exists() and not out.is_dir():
-        raise NestembError(f"--out path exists and is not a directory: {out}")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise NestembError(
-            f"--out directory already exists and is not empty: {out} (add --overwrite to replace it)"
-        )
+    from nestemb.io import check_replaceable
+
+    check_replaceable(out, kind, overwrite)
     check_writable_parent(out)
 
 

@@ -127,7 +127,7 @@ def compare(
     if threads < 0:
         raise NestembError(f"--threads must be 0 (all cores) or positive, got {threads}")
     if out is not None:
-        check_out_dir(out, overwrite)
+        check_out_dir(out, overwrite, "comparison")
     start = time.perf_counter()
     X, man_a, ids_a = load_embeddings(a, mmap=True, with_ids=True)
     Y, man_b, ids_b = load_embeddings(b, mmap=True, with_ids=True)
@@ -182,7 +182,7 @@ def compare(
             "seconds": round(elapsed, 3),
             **pc.to_dict(),
         }
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+        with atomic_dir(out, kind="comparison", overwrite=overwrite) as tmp:
             write_json(tmp / "compare.json", result)
             for m in names:
                 distance = m == "procrustes"  # in [0, sqrt 2], lower = more alike

@@ -240,7 +240,7 @@ def matrix_cmd(
         if beir is None:
             raise NestembError("--metric ndcg needs --beir (a BEIR folder with qrels)")
     dim_list = parse_dims(dims, "--dims")
-    check_out_dir(out, overwrite)
+    check_out_dir(out, overwrite, "compat-matrix")
 
     q_loaded = [_load(p, "--queries") for p in queries]
     g_loaded = [_load(p, "--gallery") for p in gallery]
@@ -293,7 +293,7 @@ def matrix_cmd(
                 mark = ("" if crit[i][j] else " x") if i > j else ""
                 cells.append(f"{v + mark:>{width + 2}}")
             typer.echo(f"{n:<{width}}" + "".join(cells))
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, kind="compat-matrix", overwrite=overwrite) as tmp:
         res = cm.to_dict()
         res["inputs"] = {"queries": [str(p) for p in queries], "gallery": [str(p) for p in gallery],
                          "model_versions": [m.model_version for m in manifests]}
@@ -334,7 +334,7 @@ def adapter_fit(
 
     if sample is not None and sample < 1:
         raise NestembError(f"--sample must be positive, got {sample}")
-    check_out_dir(out, overwrite)
+    check_out_dir(out, overwrite, "adapter")
     s_loaded = _load(source, "--source")
     t_loaded = _load(target, "--target")
     _same_items([source, target], [s_loaded, t_loaded], "--source and --target")
@@ -379,7 +379,7 @@ def adapter_apply(
     any other model are refused."""
     from nestemb.nesting import save_embeddings
 
-    check_out_dir(out, overwrite)
+    check_out_dir(out, overwrite, "embeddings")
     X, man, ids = _load(embeddings, "--embeddings")
     Y, out_man = apply_adapter_dir(adapter, X, man, trust_unknown)
     out_man.extra["adapted"]["adapter_path"] = str(adapter)

@@ -235,7 +235,7 @@ def train_cmd(
 
     env = env_from_torchrun()  # rank 0 writes the output and prints; the others only train
     check_threads(threads)
-    check_out_dir(out, overwrite)  # before the data set is loaded
+    check_out_dir(out, overwrite, "image-model")  # before the data set is loaded
     resume_from = _resume_point(out, checkpoints, checkpoint_dir, resume, overwrite)
     mcfg, tcfg, folder, train, _test = _prepare(
         data, dims, dim, head, weights, classifier, steps=steps, epochs=epochs, seed=seed,
@@ -249,7 +249,7 @@ def train_cmd(
                       + (f"; compatible ({compat_cfg.method})" if compat_cfg else "")
                       + (f"; {env.world_size} processes" if env.is_distributed else "")
                       + (f"; resuming from {resume_from}" if resume_from else ""))
-    with main_process_dir(out, env, overwrite=overwrite) as tmp:
+    with main_process_dir(out, env, kind="image-model", overwrite=overwrite) as tmp:
         ckpt = None
         if checkpoints:
             ckpt = checkpoint_dir if checkpoint_dir is not None else tmp / "checkpoints"
@@ -421,7 +421,7 @@ def quickstart(
     )  # fmt: skip
     console = _console()
     console.print(f"quickstart: MRL on {folder}, nesting {mcfg.nesting}")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, kind="quickstart", overwrite=overwrite) as tmp:
         model, info = train_image(mcfg, *train, tcfg, model_id="nestemb-cnn-mrl")
         (tmp / "model").mkdir()
         man = write_model_files(model, tmp / "model", "nestemb-cnn-mrl",

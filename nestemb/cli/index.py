@@ -155,7 +155,7 @@ def embed(
         _embed_ray(model, out, data, split, images, texts, limit, batch_size, device, overwrite,
                    address, workers, shard_size)
         return
-    check_out_dir(out, overwrite)
+    check_out_dir(out, overwrite, "embeddings")
     model_dir = Path(model)
     kind = "text-model" if model.lower() == "minilm" else None
     if kind is None:
@@ -341,12 +341,10 @@ def build(
     a hint to run ``nestemb index tune`` when it is below 0.9.
     """
     from nestemb.index import AdaptiveIVFIndex, AdaptiveOPQIndex, FunnelIndex
-    from nestemb.index.persist import check_index_path
 
     _check_build_options(ctx, index_type, codec, code_bytes)
     X, man, ids = _load_emb(embeddings, "gallery")
-    check_out_dir(out, overwrite)  # before the build, which may take long
-    check_index_path(out, overwrite)  # --overwrite replaces only an index
+    check_out_dir(out, overwrite, "index")  # before the build, which may take long
     common = dict(nesting=man.nesting, model_id=man.model_id, model_version=man.model_version)
     nest = man.nesting
     if index_type is IndexType.funnel:
@@ -475,15 +473,13 @@ def tune_cmd(
     import numpy as np
 
     from nestemb.index import load_index, tune
-    from nestemb.index.persist import check_index_path
 
     _positive(max_queries, "--max-queries")
     _positive(max_candidates, "--max-candidates")
     if out is not None:
-        check_out_dir(out, overwrite)
-        check_index_path(out, overwrite)
+        check_out_dir(out, overwrite, "index")
     else:
-        check_out_dir(index_dir, overwrite=True)  # rewritten in place: writable before the work
+        check_out_dir(index_dir, overwrite=True, kind="index")  # rewritten in place: writable before the work
     index = load_index(index_dir)
     Q, man, _ = _load_emb(queries, "query")
     before = index.get_params()

@@ -564,7 +564,7 @@ class Adapter:
         from nestemb.io import atomic_dir, sha256_file
 
         man = self.manifest()
-        with atomic_dir(path, overwrite=overwrite) as tmp:
+        with atomic_dir(path, kind="adapter", overwrite=overwrite) as tmp:
             with open(tmp / WEIGHTS_NAME, "wb") as f:
                 np.savez(f, **self.weights_)
             man.sha256 = {WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)}

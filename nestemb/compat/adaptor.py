@@ -399,7 +399,7 @@ class NestingAdaptor:
 
         self._check_fitted()
         manifest = self.output_manifest()
-        with atomic_dir(path, overwrite=overwrite) as tmp:
+        with atomic_dir(path, kind="nesting-adaptor", overwrite=overwrite) as tmp:
             with open(tmp / WEIGHTS_NAME, "wb") as f:
                 np.savez(f, **self._state())
             manifest = dataclasses.replace(

@@ -33,41 +33,6 @@ IDS_NAME = "ids.npy"
 DELETED_NAME = "deleted.npy"
 
 
-def check_index_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse to write an index at ``path`` unless it is free (absent or an empty directory) or
-    ``overwrite`` is set and it holds a nestemb index. Called by :func:`save_index`; call it
-    before a long build to fail early.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "notes.txt").write_text("mine")
-        >>> check_index_path(d / "new").name
-        'new'
-        >>> check_index_path(d, overwrite=True)
-        Traceback (most recent call last):
-        ...
-        nestemb.errors.NestembError: ... is not a nestemb index directory (no index manifest): refusing to replace it
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NestembError(f"index path exists and is not a directory: {path}")
-    if not path.is_dir() or not any(path.iterdir()):
-        return path
-    if not overwrite:
-        raise NestembError(
-            f"index directory already exists: {path} (pass overwrite=True to replace it)"
-        )
-    try:
-        kind = Manifest.load(path).kind
-    except NestembError:
-        kind = None
-    if kind != INDEX_KIND:
-        raise NestembError(
-            f"{path} is not a nestemb index directory (no index manifest): refusing to replace it"
-        )
-    return path
-
-
 def save_index(index: PrefixIndex, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``index`` to the directory ``path`` atomically; see :meth:`PrefixIndex.save`.
 
@@ -76,8 +41,8 @@ def save_index(index: PrefixIndex, path: str | os.PathLike, overwrite: bool = Fa
     from nestemb.io import atomic_dir, sha256_file
 
     index._check_fitted()
-    path = check_index_path(path, overwrite)
-    with atomic_dir(path, overwrite=True) as tmp:
+    path = Path(path)
+    with atomic_dir(path, kind=INDEX_KIND, overwrite=overwrite) as tmp:
         names = [IDS_NAME, DELETED_NAME]
         if index._writes_vectors_file():
             _save_npy_chunked(tmp / VECTORS_NAME, index.vectors_)

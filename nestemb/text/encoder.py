@@ -360,7 +360,7 @@ def save_text_model(
 
     from nestemb.io import atomic_dir, sha256_file
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, kind="text-model", overwrite=overwrite) as tmp:
         encoder.model.save(str(tmp))
         files = weight_files(tmp)
         manifest = dataclasses.replace(
