@@ -44,26 +44,28 @@ def main(argv: list[str] | None = None) -> int:
     import schemathesis
 
     from nestemb.service import create_app
-    from nestemb.service.testing import fuzz_service, running_server
+    from nestemb.service.testing import FUZZ_ENCODER, fuzz_service, running_server
 
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
     text_model = None
+    encoders: dict = {}
     if not args.no_text:
         from nestemb.text.testing import make_tiny_model
 
         text_model = make_tiny_model(args.work / "tiny")
+        encoders = {FUZZ_ENCODER: text_model}  # the server loads encoders from its allow-list
     t0 = time.time()
     server_log = None
     if args.target == "server":
-        with running_server(args.work / "data") as (url, proc):
+        with running_server(args.work / "data", encoders=encoders) as (url, proc):
             report = fuzz_service(url, args.requests, seed=args.seed, text_model=text_model)
             alive = proc.poll() is None
             server_log = args.work / "server.log"
             shutil.copy(proc.log_path, server_log)
     else:
-        app = create_app(args.work / "data", tune_interval=3600)
+        app = create_app(args.work / "data", tune_interval=3600, encoders=encoders)
         report = fuzz_service(app, args.requests, seed=args.seed, text_model=text_model)
         alive = True
         from schemathesis.python.asgi import shutdown_lifespans

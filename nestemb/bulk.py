@@ -61,7 +61,9 @@ DEFAULT_SHARD_SIZE = 10_000
 # --------------------------------------------------------------------------- corpora
 class ArrayCorpus:
     """Items in memory: a sequence of texts, or uint8 images ``(N, H, W)``; ``ids`` default to
-    row numbers (as strings). ``source`` is recorded in the job (e.g. the input path).
+    row numbers (as strings). ``source`` is recorded in the job (e.g. the input path); it,
+    ``split`` (the IDX split the rows come from, e.g. ``"t10k"``) and ``limit`` (when the rows
+    are the first ``limit`` of the input) are recorded in the finished manifest's ``extra``.
 
     Example:
         >>> ArrayCorpus(np.zeros((2, 4, 4), np.uint8)).kind
@@ -69,11 +71,12 @@ class ArrayCorpus:
         >>> ArrayCorpus(["a", "b"], ids=["x", "x"])
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: ids must be unique: 'x' appears more than once
+        nestemb.errors.NestembError: ids must be unique: 'x' appears at rows 0 and 1
     """
 
     def __init__(self, items: Sequence[str] | np.ndarray, ids: Sequence[Any] | None = None,
-                 source: str = "memory") -> None:  # fmt: skip
+                 source: str = "memory", split: str | None = None,
+                 limit: int | None = None) -> None:  # fmt: skip
         if isinstance(items, np.ndarray):
             if items.ndim != 3 or items.dtype != np.uint8:
                 raise NestembError(f"images must be uint8 (N, H, W), got {items.dtype} {items.shape}")
@@ -91,8 +94,12 @@ class ArrayCorpus:
         self.ids = [str(i) for i in (ids if ids is not None else range(len(self.items)))]
         if len(self.ids) != len(self.items):
             raise NestembError(f"got {len(self.ids)} ids for {len(self.items)} items")
-        _check_unique(self.ids)
+        from nestemb.nesting import check_unique_ids
+
+        check_unique_ids(self.ids)
         self.source = str(source)
+        self.split = None if split is None else str(split)
+        self.limit = limit
 
     def __len__(self) -> int:
         return len(self.items)
@@ -163,11 +170,32 @@ class ParquetCorpus:
             raise NestembError(f"{self.path} holds no rows")
         self.rows = total
         self.kind = "text"
+        self.source, self.split, self.limit = str(self.path), None, limit
+        if self.id_column:  # before any work: the id column only, counted by Arrow
+            self._check_ids()
         stat = self.path.stat()
         self._stamp = f"{stat.st_size}|{stat.st_mtime_ns}|{meta.num_rows}|{schema}"
 
     def __len__(self) -> int:
         return self.rows
+
+    def _check_ids(self) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        col = pq.read_table(self.path, columns=[self.id_column]).column(0).slice(0, self.rows)
+        try:
+            col = pc.cast(col, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # compared as they are
+        if pc.count_distinct(col, mode="all").as_py() == len(col):
+            return
+        counts = pc.value_counts(col)
+        first = next(v for v, n in zip(counts.field("values").to_pylist(),
+                                       counts.field("counts").to_pylist()) if n > 1)
+        raise NestembError(f"{self.path}: ids must be unique: {str(first)!r} appears more "
+                           "than once")
 
     def read(self, start: int, stop: int) -> tuple[list[str], list[str]]:
         """Texts and ids of rows ``[start, stop)``, reading only the row groups they lie in."""
@@ -202,14 +230,6 @@ class ParquetCorpus:
         return {"kind": "text", "source": str(self.path), "rows": self.rows,
                 "sha256": hashlib.sha256(self._stamp.encode()).hexdigest(),
                 "columns": [self.id_column, self.title_column, self.text_column]}  # fmt: skip
-
-
-def _check_unique(ids: Sequence[str]) -> None:
-    seen: set[str] = set()
-    for i in ids:
-        if i in seen:
-            raise NestembError(f"ids must be unique: {i!r} appears more than once")
-        seen.add(i)
 
 
 def shard_ranges(rows: int, shard_size: int) -> list[tuple[int, int]]:
@@ -541,14 +561,16 @@ def embed_corpus(
     for i, (r, (a, b)) in enumerate(zip(records, ranges)):
         if (r["start"], r["stop"]) != (a, b):
             raise NestembError(f"shard {i} holds rows {r['start']}..{r['stop']}, expected {a}..{b}")
-    _check_unique([i for k in range(len(ranges))
+    from nestemb.nesting import check_unique_ids
+
+    check_unique_ids([i for k in range(len(ranges))
                    for i in json.loads((folder / f"{shard_name(k)}.ids.json").read_text())])
     sha = {f"{SHARDS_DIR}/{name}": d for r in records for name, d in r["sha256"].items()}
     manifest = Manifest(model_id=man.model_id, model_version=man.model_version,
                         nesting=man.nesting, dim=man.dim, kind=KIND, sha256=sha,
                         extra={"job": spec, "shards": [
                             {k: r[k] for k in ("shard", "start", "stop", "rows")}
-                            for r in records]})  # fmt: skip
+                            for r in records], **origin(corpus)})  # fmt: skip
     manifest.save(out)
     write_json(out / "run.json", {"seconds": seconds, "embedded_rows": embedded, "workers": workers})
     write_marker(out, KIND)
@@ -558,6 +580,23 @@ def embed_corpus(
     return {"rows": rows, "shards": len(ranges), "skipped": skipped,
             "embedded": len(pending), "seconds": seconds,
             "items_per_s": done_rows / seconds if pending and seconds > 0 else 0.0}  # fmt: skip
+
+
+def origin(corpus: ArrayCorpus | ParquetCorpus) -> dict:
+    """Where a corpus's rows come from, as embedding manifests record it in ``extra``:
+    ``source`` (the input path), ``rows``, and ``split`` (an IDX split) and ``limit`` when
+    they apply.
+
+    Example:
+        >>> origin(ArrayCorpus(np.zeros((2, 4, 4), np.uint8), source="fmnist", split="t10k"))
+        {'source': 'fmnist', 'rows': 2, 'split': 't10k'}
+    """
+    out: dict = {"source": corpus.source, "rows": len(corpus)}
+    if corpus.split is not None:
+        out["split"] = corpus.split
+    if corpus.limit is not None:
+        out["limit"] = int(corpus.limit)
+    return out
 
 
 def _run_ray(corpus, model, out, pending, spec, workers, shard_size, batch_size, address,

@@ -164,6 +164,32 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise NestembError(f"{what} {path} is not valid JSON: {e}") from None
 
 
+def read_npz(path: str | os.PathLike) -> dict[str, Any]:
+    """Every array of an ``.npz`` file (no pickles), a missing, truncated or foreign file being
+    a :class:`NestembError` that names it.
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "w.npz"; np.savez(p, W=np.eye(2))
+        >>> read_npz(p)["W"].shape
+        (2, 2)
+        >>> _ = p.write_bytes(b"not a zip"); read_npz(p)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: cannot read .../w.npz: ...
+    """
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, TypeError, AttributeError) as e:
+        # TypeError/AttributeError: np.load returned a plain array (an .npy under an .npz name)
+        raise NestembError(f"cannot read {path}: {e}") from None
+
+
 OUTPUT_MARKER = ".nestemb-output"
 """Written into every folder nestemb writes (:func:`atomic_dir`, the embedding jobs): JSON
 naming the artefact's kind and every file and folder it wrote. It is what ``overwrite`` may

@@ -202,17 +202,57 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "Manifest":
-        fields = {f.name for f in dataclasses.fields(cls)}
+    def from_dict(cls, d: Any, source: str = "manifest") -> "Manifest":
+        """A manifest from its JSON form, every field checked for type and range; an error
+        names ``source`` (the file) and the field.
+
+        Example:
+            >>> Manifest.from_dict({"model_id": "m", "nesting": [2, 4], "dim": "4"}, "m.json")
+            Traceback (most recent call last):
+            ...
+            nestemb.errors.NestembError: m.json: field 'dim' must be an integer, got '4'
+        """
+        if not isinstance(d, dict):
+            raise NestembError(f"{source}: a manifest is a JSON object, got {type(d).__name__}")
         missing = {"model_id", "nesting", "dim"} - set(d)
         if missing:
             raise NestembError(f"{source} is missing fields: {sorted(missing)}")
+
+        def bad(field: str, want: str) -> NestembError:
+            return NestembError(f"{source}: field {field!r} must be {want}, got {d[field]!r}")
+
+        for field in ("model_id", "model_version", "normalization", "dtype", "kind"):
+            if field in d and not (isinstance(d[field], str) and d[field]):
+                raise bad(field, "a non-empty string")
+        for field in ("dim", "format_version"):
+            if field in d and not (_is_int(d[field]) and d[field] >= 1):
+                raise bad(field, "an integer" if not _is_int(d[field]) else "positive")
+        if not (isinstance(d["nesting"], list) and d["nesting"]
+                and all(_is_int(m) for m in d["nesting"])):
+            raise bad("nesting", "a non-empty list of integers")
         if d.get("normalization", NORMALIZATION) != NORMALIZATION:
             raise NestembError(
                 f"{source} uses normalization {d['normalization']!r}; nestemb only reads "
                 f"{NORMALIZATION!r}"
             )
-        return cls(**{k: v for k, v in d.items() if k in fields})
+        if "dtype" in d:
+            try:
+                np.dtype(d["dtype"])
+            except TypeError:
+                raise bad("dtype", "a numpy dtype name") from None
+        sha = d.get("sha256", {})
+        if not (isinstance(sha, dict) and all(
+                isinstance(k, str) and k and not Path(k).is_absolute() and ".." not in Path(k).parts
+                and isinstance(v, str) and len(v) == 64 for k, v in sha.items())):
+            raise NestembError(f"{source}: field 'sha256' must map file names to sha256 hex "
+                               f"digests, got {sha!r}")
+        if "extra" in d and not isinstance(d["extra"], dict):
+            raise bad("extra", "a JSON object")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in fields})
+        except NestembError as e:
+            raise NestembError(f"{source}: {e}") from None
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``manifest.json`` into ``directory`` (atomically); returns its path."""
@@ -273,6 +313,11 @@ class Manifest:
                 raise NestembError(
                     f"checksum mismatch for {path}: the file is truncated or was modified"
                 )
+
+
+def _is_int(x: Any) -> bool:
+    """A JSON integer (``True`` is not one)."""
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 MANIFEST_NAME = "manifest.json"
@@ -345,6 +390,30 @@ def check_compatible(a: Manifest, b: Manifest, what: str = "query and index") ->
         raise NestembError(f"{what} have different nestings: {a.nesting} vs {b.nesting}")
 
 
+def check_unique_ids(ids: Sequence[Any], param: str = "ids", what: str | None = None) -> None:
+    """Refuse a list of ids in which one appears twice (naming it and both rows): rows are
+    paired, looked up and deleted by id, so a duplicate silently loses one of them. The message
+    names the parameter ``param``, or describes the ids as ``what`` (``"query ids in DIR"``).
+
+    Example:
+        >>> check_unique_ids(["a", "b", "a"])
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: ids must be unique: 'a' appears at rows 0 and 2
+        >>> check_unique_ids([1, 1], what="query ids in q/")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: query ids in q/ must be unique: 1 appears at rows 0 and 1
+    """
+    first: dict[Any, int] = {}
+    for row, i in enumerate(ids):
+        key = json.dumps(i) if isinstance(i, (list, dict)) else i
+        if key in first:
+            raise NestembError(f"{what or '{param}'} must be unique: {i!r} appears at rows "
+                               f"{first[key]} and {row}", param=None if what else param)
+        first[key] = row
+
+
 def save_embeddings(
     directory: str | os.PathLike,
     vectors: np.ndarray,
@@ -366,8 +435,10 @@ def save_embeddings(
     from nestemb.io import atomic_dir, sha256_file
 
     vectors = check_vectors(vectors, dim=manifest.dim, what="embeddings")
-    if ids is not None and len(ids) != len(vectors):
-        raise NestembError(f"got {len(ids)} ids for {len(vectors)} embeddings")
+    if ids is not None:
+        if len(ids) != len(vectors):
+            raise NestembError(f"got {len(ids)} ids for {len(vectors)} embeddings", param="ids")
+        check_unique_ids(ids)
     with atomic_dir(directory, kind="embeddings", overwrite=overwrite) as tmp:
         np.save(tmp / EMBEDDINGS_NAME, vectors)
         names = [EMBEDDINGS_NAME]
@@ -401,8 +472,11 @@ def load_embeddings(
     manifest = Manifest.open(directory, "embeddings", "embedding directory")
     try:
         vectors = np.load(directory / EMBEDDINGS_NAME, mmap_mode="r" if mmap else None)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
         raise NestembError(f"cannot read {directory / EMBEDDINGS_NAME}: {e}") from None
+    if vectors.dtype.kind != "f":
+        raise NestembError(f"{directory / EMBEDDINGS_NAME} holds {vectors.dtype} values, not "
+                           "floats")
     if vectors.ndim != 2 or vectors.shape[1] != manifest.dim:
         raise NestembError(
             f"{directory / EMBEDDINGS_NAME} has shape {vectors.shape}, manifest says dim "
@@ -411,5 +485,15 @@ def load_embeddings(
     if not with_ids:
         return vectors, manifest
     ids_path = directory / IDS_NAME
-    ids = json.loads(ids_path.read_text()) if ids_path.is_file() else None
+    if not ids_path.is_file():
+        return vectors, manifest, None
+    from nestemb.io import read_json
+
+    ids = read_json(ids_path, "ids file")
+    if not isinstance(ids, list) or len(ids) != len(vectors):
+        raise NestembError(f"{ids_path} must be a JSON list of {len(vectors)} ids, one per row")
+    try:
+        check_unique_ids(ids)
+    except NestembError as e:
+        raise NestembError(f"{ids_path}: {e}") from None
     return vectors, manifest, ids

@@ -164,3 +164,17 @@ def counter(update: Callable[[str, int, int], None] | None, stage: str,
         update(stage, done, total)
 
     return cb
+
+
+def plural(n: int, noun: str) -> str:
+    """``n`` and ``noun``, the noun in the plural unless ``n`` is 1 (English ``-s`` plurals).
+
+    Example:
+        >>> plural(1, "epoch"), plural(2, "step"), plural(0, "query")
+        ('1 epoch', '2 steps', '0 queries')
+    """
+    if n == 1:
+        return f"{n} {noun}"
+    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
+        return f"{n} {noun[:-1]}ies"
+    return f"{n} {noun}s"

@@ -200,7 +200,7 @@ def test_mismatched_model_or_nesting_refused(engine, data):
 def test_existing_collection_refused_unless_overwrite(engine, data):
     X, Q = data
     engine.export(X[:100], "ow", dims=(8, 64), shortlist=(20,), model_id="a")
-    with pytest.raises(NestembError, match="already exists: pass overwrite=True to replace it"):
+    with pytest.raises(NestembError, match=r"already exists \(set overwrite to replace it\)"):
         engine.export(X[100:300], "ow", dims=(8, 64), shortlist=(20,), model_id="a")
     with pytest.raises(NestembError, match="payload has 1 entries for 200 vectors"):
         engine.export(X[100:300], "ow", dims=(8, 64), shortlist=(20,), payload=[{}],
@@ -330,7 +330,7 @@ def test_interrupted_export_is_refused_then_overwritten(engine, data, monkeypatc
     with pytest.raises(OSError, match="disk full"):
         engine.export(X[:50], "partial", dims=(8, 64), shortlist=(10,))
     monkeypatch.undo()
-    with pytest.raises(NestembError, match="partially written .*export it again with overwrite=True"):
+    with pytest.raises(NestembError, match="partially written .*export it again with overwrite"):
         engine.open("partial")
     with pytest.raises(NestembError, match="already exists"):
         engine.export(X[:50], "partial", dims=(8, 64), shortlist=(10,))

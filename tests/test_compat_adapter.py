@@ -222,7 +222,7 @@ def test_transform_checks_identity(pair):
 def test_unknown_identity_needs_trust(pair):
     X, Y, _ = pair
     unknown_old = Manifest(model_id="old-net", nesting=(8,), dim=8)  # version "unknown"
-    with pytest.raises(NestembError, match="source_ref .* unknown weights version"):
+    with pytest.raises(NestembError, match="the source model .* unknown weights version.*set trust_unknown"):
         fit_adapter(X, Y, source_ref=unknown_old, target_ref=NEW)
     a = fit_adapter(X, Y, source_ref=unknown_old, target_ref=NEW, trust_unknown=True)
     with pytest.raises(NestembError, match="unknown weights version: their identity cannot"):
@@ -286,7 +286,7 @@ def test_adapt_embeddings_speaks_the_target(pair):
         (lambda X, Y: (X, Y), {"source_ref": NEW}, "source_ref 'new-net' .* does not match the "
                                                    "data's width 8"),
         (lambda X, Y: (X, X), {"source_ref": OLD, "target_ref": ModelRef("old-net", "aaaa", 8)},
-         "source_ref and target_ref are the same model"),
+         "source and target come from the same model"),
         (lambda X, Y: (X, Y), {"source_ref": "old-net"}, "source_ref must be a ModelRef"),
     ],
 )

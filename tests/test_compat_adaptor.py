@@ -329,7 +329,7 @@ def test_cli_supervised(cli, emb_dirs):
         (["--embeddings", "{t}/corpus", "--out", "{t}/ad", "--nesting", "8,16"],
          "--nesting: the last nesting dimension must be the full dimension 32"),
         (["--embeddings", "{t}/corpus", "--out", "{t}/ad", "--k", "0"], "--k must be a positive integer"),
-        (["--embeddings", "{t}/corpus", "--out", "{t}/corpus"], "--out directory already exists"),
+        (["--embeddings", "{t}/corpus", "--out", "{t}/corpus"], "output directory already exists"),
         (["--embeddings", "{t}/corpus", "--out", "{t}/ad", "--kind", "cubic"], "Invalid value"),
     ],
 )

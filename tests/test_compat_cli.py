@@ -152,7 +152,7 @@ def test_matrix_errors(cli, world, tmp_path):
          "--query-labels file not found"),
         ([*_pairs(d), *labels, "--names", "a", *out], "--names gives 1 names for 2 models"),
         ([*_pairs(d), *labels, "--dims", "8,4", *out], "strictly ascending"),
-        ([*_pairs(d), *labels, "--dims", "32", *out], "all wider than every model"),
+        ([*_pairs(d), *labels, "--dims", "32", *out], "--dims asks for prefix 32, wider than every model"),
         ([*_pairs(d), *labels, "-k", "5", *out], "k does not apply to metric 'top1'"),
         ([*_pairs(d), "--metric", "ndcg", "--beir", d / "beir", *out],
          "no query of the query embeddings is judged"),  # integer ids: nothing matches
@@ -228,12 +228,12 @@ def test_adapter_errors(cli, world, tmp_path):
     unknown = Manifest(model_id="api-model", nesting=(8,), dim=8)
     save_embeddings(tmp_path / "unk", world["X"][2], unknown, ids=list(range(N_G)))
     _one_line_error(cli(*fit, "--source", tmp_path / "unk", "--target", d / "g_new"),
-                    "pass --trust-unknown")
+                    "set --trust-unknown")
     r = cli(*fit, "--source", tmp_path / "unk", "--target", d / "g_new", "--trust-unknown")
     assert r.code == 0, r
     apply = ["adapter", "apply", "--adapter", tmp_path / "ad"]
     _one_line_error(cli(*apply, "--embeddings", tmp_path / "unk", "--out", tmp_path / "o1"),
-                    "pass --trust-unknown")
+                    "set --trust-unknown")
     assert cli(*apply, "--embeddings", tmp_path / "unk", "--out", tmp_path / "o1",
                "--trust-unknown").code == 0
     # wrong direction and wrong model

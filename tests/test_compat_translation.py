@@ -98,7 +98,7 @@ def test_translation_save_load(tmp_path, kw):
     ({"kind": "affine", "bias": 0}, "bias must be True or False, got 0"),
     ({"underdetermined": "yes"}, "underdetermined must be True or False"),
     ({"kind": "mlp", "underdetermined": True}, "underdetermined applies to kinds"),
-    ({"kind": "affine", "underdetermined": True, "ridge": 0.0}, "underdetermined=True needs ridge > 0"),
+    ({"kind": "affine", "underdetermined": True, "ridge": 0.0}, "ridge must be > 0 for an underdetermined fit"),
 ])
 def test_translation_bad_options(kw, match):
     X = np.random.default_rng(6).normal(size=(20, 4))

@@ -113,7 +113,8 @@ def test_cli_options_exit_0_or_2_never_a_traceback(path, params, cli, fuzz_files
     if path == ["serve"]:  # a valid invocation would serve forever: stop after the checks
         import uvicorn
 
-        monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
+        monkeypatch.setattr(uvicorn.Server, "run",
+                            lambda self, sockets=None: setattr(self, "started", True))
     long_work = {"data", "beir", "sts", "nli", "pairs", "model", "base", "texts", "images", "queries"}
     for trial in range(40):
         args: list[str] = []

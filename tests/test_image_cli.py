@@ -108,7 +108,7 @@ def test_quickstart_writes_results(cli, data, tmp_path):
         (["--epochs", "2", "--steps", "3"], "give --epochs or --steps, not both"),
         (["--holdout", "-1"], "--holdout must be >= 0"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
-        (["--head", "ff", "--dims", "2,4"], "--head ff trains one fixed size: give one dimension in --dims"),
+        (["--head", "ff", "--dims", "2,4"], "a fixed-size head (ff) trains one size: give one dimension in --dims"),
         (["--augment", "shift,rotate"], "--augment takes shift, flip or none, got 'rotate'"),
         (["--model-id", " "], "model_id must be a non-empty string"),
         (["--holdout", "150"], "holdout of 150 images leaves none of 150 for training"),

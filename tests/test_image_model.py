@@ -62,7 +62,7 @@ def test_loss_weights():
 def test_config_errors():
     with pytest.raises(NestembError, match="larger than the embedding dimension 256"):
         make_model_config("mrl", dims=(2, 4, 512))
-    with pytest.raises(NestembError, match=r"head='ff' trains one fixed size"):
+    with pytest.raises(NestembError, match=r"a fixed-size head \(ff\) trains one size"):
         make_model_config("ff", dims=(2, 4))
     with pytest.raises(NestembError, match="head must be 'mrl', 'mrl-e' or 'ff', got 'big'"):
         make_model_config("big")

@@ -89,7 +89,7 @@ def test_cli_errors(cli, emb):
     assert cli("index", "build", g, "--out", tmp / "idx", "--overwrite", "--dims", "8,32",
                "--shortlist", "20").code == 0
     r = cli("index", "build", g, "--out", tmp / "queries", "--overwrite")
-    assert r.code == 2 and "is not a nestemb index directory" in r.err
+    assert r.code == 2 and ("is not a nestemb index directory" in r.err or "not an index" in r.err), r
     assert load_embeddings(tmp / "queries")[0].shape == (40, D)  # untouched
     r = cli("index", "search", tmp / "idx", "--queries", q, "-k", "0")
     assert r.code == 2 and "k must be positive" in r.err
@@ -393,3 +393,165 @@ def test_funnel_options_are_refused_for_ivf(cli, emb):
     r = cli("index", "build", g, "--out", tmp / "idx", "--index-type", "ivf", "--full-dtype", "float16")
     assert r.code == 2 and "--full-dtype" in r.err and "does not apply" in r.err
     assert not (tmp / "idx").exists()
+
+
+# --------------------------------------------------------------------------- issue 20
+def test_tune_has_a_time_budget_and_reports_a_total(cli, emb):
+    tmp, g, q = emb
+    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "20").code == 0
+    r = cli("index", "tune", tmp / "idx", "--queries", q, "--recall", "1.0", "-k", "5",
+            "--max-queries", "20", "--max-seconds", "0.000001", "--out", tmp / "tuned")
+    assert r.code == 0, r
+    # one configuration measured, then the budget stopped the walk: said so, with the total
+    import re
+
+    m = re.search(r"configurations measured: 1/(\d+)", r.err)
+    assert m and int(m.group(1)) > 1, r.err
+    assert "time budget of 1e-06 s spent after 1 of " + m.group(1) + " configurations" in r.out, r.out
+    tuning = load_index(tmp / "tuned").tuning_
+    assert tuning["complete"] is False and len(tuning["candidates"]) == 1
+    # the tuned index is valid and does what its record says, measured against brute force
+    X, _, ids = load_embeddings(g, with_ids=True)
+    Q = load_embeddings(q)[0][:20]
+    found = load_index(tmp / "tuned").search(Q, k=5)[1]
+    truth = np.asarray(ids)[exact_search(X, Q, 5)[1]]
+    assert knn_intersection(found, truth) == pytest.approx(tuning["recall"])
+    r = cli("index", "tune", tmp / "idx", "--queries", q, "--max-seconds", "0")
+    assert r.code == 2 and "--max-seconds must be a positive number" in r.err, r
+    r = cli("index", "tune", "--help")
+    assert "--max-seconds" in r.out and "600" in r.out
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--index-type", "opq", "--d-search", "16", "--code-bytes", "0"],
+         "--code-bytes must be a positive integer, got 0"),
+        (["--index-type", "ivf", "--codec", "pq", "--d-search", "16", "--code-bytes", "7"],
+         "--code-bytes must divide the search dimension 16, got 7"),
+        (["--index-type", "opq", "--rerank", "0"], "--rerank must be a positive integer, got 0"),
+        (["--index-type", "ivf", "--d-cluster", "0"], "--d-cluster must be a positive integer, got 0"),
+        (["--index-type", "ivf", "--nlist", "16", "--nprobe", "32"], "--nprobe 32 is above --nlist 16"),
+        (["--index-type", "ivf", "--nprobe", "300"], "--nprobe 300 is above --nlist 256"),
+    ],
+)
+def test_build_refuses_options_that_would_lie(cli, emb, args, named):
+    tmp, g, _ = emb
+    r = cli("index", "build", g, "--out", tmp / "idx", *args)
+    assert r.code == 2 and named in r.err and "Traceback" not in r.err, r
+    assert not (tmp / "idx").exists()
+
+
+def test_build_default_nprobe_fits_nlist(cli, emb):
+    tmp, g, q = emb
+    r = cli("index", "build", g, "--out", tmp / "idx", "--index-type", "ivf", "--nlist", "8")
+    assert r.code == 0, r
+    assert json.loads((tmp / "idx" / "manifest.json").read_text())["extra"]["params"]["nprobe"] == 8
+
+
+def test_corrupted_tuning_record_is_one_line_exit_2(cli, emb):
+    tmp, g, q = emb
+    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "20").code == 0
+    m = json.loads((tmp / "idx" / "manifest.json").read_text())
+    m["extra"]["tuning"] = {"recall": "high", "k": 5, "params": {}}
+    (tmp / "idx" / "manifest.json").write_text(json.dumps(m))
+    r = cli("index", "search", tmp / "idx", "--queries", q, "-k", "8")
+    assert r.code == 2 and "extra.tuning.recall" in r.err and "manifest.json" in r.err, r
+    assert "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
+    m["extra"] = []
+    (tmp / "idx" / "manifest.json").write_text(json.dumps(m))
+    r = cli("index", "search", tmp / "idx", "--queries", q)
+    assert r.code == 2 and "extra" in r.err and "Traceback" not in r.err, r
+
+
+def test_zero_norm_gallery_and_queries_are_refused(cli, emb):
+    tmp, g, q = emb
+    man = Manifest(model_id="demo", model_version="v1", nesting=NEST, dim=D)
+    zeros = synthetic_matryoshka(50, D, seed=5)
+    zeros[:, :8] = 0.0
+    z = save_embeddings(tmp / "zeros", zeros, man)
+    r = cli("index", "build", z, "--out", tmp / "zidx")
+    assert r.code == 2 and "row 0: the first 8 dims" in r.err, r
+    assert not (tmp / "zidx").exists()
+    assert cli("index", "build", g, "--out", tmp / "idx").code == 0
+    r = cli("index", "search", tmp / "idx", "--queries", z, "-k", "3")
+    assert r.code == 2 and "queries row 0: the first 8 dims" in r.err, r
+
+
+def _with_ids(path, ids):
+    """Give an embedding directory these ids (bypassing save_embeddings, as an old writer)."""
+    from nestemb.io import sha256_file
+
+    (path / "ids.json").write_text(json.dumps(ids))
+    m = json.loads((path / "manifest.json").read_text())
+    m["sha256"]["ids.json"] = sha256_file(path / "ids.json")
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_duplicate_ids_refused_by_build_and_search(cli, emb):
+    tmp, g, q = emb
+    X = load_embeddings(g)[0]
+    _with_ids(q, [f"q{i}" for i in range(39)] + ["q3"])
+    assert cli("index", "build", g, "--out", tmp / "idx").code == 0
+    r = cli("index", "search", tmp / "idx", "--queries", q, "--out", tmp / "r.json")
+    assert r.code == 2 and "'q3' appears" in r.err and "unique" in r.err, r
+    assert not (tmp / "r.json").exists()
+    _with_ids(q, list(range(39)) + ["5"])  # 5 and "5": the same key in the results file
+    r = cli("index", "search", tmp / "idx", "--queries", q, "--out", tmp / "r.json")
+    assert r.code == 2 and "'5' appears at rows 5 and 39" in r.err, r
+    _with_ids(q, [f"q{i}" for i in range(40)])
+    r = cli("index", "search", tmp / "idx", "--queries", q, "--out", tmp / "r.json", "--limit", "30")
+    assert r.code == 0 and "wrote results for 30 queries" in r.out, r
+    assert len(json.loads((tmp / "r.json").read_text())) == 30
+    g2 = save_embeddings(tmp / "g2", X, Manifest(model_id="demo", model_version="v1", nesting=NEST,
+                                                   dim=D))
+    _with_ids(g2, [f"doc{i}" for i in range(len(X) - 1)] + ["doc0"])
+    r = cli("index", "build", g2, "--out", tmp / "idx2")
+    assert r.code == 2 and "'doc0' appears" in r.err and "unique" in r.err, r
+    assert not (tmp / "idx2").exists()
+
+
+def test_embed_parquet_refuses_duplicate_ids(cli, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model = _tiny_text_model(tmp_path)
+    pq.write_table(pa.table({"_id": ["a", "b", "a"], "text": ["one", "two", "three"]}),
+                   tmp_path / "c.parquet")
+    r = cli("embed", "--model", model, "--texts", tmp_path / "c.parquet", "--out", tmp_path / "e")
+    assert r.code == 2 and "'a' appears more than once" in r.err and "c.parquet" in r.err, r
+    assert not (tmp_path / "e").exists()
+
+
+def test_embed_records_the_split_and_rows(cli, tmp_path):
+    from nestemb.data.idx import write_synthetic_idx
+    from nestemb.models.image import ImageModel, ImageModelConfig, save_image_model
+
+    save_image_model(ImageModel(ImageModelConfig(dim=8, nesting=(2, 8), width=4)), tmp_path / "m")
+    write_synthetic_idx(tmp_path / "idx", n_train=12, n_test=6)
+    for split, n in (("t10k", 6), ("train", 12)):
+        r = cli("embed", "--model", tmp_path / "m", "--data", tmp_path / "idx", "--split", split,
+                "--out", tmp_path / split)
+        assert r.code == 0, r
+        X, man = load_embeddings(tmp_path / split)
+        assert man.extra["split"] == split and man.extra["rows"] == n == len(X)
+        assert man.extra["source"] == str(tmp_path / "idx") and "limit" not in man.extra
+    r = cli("embed", "--model", tmp_path / "m", "--data", tmp_path / "idx", "--limit", "4",
+            "--out", tmp_path / "lim")
+    assert r.code == 0, r
+    man = load_embeddings(tmp_path / "lim")[1]
+    assert (man.extra["split"], man.extra["rows"], man.extra["limit"]) == ("train", 4, 4)
+    np.save(tmp_path / "imgs.npy", np.zeros((3, 28, 28), np.uint8))
+    r = cli("embed", "--model", tmp_path / "m", "--images", tmp_path / "imgs.npy", "--out", tmp_path / "n")
+    assert r.code == 0, r
+    extra = load_embeddings(tmp_path / "n")[1].extra
+    assert "split" not in extra and extra["rows"] == 3 and extra["source"] == str(tmp_path / "imgs.npy")
+
+
+def test_embed_names_what_a_non_model_folder_holds(cli, emb):
+    tmp, g, _ = emb
+    txt = tmp / "x.txt"
+    txt.write_text("a text\n")
+    assert cli("index", "build", g, "--out", tmp / "idx").code == 0
+    r = cli("embed", "--model", tmp / "idx", "--texts", txt, "--out", tmp / "e")
+    assert r.code == 2 and "holds an index; embed needs an image-model or text-model" in r.err, r

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -117,3 +118,40 @@ def test_manifest_open_wrong_kind_message_is_grammatical(tmp_path):
         Manifest.open(out, "index", "index directory")
     with pytest.raises(NestembError, match=r"holds embeddings, not a text-model$"):
         Manifest.open(out, "text-model", "model directory")
+
+
+def test_save_embeddings_refuses_duplicate_ids_and_load_refuses_damaged_ids(tmp_path):
+    """issue 20: duplicate ids got in through save_embeddings; index search then lost a row."""
+    import json
+
+    X = np.ones((3, 4), dtype=np.float32)
+    man = Manifest(model_id="m", nesting=(2, 4), dim=4)
+    with pytest.raises(NestembError, match=r"ids must be unique: 'a' appears at rows 0 and 2"):
+        save_embeddings(tmp_path / "e", X, man, ids=["a", "b", "a"])
+    assert not (tmp_path / "e").exists()
+    save_embeddings(tmp_path / "e", X, man, ids=["a", "b", "c"])
+    (tmp_path / "e" / "ids.json").write_text(json.dumps(["a", "a", "c"]))
+    m = Manifest.load(tmp_path / "e")
+    from nestemb.io import sha256_file
+
+    m.sha256["ids.json"] = sha256_file(tmp_path / "e" / "ids.json")
+    m.save(tmp_path / "e")
+    with pytest.raises(NestembError, match=r"ids.json: ids must be unique"):
+        load_embeddings(tmp_path / "e", with_ids=True)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("dim", "32", "field 'dim' must be an integer, got '32'"),
+    ("sha256", [1, 2], "field 'sha256' must map file names"),
+    ("nesting", "4,8", "field 'nesting' must be a non-empty list of integers"),
+    ("model_id", 7, "field 'model_id' must be a non-empty string"),
+    ("extra", [], "field 'extra' must be a JSON object"),
+    ("dim", 0, "field 'dim' must be positive"),
+])
+def test_manifest_fields_of_the_wrong_type_name_file_and_field(field, value, message):
+    doc = Manifest(model_id="m", nesting=(2, 4), dim=4).to_dict()
+    doc[field] = value
+    with pytest.raises(NestembError, match="^m.json: " + re.escape(message)):
+        Manifest.from_dict(doc, "m.json")
+    with pytest.raises(NestembError, match="a manifest is a JSON object, got int"):
+        Manifest.from_dict(5, "m.json")

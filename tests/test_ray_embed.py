@@ -153,3 +153,31 @@ def test_parquet_corpus_reads_shards_by_row_group(tmp_path):
     pq.write_table(pa.table({"text": ["a", None]}), tmp_path / "n.parquet")
     with pytest.raises(NestembError, match="row 1 has no text"):
         bulk.ParquetCorpus(tmp_path / "n.parquet").read(0, 2)
+
+
+def test_parquet_corpus_refuses_duplicate_ids_before_any_work(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"_id": ["a", "b", "c", "a"], "text": ["1", "2", "3", "4"]}),
+                   tmp_path / "d.parquet")
+    with pytest.raises(NestembError, match=r"d.parquet: ids must be unique: 'a' appears more than once"):
+        bulk.ParquetCorpus(tmp_path / "d.parquet")
+    assert len(bulk.ParquetCorpus(tmp_path / "d.parquet", limit=3)) == 3  # the first 3 are unique
+
+
+def test_ray_job_records_the_split_of_its_rows(cluster, cli, tmp_path):
+    from nestemb.data.idx import write_synthetic_idx
+    from nestemb.models.image import ImageModel, ImageModelConfig, save_image_model
+
+    save_image_model(ImageModel(ImageModelConfig(dim=8, nesting=(2, 8), width=4)), tmp_path / "m")
+    write_synthetic_idx(tmp_path / "idx", n_train=12, n_test=6)
+    r = cli("embed", "--ray", "--model", tmp_path / "m", "--data", tmp_path / "idx", "--split",
+            "t10k", "--limit", "5", "--out", tmp_path / "e", "--workers", 1, "--shard-size", 4)
+    assert r.code == 0, r
+    X, man, ids = bulk.load_shards(tmp_path / "e")
+    assert len(X) == 5 and man.extra["split"] == "t10k" and man.extra["rows"] == 5
+    assert man.extra["limit"] == 5 and man.extra["source"] == str(tmp_path / "idx")
+    # the library records the same for a corpus it is given
+    c = bulk.ArrayCorpus(np.zeros((3, 28, 28), np.uint8), source="x", split="train")
+    assert bulk.origin(c) == {"source": "x", "rows": 3, "split": "train"}

@@ -1,6 +1,7 @@
 """The authorization matrix of ``nestemb serve --api-keys``: every endpoint x {no key, wrong
 key, read key for the collection, write key for another collection, write key for the
-collection}, with the exact status, and proof that a refused request changed nothing (SQLite
+collection, admin key for the collection}, with the exact status (creating and dropping a
+collection needs an admin key; writing points a write key), and proof that a refused request changed nothing (SQLite
 rows and the data folder's files, byte for byte) and never had its body read (counted at the
 ASGI ``receive`` and, on a real server, by answering before the body is sent)."""
 
@@ -20,24 +21,27 @@ READ = "read-key-0123456789abcdef"
 WRITE = "write-key-0123456789abcdef"
 WRITE_OTHER = "write-other-0123456789abcdef"
 WRONG = "write-key-0123456789abcdeX"  # one character off a real key
+ADMIN = "admin-key-0123456789abcdef"
 KEYS = [{"key": READ, "access": "read", "collections": ["docs", "newc"]},
         {"key": WRITE, "access": "write", "collections": ["docs", "newc"]},
-        {"key": WRITE_OTHER, "access": "write", "collections": ["other"]}]
+        {"key": WRITE_OTHER, "access": "write", "collections": ["other"]},
+        {"key": ADMIN, "access": "admin", "collections": ["docs", "newc"]}]
 V4 = [1.0, 0.5, 0.25, 2.0]
 
-# (method, path, body, needs write)
+# (method, path, body, access needed)
 ENDPOINTS = [
-    ("GET", "/collections", None, False),
-    ("PUT", "/collections/newc", {"nesting": [2, 4]}, True),
-    ("GET", "/collections/docs", None, False),
-    ("DELETE", "/collections/docs", None, True),
-    ("PUT", "/collections/docs/points", {"points": [{"id": 7, "vector": V4}]}, True),
-    ("GET", "/collections/docs/points/1", None, False),
-    ("POST", "/collections/docs/points/delete", {"ids": [1]}, True),
-    ("POST", "/collections/docs/search", {"vector": V4, "k": 2}, False),
-    ("POST", "/collections/docs/search/batch", {"searches": [{"vector": V4}]}, False),
+    ("GET", "/collections", None, "read"),
+    ("PUT", "/collections/newc", {"nesting": [2, 4]}, "admin"),
+    ("GET", "/collections/docs", None, "read"),
+    ("DELETE", "/collections/docs", None, "admin"),
+    ("PUT", "/collections/docs/points", {"points": [{"id": 7, "vector": V4}]}, "write"),
+    ("GET", "/collections/docs/points/1", None, "read"),
+    ("POST", "/collections/docs/points/delete", {"ids": [1]}, "write"),
+    ("POST", "/collections/docs/search", {"vector": V4, "k": 2}, "read"),
+    ("POST", "/collections/docs/search/batch", {"searches": [{"vector": V4}]}, "read"),
 ]
-CELLS = ["no key", "wrong key", "read key", "write key, other collection", "write key"]
+CELLS = ["no key", "wrong key", "read key", "write key, other collection", "write key",
+         "admin key"]
 
 
 def api_keys() -> list[ApiKey]:
@@ -60,26 +64,29 @@ def stored(data_dir: Path) -> tuple:
 
 def headers_for(cell: str, style: str) -> dict[str, str]:
     key = {"no key": None, "wrong key": WRONG, "read key": READ,
-           "write key, other collection": WRITE_OTHER, "write key": WRITE}[cell]
+           "write key, other collection": WRITE_OTHER, "write key": WRITE,
+           "admin key": ADMIN}[cell]
     if key is None:
         return {}
     return {"authorization": f"Bearer {key}"} if style == "bearer" else {"x-api-key": key}
 
 
-def expected_status(cell: str, write: bool) -> int:
+def expected_status(cell: str, access: str) -> int:
     if cell in ("no key", "wrong key"):
         return 401
     if cell == "read key":
-        return 403 if write else 200
+        return 403 if access != "read" else 200
     if cell == "write key, other collection":
         return 403
+    if cell == "write key":
+        return 403 if access == "admin" else 200
     return 200
 
 
 @pytest.mark.parametrize("style", ["x-api-key", "bearer"])
-@pytest.mark.parametrize("method,path,body,write", ENDPOINTS,
+@pytest.mark.parametrize("method,path,body,access", ENDPOINTS,
                          ids=[f"{m} {p}" for m, p, _, _ in ENDPOINTS])
-def test_authorization_matrix(tmp_path, method, path, body, write, style):
+def test_authorization_matrix(tmp_path, method, path, body, access, style):
     data_dir = tmp_path / "data"
     seed(data_dir)
     app = create_app(data_dir, api_keys=api_keys(), tune_interval=3600)
@@ -88,7 +95,8 @@ def test_authorization_matrix(tmp_path, method, path, body, write, style):
         before = stored(data_dir)
         hdrs = {"content-type": "application/json", **headers_for(cell, style)}
         r = call_asgi(app, method, path, headers=hdrs, chunks=chunks)
-        want = expected_status(cell, write)
+        want = expected_status(cell, access)
+        write = access != "read"
         if path == "/collections" and cell != "no key" and cell != "wrong key":
             want = 200  # listing: any valid key, filtered to what it may read
         assert r.status == want, (cell, r.status, r.body)
@@ -98,13 +106,13 @@ def test_authorization_matrix(tmp_path, method, path, body, write, style):
             assert r.body_reads == 0  # refused before the body was read
         if want != 200 or not write:
             assert stored(data_dir) == before, cell  # nothing written
-        else:
+        elif cell != "admin key" or access == "admin":  # (the admin repeats a point write)
             assert stored(data_dir) != before  # the allowed write did write
             if body is not None:
                 assert r.bytes_read == len(chunks[0])
         if path == "/collections" and want == 200:
             names = [c["name"] for c in r.json()["collections"]]
-            assert names == {"read key": ["docs"], "write key": ["docs"],
+            assert names == {"read key": ["docs"], "write key": ["docs"], "admin key": ["docs"],
                              "write key, other collection": ["other"]}[cell]
 
 
@@ -114,13 +122,13 @@ def test_matrix_over_the_test_client_and_public_routes(tmp_path):
     seed(data_dir)
     with TestClient(create_app(data_dir, api_keys=api_keys(), tune_interval=3600)) as c:
         before = stored(data_dir)
-        for path in ("/healthz", "/openapi.json", "/", "/docs"):
+        for path in ("/healthz", "/openapi.json", "/"):
             assert c.get(path).status_code == 200
             assert c.get(path, headers={"x-api-key": WRONG}).status_code == 200
         # unknown routes need a key too (no probing of what exists)
         r = c.get("/collections/docs/nothing")
         assert r.status_code == 401 and r.json()["error"]["field"] == "authorization"
-        assert c.get("/redoc").status_code == 401
+        assert c.get("/redoc").status_code == 401 and c.get("/docs").status_code == 401
         # header forms: Bearer (any case) and X-API-Key; other schemes are not keys
         assert c.get("/collections/docs", headers={"Authorization": f"bearer {READ}"}
                      ).status_code == 200
@@ -214,7 +222,7 @@ def test_keys_file_is_checked(tmp_path, cli):
            ({"keys": [{**good, "key": "short"}]}, "at least 16 printable"),
            ({"keys": [{**good, "key": "k" * 15 + " "}]}, "at least 16 printable"),
            ({"keys": [good, good]}, "duplicate key"),
-           ({"keys": [{**good, "access": "admin"}]}, "access must be one of"),
+           ({"keys": [{**good, "access": "owner"}]}, "access must be one of"),
            ({"keys": [{**good, "collections": []}]}, "non-empty list"),
            ({"keys": [{**good, "collections": "docs"}]}, "non-empty list"),
            ({"keys": ["k" * 16]}, "must be an object")]

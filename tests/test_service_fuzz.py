@@ -12,7 +12,7 @@ import pytest
 
 from nestemb.service import Limits, create_app
 from nestemb.service.collection import LiveCollection
-from nestemb.service.testing import fuzz_service
+from nestemb.service.testing import FUZZ_ENCODER, fuzz_service
 
 LIMITS = Limits(max_body_bytes=1 << 20, max_batch=64, max_queries=16, max_text_chars=2000)
 OPERATIONS = {
@@ -32,9 +32,10 @@ def stop_lifespans():
 
 
 def test_fuzz_the_whole_spec(tmp_path, tiny_model, stop_lifespans):
-    app = create_app(tmp_path / "data", limits=LIMITS, tune_interval=3600)
-    report = fuzz_service(app, 400, seed=12, text_model=tiny_model)
-    assert report.requests == 400
+    app = create_app(tmp_path / "data", limits=LIMITS, tune_interval=3600,
+                     encoders={FUZZ_ENCODER: tiny_model})
+    report = fuzz_service(app, 500, seed=12, text_model=tiny_model)
+    assert report.requests == 500
     assert report.failures == [], json.dumps(report.failures[:3], indent=1)[:6000]
     assert report.server_errors() == 0
     assert set(report.statuses) == OPERATIONS

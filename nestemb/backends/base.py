@@ -198,7 +198,7 @@ def read_meta(meta: Any, where: str, allow_partial: bool = False) -> Manifest:
     if not allow_partial and man.extra.get("complete") is not True:
         raise NestembError(
             f"{where} is partially written (its export did not finish): export it again with "
-            "overwrite=True"
+            "{param}", param="overwrite"
         )
     return man
 

@@ -174,7 +174,7 @@ def export_milvus(
         >>> export_milvus(X, client, "c", dims=(4, 16), shortlist=(20,))
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: milvus collection 'c' already exists: pass overwrite=True to replace it
+        nestemb.errors.NestembError: milvus collection 'c' already exists (set overwrite to replace it)
         >>> client.close()
     """
     from nestemb.index.base import pos_int
@@ -198,7 +198,7 @@ def export_milvus(
         exists = client.has_collection(collection)
     if exists:
         if not overwrite:
-            raise NestembError(f"{where} already exists: pass overwrite=True to replace it")
+            raise NestembError(f"{where} already exists (set {{param}} to replace it)", param="overwrite")
         try:
             read_meta(_read_properties(client, collection, where), where, allow_partial=True)
         except NestembError as e:

@@ -355,7 +355,7 @@ def _export(engine, source, ids, *, dims, shortlist, nesting, model_id, model_ve
     payloads = _payloads(src, payload, with_id)  # every input check before anything is dropped
     if engine.exists():
         if not overwrite:
-            raise NestembError(f"{engine.where} already exists: pass overwrite=True to replace it")
+            raise NestembError(f"{engine.where} already exists (set {{param}} to replace it)", param="overwrite")
         try:
             read_meta(engine.meta(), engine.where, allow_partial=True)
         except NestembError as e:
@@ -417,7 +417,7 @@ def export_qdrant(
         >>> export_qdrant(X, client, "c", dims=(4, 16), shortlist=(40,))
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: qdrant collection 'c' already exists: pass overwrite=True to replace it
+        nestemb.errors.NestembError: qdrant collection 'c' already exists (set overwrite to replace it)
     """
     engine = _ClientEngine(client, collection)
     _export(engine, source, ids, dims=dims, shortlist=shortlist, nesting=nesting,

@@ -17,25 +17,13 @@ import typer
 from nestemb.cli.app import app, check_out_dir, choices
 from nestemb.cli.parse import parse_dims
 from nestemb.errors import NestembError
+from nestemb.progress import plural
 
 adaptor_app = typer.Typer(help="Nesting adaptors: make every prefix of a frozen embedding good.",
                           no_args_is_help=True)
 app.add_typer(adaptor_app, name="adaptor")
 
 Kind = choices("Kind", "linear", "mlp")
-
-# library parameter -> flag, for messages that name a parameter
-_FLAGS = {"X ": "--embeddings ", "k ": "--k ", "steps ": "--steps ", "batch_size ": "--batch-size ",
-          "nesting: ": "--nesting: ", "lr ": "--lr ", "hidden ": "--hidden "}
-
-
-def _flagged(e: NestembError) -> NestembError:
-    msg = str(e)
-    for name, flag in _FLAGS.items():
-        if msg.startswith(name):
-            return NestembError(flag + msg[len(name):])
-    return e
-
 
 def _load(path: Path, flag: str):
     from nestemb.nesting import load_embeddings
@@ -48,7 +36,8 @@ def _load(path: Path, flag: str):
 
 @adaptor_app.command("fit")
 def fit(
-    embeddings: Path = typer.Option(..., help="embedding directory to fit on (corpus texts of the frozen model)"),
+    # named X as in fit_nesting_adaptor, so that the library's errors about X name this flag
+    X: Path = typer.Option(..., "--embeddings", help="embedding directory to fit on (corpus texts of the frozen model)"),
     out: Path = typer.Option(..., help="adaptor directory to write"),
     kind: Kind = typer.Option(Kind.linear, help="linear map, or linear map plus a small residual MLP"),
     pair_queries: Optional[Path] = typer.Option(
@@ -72,7 +61,7 @@ def fit(
     if (pair_queries is None) != (pair_docs is None):
         raise NestembError("give both --pair-queries and --pair-docs (paired rows), or neither")
     dims = parse_dims(nesting, "--nesting")
-    X, man, _ = _load(embeddings, "--embeddings")
+    vectors, man, _ = _load(X, "--embeddings")
     pairs = None
     if pair_queries is not None:
         Q, qman, _ = _load(pair_queries, "--pair-queries")
@@ -91,17 +80,15 @@ def fit(
             )
         pairs = (np.asarray(Q), np.asarray(P))
     check_out_dir(out, overwrite, "nesting-adaptor")  # before the fit
-    try:
-        ad = fit_nesting_adaptor(np.asarray(X), pairs, kind=kind.value, nesting=dims,
-                                 source_ref=man, steps=steps, batch_size=batch_size, k=k,
-                                 center=center, seed=seed)
-    except NestembError as e:
-        raise _flagged(e) from None
+    ad = fit_nesting_adaptor(np.asarray(vectors), pairs, kind=kind.value, nesting=dims,
+                             source_ref=man, steps=steps, batch_size=batch_size, k=k,
+                             center=center, seed=seed)
     ad.save(out, overwrite=overwrite)
     info = ad.fit_info_
-    mode = f"supervised on {info['pairs']} pairs" if pairs is not None else "unsupervised"
-    typer.echo(f"fitted a {kind.value} nesting adaptor ({mode}) on {info['rows']} rows of "
-               f"{man.model_id} in {info['seconds']:.1f} s ({info['steps']} steps); nesting "
+    mode = f"supervised on {plural(info['pairs'], 'pair')}" if pairs is not None else "unsupervised"
+    typer.echo(f"fitted {'an' if kind is Kind.mlp else 'a'} {kind.value} nesting adaptor "
+               f"({mode}) on {plural(info['rows'], 'row')} of {man.model_id} in "
+               f"{info['seconds']:.1f} s ({plural(info['steps'], 'step')}); nesting "
                f"{list(ad.nesting_)}; output model {ad.output_model_id} {ad.version_} -> {out}")
 
 

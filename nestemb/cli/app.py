@@ -129,20 +129,3 @@ def check_out_dir(out: Path, overwrite: bool, kind: str) -> None:
 
     check_replaceable(out, kind, overwrite)
     check_writable_parent(out)
-
-
-def flag_error(e: NestembError, names: tuple[str, ...]) -> NestembError:
-    """A library error that names one of the parameters ``names``, reworded for the CLI with
-    the flag's name (``batch_size`` -> ``--batch-size``); other errors unchanged.
-
-    Example:
-        >>> str(flag_error(NestembError("batch_size must be at least 1, got 0"), ("batch_size",)))
-        '--batch-size must be at least 1, got 0'
-    """
-    msg = str(e)
-    for name in names:
-        if msg.startswith(f"{name} "):
-            return NestembError("--" + name.replace("_", "-") + msg[len(name):])
-    if msg.startswith("give epochs or steps"):
-        return NestembError("give --epochs or --steps, not both")
-    return e

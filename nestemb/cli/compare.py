@@ -21,7 +21,7 @@ from typing import Optional
 
 import typer
 
-from nestemb.cli.app import app, check_out_dir, flag_error
+from nestemb.cli.app import app, check_out_dir
 from nestemb.cli.parse import parse_ints
 from nestemb.errors import NestembError
 
@@ -37,12 +37,19 @@ _TITLES = {
 
 
 def _check_same_items(ids_a: list | None, ids_b: list | None, a: Path, b: Path) -> None:
-    """Refuse two files that do not hold the same items in the same order."""
+    """Refuse two files that do not hold the same items in the same order, and a file whose
+    ids repeat (its rows cannot be told apart), naming a duplicate."""
+    from nestemb.nesting import check_unique_ids
+
     for ids, path in ((ids_a, a), (ids_b, b)):
         if ids is None:
             raise NestembError(
                 f"{path} has no ids.json: cannot check that both files hold the same items"
             )
+        try:
+            check_unique_ids(ids)
+        except NestembError as e:
+            raise NestembError(f"{path}: {e}") from None
     if ids_a == ids_b:
         return
     if len(ids_a) != len(ids_b):
@@ -134,15 +141,12 @@ def compare(
     _check_same_items(ids_a, ids_b, a, b)
     dx = _dims(dims_a, "--dims-a", man_a.nesting, man_a.dim)
     dy = _dims(dims_b, "--dims-b", man_b.nesting, man_b.dim)
-    try:
-        with _blas_threads(threads):
-            pc = compare_prefixes(
-                X, Y, dx, dy, measure=names, k=k, threshold=threshold,
-                knn_sample=knn_sample or None, permutations=permutations, seed=seed,
-                progress=True,
-            )
-    except NestembError as e:
-        raise flag_error(e, ("k", "threshold", "knn_sample", "permutations")) from None
+    with _blas_threads(threads):
+        pc = compare_prefixes(
+            X, Y, dx, dy, measure=names, k=k, threshold=threshold,
+            knn_sample=knn_sample or None, permutations=permutations, seed=seed,
+            progress=True,
+        )
     elapsed = time.perf_counter() - start
 
     typer.echo(f"A: {a} ({man_a.model_id}, version {man_a.model_version}, nesting {man_a.nesting})")

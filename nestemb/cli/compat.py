@@ -12,7 +12,9 @@ Relevance for ``compat matrix``:
   label per line; labels are compared as text, so ``3`` in either file is the same class); or
   ``--data DIR`` (an IDX folder such as fashion-mnist) with ``--query-split`` and
   ``--gallery-split``, whose labels are looked up by the embeddings' ids (``nestemb embed
-  --data`` writes the IDX row numbers as ids).
+  --data`` writes the IDX row numbers as ids, and the split in the manifest): a file embedded
+  from another split than the flag names is refused, and so is a file that does not record its
+  split unless it holds exactly the split's rows.
 * ``--metric ndcg``: ``--beir DIR --split test``: the qrels ``DIR/qrels/<split>.tsv`` matched
   against the ids of the query and gallery embeddings (``nestemb embed --texts queries.jsonl``
   and ``corpus.jsonl`` keep the BEIR ``_id``); queries without judgments are skipped, a judged
@@ -26,7 +28,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from nestemb.cli.app import app, check_out_dir, choices, flag_error
+from nestemb.cli.app import app, check_out_dir, choices
 from nestemb.cli.parse import parse_dims
 from nestemb.errors import NestembError
 
@@ -40,9 +42,6 @@ Metric = choices("Metric", "top1", "map", "ndcg")
 AdapterKind = choices("AdapterKind", "orthogonal", "affine", "mlp")
 IdxSplit = choices("IdxSplit", "train", "t10k")
 
-ADAPTER_OPTIONS = ("ridge", "slerp", "hidden", "epochs", "lr", "batch_size", "threads", "nesting")
-
-
 # --------------------------------------------------------------------------- shared readers
 
 
@@ -53,11 +52,8 @@ def apply_adapter_dir(adapter: Path, vectors, manifest, trust_unknown: bool):
 
     from nestemb.compat.adapter import adapt_embeddings, load_adapter
 
-    try:
-        return adapt_embeddings(np.asarray(vectors), manifest, load_adapter(adapter),
-                                trust_unknown=trust_unknown)
-    except NestembError as e:  # the library names its keyword; the CLI user needs the flag
-        raise NestembError(str(e).replace("trust_unknown=True", "--trust-unknown")) from None
+    return adapt_embeddings(np.asarray(vectors), manifest, load_adapter(adapter),
+                            trust_unknown=trust_unknown)
 
 
 def _load(path: Path, what: str, mmap: bool = True):
@@ -120,21 +116,49 @@ def _read_labels(path: Path, n: int, flag: str):
     return labels.astype(str)
 
 
-def _idx_labels(data: Path, split: str, ids: Optional[list], n: int, what: str):
-    """IDX labels of ``split`` for the rows of an embedding file, looked up by its ids."""
+def _check_split(paths: List[Path], manifests: list, split: str, flag: str, what: str) -> None:
+    """Refuse embeddings whose manifest records another IDX split than the one their labels are
+    taken from (``nestemb embed --data`` records ``extra["split"]``), naming the file and both
+    splits: the ids are row numbers, valid in either split, so nothing else would notice."""
+    for path, man in zip(paths, manifests):
+        recorded = man.extra.get("split")
+        if recorded is not None and recorded != split:
+            raise NestembError(
+                f"{what} {path} were embedded from the {recorded!r} split, but {flag} is "
+                f"{split!r}: their labels would be looked up in the wrong split (use {flag} "
+                f"{recorded})"
+            )
+
+
+def _idx_labels(data: Path, split: str, paths: List[Path], loaded: list, what: str, flag: str):
+    """IDX labels of ``split`` for the rows of the embedding files ``paths`` (the same items,
+    ``loaded`` by :func:`_load`), looked up by their ids. Every file must come from ``split``
+    (its recorded split); a file without one must hold as many rows as the split has labels."""
     import numpy as np
 
     from nestemb.data.idx import LABELS_MAGIC, _find, read_idx
 
     if not data.is_dir():
         raise NestembError(f"--data must be an IDX folder, not found: {data}")
+    manifests = [m for _, m, _ in loaded]
+    _check_split(paths, manifests, split, flag, what)
     labels = read_idx(_find(data, split, "labels-idx1-ubyte"), LABELS_MAGIC).astype(np.int64)
+    x, _, ids = loaded[0]
+    n = len(x)
+    if ids is None and n != len(labels):
+        raise NestembError(
+            f"{what} {paths[0]} has no ids and {n} rows, the {split!r} split of {data} "
+            f"({flag}) {len(labels)} labels: cannot match them"
+        )
+    unrecorded = [p for p, m in zip(paths, manifests) if m.extra.get("split") is None]
+    if unrecorded and n != len(labels):
+        raise NestembError(
+            f"{what} {unrecorded[0]} has {n} rows, the {split!r} split of {data} ({flag}) "
+            f"{len(labels)} labels, and its manifest does not record which split it was "
+            "embedded from: cannot tell that its ids are rows of this split (embed the whole "
+            "split with `nestemb embed --data`)"
+        )
     if ids is None:
-        if n != len(labels):
-            raise NestembError(
-                f"{what} embeddings have no ids and {n} rows, the {split} labels of {data} "
-                f"{len(labels)}: cannot match them"
-            )
         return labels
     if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(labels)
                for i in ids):
@@ -196,7 +220,7 @@ def matrix_cmd(
     metric: Metric = typer.Option(Metric.top1, help="top1 (1-NN), map (mAP@k) or ndcg (nDCG@10)"),
     k: Optional[int] = typer.Option(None, "-k", "--k", help="cut-off of map (default 100) or ndcg (default 10)"),
     dims: Optional[str] = typer.Option(None, help="prefixes, e.g. 8,16,32 (default: every prefix of every model's nesting)"),
-    names: Optional[str] = typer.Option(None, help="model names, comma-separated (default: model ids)"),
+    models: Optional[str] = typer.Option(None, "--names", help="model names, comma-separated (default: model ids)"),
     query_labels: Optional[Path] = typer.Option(None, help="top1/map: query labels, .npy or .txt (one per row)"),
     gallery_labels: Optional[Path] = typer.Option(None, help="top1/map: gallery labels, .npy or .txt (one per row)"),
     data: Optional[Path] = typer.Option(None, help="top1/map: IDX folder whose labels match the embeddings' ids"),
@@ -252,8 +276,8 @@ def matrix_cmd(
         except NestembError as e:
             raise NestembError(f"{e}: each --queries/--gallery pair must come from one model") from None
     manifests = [m for _, m, _ in q_loaded]
-    model_names = (_names(manifests) if names is None
-                   else [n.strip() for n in names.split(",") if n.strip()])
+    model_names = (_names(manifests) if models is None
+                   else [n.strip() for n in models.split(",") if n.strip()])
     if len(model_names) != len(queries):
         raise NestembError(f"--names gives {len(model_names)} names for {len(queries)} models")
     if dim_list is None:
@@ -262,20 +286,19 @@ def matrix_cmd(
     n_q, n_g = len(q_loaded[0][0]), len(g_loaded[0][0])
     kw: dict[str, Any] = {}
     if labelled and data is not None:
-        kw["query_labels"] = _idx_labels(data, query_split.value, qids, n_q, "query")
-        kw["gallery_labels"] = _idx_labels(data, gallery_split.value, gids, n_g, "gallery")
+        kw["query_labels"] = _idx_labels(data, query_split.value, list(queries), q_loaded,
+                                         "--queries", "--query-split")
+        kw["gallery_labels"] = _idx_labels(data, gallery_split.value, list(gallery), g_loaded,
+                                           "--gallery", "--gallery-split")
     elif labelled:
         kw["query_labels"] = _read_labels(query_labels, n_q, "--query-labels")
         kw["gallery_labels"] = _read_labels(gallery_labels, n_g, "--gallery-labels")
     else:
         kw["qrels"] = _beir_qrels(beir, split, qids, gids)
-    try:
-        cm = compatibility_matrix(
-            [np.asarray(x) for x, _, _ in q_loaded], [np.asarray(x) for x, _, _ in g_loaded],
-            models=model_names, dims=dim_list, metric=metric.value, k=k, **kw,
-        )
-    except NestembError as e:
-        raise flag_error(e, ("dims", "k", "models")) from None
+    cm = compatibility_matrix(
+        [np.asarray(x) for x, _, _ in q_loaded], [np.asarray(x) for x, _, _ in g_loaded],
+        models=model_names, dims=dim_list, metric=metric.value, k=k, **kw,
+    )
 
     summary = cm.summary()
     for d in cm.dims:
@@ -293,6 +316,8 @@ def matrix_cmd(
                 mark = ("" if crit[i][j] else " x") if i > j else ""
                 cells.append(f"{v + mark:>{width + 2}}")
             typer.echo(f"{n:<{width}}" + "".join(cells))
+    if np.isnan(cm.values).any():
+        typer.echo("\n- : no value, the model is narrower than the prefix")
     with atomic_dir(out, kind="compat-matrix", overwrite=overwrite) as tmp:
         res = cm.to_dict()
         res["inputs"] = {"queries": [str(p) for p in queries], "gallery": [str(p) for p in gallery],
@@ -323,6 +348,7 @@ def adapter_fit(
     threads: Optional[int] = typer.Option(None, help="mlp: torch CPU threads"),
     seed: int = typer.Option(0, help="seed of --sample and of the mlp"),
     trust_unknown: bool = typer.Option(False, help="accept models whose weights version is 'unknown' (matched by model id alone)"),
+    underdetermined: bool = typer.Option(False, help="orthogonal/affine: fit from fewer paired rows than dims (e.g. anchors of a translation; the directions they do not span are mapped arbitrarily)"),
     overwrite: bool = typer.Option(False, help="replace an existing adapter directory"),
 ) -> None:
     """Fit an adapter mapping --source vectors into the --target model's space, from paired
@@ -345,20 +371,16 @@ def adapter_fit(
         if sample > len(X):
             raise NestembError(f"--sample {sample} is larger than the {len(X)} paired rows")
         rows = np.sort(np.random.default_rng(seed).choice(len(X), sample, replace=False))
-    try:
-        adapter = fit_adapter(
-            np.asarray(X[rows]), np.asarray(Y[rows]), kind.value, source_ref=s_man,
-            target_ref=t_man, ridge=ridge, slerp=slerp, hidden=hidden, epochs=epochs, lr=lr,
-            batch_size=batch_size, threads=threads, seed=seed, trust_unknown=trust_unknown,
-            progress=kind is AdapterKind.mlp,
-        )
-    except NestembError as e:
-        msg = str(e).replace("trust_unknown=True", "--trust-unknown")
-        raise flag_error(NestembError(msg), ADAPTER_OPTIONS) from None
+    adapter = fit_adapter(
+        np.asarray(X[rows]), np.asarray(Y[rows]), kind.value, source_ref=s_man,
+        target_ref=t_man, ridge=ridge, slerp=slerp, hidden=hidden, epochs=epochs, lr=lr,
+        batch_size=batch_size, threads=threads, seed=seed, trust_unknown=trust_unknown,
+        underdetermined=underdetermined, progress=kind is AdapterKind.mlp,
+    )
     adapter.save(out, overwrite=overwrite)
     cos = adapter.fit_info_["fit_cosine"]
     typer.echo(
-        f"fitted a {kind.value} adapter {s_man.model_id} ({X.shape[1]} dims) -> "
+        f"fitted an {kind.value} adapter {s_man.model_id} ({X.shape[1]} dims) -> "
         f"{t_man.model_id} ({Y.shape[1]} dims) on {len(rows)} pairs in "
         f"{adapter.fit_info_['seconds']:.1f} s; mean cosine on the fit pairs: "
         + ", ".join(f"{d}: {v:.4f}" for d, v in cos.items())

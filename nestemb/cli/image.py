@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_dir, check_out_file, choices, flag_error
+from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_dir, check_out_file, choices
 from nestemb.errors import NestembError
 
 image_app = typer.Typer(
@@ -71,17 +71,11 @@ def _load_data(data: Optional[Path]):
     from nestemb.data.paths import resolve_fashion_mnist
     from nestemb.errors import NestembError
 
-    try:
-        folder = resolve_fashion_mnist(data)
-    except NestembError as e:
-        raise NestembError(str(e).replace("give the data folder explicitly", "pass --data DIR")) from None
+    folder = resolve_fashion_mnist(data)
     train, test = load_idx(folder, "train"), load_idx(folder, "t10k")
     if test[0].shape[1:] != train[0].shape[1:]:
         raise NestembError(f"{folder}: train and t10k images differ in size")
     return folder, train, test
-
-
-_FLAG_PARAMS = ("epochs", "steps", "batch_size", "lr", "holdout", "shift", "threads")
 
 
 def check_threads(threads: Optional[int]) -> None:
@@ -107,16 +101,12 @@ def _prepare(data, dims, dim, head, weights, classifier, **train_kw):
     from nestemb.models.image import make_model_config
     from nestemb.train.image import ImageTrainConfig
 
-    try:
-        tcfg = ImageTrainConfig(weights=parse_floats(weights), **train_kw)
-    except NestembError as e:
-        raise flag_error(e, _FLAG_PARAMS) from None
+    if train_kw.get("epochs") is not None and train_kw.get("steps") is not None:
+        raise NestembError("give --epochs or --steps, not both")
+    tcfg = ImageTrainConfig(weights=parse_floats(weights), **train_kw)
     dims_t = parse_dims(dims)
     kw = dict(dim=dim, dims=dims_t, cosine=classifier == Classifier.cosine)
-    try:
-        mcfg = make_model_config(head.value, **kw)
-    except NestembError as e:  # name the flags: the library speaks of head='ff' and dims
-        raise NestembError(str(e).replace("head='ff'", "--head ff").replace("in dims", "in --dims")) from None
+    mcfg = make_model_config(head.value, **kw)
     if tcfg.weights is not None:
         check_weights(tcfg.weights, mcfg.nesting)
     folder, train, test = _load_data(data)
@@ -262,9 +252,9 @@ def train_cmd(
             model, info = train_image(mcfg, *train, tcfg, model_id=model_id, compat=compat_cfg,
                                       checkpoint_dir=ckpt, resume_from=resume_from)  # fmt: skip
         except NestembError as e:
-            if str(e).startswith("resume_from: "):
-                raise NestembError(f"--resume: {str(e)[len('resume_from: '):]} (give the options "
-                                   "of that run, or --no-resume --overwrite to start over)") from None
+            if e.param == "resume_from":  # a folder the CLI found from --resume, not a flag
+                raise NestembError(f"--resume: {e.template} (give the options of that run, or "
+                                   "--no-resume --overwrite to start over)") from None
             raise
         if checkpoint_dir is not None:
             info["checkpoint_dir"] = str(checkpoint_dir)
@@ -411,10 +401,10 @@ def quickstart(
     from nestemb.io import atomic_dir, write_json
     from nestemb.models.image import write_model_files
     from nestemb.plotting import line_plot
+    from nestemb.progress import plural
     from nestemb.train.image import train_image
 
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise NestembError(f"output directory already exists and is not empty: {out} (use --overwrite)")
+    check_out_dir(out, overwrite, "quickstart")
     mcfg, tcfg, folder, train, test = _prepare(
         data, None, 256, Head.mrl, None, Classifier.linear, steps=steps, epochs=epochs, seed=seed,
         device=device.value,
@@ -445,7 +435,8 @@ def quickstart(
                   {"linear top-1": ev["linear_top1"], "1-NN top-1": ev["knn_top1"], "mAP@10": ev["map10"]},
                   xlabel="embedding dimension (prefix)", ylabel="test",
                   title=f"MRL, {info['steps']} steps")  # fmt: skip
-    title = f"MRL on {folder.name} ({info['epochs']} epochs, {info['steps']} steps)"
+    title = (f"MRL on {folder.name} ({plural(info['epochs'], 'epoch')}, "
+             f"{plural(info['steps'], 'step')})")
     print_results(console, dims, results["mrl"], ev["cascade"], title)
     console.print(calibration_text(ev["calibration"]), soft_wrap=True)
     console.print(f"train {info['train_seconds']:.0f} s, eval {ev['eval_seconds']:.0f} s; wrote {out}/")

@@ -189,12 +189,18 @@ def embed(
             from nestemb.text.encoder import load_text_model
         except ImportError:
             raise NestembError("text models are not available in this installation") from None
-        items, ids = _read_texts_any(texts)
+        items, ids = _read_texts_any(texts, limit)
         encoder = load_text_model(model, device=device.value)
     else:
-        raise NestembError(f"{model} holds a {kind!r}; embed needs an image-model or text-model")
-    if limit is not None:
-        items, ids = items[:limit], ids[:limit]
+        from nestemb.io import article
+
+        raise NestembError(f"{model} holds {article(kind)}; embed needs an image-model or text-model")
+    from nestemb.bulk import ArrayCorpus, origin
+
+    # the rows to embed and where they come from (ids checked unique, whatever the format)
+    corpus = ArrayCorpus(items[:limit], ids[:limit], source=str(data or images or texts),
+                         split=split.value if data is not None else None, limit=limit)
+    items, ids = corpus.items, corpus.ids
     from nestemb.progress import counter, progress_stages
 
     with progress_stages() as update:
@@ -203,19 +209,20 @@ def embed(
     man = encoder.manifest  # identity of the embeddings = identity of the model's weights
     manifest = Manifest(
         model_id=man.model_id, model_version=man.model_version, nesting=man.nesting, dim=man.dim,
-        extra={"source": str(data or images or texts), "model_path": str(model)},
+        extra={**origin(corpus), "model_path": str(model)},
     )
     save_embeddings(out, X, manifest, ids=ids, overwrite=overwrite)
     typer.echo(f"wrote {len(X)} embeddings of dim {X.shape[1]} ({man.model_id} "
                f"{man.model_version}) to {out}")
 
 
-def _read_texts_any(path: Path) -> tuple[list[str], list[str]]:
-    """:func:`_read_texts`, plus Parquet files (columns text [, title, _id])."""
+def _read_texts_any(path: Path, limit: Optional[int] = None) -> tuple[list[str], list[str]]:
+    """:func:`_read_texts`, plus Parquet files (columns text [, title, _id]; only the first
+    ``limit`` rows are read)."""
     if path.suffix == ".parquet":
         from nestemb.bulk import ParquetCorpus
 
-        corpus = ParquetCorpus(path)
+        corpus = ParquetCorpus(path, limit=limit)
         return corpus.read(0, len(corpus))
     return _read_texts(path)
 
@@ -236,10 +243,11 @@ def _embed_ray(model, out, data, split, images, texts, limit, batch_size, device
             corpus = bulk.ParquetCorpus(texts, limit=limit)
         else:
             items, ids = _read_texts(texts)
-            corpus = bulk.ArrayCorpus(items[:limit], ids[:limit], source=str(texts))
+            corpus = bulk.ArrayCorpus(items[:limit], ids[:limit], source=str(texts), limit=limit)
     else:
         arr, ids = _read_images(data, images, split)
-        corpus = bulk.ArrayCorpus(arr[:limit], ids[:limit], source=str(data or images))
+        corpus = bulk.ArrayCorpus(arr[:limit], ids[:limit], source=str(data or images),
+                                  split=split.value if data is not None else None, limit=limit)
     from nestemb.progress import counter, progress_stages
 
     with progress_stages() as update:
@@ -255,11 +263,16 @@ def _embed_ray(model, out, data, split, images, texts, limit, batch_size, device
 
 # --------------------------------------------------------------------------- index
 def _load_emb(path: Path, what: str):
-    from nestemb.nesting import load_embeddings
+    """``(vectors, manifest, ids)`` of an embedding directory; ids must be unique as the
+    strings they become in results (``5`` and ``"5"`` are one key)."""
+    from nestemb.nesting import check_unique_ids, load_embeddings
 
     if not path.is_dir():
         raise NestembError(f"{what} embedding directory not found: {path}")
-    return load_embeddings(path, mmap=True, with_ids=True)
+    X, man, ids = load_embeddings(path, mmap=True, with_ids=True)
+    if ids is not None:
+        check_unique_ids([str(i) for i in ids], what=f"{what} ids in {path}")
+    return X, man, ids
 
 
 FUNNEL_OPTIONS = {"dims": "--dims", "shortlist": "--shortlist", "prefix_dtype": "--prefix-dtype",
@@ -328,7 +341,8 @@ def build(
     d_cluster: Optional[int] = typer.Option(None, help="ivf/opq: clustering prefix"),
     d_search: Optional[int] = typer.Option(None, help="ivf/opq: scanned prefix"),
     nlist: int = typer.Option(256, help="ivf/opq: number of lists"),
-    nprobe: int = typer.Option(16, help="ivf/opq: lists visited per query"),
+    nprobe: Optional[int] = typer.Option(None, help="ivf/opq: lists visited per query, at most "
+                                         "--nlist (default: 16, or --nlist when smaller)"),
     codec: Optional[Codec] = typer.Option(None, help="ivf: in-list storage (default flat); opq: opq"),
     code_bytes: Optional[int] = typer.Option(None, help="pq/opq: bytes per vector"),
     rerank: Optional[int] = typer.Option(None, help="ivf/opq: candidates re-ranked at full dim"),
@@ -357,15 +371,23 @@ def build(
                             rescore_dtype=None if rescore_dtype.value == "none" else rescore_dtype.value,
                             int8_trim=int8_trim, hnsw_m=hnsw_m, ef_search=ef_search, **common)
     else:
-        ds = d_search or (nest[len(nest) // 2] if index_type is IndexType.ivf else man.dim)
+        # defaults only for options not given: a given 0 is refused by the index, never replaced
+        if nprobe is not None and nlist is not None and nprobe > nlist > 0:
+            raise NestembError(f"--nprobe {nprobe} is above --nlist {nlist}: a query can visit "
+                               "at most every list once")
+        ds = d_search if d_search is not None else (
+            nest[len(nest) // 2] if index_type is IndexType.ivf else man.dim)
         kw = dict(d_search=ds, nlist=nlist, nprobe=nprobe, **common)
         if index_type is IndexType.ivf:
-            index = AdaptiveIVFIndex(d_cluster=d_cluster or nest[0], codec=codec and codec.value,
-                                     code_bytes=code_bytes, rerank=rerank, **kw)
+            index = AdaptiveIVFIndex(d_cluster=nest[0] if d_cluster is None else d_cluster,
+                                     codec=codec and codec.value, code_bytes=code_bytes,
+                                     rerank=rerank, **kw)
         else:
+            if code_bytes is None and isinstance(ds, int) and ds > 0:  # a divisor of d_search
+                code_bytes = next(c for c in range(max(1, ds // 4), 0, -1) if ds % c == 0)
             index = AdaptiveOPQIndex(d_cluster=d_cluster, codec=(codec or Codec.opq).value,
-                                     code_bytes=code_bytes or max(1, ds // 4),
-                                     rerank=rerank or 100, **kw)
+                                     code_bytes=code_bytes, rerank=100 if rerank is None else rerank,
+                                     **kw)
     index.add(X, ids=ids)  # a memory-mapped gallery is streamed, never read whole
     index.save(out, overwrite=overwrite)
     typer.echo(f"built {index!r} over {len(index)} vectors -> {out}")
@@ -453,9 +475,14 @@ def search(
         hits = ", ".join(f"{h} ({s:.3f})" for h, s in zip(ids[i].tolist(), scores[i].tolist()))
         typer.echo(f"{qids[i]}: {hits}")
     if out is not None:
-        write_json(out, {str(q): {"ids": r.tolist(), "scores": s.tolist()}
-                         for q, r, s in zip(qids, ids, scores)})
-        typer.echo(f"wrote results for {len(Q)} queries to {out}")
+        results = {str(q): {"ids": r.tolist(), "scores": s.tolist()}
+                   for q, r, s in zip(qids, ids, scores)}
+        write_json(out, results)
+        typer.echo(f"wrote results for {len(results)} queries to {out}")
+
+
+DEFAULT_TUNE_SECONDS = 600.0
+"""``index tune`` stops measuring new configurations after this many seconds by default."""
 
 
 @index_app.command("tune")
@@ -466,10 +493,17 @@ def tune_cmd(
     k: int = typer.Option(10, "-k", "--k", help="k of recall@k"),
     max_queries: int = typer.Option(200, help="queries used for measuring"),
     max_candidates: int = typer.Option(8192, help="largest shortlist / re-rank depth tried"),
+    max_seconds: float = typer.Option(
+        DEFAULT_TUNE_SECONDS, help="time budget in seconds (default 600): no new configuration "
+        "is measured once it is spent, and the best one measured so far is kept"),
     out: Optional[Path] = typer.Option(None, help="write the tuned index here (default: update INDEX_DIR in place)"),
     overwrite: bool = typer.Option(False, help="replace an existing --out index"),
 ) -> None:
-    """Pick the fastest configuration meeting the recall target and save it with the index."""
+    """Pick the fastest configuration meeting the recall target and save it with the index.
+
+    Progress shows the configurations measured out of those the grid can still reach, and an
+    estimate of the time left; --max-seconds bounds the whole walk.
+    """
     import numpy as np
 
     from nestemb.index import load_index, tune
@@ -483,20 +517,33 @@ def tune_cmd(
     index = load_index(index_dir)
     Q, man, _ = _load_emb(queries, "query")
     before = index.get_params()
-    from nestemb.progress import progress_stages
+    from nestemb.progress import progress_bar
 
-    with progress_stages() as update:
+    with progress_bar(info=True) as bar:
+        task = bar.add_task("configurations measured", total=None, info="")
+
+        def report(done: int, total: int, eta_s: float) -> None:
+            bar.update(task, completed=done, total=total,
+                       info=f"about {eta_s:.0f} s left (budget {max_seconds:g} s)")
+
         res = tune(index, np.asarray(Q[:max_queries]), k=k, recall=recall, manifest=man,
                    max_queries=max_queries, max_candidates=max_candidates,
-                   progress=lambda n: update("configurations measured", n, -1))
+                   max_seconds=max_seconds, progress=report)
     after = index.get_params()
     # in place: the directory is an index by construction, so replacing it is the request
     index.save(index_dir if out is None else out, overwrite=out is None or overwrite)
     outcome = "target met" if res["met"] else "target NOT met"
+    n = len(res["candidates"])
     typer.echo(
         f"{outcome}: recall@{k} {res['recall']:.4f} (target {recall}) with {res['params']}, "
-        f"latency {res['latency_ms']:.3f} ms ({len(res['candidates'])} configurations measured)"
+        f"latency {res['latency_ms']:.3f} ms ({n} of the grid's {res['grid_size']} "
+        f"configurations measured in {res['seconds']:.1f} s)"
     )
+    if not res["complete"]:
+        kept = ("the fastest one meeting the target is kept" if res["met"] else
+                f"none met the target; the best recall@{k} measured, {res['recall']:.4f}, is kept")
+        typer.echo(f"time budget of {max_seconds:g} s spent after {n} of {res['grid_size']} "
+                   f"configurations: {kept} (raise --max-seconds to measure more)")
     changed = [f"{n} {before[n]} -> {after[n]}" for n in after if before[n] != after[n]]
     typer.echo(f"changed: {'; '.join(changed)}" if changed else "configuration unchanged")
     typer.echo(f"tuned for k={k}: searches with a larger k may not meet the target")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +16,73 @@ from nestemb.errors import NestembError
 
 Durability = choices("Durability", "full", "relaxed")
 BackendKind = choices("BackendKind", "sqlite", "qdrant-edge", "qdrant", "milvus")
+
+
+def parse_encoders(specs: list[str] | None) -> dict[str, str]:
+    """``--encoders NAME=PATH[,NAME=PATH...]`` (repeatable) as a name -> path mapping.
+
+    Example:
+        >>> parse_encoders(["sci=/models/sci,tiny=/m/tiny", "x=minilm"])
+        {'sci': '/models/sci', 'tiny': '/m/tiny', 'x': 'minilm'}
+        >>> parse_encoders(["/models/sci"])
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: encoders: give NAME=PATH pairs (comma-separated), got '/models/sci'
+    """
+    out: dict[str, str] = {}
+    for spec in specs or []:
+        for pair in filter(None, (p.strip() for p in spec.split(","))):
+            name, sep, path = pair.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise NestembError(f"give NAME=PATH pairs (comma-separated), got {pair!r}",
+                                   param="encoders")
+            if name.strip() in out:
+                raise NestembError(f"encoder {name.strip()!r} is given twice", param="encoders")
+            out[name.strip()] = path.strip()
+    return out
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not yet listening), for uvicorn to serve on; an
+    address that cannot be used is a :class:`NestembError` about ``host`` or ``port``.
+
+    Example:
+        >>> s = bind_socket("127.0.0.1", 0); s.listen(); s.getsockname()[0]
+        '127.0.0.1'
+        >>> try:
+        ...     bind_socket("127.0.0.1", s.getsockname()[1])
+        ... except NestembError as e:
+        ...     print(e.param, "|", e.render("--port"))
+        port | --port ... is already in use on 127.0.0.1 (another server?)
+        >>> s.close()
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise NestembError(f"{{param}} {host!r} is not an address or a known host name "
+                           f"({getattr(e, 'strerror', None) or e})", param="host") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise NestembError(f"{{param}} {port} is already in use on {host} (another server?)",
+                               param="port") from None
+        if e.errno == errno.EACCES:
+            raise NestembError(f"{{param}} {port}: permission denied (ports below 1024 need "
+                               "privileges)", param="port") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise NestembError(f"{{param}} {host} is not an address of this machine",
+                               param="host") from None
+        raise NestembError(f"cannot listen on {host}:{port}: {e.strerror}",
+                           param="host") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @app.command()
@@ -42,15 +111,18 @@ def serve(
     backend_key_env: str = typer.Option(
         "NESTEMB_BACKEND_KEY", help="environment variable holding the backend's API key / "
                                     "token (if any)"),
+    encoders: Optional[list[str]] = typer.Option(
+        None, "--encoders", help="NAME=PATH[,NAME=PATH...]: saved text models collections may "
+                                 "name as their encoder (besides the bundled 'minilm'); "
+                                 "requests name encoders, never paths"),
 ) -> None:
     """Serve collections over HTTP (OpenAPI at /openapi.json, search page at /).
 
     With --backend qdrant-edge|qdrant|milvus the points live in that engine (searched with its
     funnel: dims + shortlist plans; no recall targets or payload filters); the collection
     registry stays in --data-dir."""
-    import uvicorn
-
-    from nestemb.service import Limits, create_app, load_api_keys
+    from nestemb.service import load_api_keys
+    from nestemb.service.app import check_encoders
 
     if not 0 < port < 65536:
         raise NestembError(f"--port must be in 1 ... 65535, got {port}")
@@ -60,24 +132,41 @@ def serve(
         raise NestembError(f"--log-level must be critical, error, warning, info or debug, "
                            f"got {log_level!r}")
     keys = load_api_keys(api_keys) if api_keys is not None else None
+    allowed = check_encoders(parse_encoders(encoders))
+    sock = bind_socket(host, port)  # before anything is opened: a taken port changes nothing
+    try:
+        _serve(sock, data_dir, keys, allowed, durability.value, max_batch, max_body_mb,
+               log_level, backend.value, backend_url, backend_key_env)
+    finally:
+        sock.close()
+
+
+def _serve(sock: socket.socket, data_dir: Path, keys, allowed: dict, durability: str,
+           max_batch: int, max_body_mb: int, log_level: str, backend: str,
+           backend_url: Optional[str], backend_key_env: str) -> None:
+    import uvicorn
+
+    from nestemb.service import Limits, create_app
+    from nestemb.service.app import json_error_protocol
+
     engine = None
-    if backend.value != "sqlite":
+    if backend != "sqlite":
         import os
 
         from nestemb.service.points import default_backend_url, open_backend
 
-        url = backend_url or default_backend_url(backend.value, data_dir)
+        url = backend_url or default_backend_url(backend, data_dir)
         if backend_url is None:
             data_dir.mkdir(parents=True, exist_ok=True)
-        engine = open_backend(backend.value, url, api_key=os.environ.get(backend_key_env))
+        engine = open_backend(backend, url, api_key=os.environ.get(backend_key_env))
     elif backend_url is not None:
         raise NestembError("--backend-url needs --backend qdrant-edge, qdrant or milvus")
     limits = Limits(max_batch=max_batch, max_queries=min(256, max_batch),
                     max_body_bytes=max_body_mb << 20)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
-        application = create_app(data_dir, api_keys=keys, durability=durability.value,
-                                 limits=limits, backend=engine)
+        application = create_app(data_dir, api_keys=keys, durability=durability,
+                                 limits=limits, backend=engine, encoders=allowed)
     except BaseException:
         if engine is not None:
             engine.close()
@@ -86,12 +175,95 @@ def serve(
     # with no-op handlers underneath, a graceful stop exits 0 (not the CLI's "interrupted").
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT,
                                                                       signal.SIGTERM)}
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(application, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=10, http=json_error_protocol())
+    server = uvicorn.Server(config)
     try:
-        uvicorn.run(application, host=host, port=port, log_level=log_level,
-                    timeout_graceful_shutdown=10)
+        server.run(sockets=[sock])  # the socket bound above: no second bind to fail
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if not server.started:
+        raise NestembError("the server did not start (its log above says why)")
+
+
+def read_beir_corpus(corpus: Path) -> tuple[list[dict], list[int]]:
+    r"""Every record of a BEIR ``corpus.jsonl`` as a text point (id = ``_id``, text = title +
+    text, payload = title) and the line number of each, checking every record first: the
+    first bad one (a line that is not UTF-8 or not a JSON object, a missing, empty, too long
+    or repeated ``_id``, an empty text) is a :class:`NestembError` naming the file, the line
+    and the ``_id`` (and how many more are bad). Blank lines are skipped.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "corpus.jsonl"
+        >>> _ = p.write_text('{"_id": "a", "title": "T", "text": "x"}\n\n{"_id": 7, "text": "y"}\n')
+        >>> read_beir_corpus(p)
+        ([{'id': 'a', 'payload': {'title': 'T'}, 'text': 'T x'}, {'id': '7', 'payload': {'title': ''}, 'text': 'y'}], [1, 3])
+        >>> _ = p.write_text('{"_id": "a", "text": "x"}\n{"_id": "b", "text": ""}\n'
+        ...                  '{"_id": "a", "text": "z"}\n')
+        >>> read_beir_corpus(p)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: ...corpus.jsonl, line 2 (_id 'b'): title and text are empty (and 1 more bad record)
+    """
+    import json
+
+    docs: list[dict] = []
+    lines: list[int] = []
+    first: dict[str, int] = {}
+    problems: list[str] = []
+    try:
+        raw = corpus.read_bytes()
+    except OSError as e:
+        raise NestembError(f"{corpus}: cannot be read ({e.strerror})") from None
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{corpus}, line {n}"
+        try:
+            d = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            problems.append(f"{where}: not valid UTF-8 (byte {e.start + 1} of the line)")
+            continue
+        except ValueError as e:
+            problems.append(f"{where}: not valid JSON ({e.msg}, column {e.colno})")
+            continue
+        if not isinstance(d, dict):
+            problems.append(f"{where}: not a BEIR corpus record (a JSON object with _id, title "
+                            "and text)")
+            continue
+        pid = d.get("_id")
+        if isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip():
+            problems.append(f"{where}: _id must be a non-empty string, got {pid!r}")
+            continue
+        pid = str(pid)
+        where = f"{where} (_id {pid!r})"
+        if len(pid) > 256:
+            problems.append(f"{where}: _id is longer than 256 characters")
+            continue
+        if pid in first:
+            problems.append(f"{where}: duplicate _id (first at line {first[pid]})")
+            continue
+        first[pid] = n
+        title, text = d.get("title", ""), d.get("text", "")
+        if not isinstance(title, (str, type(None))) or not isinstance(text, (str, type(None))):
+            problems.append(f"{where}: title and text must be strings")
+            continue
+        body = ((title or "") + " " + (text or "")).strip()
+        if not body:
+            problems.append(f"{where}: title and text are empty")
+            continue
+        docs.append({"id": pid, "payload": {"title": title or ""}, "text": body})
+        lines.append(n)
+    if problems:
+        more = len(problems) - 1
+        raise NestembError(problems[0] + (f" (and {more} more bad record{'s' * (more > 1)})"
+                                          if more else ""))
+    if not docs:
+        raise NestembError(f"{corpus}: no records")
+    return docs, lines
 
 
 @app.command()
@@ -101,48 +273,80 @@ def upload(
                                              "missing)"),
     beir: Path = typer.Option(..., "--beir", help="BEIR folder: its corpus.jsonl is uploaded "
                                                  "as text points (id = doc id, payload = title)"),
-    encoder: str = typer.Option("minilm", help="encoder of a new collection: 'minilm' or a "
-                                               "saved text model's path on the server"),
+    encoder: str = typer.Option("minilm", help="encoder of a new collection: the name of one "
+                                               "of the server's encoders ('minilm' or one of "
+                                               "its --encoders)"),
     batch: int = typer.Option(64, help="points per request"),
     api_key_env: str = typer.Option("NESTEMB_API_KEY", help="environment variable holding the "
                                                             "API key (if any)"),
 ) -> None:
-    """Upload a BEIR corpus into a collection of a running `nestemb serve`."""
-    import json
+    """Upload a BEIR corpus into a collection of a running `nestemb serve`.
+
+    Every record is checked before the first request. If a request fails, nothing after it
+    is sent and the error says which lines are stored; a rerun upserts everything again
+    (points are upserted by id)."""
     import os
 
     from nestemb.progress import progress_stages
-    from nestemb.service.client import ServiceClient, ServiceError
+    from nestemb.service.client import ServiceClient, ServiceError, UploadFailed
 
     corpus = beir / "corpus.jsonl"
     if not corpus.is_file():
         raise NestembError(f"--beir: no corpus.jsonl in {beir}")
     if batch < 1:
         raise NestembError(f"--batch must be at least 1, got {batch}")
-    docs = []
-    with corpus.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    d = json.loads(line)
-                    docs.append({"id": str(d["_id"]), "payload": {"title": d.get("title", "")},
-                                 "text": (d.get("title", "") + " " + d.get("text", "")).strip()})
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise NestembError(f"{corpus}, line {n}: not a BEIR corpus record") from None
+    docs, lines = read_beir_corpus(corpus)
+    total = len(docs)
+    rerun = (f"rerun the same command to upsert all {total} again (points are upserted by "
+             "id: the stored ones are replaced, not duplicated)")
     with ServiceClient(url, os.environ.get(api_key_env)) as client:
         try:
-            client.describe(collection)
-        except ServiceError as e:
-            if e.status != 404:
-                raise
-            client.create(collection, encoder=encoder)
+            try:
+                client.describe(collection)
+            except ServiceError as e:
+                if e.status != 404:
+                    raise
+                client.create(collection, encoder=encoder)
+        except NestembError as e:
+            raise NestembError(f"{collection}: {e}; stored 0 of {total} points") from None
         with progress_stages() as update:
             done = 0
 
             def tick(n: int) -> None:
                 nonlocal done
                 done += n
-                update("uploading", done, len(docs))
+                update("uploading", done, total)
 
-            client.upload(collection, docs, batch=batch, progress=tick)
-        typer.echo(f"{collection}: {client.describe(collection)['count']} points")
+            try:
+                client.upload(collection, docs, batch=batch, progress=tick)
+            except UploadFailed as e:
+                raise NestembError(_upload_account(collection, e, docs, lines, rerun)) from None
+        try:
+            count = client.describe(collection)["count"]
+        except NestembError as e:
+            raise NestembError(f"{collection}: all {total} points stored, but {e}") from None
+        typer.echo(f"{collection}: {count} points")
+
+
+def _upload_account(collection: str, e, docs: list[dict], lines: list[int], rerun: str) -> str:
+    """One line on a failed upload: why, which lines are stored, what to do."""
+    import re
+
+    from nestemb.service.client import ServiceError
+
+    a, b = e.failed
+    cause = e.cause
+    why = str(cause)
+    if isinstance(cause, ServiceError):
+        m = re.fullmatch(r"points\.([0-9]+)(\..*)?", cause.field or "")
+        if m and a + int(m.group(1)) < b:  # the server's field, read as data: a point
+            i = a + int(m.group(1))
+            why = (f"line {lines[i]} (_id {docs[i]['id']!r}): server answered {cause.status}: "
+                   f"{cause.message} (field {m.group(2)[1:] if m.group(2) else 'point'})")
+        batch = f"the batch of lines {lines[a]}-{lines[b - 1]} was refused"
+    else:
+        batch = (f"the batch of lines {lines[a]}-{lines[b - 1]} got no answer (it may be "
+                 "stored or not)")
+    stored = (f"stored {e.stored} of {e.total} points"
+              + (f" (lines {lines[0]}-{lines[e.stored - 1]})" if e.stored else ""))
+    return (f"{collection}: {why}; {stored}; {batch} and the rest were not sent: {rerun}")

@@ -6,13 +6,12 @@ The commands only translate flags (comma lists, enums) into the typed library ca
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_file, flag_error
+from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_file
 from nestemb.errors import NestembError
 from nestemb.text.train import RECIPE_DEFAULTS, DistillSource, TextRecipe as Recipe
 
@@ -44,20 +43,6 @@ def _recipe_default(name: str) -> str:
     if len(set(vals.values())) == 1:
         return f"{next(iter(vals.values())):g}"
     return ", ".join(f"{r} {v:g}" for r, v in vals.items())
-
-
-# library parameters that are also flags of these commands (errors are reworded with the flag)
-_FLAG_PARAMS = ("batch_size", "steps", "lr", "distill_weight", "self_distill_weight",
-                "max_seq_length", "layers", "seed")
-
-
-@contextlib.contextmanager
-def _flags():
-    """Reword a library error that names a parameter with the flag's name (``--batch-size``)."""
-    try:
-        yield
-    except NestembError as e:
-        raise flag_error(e, _FLAG_PARAMS) from None
 
 
 def _fmt(xs) -> str:
@@ -93,9 +78,8 @@ def eval_retrieval(
     from nestemb.text.evaluate import run_eval_retrieval
 
     check_out_file(out, overwrite)
-    with _flags():
-        res = run_eval_retrieval(beir, model, _dims(dims), _ints(layers, "--layers"), split=split,
-                                 batch_size=batch_size, device=device.value, show_progress=True)
+    res = run_eval_retrieval(beir, model, _dims(dims), _ints(layers, "--layers"), split=split,
+                             batch_size=batch_size, device=device.value, show_progress=True)
     write_json(out, res)
     typer.echo(f"dims {res['dims']}\nndcg@10 {_fmt(res['ndcg10'])}\nrecall@100 "
                f"{_fmt(res['recall100'])}\nwrote {out}")
@@ -117,9 +101,8 @@ def eval_sts(
     from nestemb.text.evaluate import run_eval_sts
 
     check_out_file(out, overwrite)
-    with _flags():
-        res = run_eval_sts(sts, model, _dims(dims), _ints(layers, "--layers"),
-                           batch_size=batch_size, device=device.value, show_progress=True)
+    res = run_eval_sts(sts, model, _dims(dims), _ints(layers, "--layers"),
+                       batch_size=batch_size, device=device.value, show_progress=True)
     write_json(out, res)
     typer.echo(f"dims {res['dims']}\nspearman {_fmt(res['spearman'])}\nwrote {out}")
 
@@ -157,19 +140,23 @@ def train(
     from nestemb.distributed import env_from_torchrun
     from nestemb.text.encoder import save_text_model
     from nestemb.progress import progress_stages
+    from nestemb.text.encoder import check_model_inputs
     from nestemb.text.train import TextTrainConfig, load_train_data, train_text
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise NestembError(f"output folder already exists: {out} (choose a new --out or add --overwrite)")
-    with _flags():
-        cfg = TextTrainConfig(
-            recipe=recipe.value, dims=_dims(dims), weights=parse_floats(weights, "--weights"),
-            layers=_ints(layers, "--layers"), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-            distill_weight=distill_weight, distill_source=distill_source.value,
-            self_distill_weight=self_distill_weight, hard_negatives=hard_negatives,
-            max_seq_length=max_seq_length, device=device.value,
-        )
+    cfg = TextTrainConfig(
+        recipe=recipe.value, dims=_dims(dims), weights=parse_floats(weights, "--weights"),
+        layers=_ints(layers, "--layers"), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+        distill_weight=distill_weight, distill_source=distill_source.value,
+        self_distill_weight=self_distill_weight, hard_negatives=hard_negatives,
+        max_seq_length=max_seq_length, device=device.value,
+    )
     resolve_device(cfg.device)  # an unavailable device fails before any data is read
+    if not (beir or sts or nli or pairs):
+        raise NestembError("no training data: give at least one of --beir, --sts, --nli, --pairs")
+    # the dims and layers against the base model's shape, before reading data or loading it
+    check_model_inputs(base, cfg.dims, cfg.layers, full_width=True)
     data = load_train_data(beir=beir, beir_split=split, sts=sts, nli=nli, pairs=pairs)
     env = env_from_torchrun()
     if not env.is_main:  # the other processes train alongside rank 0, which saves and prints

@@ -19,12 +19,11 @@ from nestemb.exact import exact_search
 
 def _check_k(k: object, n: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise NestembError(f"k must be a positive integer, got {k!r}")
+        raise NestembError(f"{{param}} must be a positive integer, got {k!r}", param="k")
     if k > n - 1:
         raise NestembError(
-            f"k must be smaller than the number of items compared ({n}: each item's neighbours "
-            f"leave it out), got {k}"
-        )
+            f"{{param}} must be smaller than the number of items compared ({n}: each item's "
+            f"neighbours leave it out), got {k}", param="k")
     return int(k)
 
 
@@ -32,7 +31,8 @@ def _check_permutations(permutations: object) -> int:
     if isinstance(permutations, bool) or not isinstance(permutations, (int, np.integer)) or (
         permutations < 1
     ):
-        raise NestembError(f"permutations must be a positive integer, got {permutations!r}")
+        raise NestembError(f"{{param}} must be a positive integer, got {permutations!r}",
+                           param="permutations")
     return int(permutations)
 
 

@@ -269,9 +269,11 @@ def _check_threshold(threshold: float, signed: bool) -> float:
     try:
         t = float(threshold)
     except (TypeError, ValueError):
-        raise NestembError(f"threshold must be a number, got {threshold!r}") from None
+        raise NestembError(f"{{param}} must be a number, got {threshold!r}",
+                           param="threshold") from None
     if not lo <= t <= 1.0:
-        raise NestembError(f"threshold must be a correlation in [{lo:g}, 1], got {threshold!r}")
+        raise NestembError(f"{{param}} must be a correlation in [{lo:g}, 1], got {threshold!r}",
+                           param="threshold")
     return t
 
 

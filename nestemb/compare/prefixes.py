@@ -186,7 +186,8 @@ def compare_prefixes(
             if isinstance(knn_sample, bool) or not isinstance(knn_sample, (int, np.integer)) or (
                 knn_sample < 2
             ):
-                raise NestembError(f"knn_sample must be an integer >= 2, got {knn_sample!r}")
+                raise NestembError(f"{{param}} must be an integer >= 2, got {knn_sample!r}",
+                                   param="knn_sample")
             if knn_sample < n:
                 rng = np.random.default_rng(seed)
                 sample = np.sort(rng.choice(n, int(knn_sample), replace=False))

@@ -52,6 +52,7 @@ import numpy as np
 
 from nestemb.compat.procrustes import orthogonal_procrustes
 from nestemb.errors import NestembError
+from nestemb.io import read_npz
 from nestemb.nesting import (
     Manifest,
     check_vectors,
@@ -241,51 +242,60 @@ class Adapter:
     def _check_params(self, d_s: int, d_t: int) -> None:
         """Validate the parameters against the data widths; fills the resolved ``nesting``."""
         if self.kind not in KINDS:
-            raise NestembError(f"kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+            raise NestembError(f"{{param}} must be one of {', '.join(KINDS)}; got {self.kind!r}",
+                               param="kind")
         if self.scaling is not None:
             if self.scaling not in SCALINGS:
                 raise NestembError(
-                    f"scaling must be None or one of {', '.join(SCALINGS)}, got {self.scaling!r}"
-                )
+                    f"{{param}} must be None or one of {', '.join(SCALINGS)}, got "
+                    f"{self.scaling!r}", param="scaling")
             if self.kind == "mlp":
-                raise NestembError("scaling applies to kinds 'orthogonal' and 'affine', not 'mlp'")
+                raise NestembError("{param} applies to kinds 'orthogonal' and 'affine', not 'mlp'",
+                                   param="scaling")
         if not isinstance(self.bias, (bool, np.bool_)):
-            raise NestembError(f"bias must be True or False, got {self.bias!r}")
+            raise NestembError(f"{{param}} must be True or False, got {self.bias!r}",
+                               param="bias")
         if not self.bias and self.kind != "affine":
-            raise NestembError(f"bias=False applies to kind 'affine' only, not {self.kind!r}")
+            raise NestembError(f"{{param}}=False applies to kind 'affine' only, not {self.kind!r}",
+                               param="bias")
         if not isinstance(self.underdetermined, (bool, np.bool_)):
-            raise NestembError(f"underdetermined must be True or False, got {self.underdetermined!r}")
+            raise NestembError(f"{{param}} must be True or False, got {self.underdetermined!r}",
+                               param="underdetermined")
         if self.underdetermined:
             if self.kind == "mlp":
                 raise NestembError(
-                    "underdetermined applies to kinds 'orthogonal' and 'affine', not 'mlp'"
-                )
+                    "{param} applies to kinds 'orthogonal' and 'affine', not 'mlp'",
+                    param="underdetermined")
             if self.ridge is not None and self.ridge == 0:
                 raise NestembError(
-                    "underdetermined=True needs ridge > 0: with fewer rows than coefficients "
-                    "the unpenalised least squares has no unique solution"
-                )
+                    "{param} must be > 0 for an underdetermined fit: with fewer rows than "
+                    "coefficients the unpenalised least squares has no unique solution",
+                    param="ridge")
         if self.kind == "orthogonal" and self.ridge is not None:
-            raise NestembError("ridge applies to kinds 'affine' and 'mlp', not 'orthogonal'")
+            raise NestembError("{param} applies to kinds 'affine' and 'mlp', not 'orthogonal'",
+                               param="ridge")
         if self.ridge is not None and (not isinstance(self.ridge, (int, float)) or isinstance(
                 self.ridge, bool) or not math.isfinite(self.ridge) or self.ridge < 0):
-            raise NestembError(f"ridge must be a finite number >= 0, got {self.ridge!r}")
+            raise NestembError(f"{{param}} must be a finite number >= 0, got {self.ridge!r}",
+                               param="ridge")
         if self.slerp is not None:
             if self.kind != "orthogonal":
-                raise NestembError(f"slerp applies to kind 'orthogonal' only, not {self.kind!r}")
+                raise NestembError(f"{{param}} applies to kind 'orthogonal' only, not "
+                                   f"{self.kind!r}", param="slerp")
             if not isinstance(self.slerp, (int, float)) or not 0.0 <= self.slerp <= 1.0:
-                raise NestembError(f"slerp must be a number in [0, 1], got {self.slerp!r}")
+                raise NestembError(f"{{param}} must be a number in [0, 1], got {self.slerp!r}",
+                                   param="slerp")
             if d_s != d_t:
                 raise NestembError(
-                    f"slerp needs equal source and target widths (towards the raw vector), got "
-                    f"{d_s} and {d_t}"
-                )
+                    f"{{param}} needs equal source and target widths (towards the raw vector), "
+                    f"got {d_s} and {d_t}", param="slerp")
         for name in (*_MLP_DEFAULTS, "threads"):
             v = getattr(self, name)
             if v is None:
                 continue
             if self.kind != "mlp":
-                raise NestembError(f"{name} applies to kind 'mlp' only, not {self.kind!r}")
+                raise NestembError(f"{{param}} applies to kind 'mlp' only, not {self.kind!r}",
+                                   param=name)
             if name == "lr":
                 ok = (isinstance(v, (int, float)) and not isinstance(v, bool)
                       and math.isfinite(v) and v > 0)
@@ -293,7 +303,8 @@ class Adapter:
                 ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
             if not ok:
                 what = "number" if name == "lr" else "integer"
-                raise NestembError(f"{name} must be a positive {what}, got {v!r}")
+                raise NestembError(f"{{param}} must be a positive {what}, got {v!r}",
+                                   param=name)
         refs = []
         for name, ref, d in (("source_ref", self.source_ref, d_s),
                              ("target_ref", self.target_ref, d_t)):
@@ -302,14 +313,17 @@ class Adapter:
                 if ref.dim != d:
                     raise NestembError(f"{name} {ref} does not match the data's width {d}")
                 if ref.unknown and not self.trust_unknown:
+                    side = name.split("_")[0]
                     raise NestembError(
-                        f"{name} {ref} has an unknown weights version: its identity cannot be "
-                        "checked (pass trust_unknown=True to rely on model_id alone)"
-                    )
+                        f"the {side} model {ref} has an unknown weights version: its identity "
+                        "cannot be checked (set {param} to rely on model_id alone)",
+                        param="trust_unknown")
             refs.append(ref)
         self.source_ref_, self.target_ref_ = refs
         if refs[0] is not None and refs[1] is not None and refs[0] == refs[1]:
-            raise NestembError(f"source_ref and target_ref are the same model {refs[0]}")
+            raise NestembError(
+                f"source and target come from the same model {refs[0]}: an adapter maps one "
+                "model's space into another's")
         nesting = self.nesting
         if nesting is None and isinstance(self.target_ref, Manifest):
             nesting = self.target_ref.nesting
@@ -338,10 +352,15 @@ class Adapter:
         self._check_params(d_s, d_t)
         need = self._min_rows(d_s, d_t)
         if len(source) < need:
+            # every kind reads with "an": an orthogonal, an affine, an mlp (em-el-pee)
+            if self.kind == "mlp":  # no fit from fewer rows than coefficients
+                raise NestembError(
+                    f"an {self.kind} adapter from {d_s} to {d_t} dims needs at least "
+                    f"{need} paired rows, got {len(source)}")
             raise NestembError(
-                f"a {self.kind} adapter from {d_s} to {d_t} dims needs at least {need} paired "
-                f"rows, got {len(source)}"
-            )
+                f"an {self.kind} adapter from {d_s} to {d_t} dims needs at least {need} "
+                f"paired rows, got {len(source)} (set {{param}} to fit it from fewer rows, "
+                "e.g. anchors of a translation)", param="underdetermined")
         start = time.perf_counter()
         x = prefix_view(source.astype(np.float64), d_s)
         y = prefix_view(target.astype(np.float64), d_t)
@@ -470,9 +489,8 @@ class Adapter:
         if got.unknown and not trust_unknown:
             raise NestembError(
                 f"the vectors' manifest names model {got.model_id!r} with an unknown weights "
-                "version: their identity cannot be checked (pass trust_unknown=True to rely on "
-                "model_id alone)"
-            )
+                "version: their identity cannot be checked (set {param} to rely on model_id "
+                "alone)", param="trust_unknown")
         if self.source_ref_ is None:
             raise NestembError(
                 "this adapter was fitted without source_ref: it cannot check which model the "
@@ -650,18 +668,23 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     info = man.extra.get("adapter")
     if not isinstance(info, dict) or info.get("kind") not in KINDS:
         raise NestembError(f"{path} has no valid adapter description in its manifest")
+    weights = read_npz(path / WEIGHTS_NAME)
+    where = f"{path / 'manifest.json'}: extra.adapter"
+    params = info.get("params", {})
+    if not isinstance(params, dict):
+        raise NestembError(f"{where}.params must be an object, got {params!r}")
+    for key in ("source_dim", "target_dim"):
+        if not (isinstance(info.get(key), int) and info[key] > 0):
+            raise NestembError(f"{where}.{key} must be a positive integer, got {info.get(key)!r}")
     try:
-        with np.load(path / WEIGHTS_NAME, allow_pickle=False) as z:
-            weights = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise NestembError(f"cannot read {path / WEIGHTS_NAME}: {e}") from None
-    params = dict(info.get("params", {}))
-    src = ModelRef.from_dict(info["source"]) if info.get("source") else None
-    tgt = ModelRef.from_dict(info["target"]) if info.get("target") else None
-    a = Adapter(info["kind"], source_ref=src, target_ref=tgt, nesting=man.nesting,
-                trust_unknown=True, **params)
+        src = ModelRef.from_dict(info["source"]) if info.get("source") else None
+        tgt = ModelRef.from_dict(info["target"]) if info.get("target") else None
+        a = Adapter(info["kind"], source_ref=src, target_ref=tgt, nesting=man.nesting,
+                    trust_unknown=True, **params)
+    except (TypeError, KeyError, AttributeError, NestembError) as e:  # a damaged record
+        raise NestembError(f"{where} is not a valid adapter description: {e}") from None
     a.source_ref_, a.target_ref_, a.nesting_ = src, tgt, man.nesting
-    a.source_dim_, a.target_dim_ = int(info["source_dim"]), int(info["target_dim"])
+    a.source_dim_, a.target_dim_ = info["source_dim"], info["target_dim"]
     a.weights_, a.fit_info_ = weights, info.get("fit", {})
     if weights.get("W") is None or weights["W"].shape != (a.source_dim_, a.target_dim_):
         raise NestembError(f"{path / WEIGHTS_NAME} does not hold a {a.source_dim_} x "

@@ -45,6 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nestemb.errors import NestembError
+from nestemb.io import read_npz
 from nestemb.nesting import (
     Manifest,
     check_vectors,
@@ -195,22 +196,26 @@ class NestingAdaptor:
     # ------------------------------------------------------------------ validation
     def _check_params(self, d: int) -> tuple[tuple[int, ...], _Weights]:
         if self.kind not in KINDS:
-            raise NestembError(f"kind must be one of {KINDS}, got {self.kind!r}")
+            raise NestembError(f"{{param}} must be one of {KINDS}, got {self.kind!r}", param="kind")
         for name in ("k", "anchors", "hidden", "max_rows"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise NestembError(f"{name} must be a positive integer, got {v!r}")
+                raise NestembError(f"{{param}} must be a positive integer, got {v!r}",
+                                   param=name)
         for name in ("steps", "batch_size", "threads"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))
                                   or v < 1):
-                raise NestembError(f"{name} must be a positive integer, got {v!r}")
+                raise NestembError(f"{{param}} must be a positive integer, got {v!r}",
+                                   param=name)
         for name in ("lr", "temperature"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise NestembError(f"{name} must be a positive number, got {v!r}")
+                raise NestembError(f"{{param}} must be a positive number, got {v!r}",
+                                   param=name)
         if self.batch_size is not None and self.batch_size < 2:
-            raise NestembError(f"batch_size must be at least 2, got {self.batch_size}")
+            raise NestembError(f"{{param}} must be at least 2, got {self.batch_size}",
+                               param="batch_size")
         w = _Weights()
         for key, value in (self.weights or {}).items():
             if not hasattr(w, key):
@@ -225,8 +230,9 @@ class NestingAdaptor:
             else self.nesting
         try:
             nesting = validate_nesting(nesting, full_dim=d)
-        except NestembError as e:
-            raise NestembError(f"nesting: {e}") from None
+        except NestembError as e:  # the parameter at fault is nesting, whatever validated it
+            raise NestembError(e.template if e.param == "nesting" else str(e),
+                               param="nesting") from None
         return nesting, w
 
     # ------------------------------------------------------------------ fit
@@ -242,10 +248,9 @@ class NestingAdaptor:
         nesting, w = self._check_params(d)
         if n < max(MIN_ROWS, self.k + 2):
             raise NestembError(
-                f"X has {n} rows; fitting a nesting adaptor needs at least "
+                f"{{param}} has {n} rows; fitting a nesting adaptor needs at least "
                 f"{max(MIN_ROWS, self.k + 2)} (at least {MIN_ROWS}, and k + 2 = {self.k + 2} for "
-                "the neighbour loss)"
-            )
+                "the neighbour loss)", param="X")
         P = None
         if pairs is not None:
             P = _check_pairs(pairs, d)
@@ -451,20 +456,26 @@ def load_nesting_adaptor(path: str | os.PathLike) -> NestingAdaptor:
     path = Path(path)
     manifest = Manifest.open(path, ADAPTOR_KIND, "nesting adaptor directory")
     try:
-        with np.load(path / WEIGHTS_NAME, allow_pickle=False) as z:
-            state = {k: np.asarray(z[k], dtype=np.float32) for k in z.files}
-        params = manifest.extra["params"]
-        source = SourceRef(**manifest.extra["source"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise NestembError(f"cannot read the nesting adaptor in {path}: {e}") from None
+        state = {k: np.asarray(v, dtype=np.float32)
+                 for k, v in read_npz(path / WEIGHTS_NAME).items()}
+    except ValueError as e:  # an array that is not numeric
+        raise NestembError(f"cannot read {path / WEIGHTS_NAME}: {e}") from None
     d = manifest.dim
     if state.get("weight") is None or state["weight"].shape != (d, d) or \
             state.get("bias", np.zeros(0)).shape != (d,):
         raise NestembError(f"nesting adaptor {path}: weights do not match dim {d}")
-    ad = NestingAdaptor(kind=params["kind"], nesting=params["nesting"], center=params["center"],
-                        source_ref=source, progress=False)
+    try:
+        params = manifest.extra["params"]
+        source = SourceRef(**manifest.extra["source"])
+        ad = NestingAdaptor(kind=params["kind"], nesting=params["nesting"],
+                            center=params["center"], source_ref=source, progress=False)
+        mlp = ({k: state[k] for k in ("w1", "b1", "w2", "b2")} if params["kind"] == "mlp"
+               else None)
+    except (KeyError, TypeError, AttributeError, NestembError) as e:  # a damaged record
+        raise NestembError(f"{path / 'manifest.json'}: extra is not a valid nesting adaptor "
+                           f"description: {e!r}") from None
     ad.weight_, ad.bias_ = state["weight"], state["bias"]
-    ad.mlp_ = {k: state[k] for k in ("w1", "b1", "w2", "b2")} if params["kind"] == "mlp" else None
+    ad.mlp_ = mlp
     ad.nesting_, ad.dim_, ad.source_, ad.kind_ = manifest.nesting, d, source, params["kind"]
     ad.fit_info_ = manifest.extra.get("fit", {})
     ad.version_ = weights_version(ad._state())

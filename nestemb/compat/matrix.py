@@ -61,12 +61,14 @@ def _check_metric_args(
     """Validate what ``metric`` needs (and refuse what it does not use); returns the labels as
     arrays, the qrels as a list and the cut-off ``k``."""
     if metric not in METRICS:
-        raise NestembError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
+        raise NestembError(f"{{param}} must be one of {', '.join(METRICS)}; got {metric!r}",
+                           param="metric")
     if k is not None:
         if metric == "top1":
-            raise NestembError("k does not apply to metric 'top1' (it is the first neighbour)")
+            raise NestembError("{param} does not apply to metric 'top1' (it is the first neighbour)",
+                               param="k")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise NestembError(f"k must be a positive integer, got {k!r}")
+            raise NestembError(f"{{param}} must be a positive integer, got {k!r}", param="k")
     k = 1 if metric == "top1" else int(k or _DEFAULT_K[metric])
     if metric == "ndcg":
         if qrels is None:
@@ -136,10 +138,11 @@ def _score(
 
 def _check_dim(dim: Any, widths: Sequence[tuple[str, int]]) -> int:
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise NestembError(f"dim must be a positive integer, got {dim!r}")
+        raise NestembError(f"{{param}} must be a positive integer, got {dim!r}", param="dim")
     for what, width in widths:
         if dim > width:
-            raise NestembError(f"dim {dim} is wider than the {what} ({width} dims)")
+            raise NestembError(f"{{param}} {dim} is wider than the {what} ({width} dims)",
+                               param="dim")
     return int(dim)
 
 
@@ -206,8 +209,7 @@ class CompatibilityMatrix:
         self.dims = validate_nesting(self.dims)
         if self.metric not in METRICS:
             raise NestembError(f"metric must be one of {', '.join(METRICS)}; got {self.metric!r}")
-        if len(set(self.models)) != len(self.models):
-            raise NestembError(f"models must have distinct names, got {self.models}")
+        _check_distinct(self.models)
         self.values = np.asarray(self.values, dtype=np.float64)
         t, p = len(self.models), len(self.dims)
         if self.values.shape != (t, t, p):
@@ -266,6 +268,11 @@ class CompatibilityMatrix:
         return cls(tuple(d["models"]), tuple(d["dims"]), d["metric"], vals)
 
 
+def _check_distinct(models: tuple[str, ...]) -> None:
+    if len(set(models)) != len(models):
+        raise NestembError(f"{{param}} must have distinct names, got {models}", param="models")
+
+
 def _default_dims(widths: Sequence[int]) -> tuple[int, ...]:
     """Every doubling prefix of every model's width, and the widths themselves."""
     dims: set[int] = set()
@@ -292,7 +299,8 @@ def compatibility_matrix(
     ``queries[i]`` and ``galleries[i]`` are the same query and gallery items encoded by model
     ``i`` (rows in the same order for every model; models ordered old -> new; widths may
     differ). ``dims`` defaults to every doubling prefix of every model's width plus the widths;
-    entries where a model is narrower than the prefix are NaN. ``models`` names the models
+    entries where a model is narrower than the prefix are NaN (a prefix wider than every model
+    is refused). ``models`` names the models
     (default ``m0``, ``m1``, ...). Labels, qrels and ``k`` as in :func:`cross_metric`.
 
     Example:
@@ -316,7 +324,9 @@ def compatibility_matrix(
         )
     models = tuple(f"m{i}" for i in range(t)) if models is None else tuple(str(m) for m in models)
     if len(models) != t:
-        raise NestembError(f"models names {len(models)} models, but {t} were given")
+        raise NestembError(f"{{param}} names {len(models)} models, but {t} were given",
+                           param="models")
+    _check_distinct(models)  # before the work, not after it
     qs = [check_vectors(x, what=f"queries of model {m!r}") for x, m in zip(queries, models)]
     gs = [check_vectors(x, what=f"gallery of model {m!r}") for x, m in zip(galleries, models)]
     for i in range(t):
@@ -337,8 +347,11 @@ def compatibility_matrix(
             )
     widths = [q.shape[1] for q in qs]
     dims = _default_dims(widths) if dims is None else validate_nesting(dims)
-    if dims[0] > max(widths):
-        raise NestembError(f"dims {dims} are all wider than every model (widths {widths})")
+    if dims[-1] > max(widths):  # a prefix no model has: a row of NaN, never an answer
+        have = ", ".join(f"{m} {w}" for m, w in zip(models, widths))
+        raise NestembError(
+            f"{{param}} asks for prefix {dims[-1]}, wider than every model compared ({have} "
+            "dims): a prefix must fit at least one model", param="dims")
     ql, gl, qr, k = _check_metric_args(metric, len(qs[0]), len(gs[0]), query_labels,
                                        gallery_labels, qrels, k)
     values = np.full((t, t, len(dims)), np.nan)

@@ -47,6 +47,7 @@ def _read_jsonl(path: Path, what: str, with_title: bool) -> dict[str, str]:
     if not path.is_file():
         raise NestembError(f"BEIR {what} file not found: {path}")
     out: dict[str, str] = {}
+    line_of: dict[str, int] = {}
     for lineno, line in enumerate(read_lines(path, f"BEIR {what}"), 1):
         if not line.strip():
             continue
@@ -62,7 +63,12 @@ def _read_jsonl(path: Path, what: str, with_title: bool) -> dict[str, str]:
         title = obj.get("title") or ""
         if with_title and title:
             text = f"{title} {text}" if text else str(title)
-        out[str(obj["_id"])] = text
+        doc_id = str(obj["_id"])
+        if doc_id in line_of:  # a second text under one id would silently replace the first
+            raise NestembError(f"{path}:{lineno}: duplicate _id {doc_id!r} (first on line "
+                               f"{line_of[doc_id]}): every _id must be unique")
+        line_of[doc_id] = lineno
+        out[doc_id] = text
     if not out:
         raise NestembError(f"BEIR {what} file is empty: {path}")
     return out

@@ -57,7 +57,7 @@ def resolve_fashion_mnist(data: str | os.PathLike | None = None) -> Path:
     if data is not None:
         folder = Path(data)
         if not folder.is_dir():
-            raise NestembError(f"data folder not found: {folder}")
+            raise NestembError(f"{{param}} folder not found: {folder}", param="data")
         if not has_idx_pair(folder):
             raise NestembError(
                 f"data folder {folder} holds no IDX pair "
@@ -72,7 +72,6 @@ def resolve_fashion_mnist(data: str | os.PathLike | None = None) -> Path:
         if has_idx_pair(cand):
             return Path(cand)
     raise NestembError(
-        "Fashion-MNIST not found; tried "
-        + ", ".join(tried)
-        + " (give the data folder explicitly or set NESTEMB_DATA)"
+        "Fashion-MNIST not found; tried " + ", ".join(tried) + " (give {param} or set NESTEMB_DATA)",
+        param="data",
     )

@@ -64,6 +64,10 @@ def evaluate_retrieval(
     doc_emb = check_vectors(doc_emb, dim=query_emb.shape[1], what="document embeddings")
     if len(query_ids) != len(query_emb) or len(doc_ids) != len(doc_emb):
         raise NestembError("ids and embeddings differ in length")
+    from nestemb.nesting import check_unique_ids
+
+    check_unique_ids(query_ids, "query_ids")  # rows are looked up by id
+    check_unique_ids(doc_ids, "doc_ids")
     qpos = {q: i for i, q in enumerate(query_ids)}
     judged = [q for q in qrels if q in qpos]
     if not judged:

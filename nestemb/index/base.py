@@ -68,10 +68,47 @@ def pos_int(value: Any, name: str, allow_none: bool = False, max_value: int = FA
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise NestembError(f"{name} must be a positive integer, got {value!r}")
+        raise NestembError(f"{{param}} must be a positive integer, got {value!r}", param=name)
     if value > max_value:
-        raise NestembError(f"{name} must be at most {max_value}, got {value!r}")
+        raise NestembError(f"{{param}} must be at most {max_value}, got {value!r}", param=name)
     return int(value)
+
+
+MIN_PREFIX_NORM = 1e-30
+"""The smallest norm a vector's first nesting prefix may have (stored and query vectors alike):
+below it the prefix has no direction to compare, and every score against it would be 0. The
+HTTP service refuses the same vectors."""
+
+
+def check_prefix_norms(X: Any, d: int, what: str = "vectors", chunk: int = 65536) -> None:
+    """Refuse rows of ``X`` whose first ``d`` coordinates have norm below
+    :data:`MIN_PREFIX_NORM` (computed in float64), naming the first such row. A memory map is
+    read in chunks of ``chunk`` rows, never whole.
+
+    Example:
+        >>> check_prefix_norms(np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 5.0]]), 2)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: vectors row 1: the first 2 dims are all zero or nearly (norm < 1e-30): no direction to compare
+        >>> check_prefix_norms(np.array([[1e-20, 0.0, 0.0]]), 2)   # tiny is still a direction
+    """
+    if len(X) == 1 and isinstance(X, np.ndarray) and X.dtype.kind == "f":  # one query: fast
+        v = X[0, :d]
+        if float(v @ v) > 1e-36:
+            return
+    for a in range(0, len(X), chunk):
+        head = np.asarray(X[a : a + chunk, :d])
+        if head.dtype.kind == "f" and np.einsum("ij,ij->i", head, head).min() > 1e-36:
+            continue  # the common case, cheap on the per-query path; else exactly, in float64
+        head = head.astype(np.float64)
+        sq = np.einsum("ij,ij->i", head, head)
+        bad = sq < MIN_PREFIX_NORM * MIN_PREFIX_NORM
+        if bad.any():
+            row = a + int(np.argmax(bad))
+            raise NestembError(
+                f"{what} row {row}: the first {d} dims are all zero or nearly (norm < "
+                f"{MIN_PREFIX_NORM:g}): no direction to compare"
+            )
 
 
 def doubling(start: int, stop: int) -> list[int]:
@@ -335,6 +372,8 @@ class PrefixIndex:
         if first:  # fail on bad parameters or ids before the (possibly long) training
             self._validate(X.shape[1])
             self._make_manifest(X.shape[1])
+        nesting = self._resolve_nesting(X.shape[1]) if first else self.manifest_.nesting
+        check_prefix_norms(X, nesting[0])  # before anything is stored or trained
         n_old = 0 if first else len(self.ids_)
         if ids is None:
             if n_old and self.ids_.dtype.kind == "U":
@@ -388,6 +427,11 @@ class PrefixIndex:
                 and X.dtype.kind == "f" and X.size > (1 << 22)):
             if dim is not None and X.shape[1] != dim:
                 raise NestembError(f"vectors have dimension {X.shape[1]}, expected {dim}")
+            for a in range(0, len(X), 65536):  # all of it, before anything is stored
+                finite = np.isfinite(X[a : a + 65536]).all(axis=1)
+                if not finite.all():
+                    raise NestembError(f"vectors contain NaN or inf values (row "
+                                       f"{a + int(np.argmin(finite))})")
             return X
         return check_vectors(X, dim=dim, what="vectors")
 
@@ -479,8 +523,11 @@ class PrefixIndex:
         if (isinstance(Q, np.ndarray) and Q.dtype == np.float32 and 0 < Q.ndim <= 2
                 and Q.shape[-1] == dim and Q.size and Q.flags.c_contiguous
                 and np.isfinite(Q).all()):  # fast path: a valid float32 query, no copy
-            return Q.reshape(-1, dim), self._check_k(k)
-        return check_vectors(Q, dim=dim, what="queries"), self._check_k(k)
+            Q = Q.reshape(-1, dim)
+        else:
+            Q = check_vectors(Q, dim=dim, what="queries")
+        check_prefix_norms(Q, self.manifest_.nesting[0], "queries")
+        return Q, self._check_k(k)
 
     def search(self, Q: Any, k: int = 10, *, manifest: Manifest | None = None):
         """Top-``k`` by inner product of normalized views: ``(scores, ids)``, each

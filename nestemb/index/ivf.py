@@ -39,7 +39,8 @@ class AdaptiveIVFIndex(PrefixIndex):
     Args:
         d_cluster: prefix used for k-means and for assigning queries to lists.
         d_search: prefix stored in the lists and scanned (independent of ``d_cluster``).
-        nlist: number of lists; nprobe: lists visited per query.
+        nlist: number of lists; nprobe: lists visited per query, at most ``nlist`` (default:
+            ``min(16, nlist)``).
         codec: in-list storage of the ``d_search`` view: ``flat`` (float32), ``fp16``, ``sq8``
             (int8, per-dimension ranges), ``pq`` or ``opq`` (``code_bytes`` bytes per vector).
         code_bytes: PQ sub-quantizers (8 bits each) for ``pq``/``opq``; must divide ``d_search``.
@@ -71,7 +72,7 @@ class AdaptiveIVFIndex(PrefixIndex):
         d_cluster: int = 16,
         d_search: int = 64,
         nlist: int = 1024,
-        nprobe: int = 16,
+        nprobe: int | None = None,
         codec: str | None = None,
         code_bytes: int | None = None,
         rerank: int | None = None,
@@ -83,7 +84,10 @@ class AdaptiveIVFIndex(PrefixIndex):
         self.d_cluster = pos_int(d_cluster, "d_cluster")
         self.d_search = pos_int(d_search, "d_search")
         self.nlist = pos_int(nlist, "nlist")
-        self.nprobe = pos_int(nprobe, "nprobe")
+        self.nprobe = min(16, self.nlist) if nprobe is None else pos_int(nprobe, "nprobe")
+        if self.nprobe > self.nlist:
+            raise NestembError(f"{{param}} must be at most nlist, the number of lists "
+                               f"({self.nlist}), got {self.nprobe}", param="nprobe")
         codec = self._default_codec if codec is None else codec
         if codec not in CODECS:
             raise NestembError(f"codec must be one of {CODECS}, got {codec!r}")
@@ -93,9 +97,8 @@ class AdaptiveIVFIndex(PrefixIndex):
             if self.code_bytes is None:
                 raise NestembError(f"codec {codec!r} needs code_bytes (bytes per vector)")
             if self.d_search % self.code_bytes:
-                raise NestembError(
-                    f"code_bytes={self.code_bytes} must divide d_search={self.d_search}"
-                )
+                raise NestembError(f"{{param}} must divide the search dimension "
+                                   f"{self.d_search}, got {self.code_bytes}", param="code_bytes")
         self.rerank = pos_int(rerank, "rerank", allow_none=True)
         self.train_size = pos_int(train_size, "train_size")
         self._set_identity(nesting, model_id, model_version)
@@ -106,7 +109,8 @@ class AdaptiveIVFIndex(PrefixIndex):
     def _validate(self, dim: int) -> None:
         for name in ("d_cluster", "d_search"):
             if getattr(self, name) > dim:
-                raise NestembError(f"{name}={getattr(self, name)} exceeds the dimension {dim}")
+                raise NestembError(f"{{param}}={getattr(self, name)} exceeds the dimension {dim}",
+                                   param=name)
 
     def _structure(self) -> tuple:
         return (self.d_cluster, self.d_search, self.nlist, self.codec, self.code_bytes)
@@ -122,7 +126,8 @@ class AdaptiveIVFIndex(PrefixIndex):
         import faiss
 
         if len(X) < self.nlist:
-            raise NestembError(f"nlist={self.nlist} needs at least as many vectors, got {len(X)}")
+            raise NestembError(f"{{param}}={self.nlist} needs at least as many vectors, got "
+                               f"{len(X)}", param="nlist")
         if self.codec in ("pq", "opq") and min(len(X), self.train_size) < PQ_CENTROIDS:
             raise NestembError(
                 f"codec {self.codec!r} trains {PQ_CENTROIDS} centroids per sub-quantizer: it needs "
@@ -181,7 +186,8 @@ class AdaptiveIVFIndex(PrefixIndex):
         from faiss.contrib.ivf_tools import search_preassigned
 
         if self.rerank is not None and self.rerank < k:
-            raise NestembError(f"rerank={self.rerank} (the shortlist) is smaller than k={k}")
+            raise NestembError(f"{{param}}={self.rerank} (the shortlist) is smaller than k={k}",
+                               param="rerank")
         nprobe = min(self.nprobe, self.nlist)
         keep = min(self.rerank or k, len(self))
         fetch = min(keep + self.n_deleted_, len(self.ids_))
@@ -306,7 +312,7 @@ class AdaptiveOPQIndex(AdaptiveIVFIndex):
         d_cluster: int | None = None,
         d_search: int = 64,
         nlist: int = 1,
-        nprobe: int = 1,
+        nprobe: int | None = None,
         codec: str = "opq",
         code_bytes: int = 32,
         rerank: int | None = 100,

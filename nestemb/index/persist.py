@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from nestemb.errors import NestembError
-from nestemb.index.base import _REGISTRY, INDEX_KIND, PrefixIndex
+from nestemb.index.base import _REGISTRY, INDEX_KIND, PrefixIndex, logger
+from nestemb.index.ivf import AdaptiveIVFIndex
 from nestemb.nesting import MANIFEST_NAME, Manifest
 
 VECTORS_NAME = "vectors.npy"
@@ -68,36 +69,54 @@ def save_index(index: PrefixIndex, path: str | os.PathLike, overwrite: bool = Fa
 def read_index(
     path: str | os.PathLike, cls: type = PrefixIndex, mmap: bool = True, verify: bool = True
 ) -> PrefixIndex:
-    """Read an index directory holding a ``cls`` (any index for :class:`PrefixIndex`).
+    """Read an index directory holding a ``cls`` (any index for :class:`PrefixIndex`). Every
+    field of the index configuration (``extra`` of the manifest) and every data file is checked
+    for type, shape and range: a damaged or hand-edited directory is a :class:`NestembError`
+    naming the file and the field, never a ``TypeError`` from deep inside.
 
     Example: see :func:`load_index`.
     """
+    from nestemb.io import article
+
     path = Path(path)
     manifest = Manifest.open(path, INDEX_KIND, "index directory", verify=False)
-    kind = manifest.extra.get("index_type")
+    where = path / MANIFEST_NAME
+    extra = manifest.extra
+    if not isinstance(extra, dict):
+        raise NestembError(f"{where}: extra must be a JSON object (the index configuration), "
+                           f"got {_short(extra)}")
+    kind = _field(where, extra, "index_type", str)
     target = _REGISTRY.get(kind)
     if target is None:
-        raise NestembError(f"{path}: unknown index type {kind!r}")
+        raise NestembError(f"{where}: unknown index type {kind!r} in extra.index_type (known: "
+                           f"{', '.join(sorted(_REGISTRY))})")
     if not issubclass(target, cls):
-        raise NestembError(f"{path} holds a {kind}, not a {cls.__name__}")
+        raise NestembError(f"{path} holds {article(kind)}, not {article(cls.__name__)}")
+    tuning = _check_tuning(where, extra.get("tuning"))
     if verify:
         manifest.verify(path)
     index = _index_from_manifest(path, target, manifest)
-    try:
-        index.ids_ = np.load(path / IDS_NAME)
-        index.deleted_ = np.load(path / DELETED_NAME)
-        # an index may keep the full vectors in its own files (FunnelIndex: full.faiss)
-        has_npy = (path / VECTORS_NAME).exists()
-        if has_npy:
-            index.vectors_ = np.load(path / VECTORS_NAME, mmap_mode="r" if mmap else None)
-    except (OSError, ValueError) as e:
-        raise NestembError(f"cannot read index data in {path}: {e}") from None
+    index.ids_ = _load_npy(path, IDS_NAME, "iU", 1)
     n = len(index.ids_)
+    index.deleted_ = _load_npy(path, DELETED_NAME, "b", 1)
+    # an index may keep the full vectors in its own files (FunnelIndex: full.faiss)
+    has_npy = (path / VECTORS_NAME).exists()
+    if has_npy:
+        index.vectors_ = _load_npy(path, VECTORS_NAME, "f", 2, mmap=mmap)
+        if index.vectors_.dtype != np.float32:
+            raise NestembError(f"{path / VECTORS_NAME} holds {index.vectors_.dtype} vectors, "
+                               "expected float32")
     if len(index.deleted_) != n:
-        raise NestembError(f"{path}: ids/deleted flags do not match the {n} ids")
+        raise NestembError(f"{path}: {DELETED_NAME} holds {len(index.deleted_)} flags for the {n} "
+                           f"ids of {IDS_NAME}")
     index.n_deleted_ = int(index.deleted_.sum())
+    for name, want in (("n_vectors", n), ("n_deleted", index.n_deleted_)):
+        saved = extra.get(name, want)  # absent: written before the field existed
+        if isinstance(saved, bool) or not isinstance(saved, int) or saved != want:
+            raise NestembError(f"{where}: extra.{name} is {_short(saved)}, but the data files "
+                               f"hold {want}")
     index.next_id_ = _next_id(path, manifest, index.ids_)
-    index.tuning_ = manifest.extra.get("tuning")
+    index.tuning_ = tuning
     index.manifest_ = manifest
     index._lookup = None
     if has_npy:
@@ -107,6 +126,65 @@ def read_index(
     index._read(path, mmap=mmap)
     _check_vectors_shape(path, index.vectors_, n, manifest.dim)
     return index
+
+
+def _short(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a manifest field may be long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _field(where: Path, d: dict, name: str, types, prefix: str = "extra."):
+    """``d[name]``, which must exist and be of ``types``; else an error naming the field."""
+    if name not in d:
+        raise NestembError(f"{where}: {prefix}{name} is missing")
+    value = d[name]
+    allowed = types if isinstance(types, tuple) else (types,)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise NestembError(f"{where}: {prefix}{name} has the wrong type: {_short(value)}")
+    return value
+
+
+def _check_tuning(where: Path, tuning):
+    """The saved tuning record: ``null``, or an object with a ``params`` object whose known
+    fields have their types and ranges (``k`` a positive integer, ``recall`` and ``target`` in
+    [0, 1], ``met`` / ``complete`` booleans ...)."""
+    if tuning is None:
+        return None
+    if not isinstance(tuning, dict):
+        raise NestembError(f"{where}: extra.tuning must be null or a JSON object, got "
+                           f"{_short(tuning)}")
+    _field(where, tuning, "params", dict, "extra.tuning.")
+    number = (int, float)
+    rules = {"k": (int, 1, None), "n_queries": (int, 0, None), "grid_size": (int, 0, None),
+             "recall": (number, 0.0, 1.0), "target": (number, 0.0, 1.0),
+             "latency_ms": (number, 0.0, None), "seconds": (number, 0.0, None),
+             "max_seconds": ((int, float, type(None)), 0.0, None), "met": (bool, None, None),
+             "complete": (bool, None, None), "candidates": (list, None, None)}
+    for name, (types, lo, hi) in rules.items():
+        if name not in tuning:
+            continue
+        value = _field(where, tuning, name, types, "extra.tuning.")
+        if lo is not None and value is not None and not (value >= lo and (hi is None or value <= hi)):
+            span = f"at least {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise NestembError(f"{where}: extra.tuning.{name} must be {span}, got {_short(value)}")
+    return dict(tuning)
+
+
+def _load_npy(path: Path, name: str, kinds: str, ndim: int, mmap: bool = False) -> np.ndarray:
+    """A data file of the index: readable, of a dtype kind in ``kinds``, ``ndim``-dimensional."""
+    try:
+        arr = np.load(path / name, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NestembError(f"cannot read {path / name}: {first}") from None
+    if arr.dtype.kind not in kinds or arr.ndim != ndim:
+        raise NestembError(f"{path / name} holds a {arr.dtype} array of shape {arr.shape}; "
+                           f"expected {ndim}-D of kind {' or '.join(_KINDS[c] for c in kinds)}")
+    return arr
+
+
+_KINDS = {"i": "integer", "U": "unicode", "b": "bool", "f": "float"}
 
 
 def _check_vectors_shape(path: Path, vectors, n: int, dim: int) -> None:
@@ -130,10 +208,16 @@ def _index_from_manifest(path: Path, target: type, manifest: Manifest) -> Prefix
     """The index the manifest's ``extra.params`` describe, validated exactly as the constructor
     validates them and checked against the manifest's own identity, dim and nesting: an edited
     manifest is a clean error, never a FAISS assertion."""
-    where = f"{path / MANIFEST_NAME}"
-    params = manifest.extra.get("params", {})
-    if not isinstance(params, dict):
-        raise NestembError(f"{where}: extra.params must be a JSON object, got {params!r}")
+    where = path / MANIFEST_NAME
+    if not isinstance(manifest.extra.get("params"), dict):
+        got = _short(manifest.extra["params"]) if "params" in manifest.extra else "nothing"
+        raise NestembError(f"{where}: extra.params must be a JSON object, got {got}")
+    params = dict(manifest.extra["params"])
+    nprobe, nlist = params.get("nprobe"), params.get("nlist")
+    if (issubclass(target, AdaptiveIVFIndex) and type(nprobe) is int and type(nlist) is int
+            and 0 < nlist < nprobe):  # saved before nprobe was bounded: what search did with it
+        logger.info("%s: nprobe %d is above nlist %d: reading it as %d", where, nprobe, nlist, nlist)
+        params["nprobe"] = nlist
     valid = target._param_names
     unknown = sorted(set(params) - set(valid))
     if unknown:
@@ -187,6 +271,6 @@ def load_index(path: str | os.PathLike, mmap: bool = True, verify: bool = True) 
         >>> index.save(p)
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: index directory already exists: ... (pass overwrite=True to replace it)
+        nestemb.errors.NestembError: ...already exists...
     """
     return read_index(path, PrefixIndex, mmap=mmap, verify=verify)

@@ -78,12 +78,27 @@ def measure(
     return {"recall": knn_intersection(np.concatenate(found), truth), "latency_ms": latency}
 
 
-def _confirm_fastest(index, Q, truth, k, feasible: list[dict], repeat: int, finalists: int = 4):
+def _confirm_fastest(index, Q, truth, k, feasible: list[dict], repeat: int, finalists: int = 4,
+                     deadline: float = math.inf):
     """Re-time the fastest feasible candidates (each keeps its best pass): a single timing pass
-    on a busy machine can make a slower configuration look fastest."""
+    on a busy machine can make a slower configuration look fastest. Stops at ``deadline``
+    (a ``time.perf_counter`` value)."""
     for cand in sorted(feasible, key=lambda r: r["latency_ms"])[:finalists]:
+        if time.perf_counter() >= deadline:
+            break
         index.set_params(**cand["params"])
         cand["latency_ms"] = min(cand["latency_ms"], measure(index, Q, truth, k, repeat)["latency_ms"])
+
+
+def _check_budget(max_seconds: Any) -> float:
+    if max_seconds is None:
+        return math.inf
+    if (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float, np.integer,
+                                                                       np.floating))
+            or not max_seconds > 0):
+        raise NestembError(f"{{param}} must be a positive number of seconds, got {max_seconds!r}",
+                           param="max_seconds")
+    return float(max_seconds)
 
 
 def tune(
@@ -98,7 +113,8 @@ def tune(
     max_candidates: int = 8192,
     repeat: int = 1,
     manifest: Manifest | None = None,
-    progress: Callable[[int], None] | None = None,
+    max_seconds: float | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Pick and apply the lowest-latency configuration whose recall@k meets ``recall``.
 
@@ -107,52 +123,84 @@ def tune(
     one query at a time (best of ``repeat`` passes). Candidates are ``groups`` (default:
     ``index.candidate_grid(k, max_candidates=max_candidates)``). If no candidate meets the
     target, the one with the highest recall is applied and ``met`` is False. Pass the queries'
-    ``manifest`` to have them checked against the index's (model id, version, nesting);
-    ``progress(1)`` is called after each measured configuration. The
-    result is applied and recorded through ``index.set_tuning`` and returned: a dict with
-    ``params``, ``recall``, ``latency_ms``, ``target``, ``met``, ``k``, ``n_queries`` and
-    ``candidates`` (every measured configuration).
+    ``manifest`` to have them checked against the index's (model id, version, nesting).
+
+    ``max_seconds`` (default: no limit) is a time budget: once it is spent no new configuration
+    is measured (the first always is) and the best one measured so far is kept; ``complete`` is
+    then False. ``progress(done, total, eta_s)`` is called after each measured configuration:
+    ``total`` is how many the walk can still reach (the grid's size at first; it shrinks as
+    groups stop early at the target), ``eta_s`` an estimate of the seconds left (mean time per
+    configuration so far times those left, at most what is left of the budget).
+
+    The result is applied and recorded through ``index.set_tuning`` and returned: a dict with
+    ``params``, ``recall``, ``latency_ms``, ``target``, ``met``, ``k``, ``n_queries``,
+    ``candidates`` (every measured configuration), ``grid_size`` (configurations in the grid),
+    ``complete`` (whether the walk ended before the budget), ``seconds`` and ``max_seconds``.
 
     Example:
         >>> from nestemb.index import FunnelIndex, knn_intersection, synthetic_matryoshka, tune
         >>> X = synthetic_matryoshka(2000, 32, seed=0); Q = synthetic_matryoshka(20, 32, seed=9)
         >>> idx = FunnelIndex(dims=(8, 32), shortlist=(100,)).add(X)
         >>> res = tune(idx, Q, k=5, recall=0.95)
-        >>> res["met"], idx.tuning_ == res, idx.get_params()["shortlist"] == res["params"]["shortlist"]
+        >>> res["met"], res["complete"], idx.tuning_ == res
         (True, True, True)
+        >>> idx.get_params()["shortlist"] == res["params"]["shortlist"]
+        True
         >>> knn_intersection(idx.search(Q, k=5)[1], idx.search_exact(Q, k=5)[1]) >= 0.95
         True
+        >>> res = tune(idx, Q, k=5, recall=1.0, exhaustive=True, max_seconds=1e-9)
+        >>> len(res["candidates"]), res["grid_size"] > 1, res["complete"]
+        (1, True, False)
     """
+    t0 = time.perf_counter()
+    budget = _check_budget(max_seconds)
+    deadline = t0 + budget
     if len(index) == 0:
         raise NestembError(f"{type(index).__name__} is empty: add vectors before tuning")
-    if not 0.0 < float(recall) <= 1.0:
-        raise NestembError(f"recall target must be in (0, 1], got {recall}")
+    if (isinstance(recall, bool) or not isinstance(recall, (int, float, np.floating))
+            or not 0.0 < recall <= 1.0):
+        raise NestembError(f"{{param}} target must be in (0, 1], got {recall}", param="recall")
     if manifest is not None:
         check_compatible(manifest, index.manifest, what="queries and index")
     if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 1:
-        raise NestembError(f"max_queries must be a positive integer, got {max_queries!r}")
+        raise NestembError(f"{{param}} must be a positive integer, got {max_queries!r}",
+                           param="max_queries")
     Q = check_vectors(queries, dim=index.dim, what="tuning queries")[:max_queries]
     truth = index.search_exact(Q, k)[1]  # also validates k
     if groups is None:
         groups = index.candidate_grid(k, max_candidates=max_candidates)
-    groups = list(groups)
+    groups = [list(g) for g in groups]
+    grid_size = sum(map(len, groups))
+    reachable = grid_size  # configurations the walk may still measure, those done included
     before = index.get_params()
     results = []
+    complete = True
     try:
         for group in groups:
-            for params in group:
+            for i, params in enumerate(group):
+                if results and time.perf_counter() >= deadline:
+                    complete = False
+                    break
                 index.set_params(**params)
                 m = measure(index, Q, truth, k, repeat)
                 plain = {n: list(v) if isinstance(v, tuple) else v for n, v in params.items()}
                 results.append({"params": plain, **m})
+                met = not exhaustive and m["recall"] >= recall
+                if met:
+                    reachable -= len(group) - i - 1  # the rest of this group is skipped
                 if progress is not None:
-                    progress(1)
-                if not exhaustive and m["recall"] >= recall:
+                    now = time.perf_counter()
+                    left = reachable - len(results)
+                    eta = min((now - t0) / len(results) * left, max(0.0, deadline - now))
+                    progress(len(results), reachable, eta)
+                if met:
                     break
+            if not complete:
+                break
         if not results:
             raise NestembError("tune: no candidate configurations")
         feasible = [r for r in results if r["recall"] >= recall]
-        _confirm_fastest(index, Q, truth, k, feasible, max(2, repeat))
+        _confirm_fastest(index, Q, truth, k, feasible, max(2, repeat), deadline=deadline)
     except BaseException:
         index.set_params(**before)  # leave the index as it was given
         raise
@@ -167,6 +215,10 @@ def tune(
         "k": int(k),
         "n_queries": int(len(Q)),
         "candidates": results,
+        "grid_size": int(grid_size),
+        "complete": complete,
+        "seconds": time.perf_counter() - t0,
+        "max_seconds": None if math.isinf(budget) else budget,
     }
     index.set_tuning(result)
     return result

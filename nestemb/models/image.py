@@ -103,14 +103,13 @@ def make_model_config(
         nestemb.errors.NestembError: nesting dimension 32 is larger than the embedding dimension 16
     """
     if dim < 1:
-        raise NestembError(f"dim must be positive, got {dim}")
+        raise NestembError(f"{{param}} must be positive, got {dim}", param="dim")
     if head == "ff":
         if dims is not None:
             dims = validate_nesting(dims)
             if len(dims) != 1:
-                raise NestembError(
-                    f"head='ff' trains one fixed size: give one dimension in dims, got {tuple(dims)}"
-                )
+                raise NestembError("a fixed-size head (ff) trains one size: give one dimension in "
+                                   f"{{param}}, got {tuple(dims)}", param="dims")
             if dims[0] > dim:
                 raise NestembError(
                     f"nesting dimension {dims[0]} is larger than the embedding dimension {dim}"

@@ -17,6 +17,7 @@ under uvicorn. Layers, outermost first:
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import re
@@ -26,7 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Mapping, Optional, Union
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -56,6 +57,11 @@ MAX_ABS_STORED = 1e30
 MIN_PREFIX_NORM = 1e-30
 """Stored vectors: values within +-1e30 and a first prefix of norm >= 1e-30, so every float32
 product and norm of the search stays finite and normal (queries are normalized in float64)."""
+BUNDLED_ENCODERS = {"minilm": "minilm"}
+"""Encoders every server offers (name -> what :func:`nestemb.text.encoder.load_text_model`
+loads); ``nestemb serve --encoders NAME=PATH`` adds saved text models."""
+JSON_FIELDS = {"collection": "name"}
+"""Library parameter names (``NestembError.param``) whose JSON field is spelled otherwise."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,28 @@ class ApiError(Exception):
 
 def error_body(status: int, message: str, field: str | None = None) -> dict:
     return {"error": {"status": status, "message": message, "field": field}}
+
+
+def json_field(e: NestembError, prefix: str = "") -> str | None:
+    """The JSON field a library error is about: its ``param`` (read as data, never from the
+    message), spelled as the request spells it, under ``prefix`` (``searches.2.``).
+
+    Example:
+        >>> json_field(NestembError("{param}: 12 is not in the nesting", param="dims"),
+        ...            "searches.1.")
+        'searches.1.dims'
+        >>> json_field(NestembError("dims: no param given")) is None
+        True
+    """
+    if e.param is None:
+        return None
+    return prefix + JSON_FIELDS.get(e.param, e.param)
+
+
+def _field_error(e: NestembError, prefix: str = "", status: int = 422) -> "ApiError":
+    """A library error as the API's error, its message naming the JSON field."""
+    field = json_field(e, prefix)
+    return ApiError(status, e.render(field) if field else str(e), field)
 
 
 # ----------------------------------------------------------------------------- API models
@@ -129,8 +157,9 @@ class CollectionCreate(Strict):
         description="prefix dims, ascending; the last is the vector length (default for a "
                     "text encoder: its own nesting)")
     encoder: Optional[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
-        None, description='null (vectors only), "minilm" (the bundled all-MiniLM-L6-v2) or '
-                          'the path of a saved nestemb text model on the server')
+        None, description='null (vectors only) or the name of one of the server\'s encoders: '
+                          '"minilm" (the bundled all-MiniLM-L6-v2) and those it was started '
+                          'with (nestemb serve --encoders NAME=PATH); never a path')
 
 
 class Point(Strict):
@@ -233,8 +262,9 @@ class Deleted(BaseModel):
 
 class Health(BaseModel):
     status: str
-    version: str
-    collections: int
+    version: Optional[str] = Field(None, description="with a valid key (or without --api-keys)")
+    collections: Optional[int] = Field(None, description="collections the key may read (with a "
+                                                         "valid key, or without --api-keys)")
 
 
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 415, 422)}
@@ -242,16 +272,23 @@ ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 41
 
 # ----------------------------------------------------------------------------- middleware
 def _route_scope(method: str, path: str) -> tuple[bool, str | None, str]:
-    """(needs a key, collection or None, "read"/"write") for a request line."""
-    if path in ("/", "/healthz", "/openapi.json", "/docs") or path.startswith("/static/"):
+    """(needs a key, collection or None, "read"/"write"/"admin") for a request line: creating
+    and dropping a collection (``PUT``/``DELETE /collections/{name}``) is ``admin``, writing
+    its points ``write``."""
+    if path in ("/", "/healthz", "/openapi.json") or path.startswith("/static/"):
         return False, None, "read"
     m = re.match(r"^/collections/([^/]*)(/.*)?$", path)
     if not m:
         return True, None, "read"
     name, rest = m.group(1), m.group(2) or ""
+    if not rest and method in ("PUT", "DELETE", "PATCH"):
+        return True, name, "admin"
     write = method in ("PUT", "DELETE", "PATCH") or (method == "POST" and not
                                                      rest.startswith("/search"))
     return True, name, "write" if write else "read"
+
+
+_DENIED = {"read": "read", "write": "write the points of", "admin": "create or drop"}
 
 
 class GuardMiddleware:
@@ -272,20 +309,21 @@ class GuardMiddleware:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         needs_key, collection, access = _route_scope(scope["method"], scope["path"])
-        if self.keys is not None and needs_key:
+        if self.keys is not None:
             given = headers.get("x-api-key")
             auth = headers.get("authorization", "")
             if not given and auth.lower().startswith("bearer "):
                 given = auth[7:].strip()
             key = find_key(self.keys, given)
-            if key is None:
+            if needs_key and key is None:
                 return await self._reply(send, 401, "missing or unknown API key (send "
                                          "'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
                                          "authorization")
-            if not key.allows(collection, access):
-                return await self._reply(send, 403, f"this API key may not {access} "
+            if needs_key and not key.allows(collection, access):
+                return await self._reply(send, 403, f"this API key may not {_DENIED[access]} "
                                          f"collection {collection!r}", "authorization")
-            scope.setdefault("state", {})["api_key"] = key
+            if key is not None:  # public routes too: /healthz tells more to a known key
+                scope.setdefault("state", {})["api_key"] = key
         limit = self.limits.max_body_bytes
         length = headers.get("content-length")
         if length is not None:
@@ -295,20 +333,27 @@ class GuardMiddleware:
                 return await self._reply(send, 413, f"request body of {length} bytes exceeds "
                                          f"the limit of {limit} bytes", "body")
         seen = 0
+        utf8 = codecs.getincrementaldecoder("utf-8")()
 
         async def counted_receive():
             nonlocal seen
             msg = await receive()
             if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
+                chunk = msg.get("body", b"")
+                start = seen - len(utf8.getstate()[0])  # offset of what the decoder holds
+                seen += len(chunk)
                 if seen > limit:
                     raise BodyTooLarge(limit)
+                try:  # JSON bodies are UTF-8 (RFC 8259)
+                    utf8.decode(chunk, final=not msg.get("more_body", False))
+                except UnicodeDecodeError as e:
+                    raise BodyNotUtf8(start + e.start) from None
             return msg
 
         try:
             await self.app(scope, counted_receive, send)
-        except BodyTooLarge as e:  # raised where no handler turned it into the 413 answer
-            await self._reply(send, 413, e.detail, "body")
+        except BodyRefused as e:  # raised where no handler turned it into the JSON answer
+            await self._reply(send, e.status_code, e.detail, "body")
 
 
 class AccessLogMiddleware:
@@ -337,14 +382,77 @@ class AccessLogMiddleware:
                                  "ms": round((time.perf_counter() - t) * 1000, 2)}))
 
 
-class BodyTooLarge(StarletteHTTPException):
-    """A streamed (chunked) body grew past the limit. An HTTPException, so that FastAPI's
-    body reader passes it through (it turns other exceptions into a 400) to the 413 handler."""
+class BodyRefused(StarletteHTTPException):
+    """A body refused while it is read. An HTTPException, so that FastAPI's body reader
+    passes it through (it turns other exceptions into a 400) to the JSON error handler."""
 
     field = "body"
 
+
+class BodyTooLarge(BodyRefused):
+    """A streamed (chunked) body grew past the limit (413)."""
+
     def __init__(self, limit: int):
         super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+
+
+class BodyNotUtf8(BodyRefused):
+    """A body that is not UTF-8 (400): JSON is exchanged as UTF-8."""
+
+    def __init__(self, offset: int):
+        super().__init__(400, f"request body is not valid UTF-8 (first bad byte at offset "
+                              f"{offset}); send JSON encoded as UTF-8")
+
+
+def _parser_refusal(recent: bytes) -> tuple[str, str | None]:
+    r"""The message and header field of a 400 for a request uvicorn's HTTP parser refused,
+    from the last bytes received on the connection: a ``Content-Length`` that is not a byte
+    count is named; anything else is a malformed request.
+
+    Example:
+        >>> _parser_refusal(b"PUT /x HTTP/1.1\r\nContent-Length: abc\r\n\r\n")
+        ("invalid Content-Length header 'abc': give the body's size in bytes", 'content-length')
+        >>> _parser_refusal(b"GET / HTTP/9\r\n\r\n")[1] is None
+        True
+    """
+    values = [v.strip().decode("latin-1") for v in
+              re.findall(rb"(?im)^content-length[ \t]*:(.*?)\r?$", recent)]
+    bad = [v for v in values if not re.fullmatch(r"[0-9]{1,19}", v)]
+    if bad:
+        return (f"invalid Content-Length header {bad[-1]!r}: give the body's size in bytes",
+                "content-length")
+    if len(set(values)) > 1:
+        return f"conflicting Content-Length headers {values}", "content-length"
+    return "malformed HTTP request (refused by the server's HTTP parser)", None
+
+
+def json_error_protocol() -> type:
+    """uvicorn's HTTP protocol class, answering the requests its parser refuses (e.g.
+    ``Content-Length: abc``, never passed to the application) with the service's JSON error
+    (400) instead of uvicorn's plain text; ``nestemb serve`` runs uvicorn with it.
+
+    Example:
+        >>> json_error_protocol().__name__
+        'JsonErrorProtocol'
+    """
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class JsonErrorProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        _recent = b""
+
+        def data_received(self, data: bytes) -> None:
+            self._recent = (self._recent + data)[-65536:]
+            super().data_received(data)
+
+        def send_400_response(self, msg: str) -> None:
+            message, field = _parser_refusal(self._recent)
+            body = json.dumps(error_body(400, message, field)).encode()
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                                 b"content-length: " + str(len(body)).encode() +
+                                 b"\r\nconnection: close\r\n\r\n" + body)
+            self.transport.close()
+
+    return JsonErrorProtocol
 
 
 # ----------------------------------------------------------------------------- service
@@ -352,8 +460,10 @@ class Service:
     """State behind the routes: the store, live collections, encoders, background tuning."""
 
     def __init__(self, store: Store, limits: Limits, tune_interval: float = 2.0,
-                 backend: Backend | None = None):
+                 backend: Backend | None = None, encoders: Mapping[str, str] | None = None):
         self.store, self.limits, self.backend = store, limits, backend
+        self.encoders: dict[str, str] = dict(encoders or BUNDLED_ENCODERS)
+        """The allow-list: encoder name -> what is loaded (fixed at start)."""
         self.collections: dict[str, PointStore] = {}
         self.configs: dict[str, dict] = {}
         self._encoders: dict[str, Any] = {}
@@ -438,13 +548,22 @@ class Service:
             raise ApiError(404, f"collection {name!r} does not exist", "name")
         return live
 
-    def encoder(self, spec: str):
+    def encoder_name(self, spec: str) -> str | None:
+        """The allow-listed name of an encoder a collection's config records: the name itself,
+        or (a collection created by an older version, which recorded the path) the name of
+        that path; None if this server does not offer it."""
+        if spec in self.encoders:
+            return spec
+        return next((n for n, where in self.encoders.items() if where == spec), None)
+
+    def encoder(self, name: str):
+        """The loaded encoder of an allow-listed name (loaded once)."""
         with self._encoder_lock:
-            if spec not in self._encoders:
+            if name not in self._encoders:
                 from nestemb.text.encoder import load_text_model
 
-                self._encoders[spec] = load_text_model(spec, device="cpu")
-            return self._encoders[spec]
+                self._encoders[name] = load_text_model(self.encoders[name], device="cpu")
+            return self._encoders[name]
 
     def config(self, name: str) -> dict:
         """The configuration of a live collection (404 once it is dropped)."""
@@ -466,8 +585,14 @@ class Service:
             if len(t) > self.limits.max_text_chars:
                 raise ApiError(413, f"text of {len(t)} characters exceeds the limit of "
                                f"{self.limits.max_text_chars}", field)
+        known = self.encoder_name(spec)
+        if known is None:
+            as_name = spec if NAME_RE.fullmatch(spec) else "NAME"
+            raise ApiError(409, f"the encoder {spec!r} of collection {name!r} is not one of this "
+                           f"server's encoders ({', '.join(sorted(self.encoders))}): start "
+                           f"nestemb serve with --encoders {as_name}=PATH", "encoder")
         try:
-            enc = self.encoder(spec)
+            enc = self.encoder(known)
         except (NestembError, OSError, ValueError) as e:  # the model folder went away
             raise ApiError(409, f"the encoder {spec!r} of collection {name!r} cannot be "
                            f"loaded: {e}", "encoder") from None
@@ -477,6 +602,34 @@ class Service:
                            f"collection {name!r} was built with {want}: new texts would not "
                            "be comparable with its stored vectors", "encoder")
         return np.asarray(enc.encode(texts), dtype=np.float32)
+
+
+def check_encoders(encoders: Mapping[str, str | Path] | None) -> dict[str, str]:
+    """The encoder allow-list of a server: the bundled ones plus ``encoders`` (name -> saved
+    text model folder, each checked now); requests name encoders, never paths.
+
+    Example:
+        >>> check_encoders(None)
+        {'minilm': 'minilm'}
+        >>> check_encoders({"../x": "/tmp"})
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: encoders: encoder name '../x' must be 1-64 letters, digits, '_' or '-'
+    """
+    out = dict(BUNDLED_ENCODERS)
+    for name, where in (encoders or {}).items():
+        if not NAME_RE.fullmatch(str(name)):
+            raise NestembError(f"encoder name {name!r} must be 1-64 letters, digits, '_' or '-'",
+                               param="encoders")
+        if str(where) in BUNDLED_ENCODERS:
+            out[name] = str(where)
+            continue
+        path = Path(where).expanduser()
+        if not path.is_dir():
+            raise NestembError(f"encoder {name!r}: no saved text model folder at {path}",
+                               param="encoders")
+        out[name] = str(path.resolve())
+    return out
 
 
 def check_name(name: str) -> None:
@@ -553,8 +706,11 @@ def _error_field(loc: tuple, body: Any, missing: bool) -> str:
 
 def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
                durability: str = "full", limits: Limits | None = None,
-               tune_interval: float = 2.0, backend: Backend | None = None) -> FastAPI:
-    """The service's ASGI application over ``data_dir`` (created if missing).
+               tune_interval: float = 2.0, backend: Backend | None = None,
+               encoders: Mapping[str, str | Path] | None = None) -> FastAPI:
+    """The service's ASGI application over ``data_dir`` (created if missing). ``encoders``
+    (name -> saved text model folder) adds to the bundled ``minilm`` the encoders a
+    collection may name; nothing else is ever loaded.
 
     Example:
         >>> import tempfile
@@ -569,9 +725,10 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
         1
     """
     limits = limits or Limits()
+    allowed = check_encoders(encoders)
     store = Store(data_dir, durability)
     try:
-        svc = Service(store, limits, tune_interval, backend)
+        svc = Service(store, limits, tune_interval, backend, allowed)
     except BaseException:
         store.close()
         raise
@@ -585,7 +742,9 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
         svc.stop()
         log.info(json.dumps({"event": "stopped"}))
 
+    # no /docs or /redoc: FastAPI's pages load their scripts from a CDN (blank offline)
     app = FastAPI(title="nestemb", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description="Matryoshka collections: one stored vector per point, searched "
                               "as a funnel over its prefixes.")
     app.state.service = svc
@@ -596,13 +755,12 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
 
     @app.exception_handler(NestembError)
     async def _nestemb_error(request: Request, exc: NestembError):
-        msg = str(exc)
-        if isinstance(exc, Unsupported):
-            return JSONResponse(error_body(422, msg, exc.field), 422)
         if isinstance(exc, Mismatch):
-            return JSONResponse(error_body(409, msg, "name"), 409)
-        field = msg.split(":", 1)[0] if re.match(r"^\w+:", msg) else None
-        return JSONResponse(error_body(422, msg, field), 422)
+            return JSONResponse(error_body(409, str(exc), "name"), 409)
+        if isinstance(exc, MissingCollection):  # dropped meanwhile
+            return JSONResponse(error_body(404, str(exc), "name"), 404)
+        field = json_field(exc)
+        return JSONResponse(error_body(422, exc.render(field), field), 422)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -636,9 +794,16 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
     app.add_middleware(AccessLogMiddleware)  # added last: outermost, logs refused requests too
 
     # -------------------------------------------------------------------- routes
-    @app.get("/healthz")
-    def healthz() -> Health:
-        return {"status": "ok", "version": __version__, "collections": len(svc.collections)}
+    @app.get("/healthz", response_model_exclude_none=True)
+    def healthz(request: Request) -> Health:
+        """``{"status": "ok"}``; with a valid key (or a server without keys) also the version
+        and how many collections the key may read."""
+        key: ApiKey | None = request.scope.get("state", {}).get("api_key")
+        if api_keys is not None and key is None:
+            return Health(status="ok")
+        names = list(svc.collections)
+        return Health(status="ok", version=__version__,
+                      collections=sum(1 for n in names if key is None or key.allows(n, "read")))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -669,10 +834,15 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             cfg: dict[str, Any] = {"encoder": body.encoder, "model_id": None,
                                    "model_version": None, "created": time.time()}
             if body.encoder is not None:
+                if body.encoder not in svc.encoders:  # the same answer, path or name
+                    raise ApiError(422, "encoder must be one of this server's encoders: "
+                                   f"{', '.join(sorted(svc.encoders))} (a name, not a path; "
+                                   "nestemb serve --encoders NAME=PATH adds one)", "encoder")
                 try:
                     enc = svc.encoder(body.encoder)
-                except (NestembError, OSError, ValueError) as e:  # OSError: a bad path
-                    raise ApiError(422, str(e), "encoder") from None
+                except (NestembError, OSError, ValueError) as e:  # the folder went away
+                    raise ApiError(422, f"encoder {body.encoder!r} cannot be loaded: {e}",
+                                   "encoder") from None
                 man = enc.manifest
                 dim = enc.dim
                 nesting = body.nesting or list(man.nesting or default_nesting(dim, 8))
@@ -689,7 +859,8 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             try:
                 nesting = list(validate_nesting(nesting, full_dim=dim))
             except NestembError as e:
-                raise ApiError(422, f"nesting: {e}", "nesting") from None
+                raise ApiError(422, e.render("nesting") if e.param else f"nesting: {e}",
+                               "nesting") from None
             cfg["nesting"] = nesting
             live: PointStore
             if svc.backend is None:
@@ -832,19 +1003,18 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             try:
                 plan = live.plan_for_recall(req.recall)
             except Unsupported as e:  # a backend: no tuning
-                raise ApiError(422, str(e), field + e.field) from None
+                raise _field_error(e, field) from None
         elif req.dims is not None:
             try:
                 plan = check_plan(req.dims, req.shortlist, live.nesting, req.k)
             except NestembError as e:
-                fname = str(e).split(":", 1)[0]
-                raise ApiError(422, str(e), field + fname) from None
+                raise _field_error(e, field) from None
         else:
             plan = live.default_plan()
         try:
             hits, stages = live.search(q, req.k, plan, req.filter)
         except Unsupported as e:  # a backend: no filters, or a prefix it does not store
-            raise ApiError(422, str(e), field + e.field) from None
+            raise _field_error(e, field) from None
         timing["stages"] = stages
         timing["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return SearchResponse(hits=[Hit(**h) for h in hits[0]], plan=PlanOut(**plan.as_dict()),

@@ -4,10 +4,13 @@ The keys file is JSON::
 
     {"keys": [
         {"key": "s3cret-reader", "access": "read",  "collections": ["docs"]},
-        {"key": "s3cret-admin",  "access": "write", "collections": ["*"]}
+        {"key": "s3cret-writer", "access": "write", "collections": ["docs"]},
+        {"key": "s3cret-admin",  "access": "admin", "collections": ["*"]}
     ]}
 
-``write`` includes ``read``; ``"*"`` means every collection (present and future). Requests carry
+``read`` searches and reads points; ``write`` also upserts and deletes points; ``admin`` also
+creates and drops the collections (``PUT`` / ``DELETE /collections/{name}``). Each level
+includes the ones before it; ``"*"`` means every collection (present and future). Requests carry
 the key as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. The check runs in
 :mod:`nestemb.service.app`'s outer middleware, on the method and path alone, before any body is
 read or anything is written.
@@ -23,7 +26,8 @@ from pathlib import Path
 
 from nestemb.errors import NestembError
 
-ACCESS = ("read", "write")
+ACCESS = ("read", "write", "admin")
+"""Access levels, each including the ones before it."""
 
 
 @dataclass(frozen=True)
@@ -33,9 +37,15 @@ class ApiKey:
     collections: tuple[str, ...]
 
     def allows(self, collection: str | None, access: str) -> bool:
-        """Whether this key may do ``access`` (read/write) on ``collection`` (``None``: an
-        operation on no single collection, e.g. listing, which any key may do)."""
-        if access == "write" and self.access != "write":
+        """Whether this key may do ``access`` (read / write / admin) on ``collection``
+        (``None``: an operation on no single collection, e.g. listing, which any key may do).
+
+        Example:
+            >>> k = ApiKey("k" * 16, "write", ("docs",))
+            >>> k.allows("docs", "write"), k.allows("docs", "admin"), k.allows("other", "read")
+            (True, False, False)
+        """
+        if ACCESS.index(access) > ACCESS.index(self.access):
             return False
         return collection is None or "*" in self.collections or collection in self.collections
 

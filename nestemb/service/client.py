@@ -1,17 +1,33 @@
 """A small typed client of the service (httpx), used by ``nestemb upload`` and the benchmarks.
 
-Example (against a running ``nestemb serve``)::
+Example (an in-process app here; give a running ``nestemb serve``'s URL instead, e.g.
+``ServiceClient("http://127.0.0.1:8000")``):
 
-    from nestemb.service.client import ServiceClient
-    with ServiceClient("http://127.0.0.1:8000") as c:
-        c.create("docs", encoder="minilm")
-        c.upsert("docs", [{"id": "d1", "text": "Matryoshka embeddings", "payload": {}}])
-        c.search("docs", text="nested embeddings", k=5, dims=[48, 384])["hits"]
+    >>> import tempfile
+    >>> from fastapi.testclient import TestClient
+    >>> from nestemb.service import create_app
+    >>> with TestClient(create_app(tempfile.mkdtemp())) as http, ServiceClient(http=http) as c:
+    ...     c.create("docs", nesting=[2, 4])["dim"]
+    ...     c.upsert("docs", [{"id": "d1", "vector": [1, 0, 0, 0], "payload": {"n": 1}},
+    ...                       {"id": "d2", "vector": [0, 1, 0, 0]}])
+    ...     [h["id"] for h in c.search("docs", vector=[1, 0.1, 0, 0], k=2, dims=[2, 4])["hits"]]
+    ...     try:
+    ...         c.search("docs", vector=[1, 0, 0, 0], dims=[3])
+    ...     except ServiceError as e:
+    ...         print(e.status, e.field)
+    4
+    {'upserted': 2}
+    ['d1', 'd2']
+    422 dims
+
+(A text collection names one of the server's encoders: ``c.create("sci", encoder="minilm")``,
+then ``c.search("sci", text="nested embeddings", k=5, dims=[64, 384])``: MiniLM's nesting is
+32, 64, 128, 256, 384.)
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from nestemb.errors import NestembError
 
@@ -21,17 +37,42 @@ class ServiceError(NestembError):
 
     def __init__(self, status: int, message: str, field: str | None = None):
         super().__init__(f"server answered {status}: {message}")
-        self.status, self.field = status, field
+        self.status, self.field, self.message = status, field, message
+
+
+class Unreachable(NestembError):
+    """No answer from the service (connection refused or lost, timeout): a write in flight
+    may or may not have been applied."""
+
+
+class UploadFailed(NestembError):
+    """:meth:`ServiceClient.upload` stopped at a failed batch: ``stored`` points (the first
+    ones, in order) were acknowledged; the batch ``failed`` (``(start, stop)`` indices) was
+    refused (``cause`` a :class:`ServiceError`: nothing of it stored, batches are
+    all-or-nothing) or got no answer (an :class:`Unreachable`: it may be stored or not);
+    nothing after it was sent."""
+
+    def __init__(self, cause: NestembError, stored: int, failed: tuple[int, int], total: int):
+        super().__init__(f"{cause}; stored {stored} of {total} points")
+        self.cause, self.stored, self.failed, self.total = cause, stored, failed, total
 
 
 class ServiceClient:
-    """Thin wrapper of the HTTP API; every error answer raises :class:`ServiceError`."""
+    """Thin wrapper of the HTTP API; every error answer raises :class:`ServiceError`, no
+    answer at all :class:`Unreachable`. ``http``: an ``httpx.Client`` to send through instead
+    of one made for ``url`` (e.g. FastAPI's ``TestClient`` over an in-process app)."""
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0):
+    def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None,
+                 timeout: float = 60.0, *, http: Any = None):
         import httpx
 
         headers = {"X-API-Key": api_key} if api_key else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        if http is not None:
+            http.headers.update(headers)
+            self._http = http
+        else:
+            self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers,
+                                      timeout=timeout)
 
     def __enter__(self) -> "ServiceClient":
         return self
@@ -48,13 +89,15 @@ class ServiceClient:
         try:
             r = self._http.request(method, path, json=body)
         except httpx.HTTPError as e:
-            raise NestembError(f"cannot reach the service at {self._http.base_url}: {e}") from None
+            raise Unreachable(f"cannot reach the service at {self._http.base_url}: "
+                              f"{e or type(e).__name__}") from None
         if r.status_code >= 400:
-            try:
+            try:  # (ServiceError is a ValueError: raised after the parsing)
                 err = r.json()["error"]
-                raise ServiceError(r.status_code, err["message"], err.get("field"))
+                message, field = str(err["message"]), err.get("field")
             except (ValueError, KeyError, TypeError):
-                raise ServiceError(r.status_code, r.text[:200]) from None
+                message, field = r.text[:200], None
+            raise ServiceError(r.status_code, message, field)
         return r.json()
 
     def collections(self) -> list[dict]:
@@ -83,21 +126,19 @@ class ServiceClient:
     def search(self, name: str, **request: Any) -> dict:
         return self._call("POST", f"/collections/{name}/search", request)
 
-    def upload(self, name: str, points: Iterable[dict], batch: int = 64,
+    def upload(self, name: str, points: Sequence[dict], batch: int = 64,
                progress: Callable[[int], None] | None = None) -> int:
-        """Upsert ``points`` in batches of ``batch``; returns how many were sent."""
-        sent, buf = 0, []
-        for p in points:
-            buf.append(p)
-            if len(buf) == batch:
-                self.upsert(name, buf)
-                sent += len(buf)
-                if progress:
-                    progress(len(buf))
-                buf = []
-        if buf:
-            self.upsert(name, buf)
-            sent += len(buf)
+        """Upsert ``points`` in order, in batches of ``batch``; returns how many were stored.
+        A batch that fails stops the upload with :class:`UploadFailed` (how many are stored,
+        which batch failed); upserts are by id, so sending everything again is safe."""
+        stored = 0
+        for a in range(0, len(points), batch):
+            chunk = list(points[a: a + batch])
+            try:
+                self.upsert(name, chunk)
+            except NestembError as e:
+                raise UploadFailed(e, stored, (a, a + len(chunk)), len(points)) from None
+            stored += len(chunk)
             if progress:
-                progress(len(buf))
-        return sent
+                progress(len(chunk))
+        return stored

@@ -225,7 +225,8 @@ class LiveCollection:
             n_live = int(mask.sum())
             if n_live == 0:
                 return [[] for _ in Q], [{"stage": "filter", "ms": _ms(t)}]
-            keeps = [max(k, min(s, n_live)) for s in plan.shortlist] + [min(k, n_live)]
+            # a stage keeps at most the candidates it is cut from (the live, filtered points)
+            keeps = [min(s, n_live) for s in plan.shortlist] + [min(k, n_live)]
             s = self._score(Q, None, plan.dims[0])
             s[:, ~mask] = -np.inf
             scores, rows = topk(s, keeps[0])
@@ -341,7 +342,8 @@ def _ms(t: float) -> float:
 def check_plan(dims: Sequence[int], shortlist: Sequence[int] | None, nesting: Sequence[int],
                k: int) -> Plan:
     """A request's stage dims (and optional shortlist) as a :class:`Plan`, or a
-    :class:`NestembError` naming the problem.
+    :class:`NestembError` naming the problem; its ``param`` is the request field at fault
+    (``dims`` or ``shortlist``), which the service renders as the JSON field's path.
 
     Example:
         >>> check_plan([16, 64], None, (8, 16, 32, 64), 10).shortlist
@@ -350,23 +352,33 @@ def check_plan(dims: Sequence[int], shortlist: Sequence[int] | None, nesting: Se
         Traceback (most recent call last):
         ...
         nestemb.errors.NestembError: dims: 12 is not in the collection's nesting [8, 16]
+        >>> try:
+        ...     check_plan([8, 16], [5], (8, 16), 10)
+        ... except NestembError as e:
+        ...     print(e.param, "|", e.render("searches.0.shortlist"))
+        shortlist | searches.0.shortlist: every size must be >= k=10, got [5]
     """
     dims = tuple(int(d) for d in dims)
     if not dims:
-        raise NestembError("dims: give at least one stage dimension")
+        raise NestembError("{param}: give at least one stage dimension", param="dims")
     for d in dims:
         if d not in nesting:
-            raise NestembError(f"dims: {d} is not in the collection's nesting {list(nesting)}")
+            raise NestembError(f"{{param}}: {d} is not in the collection's nesting {list(nesting)}",
+                              param="dims")
     if any(a >= b for a, b in zip(dims, dims[1:])):
-        raise NestembError(f"dims: stage dims must be strictly ascending, got {list(dims)}")
+        raise NestembError(f"{{param}}: stage dims must be strictly ascending, got {list(dims)}",
+                          param="dims")
     if shortlist is None:
         shortlist = [max(DEFAULT_SHORTLIST, 4 * k)] * (len(dims) - 1)
     shortlist = tuple(int(s) for s in shortlist)
     if len(shortlist) != len(dims) - 1:
-        raise NestembError(f"shortlist: give one size per stage but the last "
-                           f"({len(dims) - 1} for dims {list(dims)}), got {len(shortlist)}")
+        raise NestembError(f"{{param}}: give one size per stage but the last "
+                           f"({len(dims) - 1} for dims {list(dims)}), got {len(shortlist)}",
+                           param="shortlist")
     if any(s < k for s in shortlist):
-        raise NestembError(f"shortlist: every size must be >= k={k}, got {list(shortlist)}")
+        raise NestembError(f"{{param}}: every size must be >= k={k}, got {list(shortlist)}",
+                           param="shortlist")
     if any(a < b for a, b in zip(shortlist, shortlist[1:])):
-        raise NestembError(f"shortlist: sizes must be non-increasing, got {list(shortlist)}")
+        raise NestembError(f"{{param}}: sizes must be non-increasing, got {list(shortlist)}",
+                           param="shortlist")
     return Plan(dims, shortlist)

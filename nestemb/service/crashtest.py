@@ -67,8 +67,8 @@ class RestartableServer:
     SIGKILL reaches it and nothing it started survives it; started, killed and started again on
     the same data folder (:func:`nestemb.service.testing.running_server` is the one-shot form).
 
-    The port is kept across restarts (uvicorn sets ``SO_REUSEADDR``); if it is taken by
-    something else meanwhile, a new free one is picked.
+    The port is kept across restarts (``nestemb serve`` binds it with ``SO_REUSEADDR``); if it
+    is taken by something else meanwhile, a new free one is picked.
     """
 
     def __init__(self, data_dir: str | Path, durability: str = "full",

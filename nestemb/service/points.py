@@ -59,11 +59,22 @@ BACKENDS = ("sqlite", "qdrant-edge", "qdrant", "milvus")
 
 
 class Unsupported(NestembError):
-    """A request option the collection's storage cannot honour (answered with 422)."""
+    """A request option the collection's storage cannot honour (answered with 422). ``field``
+    (the request field at fault, e.g. ``filter`` or ``points.3.id``) is the error's
+    ``param``; the service renders it as the JSON field's full path.
+
+    Example:
+        >>> e = Unsupported("filter", "payload filters are not supported on the milvus backend")
+        >>> e.param, e.render("searches.1.filter")
+        ('filter', 'searches.1.filter: payload filters are not supported on the milvus backend')
+    """
 
     def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, param=field)
+
+    @property
+    def field(self) -> str:
+        return self.param
 
 
 class Mismatch(NestembError):
@@ -398,7 +409,7 @@ class BackendPoints:
                               "backend")
         missing = [d for d in plan.dims if d not in self.stored]
         if missing:
-            raise Unsupported("dims", f"dims: {missing} are not stored in {self.where} (stored "
+            raise Unsupported("dims", f"{missing} are not stored in {self.where} (stored "
                               f"prefixes: {list(self.stored)})")
         t = time.perf_counter()
         with self._lock:

@@ -89,6 +89,14 @@ def id_key(point_id: int | str) -> str:
     return json.dumps(point_id)
 
 
+def _json_ok(text: Any, types: tuple) -> bool:
+    """Whether ``text`` is JSON text of one of ``types``."""
+    try:
+        return type(json.loads(text)) in types
+    except (TypeError, ValueError):
+        return False
+
+
 class Store:
     """Collections and points in ``<data_dir>/nestemb.sqlite3``; every method is one
     transaction, safe to call from several threads (writes are serialized).
@@ -105,24 +113,39 @@ class Store:
     def __init__(self, data_dir: str | Path, durability: str = "full",
                  sync_interval: float = SYNC_INTERVAL):
         if durability not in DURABILITY:
-            raise NestembError(f"durability must be one of {DURABILITY}, got {durability!r}")
+            raise NestembError(f"{{param}} must be one of {DURABILITY}, got {durability!r}",
+                               param="durability")
         self.data_dir = Path(data_dir)
         if self.data_dir.exists() and not self.data_dir.is_dir():
-            raise NestembError(f"data_dir is not a folder: {self.data_dir}")
+            raise NestembError(f"{{param}} is not a folder: {self.data_dir}", param="data_dir")
         new_dir = not self.data_dir.exists()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise NestembError(f"{{param}}: cannot create {self.data_dir}: {e.strerror}",
+                               param="data_dir") from None
         self.path = self.data_dir / DB_NAME
         new_db = not self.path.exists()
+        if self.path.exists() and not self.path.is_file():
+            raise NestembError(f"{self.path}: is not a file (the service's SQLite database)")
         self.durability = durability
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as e:
+            raise NestembError(f"{self.path}: cannot be opened as a SQLite database ({e})"
+                               ) from None
         try:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise NestembError(f"data_dir: SQLite cannot use WAL mode in {self.data_dir} "
-                                   f"(journal mode {mode!r}; a network file system?)")
+                raise NestembError(f"{{param}}: SQLite cannot use WAL mode in {self.data_dir} "
+                                   f"(journal mode {mode!r}; a network file system?)",
+                                   param="data_dir")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            self._db.close()
+            raise self._corrupt(e) from None
         except BaseException:
             self._db.close()
             raise
@@ -159,6 +182,13 @@ class Store:
             finally:
                 os.close(fd)
 
+    def _corrupt(self, e: sqlite3.Error) -> NestembError:
+        """A SQLite error reading the database as a one-line user error naming the file."""
+        if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError):
+            return NestembError(f"{self.path}: is not a SQLite database or is damaged ({e}); "
+                                "restore it from a backup or move it away")
+        return NestembError(f"{self.path}: cannot be read ({e})")
+
     def close(self) -> None:
         self._closed.set()
         if self._flusher is not None:
@@ -176,7 +206,7 @@ class Store:
             try:
                 if require is not None and cur.execute(
                         "SELECT 1 FROM collections WHERE name = ?", (require,)).fetchone() is None:
-                    raise MissingCollection(f"name: collection {require!r} does not exist")
+                    raise MissingCollection(f"collection {require!r} does not exist")
                 for sql, rows in statements:
                     cur.executemany(sql, rows)
                 cur.execute("COMMIT")
@@ -188,9 +218,43 @@ class Store:
 
     # ----------------------------------------------------------------- collections
     def collections(self) -> dict[str, dict]:
-        with self._lock:
-            rows = self._db.execute("SELECT name, config FROM collections ORDER BY name").fetchall()
-        return {name: json.loads(cfg) for name, cfg in rows}
+        """Every collection's config; a config that is not a JSON object with a nesting (an
+        ascending list of positive integers) is a :class:`NestembError` naming the file, the
+        collection and the field.
+
+        Example:
+            >>> import tempfile
+            >>> s = Store(tempfile.mkdtemp())
+            >>> s.create_collection("docs", {"nesting": [2, 4], "encoder": None})
+            >>> s.collections()
+            {'docs': {'nesting': [2, 4], 'encoder': None}}
+        """
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT name, config FROM collections ORDER BY name").fetchall()
+        except sqlite3.Error as e:
+            raise self._corrupt(e) from None
+        out = {}
+        for name, text in rows:
+            where = f"{self.path}: collection {name!r}"
+            try:
+                cfg = json.loads(text)
+            except (TypeError, ValueError) as e:
+                raise NestembError(f"{where}: its config is not valid JSON ({e})") from None
+            if not isinstance(cfg, dict):
+                raise NestembError(f"{where}: its config is not a JSON object")
+            nesting = cfg.get("nesting")
+            if not (isinstance(nesting, list) and nesting
+                    and all(type(d) is int and d > 0 for d in nesting)
+                    and all(a < b for a, b in zip(nesting, nesting[1:]))):
+                raise NestembError(f"{where}: config field 'nesting' must be an ascending list "
+                                   f"of positive integers, got {nesting!r}")
+            if cfg.get("encoder") is not None and not isinstance(cfg["encoder"], str):
+                raise NestembError(f"{where}: config field 'encoder' must be a string or null, "
+                                   f"got {cfg['encoder']!r}")
+            out[name] = cfg
+        return out
 
     def create_collection(self, name: str, config: dict) -> None:
         """Add a collection; points stored under its name by an older version without the
@@ -236,19 +300,41 @@ class Store:
             >>> ids, X.tolist(), payloads
             (['a', 7], [[1.0, 1.0], [0.0, 0.0]], [{}, {'x': [1]}])
         """
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, vector, payload FROM points WHERE collection = ?", (collection,)
-            ).fetchall()
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT id, vector, payload FROM points WHERE collection = ?", (collection,)
+                ).fetchall()
+        except sqlite3.Error as e:
+            raise self._corrupt(e) from None
         if not rows:
             return [], np.zeros((0, dim or 0), dtype=np.float32), []
-        ids = json.loads("[" + ",".join(r[0] for r in rows) + "]")
-        sizes = {len(r[1]) for r in rows}
+        where = f"{self.path}: collection {collection!r}"
+        try:
+            ids = json.loads("[" + ",".join(r[0] for r in rows) + "]")
+        except (TypeError, ValueError):
+            bad = next(r[0] for r in rows if not _json_ok(r[0], (int, str)))
+            raise NestembError(f"{where}: stored point id {bad!r} is not a JSON integer or "
+                               "string") from None
+        if len(ids) != len(rows) or not all(type(i) in (int, str) for i in ids):
+            bad = next(r[0] for r in rows if not _json_ok(r[0], (int, str)))
+            raise NestembError(f"{where}: stored point id {bad!r} is not a JSON integer or "
+                               "string")
+        sizes = {len(r[1]) if isinstance(r[1], bytes) else -1 for r in rows}
         if len(sizes) != 1 or (dim is not None and sizes != {4 * dim}):
             raise NestembError(f"collection {collection!r}: stored vectors of byte lengths "
                                f"{sorted(sizes)} (expected {4 * dim if dim else 'one length'})")
         X = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
-        payloads = [json.loads(r[2]) for r in rows]
+        payloads = []
+        for pid, r in zip(ids, rows):
+            try:
+                payload = json.loads(r[2])
+            except (TypeError, ValueError):
+                payload = None
+            if not isinstance(payload, dict):
+                raise NestembError(f"{where}: the stored payload of point {pid!r} is not a JSON "
+                                   "object")
+            payloads.append(payload)
         return ids, X.astype(np.float32, copy=True), payloads
 
     def points(self, collection: str) -> Iterator[tuple[int | str, np.ndarray, dict]]:

@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from nestemb.errors import NestembError
 from nestemb.service.store import DB_NAME
@@ -102,12 +102,14 @@ def write_api_keys(keys: Sequence[dict], folder: str | Path) -> Path:
 def running_server(data_dir: str | Path, *, api_keys: str | Path | Sequence[dict] | None = None,
                    durability: str = "full", env: dict[str, str] | None = None,
                    extra_args: Sequence[str] = (), timeout: float = 90.0,
+                   encoders: Mapping[str, str | Path] | None = None,
                    ) -> Iterator[tuple[str, ServerProcess]]:
     """Start ``python -m nestemb serve --data-dir DATA_DIR`` on a free loopback port, wait for
     ``/healthz``, yield ``(base_url, process)``, and kill its process group on exit.
 
     ``api_keys``: a keys file, or a list of key objects written to a temporary keys file
-    (outside ``data_dir``). ``env`` is added to the current environment (offline Hugging Face
+    (outside ``data_dir``). ``encoders``: name -> saved text model folder, the server's
+    ``--encoders``. ``env`` is added to the current environment (offline Hugging Face
     settings are always set). The server's output goes to ``process.log_path`` (outside
     ``data_dir``, removed on exit), and its tail is in the error when it fails to start. A port
     taken between choosing and binding it is retried with another one.
@@ -127,7 +129,9 @@ def running_server(data_dir: str | Path, *, api_keys: str | Path | Sequence[dict
             port = free_port()
             cmd = [sys.executable, "-m", "nestemb", "serve", "--data-dir", str(data_dir),
                    "--host", HOST, "--port", str(port), "--durability", durability,
-                   *(["--api-keys", str(keys_path)] if keys_path else []), *extra_args]
+                   *(["--api-keys", str(keys_path)] if keys_path else []),
+                   *(["--encoders", ",".join(f"{n}={p}" for n, p in encoders.items())]
+                     if encoders else []), *extra_args]
             log_path = tmp / f"server-{attempt}.log"
             with open(log_path, "wb") as log:
                 proc = ServerProcess(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
@@ -141,7 +145,7 @@ def running_server(data_dir: str | Path, *, api_keys: str | Path | Sequence[dict
                 break
             log_text = proc.log_tail()
             kill_server(proc)
-            if "address already in use" in log_text.lower() and attempt < 2:
+            if "already in use" in log_text.lower() and attempt < 2:
                 continue
             raise NestembError(f"nestemb serve did not become healthy within {timeout} s "
                                f"(exit code {proc.returncode}); its log ends:\n{log_text}")
@@ -320,6 +324,9 @@ def dir_listing(folder: str | Path) -> list[tuple[str, int, str]]:
 FUZZ_COLLECTION, FUZZ_TEXT_COLLECTION, FUZZ_SCRATCH = "docs", "txt", "scratch"
 """Seeded collections (re-created when dropped), and a name left for generated creates."""
 FUZZ_NESTING = (2, 4)
+FUZZ_ENCODER = "tiny"
+"""The encoder name under which a fuzzed server offers the text model (``create_app(...,
+encoders={FUZZ_ENCODER: model})``, ``nestemb serve --encoders tiny=MODEL``)."""
 FUZZ_REJECTION_STATUSES = ["400", "401", "403", "404", "405", "409", "413", "415", "422"]
 """Statuses that count as rejecting schema-invalid data (schemathesis' list, plus 413)."""
 
@@ -352,8 +359,9 @@ class FuzzReport:
 
 def seed_fuzz_collections(request: Any, text_model: str | Path | None = None) -> None:
     """Create (if missing) the collections the fuzzer aims at: ``docs`` (vectors, nesting
-    2/4, 20 points with payloads) and, given a text model, ``txt`` (2 text points).
-    ``request(method, path, json)`` returns the status code."""
+    2/4, 20 points with payloads) and, given a text model (which the server offers as the
+    encoder ``FUZZ_ENCODER``), ``txt`` (2 text points). ``request(method, path, json)``
+    returns the status code."""
     if request("GET", f"/collections/{FUZZ_COLLECTION}", None) == 404:
         request("PUT", f"/collections/{FUZZ_COLLECTION}", {"nesting": list(FUZZ_NESTING)})
         request("PUT", f"/collections/{FUZZ_COLLECTION}/points", {"points": [
@@ -362,7 +370,7 @@ def seed_fuzz_collections(request: Any, text_model: str | Path | None = None) ->
             for i in range(1, 21)]})
     if text_model is not None and request("GET", f"/collections/{FUZZ_TEXT_COLLECTION}",
                                           None) == 404:
-        request("PUT", f"/collections/{FUZZ_TEXT_COLLECTION}", {"encoder": str(text_model)})
+        request("PUT", f"/collections/{FUZZ_TEXT_COLLECTION}", {"encoder": FUZZ_ENCODER})
         request("PUT", f"/collections/{FUZZ_TEXT_COLLECTION}/points", {"points": [
             {"id": "t1", "text": "what is the cell"}, {"id": "t2", "text": "a protein"}]})
 
@@ -436,7 +444,8 @@ def fuzz_service(target: Any, requests: int, *, seed: int = 0, text_model: str |
     data rejected with a 4xx. Failures are collected, not raised.
 
     The seeded collections (:func:`seed_fuzz_collections`) are re-created when a generated
-    request drops them. Hypothesis runs ``chunk`` examples per seed (``seed``, ``seed + 1``,
+    request drops them; with ``text_model``, ``target`` must offer it as the encoder
+    ``FUZZ_ENCODER``. Hypothesis runs ``chunk`` examples per seed (``seed``, ``seed + 1``,
     ...) with shrinking off, so the count is exact.
     """
     import schemathesis

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from nestemb.errors import NestembError
+from nestemb.io import article
 from nestemb.nesting import (MANIFEST_NAME, Manifest, default_nesting, validate_nesting,
                              weights_version)
 from nestemb.device import resolve_device
@@ -92,30 +93,28 @@ def check_layers(layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...]
         >>> check_layers([7], 6)
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: layer 7 is beyond the model's depth: it has 6 layers (use 1..6)
+        nestemb.errors.NestembError: layers: layer 7 is beyond the model's depth: it has 6 layers (use 1..6)
         >>> check_layers([0], 6)
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: layer 0 does not exist: layers are numbered 1..6 (1 = the first transformer layer)
+        nestemb.errors.NestembError: layers: layer 0 does not exist: layers are numbered 1..6 (1 = the first transformer layer)
     """
     if layers is None:
         return None
     out = tuple(int(x) for x in layers)
     if not out:
-        raise NestembError("layers list is empty")
+        raise NestembError("{param} list is empty", param="layers")
     for layer in out:
         if layer < 1:
             raise NestembError(
                 f"layer {layer} does not exist: layers are numbered 1..{n_layers} "
-                "(1 = the first transformer layer)"
-            )
+                "(1 = the first transformer layer)", param="layers")
         if layer > n_layers:
             raise NestembError(
                 f"layer {layer} is beyond the model's depth: it has {n_layers} layers "
-                f"(use 1..{n_layers})"
-            )
+                f"(use 1..{n_layers})", param="layers")
     if list(out) != sorted(set(out)):
-        raise NestembError(f"layers must be strictly ascending, got {out}")
+        raise NestembError(f"{{param}} must be strictly ascending, got {out}", param="layers")
     return out
 
 
@@ -128,12 +127,90 @@ def check_dims(dims: Sequence[int], width: int) -> tuple[int, ...]:
         >>> check_dims([32, 512], 384)
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: dimension 512 is beyond the model's width 384
+        nestemb.errors.NestembError: dims: dimension 512 is beyond the model's width 384
     """
     dims = validate_nesting(dims)
     if dims[-1] > width:
-        raise NestembError(f"dimension {dims[-1]} is beyond the model's width {width}")
+        raise NestembError(f"dimension {dims[-1]} is beyond the model's width {width}",
+                           param="dims")
     return dims
+
+
+def _json_file(path: Path):
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def model_shape(path_or_name: str | os.PathLike) -> tuple[int | None, int | None]:
+    """``(width, layers)`` of ``"minilm"`` or a sentence-transformers folder, read from its
+    files (``manifest.json``, ``modules.json`` and the modules' configs) without loading the
+    weights, so that prefixes and exit layers are checked before any slow load; ``None`` where
+    the files do not say (then :func:`load_text_model` is the judge).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from nestemb.text.testing import make_tiny_model
+        >>> model_shape(make_tiny_model(pathlib.Path(tempfile.mkdtemp()) / "m", layers=2))
+        (32, 2)
+        >>> model_shape("minilm")
+        (384, 6)
+    """
+    path = resolve_model_path(str(path_or_name))
+    modules = _json_file(path / "modules.json")
+    if not isinstance(modules, list) or not modules or not all(
+            isinstance(m, dict) and isinstance(m.get("path", ""), str) for m in modules):
+        modules = [{"path": "", "type": "Transformer"}]
+    first = _json_file(path / modules[0].get("path", "") / "config.json")
+    layers = first.get("num_hidden_layers") if isinstance(first, dict) else None
+    layers = layers if isinstance(layers, int) and layers >= 1 else None
+    width = None
+    man = _json_file(path / MANIFEST_NAME)
+    if isinstance(man, dict) and isinstance(man.get("dim"), int):
+        width = man["dim"]
+    elif isinstance(first, dict):
+        width = first.get("hidden_size")
+        for m in modules[1:]:
+            kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+            cfg = _json_file(path / m["path"] / "config.json")
+            if kind == "Pooling" and isinstance(cfg, dict):
+                modes = sum(bool(v) for k, v in cfg.items() if k.startswith("pooling_mode_"))
+                width = (cfg.get("word_embedding_dimension") or width) * max(modes, 1)
+            elif kind == "Dense" and isinstance(cfg, dict):
+                width = cfg.get("out_features")
+            elif kind != "Normalize":  # a module nestemb cannot read the shape of
+                width = None
+                break
+    return (width if isinstance(width, int) and width >= 1 else None), layers
+
+
+def check_model_inputs(
+    path_or_name: str | os.PathLike,
+    dims: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    *,
+    full_width: bool = False,
+) -> None:
+    """Check ``dims`` (with ``full_width``: the last must be the width) and exit ``layers``
+    against the shape of the model ``path_or_name`` (:func:`model_shape`) before it is loaded.
+
+    Example:
+        >>> check_model_inputs("minilm", dims=[32, 512])
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: dims: dimension 512 is beyond the model's width 384
+    """
+    width, depth = model_shape(path_or_name)
+    if dims is not None and width is not None:
+        dims = check_dims(dims, width)
+        if full_width and dims[-1] != width:
+            raise NestembError(f"the last of {{param}} must be the model width {width}, got "
+                               f"{dims[-1]}", param="dims")
+    if layers is not None and depth is not None:
+        check_layers(layers, depth)
 
 
 class TextEncoder:
@@ -291,19 +368,29 @@ def load_text_model(path_or_name: str | os.PathLike, device: str | None = "cpu")
         manifest = Manifest.load(path)
         if manifest.kind != TEXT_MODEL_KIND:
             raise NestembError(
-                f"{path / MANIFEST_NAME} describes a {manifest.kind!r}, not a text model"
+                f"{path / MANIFEST_NAME} describes {article(manifest.kind)}, not a text model"
             )
         _verify_weights(path, manifest)
     import logging
 
     from sentence_transformers import SentenceTransformer
 
+    from transformers.utils import logging as hf_logging
+
     logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+    # transformers' "Loading weights" bar would precede every message and every result line
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         model = SentenceTransformer(str(path), device=device)
         model.float()  # fp16 checkpoints are trained and evaluated in fp32
-    except (OSError, ValueError) as e:
-        raise NestembError(f"cannot load the text model in {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the folder is input: any failure of the loader
+        # (a damaged config, tokenizer or weight file) means the folder is bad
+        raise NestembError(f"cannot load the text model in {path}: {type(e).__name__}: "
+                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dim = int(get_dim())
     if manifest is None:

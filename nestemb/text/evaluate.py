@@ -14,7 +14,16 @@ def _check_batch_size(batch_size: int) -> None:
     from nestemb.errors import NestembError
 
     if int(batch_size) < 1:
-        raise NestembError(f"batch_size must be at least 1, got {batch_size}")
+        raise NestembError(f"{{param}} must be at least 1, got {batch_size}", param="batch_size")
+
+
+def _check_model(model, encoder, dims, layers) -> None:
+    """Check dims and layers against the model's shape before loading it (every input error
+    comes before the slow load)."""
+    from nestemb.text.encoder import check_model_inputs
+
+    if encoder is None:
+        check_model_inputs(model, dims, layers)
 
 
 def _encoder(model, encoder, device, dims, layers):
@@ -61,6 +70,7 @@ def run_eval_retrieval(
 
     _check_batch_size(batch_size)
     data = load_beir(beir, split)
+    _check_model(model, encoder, dims, layers)
     enc, dims_t, layer_t = _encoder(model, encoder, device, dims, layers)
     qids, dids = list(data.queries), list(data.corpus)
     with progress_stages(show_progress) as upd:
@@ -111,6 +121,7 @@ def run_eval_sts(
     _check_batch_size(batch_size)
     rows = read_sts(sts)
     check_scores([r[2] for r in rows], f"the scores in {sts}")
+    _check_model(model, encoder, dims, layers)
     enc, dims_t, layer_t = _encoder(model, encoder, device, dims, layers)
     sents = sorted({s for r in rows for s in r[:2]})
     pos = {s: i for i, s in enumerate(sents)}

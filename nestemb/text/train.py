@@ -125,9 +125,10 @@ class TextTrainConfig:
         from nestemb.nesting import validate_nesting
         from nestemb.device import resolve_device
 
-        def need(ok: bool, msg: str) -> None:
+        def need(ok: bool, param: str, msg: str) -> None:
+            """Refuse the field ``param`` unless ``ok``; ``msg`` names it as ``{param}``."""
             if not ok:
-                raise NestembError(msg)
+                raise NestembError(msg, param=param)
 
         self.recipe = _choice(self.recipe, TextRecipe, "recipe")
         self.distill_source = _choice(self.distill_source, DistillSource, "distill_source")
@@ -137,33 +138,37 @@ class TextTrainConfig:
         if self.weights is not None:
             self.weights = tuple(float(w) for w in self.weights)
             need(all(math.isfinite(w) and w >= 0 for w in self.weights) and sum(self.weights) > 0,
-                 f"weights must be non-negative finite numbers, not all 0; got {self.weights}")
+                 "weights", "{param} must be non-negative finite numbers, not all 0; got "
+                 f"{self.weights}")
             n = len(self.dims) if self.dims is not None else None
-            need(n is None or len(self.weights) == n,
-                 f"weights has {len(self.weights)} entries for {n} dims")
+            need(n is None or len(self.weights) == n, "weights",
+                 f"{{param}} has {len(self.weights)} entries for {n} dims")
         if self.layers is not None:
             self.layers = tuple(int(x) for x in self.layers)
-            need(bool(self.layers), "layers is empty (use None for the last layer only)")
-            need(self.recipe != "projection",
-                 "layers (exit layers) need recipe='finetune': the projection recipe keeps the "
+            need(bool(self.layers), "layers", "{param} is empty (use None for the last layer only)")
+            need(self.recipe != "projection", "layers",
+                 "{param} (exit layers) need recipe='finetune': the projection recipe keeps the "
                  "encoder frozen")
-        need(self.steps is None or self.steps >= 1, f"steps must be at least 1, got {self.steps}")
-        need(self.batch_size is None or self.batch_size >= 2,
-             f"batch_size must be at least 2, got {self.batch_size}")
-        need(self.lr is None or (math.isfinite(self.lr) and self.lr > 0),
-             f"lr must be positive, got {self.lr}")
-        need(0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}")
-        need(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
+        need(self.steps is None or self.steps >= 1, "steps",
+             f"{{param}} must be at least 1, got {self.steps}")
+        need(self.batch_size is None or self.batch_size >= 2, "batch_size",
+             f"{{param}} must be at least 2, got {self.batch_size}")
+        need(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr",
+             f"{{param}} must be positive, got {self.lr}")
+        need(0 <= self.warmup < 1, "warmup", f"{{param}} must be in [0, 1), got {self.warmup}")
+        need(self.temperature > 0, "temperature",
+             f"{{param}} must be positive, got {self.temperature}")
         lo, hi = self.hard_negative_ranks
-        need(0 <= lo < hi, f"hard_negative_ranks must be (low, high) with 0 <= low < high, got "
-                           f"{self.hard_negative_ranks}")
+        need(0 <= lo < hi, "hard_negative_ranks", "{param} must be (low, high) with 0 <= low < "
+                                                  f"high, got {self.hard_negative_ranks}")
         for name in ("distill_weight", "self_distill_weight", "cosent_weight", "orthogonal_weight"):
             v = getattr(self, name)
-            need(v is None or (math.isfinite(v) and v >= 0), f"{name} must be >= 0, got {v}")
-        need(self.distill_batch_size >= 2,
-             f"distill_batch_size must be at least 2, got {self.distill_batch_size}")
-        need(self.max_seq_length is None or self.max_seq_length >= 1,
-             f"max_seq_length must be at least 1, got {self.max_seq_length}")
+            need(v is None or (math.isfinite(v) and v >= 0), name,
+                 f"{{param}} must be >= 0, got {v}")
+        need(self.distill_batch_size >= 2, "distill_batch_size",
+             f"{{param}} must be at least 2, got {self.distill_batch_size}")
+        need(self.max_seq_length is None or self.max_seq_length >= 1, "max_seq_length",
+             f"{{param}} must be at least 1, got {self.max_seq_length}")
 
     def resolve(self, device: str) -> "TextTrainConfig":
         """A copy with the recipe chosen for ``device`` (the resolved torch device) and every
@@ -180,7 +185,8 @@ def _choice(value, enum_cls, name: str) -> str:
         return enum_cls(getattr(value, "value", value)).value
     except ValueError:
         allowed = ", ".join(e.value for e in enum_cls)
-        raise NestembError(f"{name} must be one of {allowed}; got {value!r}") from None
+        raise NestembError(f"{{param}} must be one of {allowed}; got {value!r}",
+                           param=name) from None
 
 
 @dataclasses.dataclass
@@ -387,7 +393,7 @@ def train_text(
 
     from nestemb import distributed as dist
     from nestemb.nesting import default_nesting
-    from nestemb.text.encoder import check_dims, check_layers, load_text_model
+    from nestemb.text.encoder import check_dims, check_layers, check_model_inputs, load_text_model
 
     t0 = time.perf_counter()
     env, device = dist.init_distributed(config.device)
@@ -403,13 +409,15 @@ def train_text(
             raise NestembError(f"{', '.join(small)} is smaller than the {env.world_size} "
                                "processes: every process needs rows of each batch")
     if encoder is None:
+        check_model_inputs(base, cfg.dims, cfg.layers, full_width=True)  # before the slow load
         encoder = load_text_model(base, device=device)
     else:
         encoder.model.to(device)
     dims = check_dims(cfg.dims or default_nesting(encoder.dim, start=min(32, encoder.dim)),
                       encoder.dim)
     if dims[-1] != encoder.dim:
-        raise NestembError(f"the last of dims must be the model width {encoder.dim}, got {dims[-1]}")
+        raise NestembError(f"the last of {{param}} must be the model width {encoder.dim}, got "
+                           f"{dims[-1]}", param="dims")
     if cfg.weights is not None and len(cfg.weights) != len(dims):
         raise NestembError(f"weights has {len(cfg.weights)} entries for {len(dims)} dims")
     cfg = dataclasses.replace(cfg, dims=dims)

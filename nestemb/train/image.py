@@ -107,23 +107,25 @@ class ImageTrainConfig:
         for name in ("epochs", "steps", "min_steps", "batch_size", "threads"):
             v = getattr(self, name)
             if v is not None and int(v) < 1:
-                raise NestembError(f"{name} must be at least 1, got {v}")
+                raise NestembError(f"{{param}} must be at least 1, got {v}", param=name)
         if not self.lr > 0:
-            raise NestembError(f"lr must be positive, got {self.lr}")
+            raise NestembError(f"{{param}} must be positive, got {self.lr}", param="lr")
         if not self.weight_decay >= 0:
-            raise NestembError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            raise NestembError(f"{{param}} must be >= 0, got {self.weight_decay}", param="weight_decay")
         if self.holdout is not None and self.holdout < 0:
-            raise NestembError(f"holdout must be >= 0, got {self.holdout}")
+            raise NestembError(f"{{param}} must be >= 0, got {self.holdout}", param="holdout")
         if not 0 <= self.label_smoothing < 1:
-            raise NestembError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+            raise NestembError(f"{{param}} must lie in [0, 1), got {self.label_smoothing}",
+                               param="label_smoothing")
         if isinstance(self.augment, str):  # a single name, not a sequence of characters
             self.augment = (self.augment,)
         self.augment = tuple(self.augment)
         for a in self.augment:
             if a not in AUGMENTS:
-                raise NestembError(f"augment values must be among {AUGMENTS}, got {a!r}")
+                raise NestembError(f"{{param}} values must be among {AUGMENTS}, got {a!r}",
+                                   param="augment")
         if self.shift < 0:
-            raise NestembError(f"shift must be >= 0, got {self.shift}")
+            raise NestembError(f"{{param}} must be >= 0, got {self.shift}", param="shift")
         if self.weights is not None:
             self.weights = tuple(float(w) for w in self.weights)
         resolve_device(self.device, check_available=False)  # availability: checked by train_*
@@ -475,8 +477,8 @@ def _load_state(ckpt: Path, signature: dict) -> dict:
     """The trainer state of a checkpoint folder, refused when it belongs to another run."""
     path = Path(ckpt) / STATE_NAME
     if not path.is_file():
-        raise NestembError(f"resume_from: {ckpt} holds no {STATE_NAME} (give a checkpoint "
-                           "folder checkpoints/epoch-E of a run)")  # fmt: skip
+        raise NestembError(f"{ckpt} holds no {STATE_NAME} (give a checkpoint folder "
+                           "checkpoints/epoch-E of a run)", param="resume_from")  # fmt: skip
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or not a torch file
@@ -485,6 +487,7 @@ def _load_state(ckpt: Path, signature: dict) -> dict:
     saved = state.get("signature", {}) if isinstance(state, dict) else {}
     for key, value in signature.items():
         if saved.get(key) != value:
-            raise NestembError(f"resume_from: {ckpt} was written by a different run: {key} "
-                               f"{saved.get(key)!r} there, {value!r} now")  # fmt: skip
+            raise NestembError(f"{ckpt} was written by a different run: {key} "
+                               f"{saved.get(key)!r} there, {value!r} now",
+                               param="resume_from")  # fmt: skip
     return state

@@ -50,15 +50,15 @@ VALID = {
             "prefix_dtype": st.sampled_from(["float32", "float32", "float16", "int8", "binary"]),
             "first_stage": st.sampled_from(["flat", "flat", "hnsw"]),
             "hnsw_m": st.integers(2, 32), "ef_search": st.integers(1, 128)})),
-    AdaptiveIVFIndex: lambda: st.fixed_dictionaries({
+    AdaptiveIVFIndex: lambda: st.integers(1, 16).flatmap(lambda nlist: st.fixed_dictionaries({
         "d_cluster": st.sampled_from([4, 8, 16, DIM]), "d_search": st.sampled_from([8, 16, DIM]),
-        "nlist": st.integers(1, 16), "nprobe": st.integers(1, 16),
+        "nlist": st.just(nlist), "nprobe": st.integers(1, nlist),  # nprobe > nlist is refused
         "codec": st.sampled_from(["flat", "fp16", "sq8"]),
-        "rerank": st.one_of(st.none(), st.integers(1, 300))}),
-    AdaptiveOPQIndex: lambda: st.fixed_dictionaries({
+        "rerank": st.one_of(st.none(), st.integers(1, 300))})),
+    AdaptiveOPQIndex: lambda: st.integers(1, 4).flatmap(lambda nlist: st.fixed_dictionaries({
         "d_search": st.sampled_from([16, DIM]), "code_bytes": st.sampled_from([4, 8]),
-        "nlist": st.integers(1, 4), "nprobe": st.integers(1, 4),
-        "rerank": st.integers(1, 300)}),
+        "nlist": st.just(nlist), "nprobe": st.integers(1, nlist),
+        "rerank": st.integers(1, 300)})),
 }
 
 
@@ -75,7 +75,8 @@ def cases(draw):
         params.update({k: draw(PARAMS[cls][k]) for k in keys})
     n = draw(st.integers(1, 300) if faulty else st.integers(40, 300))
     X = synthetic_matryoshka(n, DIM, seed=draw(st.integers(0, 3)))
-    corrupt = draw(st.sampled_from(["nan", "inf", "dim", "3d", "empty", "text", "object", "none"])
+    corrupt = draw(st.sampled_from(["nan", "inf", "dim", "3d", "empty", "text", "object", "zero",
+                                    "none"])
                    if faulty else st.just("none"))
     if corrupt == "nan":
         X[draw(st.integers(0, n - 1)), 0] = np.nan
@@ -91,19 +92,22 @@ def cases(draw):
         X = [["a"] * DIM] * n
     elif corrupt == "object":
         X = X.astype(object)
+    elif corrupt == "zero":  # a vector with no direction: refused, never ranked at score 0
+        X[draw(st.integers(0, n - 1))] = 0.0
     kinds = ["none", "ints", "str"] + (["dup", "short", "mixed"] if faulty else [])
     ids = {"none": None, "ints": list(range(5, 5 + n)), "dup": [1] * n,
            "str": [f"d{i}" for i in range(n)], "short": list(range(max(0, n - 1))),
            "mixed": ([1, "a"] * n)[:n]}[draw(st.sampled_from(kinds))]
     k = draw(st.one_of(st.integers(-1, 320), st.just(True), st.just(2.5)) if faulty
              else st.integers(1, 20))
-    q = draw(st.sampled_from(["rows", "one", "wrongdim", "nan"] if faulty else ["rows", "one"]))
+    q = draw(st.sampled_from(["rows", "one", "wrongdim", "nan", "zero"] if faulty
+                             else ["rows", "one"]))
     return cls, params, X, ids, k, q
 
 
 def _queries(kind: str) -> np.ndarray:
     Q = synthetic_matryoshka(7, DIM, seed=11)
-    return {"rows": Q, "one": Q[0], "wrongdim": Q[:, :8],
+    return {"rows": Q, "one": Q[0], "wrongdim": Q[:, :8], "zero": np.zeros(DIM, np.float32),
             "nan": np.where(np.arange(DIM) == 3, np.nan, Q)}[kind]
 
 
@@ -123,6 +127,9 @@ def test_index_entry_points_answer_or_refuse_cleanly(case):
     event("answered")
     Xf = np.asarray(X, dtype=np.float32)
     Qf = np.atleast_2d(np.asarray(Q, dtype=np.float32))
+    d0 = index.manifest.nesting[0]
+    for V in (Xf, Qf):
+        assert np.linalg.norm(V[:, :d0], axis=1).min() > 0, "zero-norm prefixes are refused"
     assert found.shape == scores.shape == (len(Qf), k)
     finite = np.isfinite(scores)
     for row_s, row_ok in zip(scores, finite):
