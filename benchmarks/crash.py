@@ -1,7 +1,7 @@
 """Crash harness of ``nestemb serve`` (issue 12): SIGKILL the server at random moments while
 clients upsert and delete, restart it, check every acknowledged write.
 
-The harness itself is :mod:`nestemb.service.crashtest` (also used by
+The harness itself is :mod:`harness.crash` (also used by
 ``tests/test_service_crash.py``); this script runs it at full size and writes the report.
 
     flock /tmp/nestemb-heavy.lock .venv/bin/python benchmarks/crash.py --durability full \
@@ -37,8 +37,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the shared harnesses: tests/harness
 
-from nestemb.service.crashtest import (  # noqa: E402
+from harness.crash import (  # noqa: E402
     CrashConfig, RestartableServer, _vector, run_crash, summary)
 
 
@@ -215,7 +216,7 @@ def write_md(folder: Path) -> Path:
              "collections; after every restart the writes since the last check (and a sample "
              "of the others) are checked, every point at the periodic full checks, and every "
              "point by GET (vector and payload) and by exact search at the end. Harness: "
-             "`nestemb/service/crashtest.py`; command in each JSON.", ""]
+             "`tests/harness/crash.py`; command in each JSON.", ""]
     rows = [("cycles (SIGKILLs)", lambda r: f"{r['cycles']} ({r['sigkills']}, "
              f"{r['sigkills_during_startup']} during startup)"),
             ("points acknowledged", lambda r: f"{r['points_acknowledged']:,}"),

@@ -47,10 +47,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the shared harnesses: tests/harness
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from nestemb.service.crashtest import RestartableServer  # noqa: E402
+from harness.crash import RestartableServer  # noqa: E402
 
 WORK = REPO / "runs" / "service" / "load"
 RESULTS = REPO / "docs" / "results" / "service"

@@ -3,7 +3,7 @@ requests (positive and negative, every operation) against a real server on loopb
 vectors collection and a text collection (a tiny random text model) seeded so that half the
 requests with a collection name reach stored data.
 
-Every answer is checked (:func:`nestemb.service.testing.fuzz_service`): no 5xx, a documented
+Every answer is checked (:func:`harness.server.fuzz_service`): no 5xx, a documented
 status, the documented content type, headers and body schema, and schema-invalid data
 rejected with a 4xx. Writes the request count, the status histogram (overall and per
 operation) and every failure to ``--out`` (JSON); the server log and the tiny model go under
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the shared harnesses: tests/harness
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     import schemathesis
 
     from nestemb.service import create_app
-    from nestemb.service.testing import FUZZ_ENCODER, fuzz_service, running_server
+    from harness.server import FUZZ_ENCODER, fuzz_service, running_server
 
     if args.work.exists():
         shutil.rmtree(args.work)
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     text_model = None
     encoders: dict = {}
     if not args.no_text:
-        from nestemb.text.testing import make_tiny_model
+        from nestemb.text._tiny import make_tiny_model
 
         text_model = make_tiny_model(args.work / "tiny")
         encoders = {FUZZ_ENCODER: text_model}  # the server loads encoders from its allow-list

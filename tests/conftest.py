@@ -53,7 +53,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random sentence-transformers model folder (32-d), e.g. a server-side encoder."""
-    from nestemb.text.testing import make_tiny_model
+    from nestemb.text._tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
 

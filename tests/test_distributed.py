@@ -50,7 +50,7 @@ def image_inputs():
 
 def text_batch() -> list[list[str]]:
     """Columns (anchor, positive, hard negative) of a global batch of 5 triplets."""
-    from nestemb.text.testing import WORDS
+    from nestemb.text._tiny import WORDS
 
     import random
 
@@ -98,7 +98,7 @@ def text_train_config():
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     """Run the 2-process worker once; returns its output folder and the tiny text model."""
-    from nestemb.text.testing import make_tiny_beir, make_tiny_model
+    from nestemb.text._tiny import make_tiny_beir, make_tiny_model
 
     root = tmp_path_factory.mktemp("ddp")
     model_dir = make_tiny_model(root / "tiny")

@@ -57,7 +57,7 @@ def artefacts(tmp_path_factory):
     save_image_model(ImageModel(cfg), root / "image-model", "fuzz-cnn")
 
     from nestemb.text.encoder import load_text_model, save_text_model
-    from nestemb.text.testing import make_tiny_model
+    from nestemb.text._tiny import make_tiny_model
 
     save_text_model(load_text_model(make_tiny_model(root / "tiny")), root / "text-model",
                     Manifest(model_id="fuzz-text", nesting=(16, 32), dim=32))

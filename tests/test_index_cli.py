@@ -129,7 +129,7 @@ def test_model_version_mismatch_exits_2(cli, emb):
 
 def test_embed_text_then_index(cli, tmp_path):
     from nestemb.text.encoder import load_text_model
-    from nestemb.text.testing import make_tiny_model
+    from nestemb.text._tiny import make_tiny_model
 
     model = make_tiny_model(tmp_path / "tiny")
     docs = tmp_path / "docs.jsonl"
@@ -255,7 +255,7 @@ def test_search_out_existing_directory_exits_2(cli, emb):
 
 
 def _tiny_text_model(tmp_path):
-    from nestemb.text.testing import make_tiny_model
+    from nestemb.text._tiny import make_tiny_model
 
     return make_tiny_model(tmp_path / "tiny")
 

@@ -37,7 +37,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from nestemb.text.testing import WORDS, make_tiny_model
+    from nestemb.text._tiny import WORDS, make_tiny_model
 
     root = tmp_path_factory.mktemp("ray")
     rng = random.Random(0)
@@ -96,7 +96,7 @@ def test_cli_job_writes_the_model_rows_and_a_killed_job_resumes_to_the_same_file
     npy.write_bytes(npy.read_bytes()[:100])
     assert bulk.read_done(out / "shards", done[0]) is None
     # another model (the tiny BERT with another seed) cannot resume this job
-    from nestemb.text.testing import make_tiny_model
+    from nestemb.text._tiny import make_tiny_model
 
     other_model = make_tiny_model(root / "tiny-other", seed=1)
     with pytest.raises(NestembError, match="unfinished job for other input: model.model_id 'tiny' "

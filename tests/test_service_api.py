@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from nestemb.index import synthetic_matryoshka
 from nestemb.service import Limits, create_app
-from nestemb.service.testing import (call_asgi, db_rows, dir_listing, running_server,
+from harness.server import (call_asgi, db_rows, dir_listing, running_server,
                                      stop_server)
 
 SMALL = Limits(max_body_bytes=64_000, max_batch=8, max_k=50, max_payload_bytes=200,
@@ -778,7 +778,7 @@ def test_a_changed_encoder_is_refused_not_mixed(tmp_path, tiny_model):
     that are not comparable with the stored ones; vector search keeps working."""
     import shutil
 
-    from nestemb.text.testing import make_tiny_model
+    from nestemb.text._tiny import make_tiny_model
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from nestemb.errors import NestembError
 from nestemb.service import ApiKey, create_app, load_api_keys
-from nestemb.service.testing import call_asgi, db_rows, dir_listing, raw_exchange, running_server
+from harness.server import call_asgi, db_rows, dir_listing, raw_exchange, running_server
 
 READ = "read-key-0123456789abcdef"
 WRITE = "write-key-0123456789abcdef"

@@ -1,5 +1,5 @@
 """`nestemb serve --backend qdrant-edge|qdrant|milvus`: the same HTTP API with the points in a
-vector database. Real servers (nestemb.service.testing) on the same points as the SQLite
+vector database. Real servers (harness.server) on the same points as the SQLite
 service: equal top-k for every dims + shortlist plan, equal to a brute-force numpy funnel;
 deletes, overwrites, restart persistence, metadata mismatches and unreachable engines.
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from nestemb.index import synthetic_matryoshka
-from nestemb.service.testing import running_server, stop_server
+from harness.server import running_server, stop_server
 
 N, D, NQ, K = 600, 32, 15, 10
 NEST = [8, 16, 32]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from nestemb.service.crashtest import (
+from harness.crash import (
     ABSENT, MAIN, CrashConfig, Key, Model, RestartableServer, _payload, _vector, check,
     run_crash)
 

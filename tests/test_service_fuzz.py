@@ -12,7 +12,7 @@ import pytest
 
 from nestemb.service import Limits, create_app
 from nestemb.service.collection import LiveCollection
-from nestemb.service.testing import FUZZ_ENCODER, fuzz_service
+from harness.server import FUZZ_ENCODER, fuzz_service
 
 LIMITS = Limits(max_body_bytes=1 << 20, max_batch=64, max_queries=16, max_text_chars=2000)
 OPERATIONS = {

@@ -22,7 +22,7 @@ from nestemb.service import ApiKey, create_app
 from nestemb.service.collection import check_plan
 from nestemb.service.points import Unsupported
 from nestemb.service.store import DB_NAME, Store
-from nestemb.service.testing import HOST, db_rows, free_port, raw_exchange, running_server
+from harness.server import HOST, db_rows, free_port, raw_exchange, running_server
 
 JSON_HEADERS = {"content-type": "application/json"}
 N_DOCS = 181

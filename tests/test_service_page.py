@@ -179,7 +179,7 @@ def test_search_page_matches_api_and_numpy(shared_data: Path, tmp_path: Path, br
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
-    from nestemb.service.testing import running_server
+    from harness.server import running_server
     from nestemb.text.encoder import load_text_model
 
     folder = shared_data / "scifact"

@@ -10,7 +10,7 @@ from nestemb.errors import NestembError
 from nestemb.text import bundled
 from nestemb.text.cache import cache_key, encode_cached
 from nestemb.text.encoder import load_text_model
-from nestemb.text.testing import make_tiny_model
+from nestemb.text._tiny import make_tiny_model
 
 
 @pytest.fixture(scope="module")

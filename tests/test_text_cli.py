@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from nestemb.text.testing import make_tiny_beir, make_tiny_model, make_tiny_sts
+from nestemb.text._tiny import make_tiny_beir, make_tiny_model, make_tiny_sts
 
 
 @pytest.fixture(scope="module")

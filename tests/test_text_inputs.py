@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nestemb.text.testing import make_tiny_beir, make_tiny_model, make_tiny_sts
+from nestemb.text._tiny import make_tiny_beir, make_tiny_model, make_tiny_sts
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nestemb.errors import NestembError
-from nestemb.text.testing import make_tiny_beir, make_tiny_model, make_tiny_sts
+from nestemb.text._tiny import make_tiny_beir, make_tiny_model, make_tiny_sts
 from nestemb.text.train import (BaseEmbeddings, TextTrainConfig, TrainData, fit_projection,
                                 load_train_data, mine_hard_negatives, principal_axes,
                                 train_text)

@@ -46,7 +46,7 @@ def encode_cached(encoder, texts: Sequence[str], cache_dir: str | os.PathLike,
     Example:
         >>> import tempfile, pathlib
         >>> from nestemb.text.encoder import load_text_model
-        >>> from nestemb.text.testing import make_tiny_model
+        >>> from nestemb.text._tiny import make_tiny_model
         >>> d = pathlib.Path(tempfile.mkdtemp())
         >>> enc = load_text_model(make_tiny_model(d / "m"))
         >>> a = encode_cached(enc, ["the cat", "a dog"], d / "cache", progress=False)

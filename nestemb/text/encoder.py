@@ -153,7 +153,7 @@ def model_shape(path_or_name: str | os.PathLike) -> tuple[int | None, int | None
 
     Example:
         >>> import tempfile, pathlib
-        >>> from nestemb.text.testing import make_tiny_model
+        >>> from nestemb.text._tiny import make_tiny_model
         >>> model_shape(make_tiny_model(pathlib.Path(tempfile.mkdtemp()) / "m", layers=2))
         (32, 2)
         >>> model_shape("minilm")
@@ -221,7 +221,7 @@ class TextEncoder:
 
     Example:
         >>> import tempfile, pathlib
-        >>> from nestemb.text.testing import make_tiny_model
+        >>> from nestemb.text._tiny import make_tiny_model
         >>> enc = load_text_model(make_tiny_model(pathlib.Path(tempfile.mkdtemp()) / "m"))
         >>> enc.dim, enc.n_layers, enc.manifest.nesting
         (32, 2, (32,))
@@ -351,7 +351,7 @@ def load_text_model(path_or_name: str | os.PathLike, device: str | None = "cpu")
 
     Example:
         >>> import tempfile, pathlib
-        >>> from nestemb.text.testing import make_tiny_model
+        >>> from nestemb.text._tiny import make_tiny_model
         >>> p = make_tiny_model(pathlib.Path(tempfile.mkdtemp()) / "tiny")
         >>> man = load_text_model(p).manifest
         >>> man.model_id, man.model_version == weights_version(weight_files(p))
@@ -436,7 +436,7 @@ def save_text_model(
 
     Example:
         >>> import tempfile, pathlib
-        >>> from nestemb.text.testing import make_tiny_model
+        >>> from nestemb.text._tiny import make_tiny_model
         >>> root = pathlib.Path(tempfile.mkdtemp())
         >>> enc = load_text_model(make_tiny_model(root / "tiny"))
         >>> man = save_text_model(enc, root / "copy", Manifest(model_id="copy", nesting=(16, 32), dim=32))

@@ -55,7 +55,7 @@ def run_eval_retrieval(
 
     Example:
         >>> import tempfile, pathlib
-        >>> from nestemb.text.testing import make_tiny_beir, make_tiny_model
+        >>> from nestemb.text._tiny import make_tiny_beir, make_tiny_model
         >>> root = pathlib.Path(tempfile.mkdtemp())
         >>> r = run_eval_retrieval(make_tiny_beir(root / "b"), make_tiny_model(root / "m"), [8, 32])
         >>> r["dims"], len(r["ndcg10"]), r["n_queries"]
@@ -105,7 +105,7 @@ def run_eval_sts(
 
     Example:
         >>> import tempfile, pathlib
-        >>> from nestemb.text.testing import make_tiny_model, make_tiny_sts
+        >>> from nestemb.text._tiny import make_tiny_model, make_tiny_sts
         >>> root = pathlib.Path(tempfile.mkdtemp())
         >>> r = run_eval_sts(make_tiny_sts(root / "s.csv"), make_tiny_model(root / "m"), [8, 32])
         >>> r["dims"], len(r["spearman"]), r["n_pairs"]

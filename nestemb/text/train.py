@@ -232,7 +232,7 @@ def load_train_data(
 
     Example:
         >>> import tempfile, pathlib
-        >>> from nestemb.text.testing import make_tiny_beir
+        >>> from nestemb.text._tiny import make_tiny_beir
         >>> d = load_train_data(beir=[make_tiny_beir(pathlib.Path(tempfile.mkdtemp()) / "b")])
         >>> d.n_pairs(), len(d.unlabeled)
         (30, 40)
@@ -273,7 +273,7 @@ class BaseEmbeddings:
     Example:
         >>> import tempfile, pathlib
         >>> from nestemb.text.encoder import load_text_model
-        >>> from nestemb.text.testing import make_tiny_model
+        >>> from nestemb.text._tiny import make_tiny_model
         >>> base = BaseEmbeddings(load_text_model(make_tiny_model(pathlib.Path(tempfile.mkdtemp()) / "m")))
         >>> base(["the cat", "a dog", "the cat"]).shape, len(base.vectors)
         ((3, 32), 2)
@@ -304,7 +304,7 @@ def mine_hard_negatives(data: TrainData, base: BaseEmbeddings, ranks: tuple[int,
     Example:
         >>> import tempfile, pathlib
         >>> from nestemb.text.encoder import load_text_model
-        >>> from nestemb.text.testing import make_tiny_beir, make_tiny_model
+        >>> from nestemb.text._tiny import make_tiny_beir, make_tiny_model
         >>> root = pathlib.Path(tempfile.mkdtemp())
         >>> data = load_train_data(beir=[make_tiny_beir(root / "b")])
         >>> mined = mine_hard_negatives(data, BaseEmbeddings(load_text_model(make_tiny_model(root / "m"))))
@@ -381,7 +381,7 @@ def train_text(
 
     Example:
         >>> import tempfile, pathlib
-        >>> from nestemb.text.testing import make_tiny_beir, make_tiny_model
+        >>> from nestemb.text._tiny import make_tiny_beir, make_tiny_model
         >>> root = pathlib.Path(tempfile.mkdtemp())
         >>> data = load_train_data(beir=[make_tiny_beir(root / "b")])
         >>> cfg = TextTrainConfig(recipe="projection", dims=(8, 32), steps=5, device="cpu")
@@ -487,7 +487,7 @@ def encode_base(base: BaseEmbeddings, texts: Sequence[str], env=None,
     Example:
         >>> import tempfile, pathlib
         >>> from nestemb.text.encoder import load_text_model
-        >>> from nestemb.text.testing import make_tiny_model
+        >>> from nestemb.text._tiny import make_tiny_model
         >>> base = BaseEmbeddings(load_text_model(make_tiny_model(pathlib.Path(tempfile.mkdtemp()) / "m")))
         >>> encode_base(base, ["a cat", "a dog"]); sorted(base.vectors)
         ['a cat', 'a dog']
@@ -523,7 +523,7 @@ def gathered_exits(model, texts: Sequence[str], layers: Sequence[int] | None = N
     Example:
         >>> import tempfile, pathlib
         >>> from nestemb.text.encoder import load_text_model
-        >>> from nestemb.text.testing import make_tiny_model
+        >>> from nestemb.text._tiny import make_tiny_model
         >>> enc = load_text_model(make_tiny_model(pathlib.Path(tempfile.mkdtemp()) / "m"))
         >>> {la: tuple(e.shape) for la, e in gathered_exits(enc.model, ["a cat", "a dog"]).items()}
         {2: (2, 32)}

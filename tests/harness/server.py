@@ -6,7 +6,7 @@ ends, whatever happened inside it, so a failing test never leaves a server behin
 
 Example::
 
-    from nestemb.service.testing import running_server, stop_server
+    from harness.server import running_server, stop_server
     with running_server(tmp_path / "data") as (url, proc):
         httpx.put(f"{url}/collections/docs", json={"nesting": [2, 4]})
         assert stop_server(proc) == 0          # SIGTERM: a graceful shutdown

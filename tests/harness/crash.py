@@ -28,7 +28,7 @@ run (acknowledged drops must stay dropped, and a re-created collection must come
 
 Example (a few seconds)::
 
-    from nestemb.service.crashtest import CrashConfig, run_crash
+    from harness.crash import CrashConfig, run_crash
     report = run_crash(CrashConfig(data_dir="runs/service/crash-demo", cycles=3, points=300))
     assert report["lost_writes"] == report["resurrected_deletes"] == 0
 """
@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from nestemb.errors import NestembError
-from nestemb.service.testing import HOST, free_port, kill_server, stop_server
+from harness.server import HOST, free_port, kill_server, stop_server
 
 MAIN = ("crash-int", "crash-str")
 """The two long-lived collections: integer ids and string ids."""
@@ -65,7 +65,7 @@ ABSENT = -1
 class RestartableServer:
     """``nestemb serve`` (through the CLI, as a user starts it) in its own process group, so a
     SIGKILL reaches it and nothing it started survives it; started, killed and started again on
-    the same data folder (:func:`nestemb.service.testing.running_server` is the one-shot form).
+    the same data folder (:func:`harness.server.running_server` is the one-shot form).
 
     The port is kept across restarts (``nestemb serve`` binds it with ``SO_REUSEADDR``); if it
     is taken by something else meanwhile, a new free one is picked.
