@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nestemb-installed
 OUT    ?= runs/quickstart
 
-.PHONY: demo test data venv clean mpnet browser
+.PHONY: demo test lint data venv clean mpnet browser
 
 venv: $(STAMP)
 
@@ -37,7 +37,14 @@ browser:
 	  else echo "chromium not installed (needs root + apt): the page test will skip"; fi; \
 	fi
 
-test: $(STAMP) browser
+# The linters first (an import cycle, an upward import or an untyped core function fails here),
+# then the suite.
+lint: $(STAMP)
+	$(BIN)/ruff check nestemb benchmarks tests
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: $(STAMP) browser lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 # Optional: all-mpnet-base-v2 for the upgrade benchmarks (not needed by demo or test).

@@ -1,4 +1,6 @@
-"""Benchmark: nesting adaptors on frozen text encoders (Matryoshka-Adaptor, Yoon et al. 2024).
+"""Benchmark: nesting retrofits (:func:`nestemb.maps.fit_retrofit`, formerly "nesting adaptors";
+the method keys keep the old name so earlier results compare) on frozen text encoders
+(Matryoshka-Adaptor, Yoon et al. 2024).
 
 For each frozen encoder (all-MiniLM-L6-v2; all-mpnet-base-v2 too when its embeddings are already
 in the cache, this script never encodes with mpnet), compare at every prefix:
@@ -69,9 +71,9 @@ def cached_only(enc, texts: list[str]) -> np.ndarray | None:
 
 
 def pca_map(X: np.ndarray, center: bool):
-    from nestemb.compat.adaptor import _pca_init
+    from nestemb.maps.nn import pca_init
 
-    W, b = _pca_init(X, center)
+    W, b = pca_init(X, center)
     return lambda Z: Z @ W + b
 
 
@@ -84,7 +86,7 @@ def main() -> None:
     ap.add_argument("--snli-sample", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from nestemb.compat.adaptor import fit_nesting_adaptor
+    from nestemb.maps import fit_retrofit
 
     sf = scifact(args.data / "scifact", "test")
     tr = scifact(args.data / "scifact", "train")
@@ -141,8 +143,7 @@ def main() -> None:
             fits["adaptor-supervised"] = (D, (QT[list(pair_q)], D[list(pair_d)]), "linear")
         for method, (X, pairs, kind) in fits.items():
             t0 = time.perf_counter()
-            ad = fit_nesting_adaptor(X, pairs, kind=kind, source_ref=enc.manifest,
-                                     seed=args.seed)
+            ad = fit_retrofit(X, pairs, kind=kind, source_ref=enc.manifest, seed=args.seed)
             wall = time.perf_counter() - t0
             methods[method] = {**evaluate(ad.transform), "fit_seconds": round(wall, 1),
                                "fit": ad.fit_info_}

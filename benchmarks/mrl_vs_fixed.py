@@ -22,10 +22,15 @@ from pathlib import Path
 from nestemb.data.idx import load_idx
 from nestemb.data.paths import resolve_fashion_mnist
 from nestemb.io import read_json, write_json
-from nestemb.cli.image import parse_augment
-from nestemb.cli.parse import parse_dims, parse_floats
 from nestemb.models.image import build_manifest
-from nestemb.nesting import default_nesting
+from nestemb.nesting import default_nesting, validate_nesting
+
+
+def _csv(kind):
+    """An argparse type: a comma-separated list of ``kind`` as a tuple."""
+    def parse(text: str) -> tuple:
+        return tuple(kind(p.strip()) for p in text.split(",") if p.strip())
+    return parse
 
 
 def method_list(methods: list[str], dims: tuple[int, ...]) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -124,13 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="default: the library's schedule")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--dims", default=None, help="nesting (default 2, 4, ... dim)")
+    ap.add_argument("--dims", type=_csv(int), default=None, help="nesting (default 2, 4, ... dim)")
     ap.add_argument("--methods", default="mrl,mrl-e,ff")
     ap.add_argument("--classifier", default="linear", choices=["cosine", "linear"])
-    ap.add_argument("--weights", default=None, help="MRL/MRL-E prefix loss weights (default 2,1,1,...)")
+    ap.add_argument("--weights", type=_csv(float), default=None,
+                    help="MRL/MRL-E prefix loss weights (default 2,1,1,...)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=4e-3)
-    ap.add_argument("--augment", default="shift", help="comma list of shift, flip, or none")
+    ap.add_argument("--augment", type=_csv(str), default=("shift",),
+                    help="comma list of shift, flip, or none")
     ap.add_argument("--shift", type=int, default=2)
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=2, help="torch threads per model")
@@ -138,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="models trained at the same time")
     ap.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     a = ap.parse_args(argv)
-    dims = parse_dims(a.dims) or default_nesting(a.dim)
+    dims = validate_nesting(a.dims) if a.dims else default_nesting(a.dim)
     out = Path(a.out)
-    args = {**vars(a), "data": str(resolve_fashion_mnist(a.data)), "weights": parse_floats(a.weights),
-            "augment": parse_augment(a.augment)}
+    args = {**vars(a), "data": str(resolve_fashion_mnist(a.data)), "weights": a.weights,
+            "augment": tuple(x for x in a.augment if x != "none")}
     (out / "parts").mkdir(parents=True, exist_ok=True)
     runs = method_list([m.strip() for m in a.methods.split(",")], dims)
     todo = [r for r in runs if not (out / "parts" / f"{r[0]}.json").is_file()]

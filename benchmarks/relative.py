@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nestemb.compat.adapter import fit_adapter  # noqa: E402
+from nestemb.maps import fit_adapter  # noqa: E402
 from nestemb.io import atomic_file, write_json  # noqa: E402
 from nestemb.nesting import prefix_view  # noqa: E402
 from nestemb.relative import relative_projection, select_anchors  # noqa: E402
@@ -431,7 +431,7 @@ def run_compare(args) -> dict:
             vals: dict[str, list] = {k: [] for k in (
                 "cka", "cka_debiased", "procrustes", "mutual_knn", "neuron_one_to_one",
                 "neuron_mean_corr")}
-            for r in range(20 if n <= 1024 else 5):
+            for _ in range(20 if n <= 1024 else 5):
                 X, Y = rng.normal(size=(n, d)), rng.normal(size=(n, d))
                 nm = neuron_matching(X, Y, 0.5)
                 vals["cka"].append(cka(X, Y))
@@ -569,10 +569,7 @@ def tables(res: dict) -> str:
 
 
 def plots(res: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from nestemb.plotting import plt, save_figure
 
     img = res.get("image")
     if img:
@@ -589,10 +586,7 @@ def plots(res: dict) -> None:
             ax.set_title(key, fontsize=9)
             ax.grid(alpha=0.3)
         np.atleast_1d(axes)[0].legend(fontsize=7)
-        fig.tight_layout()
-        with atomic_file(OUT / "stitching_prefix.png") as f:
-            fig.savefig(f, format="png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, OUT / "stitching_prefix.png", dpi=110)
         fig, axes = plt.subplots(1, len(img["anchors_sweep"]),
                                  figsize=(5 * len(img["anchors_sweep"]), 4))
         for ax, (key, sw) in zip(np.atleast_1d(axes), img["anchors_sweep"].items()):
@@ -608,10 +602,7 @@ def plots(res: dict) -> None:
             ax.set_title(f"{key} @ {DIM} dims", fontsize=9)
             ax.grid(alpha=0.3)
         np.atleast_1d(axes)[0].legend(fontsize=7)
-        fig.tight_layout()
-        with atomic_file(OUT / "stitching_anchors.png") as f:
-            fig.savefig(f, format="png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, OUT / "stitching_anchors.png", dpi=110)
     cmp_ = res.get("compare")
     if cmp_:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -623,10 +614,7 @@ def plots(res: dict) -> None:
                 ax.set_xlabel("prefix dims")
                 ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        with atomic_file(OUT / "compare_prefix.png") as f:
-            fig.savefig(f, format="png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, OUT / "compare_prefix.png", dpi=110)
         fig, axes = plt.subplots(1, len(cmp_["null"]), figsize=(6 * len(cmp_["null"]), 4))
         for ax, (d, null) in zip(np.atleast_1d(axes), cmp_["null"].items()):
             ns = [int(n) for n in null]
@@ -637,10 +625,7 @@ def plots(res: dict) -> None:
             ax.set_title(f"null: independent Gaussian features (d = {d})")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        with atomic_file(OUT / "null_calibration.png") as f:
-            fig.savefig(f, format="png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, OUT / "null_calibration.png", dpi=110)
 
 
 def main() -> None:

@@ -108,11 +108,11 @@ def run_embed(limit: int | None, shard_size: int) -> list[dict]:
     import ray
 
     from nestemb import bulk
-    from nestemb.data.beir import _read_jsonl
+    from nestemb.data.beir import read_corpus
 
-    corpus = _read_jsonl(SCIFACT / "corpus.jsonl", "corpus", with_title=True)
-    ids = list(corpus)[:limit]
-    data = bulk.ArrayCorpus([corpus[i] for i in ids], ids, source=str(SCIFACT / "corpus.jsonl"))
+    records = read_corpus(SCIFACT / "corpus.jsonl")[:limit]
+    data = bulk.ArrayCorpus([r.body for r in records], [r.id for r in records],
+                            source=str(SCIFACT / "corpus.jsonl"))
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              _node_ip_address="127.0.0.1")
@@ -166,7 +166,7 @@ def latency(search, Q: np.ndarray, n: int) -> tuple[np.ndarray, dict]:
 
 def parts(path: Path, groups: dict[str, tuple[str, ...]]) -> dict[str, int]:
     """Allocated bytes under ``path`` grouped by the first matching path fragment."""
-    from nestemb.backends import disk_bytes
+    from nestemb.engines import disk_bytes
 
     out = {g: 0 for g in groups} | {"other": 0}
     for f in path.rglob("*"):
@@ -183,7 +183,7 @@ def per_point(d: dict[str, int], n: int) -> dict[str, float]:
 
 def run_set(name: str, X: np.ndarray, Q: np.ndarray, ids, manifest_kw: dict, dims, shortlist,
             work: Path, n_fast: int, n_slow: int, qdrant_local: bool) -> dict:
-    from nestemb.backends import disk_bytes
+    from nestemb.engines import disk_bytes
     from nestemb.index import FunnelIndex, exact_search, knn_intersection
 
     n, D = X.shape
@@ -222,69 +222,64 @@ def run_set(name: str, X: np.ndarray, Q: np.ndarray, ids, manifest_kw: dict, dim
            "resident + memory-mapped full vectors")
 
     # --- Qdrant through qdrant-client local mode (persistent path) -------------------------
-    from nestemb.backends.qdrant import QdrantFunnel, export_qdrant, export_qdrant_edge
+    from nestemb.engines import open_engine
 
     if qdrant_local:
-        from qdrant_client import QdrantClient
-
         qdir = work / f"{name}-qdrant-local"
         shutil.rmtree(qdir, ignore_errors=True)
-        client = QdrantClient(path=str(qdir))
+        engine = open_engine("qdrant", str(qdir))
         t = time.perf_counter()
-        f = export_qdrant(index, client, "bench")
+        f = engine.export(index, "bench")
         b = time.perf_counter() - t
         record("Qdrant local mode (client)", f.search, n_slow, disk_bytes(qdir),
                per_point({"sqlite": disk_bytes(qdir)}, n), f.logical_bytes_per_point()["vectors"], b,
                "pure-Python exact scan; quantization and HNSW ignored by local mode; "
                "points pickled into sqlite")
-        client.close()
+        engine.close()
 
     # --- Qdrant Edge ---------------------------------------------------------------------
     edir = work / f"{name}-qdrant-edge"
     shutil.rmtree(edir, ignore_errors=True)
     t = time.perf_counter()
-    f = export_qdrant_edge(index, edir, max_search_threads=1)
+    engine = open_engine("qdrant-edge", str(edir))
+    f = engine.export(index, "bench", max_search_threads=1)
     b = time.perf_counter() - t
     f.close()
     groups = {"wal": ("/wal/",), "full_and_rerank_vectors": ("matrix.dat",),
               "int8_codes": ("quantized",), "hnsw_graph": ("vector_index",),
               "payload": ("payload",), "id_tracker": ("id_tracker",)}
     eparts = parts(edir, groups)
-    f = QdrantFunnel.open_edge(edir)
+    f = engine.funnel("bench")
     logical = f.logical_bytes_per_point()["vectors"]
     note = ("int8 scalar quantization + HNSW (m=16) on the short prefix, no graph on the full "
             "vector; 1 search thread")
     record("Qdrant Edge (HNSW + int8)", f.search, n_fast, disk_bytes(edir), per_point(eparts, n),
            logical, b, note)
     f.close()
-    f = QdrantFunnel.open_edge(edir, exact=True)
+    f = engine.funnel("bench", exact=True)
     record("Qdrant Edge (exact scan)", f.search, n_fast, disk_bytes(edir), per_point(eparts, n),
            logical, b, "same shard, first stage scanned exactly (int8 codes, rescored)")
     f.close()
 
     # --- milvus-lite ---------------------------------------------------------------------
-    from pymilvus import MilvusClient
-
-    from nestemb.backends.milvus import MilvusFunnel, export_milvus
-
     for lean in (False, True):
         mdir = work / f"{name}-milvus{'-lean' if lean else ''}.db"
         shutil.rmtree(mdir, ignore_errors=True)
-        client = MilvusClient(str(mdir))
+        engine = open_engine("milvus", str(mdir))
         t = time.perf_counter()
-        export_milvus(index, client, "bench", index_rerank_fields=not lean)
+        engine.export(index, "bench", index_rerank_fields=not lean)
         b = time.perf_counter() - t
         mparts = parts(mdir, {"parquet_rows": (".parquet",), "index_files": ("/indexes/",),
                               "wal": ("/wal",)})
         label = "FLAT on every field" if not lean else "FLAT on the short field only"
         for rerank in ("server", "client") if not lean else ("client",):
-            f = MilvusFunnel(client, "bench", rerank=rerank)
+            f = engine.funnel("bench", rerank=rerank)
             record(f"Milvus lite ({rerank} re-rank{', lean' if lean else ''})", f.search, n_slow,
                    disk_bytes(mdir), per_point(mparts, n), f.logical_bytes_per_point()["vectors"],
                    b, f"{label}; " + ("re-rank = filtered search on the full field inside Milvus"
                                       if rerank == "server" else
                                       "re-rank of the fetched shortlist in numpy"))
-        client.close()
+        engine.close()
     return {"name": name, "n": n, "dim": D, "dims": list(dims), "shortlist": list(shortlist),
             "queries": len(Q), "reference_bytes_per_point": ref,
             "reference": "one float32 full vector + the float32 short prefix, 4 (D + d0)",

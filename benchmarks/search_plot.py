@@ -6,12 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from nestemb.plotting import pareto_front  # noqa: E402
+from nestemb.plotting import pareto_front, plt, save_figure
 
 
 def _front_min(points):
@@ -50,7 +45,4 @@ def search_pareto(path: Path, rows: list[dict], meta: dict, xmin: float | None =
     axes[0].legend(fontsize=7, loc="upper left")
     title = f"{meta['dataset']}: n={meta['n']:,}, D={meta['dim']}" + (f", recall >= {xmin}" if xmin else "")
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -23,9 +23,20 @@ answer), and the HTTP overhead: the same searches (same vectors, same plan) in-p
 of threads; and HTTP with one client (no queueing). Target: search p99 over HTTP <= 3x the
 in-process p99 + 5 ms.
 
+With ``--default-plan`` the searches give no stage dims: the collection's default plan (tuned
+for recall@10 0.99 against exact search) answers them, and the run also reports that plan's
+recall@10 on 500 held-out queries (against :func:`nestemb.exact.exact_search`), the restart
+times (after a graceful stop, which writes a snapshot, and after SIGKILL, which replays the
+writes since the snapshot from SQLite) and, for two datasets, the throughput of the larger
+collection over the smaller (``_ratio``; target >= 2/3: a served collection's first stage is an
+HNSW graph from 50k points on, so 1M points cost about what 10k do).
+
     flock /tmp/nestemb-heavy.lock .venv/bin/python benchmarks/service.py
     flock /tmp/nestemb-heavy.lock .venv/bin/python benchmarks/service.py \\
         --datasets synthetic-1m --requests 20000
+    flock /tmp/nestemb-heavy.lock .venv/bin/python benchmarks/service.py --default-plan \\
+        --datasets synthetic-10k synthetic-1m --requests-1m 5000 --single 500 \\
+        --out docs/results/service/funnel-1m.json
 
 Writes ``docs/results/service/load.json`` (one entry per collection, merged with what is
 there) and ``load.md``.
@@ -218,7 +229,7 @@ def _worker(url: str, name: str, proc: int, threads: int, n_requests: int, warmu
 def http_load(url: str, name: str, ds: dict, dims: list[int], n_requests: int, procs: int,
               threads: int, upsert_share: float, upsert_batch: int, warmup: int) -> dict:
     X, Q = ds["X"], ds["Q"]
-    search_bodies = [json.dumps({"vector": q.tolist(), "k": K, "dims": dims}).encode()
+    search_bodies = [json.dumps(_body(q, dims)).encode()
                      for q in Q]
     rng = np.random.default_rng(7)
     pool = rng.choice(len(X), size=min(len(X), 2_000), replace=False)
@@ -247,7 +258,7 @@ def http_load(url: str, name: str, ds: dict, dims: list[int], n_requests: int, p
                     for p in ps:
                         p.kill()
                     raise RuntimeError(f"client processes failed (exit codes {dead}) or "
-                                       f"timed out")
+                                       f"timed out") from None
 
     for _ in range(procs * threads):
         get(ready, time.perf_counter() + 1800)
@@ -269,6 +280,33 @@ def http_load(url: str, name: str, ds: dict, dims: list[int], n_requests: int, p
     return res
 
 
+def _body(q: np.ndarray, dims: list[int] | None) -> dict:
+    """A search request: k=10, the stage dims when given, else the collection's default plan."""
+    return {"vector": q.tolist(), "k": K, **({"dims": dims} if dims else {})}
+
+
+def served_recall(url: str, name: str, ds: dict, n: int = 500) -> dict:
+    """recall@10 of the default plan over HTTP on ``n`` held-out queries, against the one exact
+    search (:func:`nestemb.exact.exact_search`) over the collection's vectors."""
+    import httpx
+
+    from nestemb.exact import exact_search, knn_intersection
+
+    Q = ds["Q"][:n]
+    ids = np.asarray(ds["ids"] if ds["ids"] is not None else np.arange(len(ds["X"])))
+    truth = ids[exact_search(ds["X"], Q, K)[1]]
+    found, plan = [], None
+    with httpx.Client(base_url=url, timeout=120) as h:
+        for a in range(0, len(Q), 100):
+            res = h.post(f"/collections/{name}/search/batch", json={"searches": [
+                _body(q, None) for q in Q[a:a + 100]]}).json()["results"]
+            plan = res[0]["plan"]
+            found += [[x["id"] for x in r["hits"]] + [None] * (K - len(r["hits"])) for r in res]
+    found = np.array(found, dtype=object)
+    return {"recall10": knn_intersection(found, truth.astype(object)), "queries": len(Q),
+            "plan": plan}
+
+
 def _lat(ms: np.ndarray) -> dict:
     if len(ms) == 0:
         return {"n": 0}
@@ -283,7 +321,7 @@ def http_single(url: str, name: str, ds: dict, dims: list[int], n: int) -> dict:
     import httpx
 
     Q = ds["Q"]
-    bodies = [json.dumps({"vector": q.tolist(), "k": K, "dims": dims}).encode() for q in Q]
+    bodies = [json.dumps(_body(q, dims)).encode() for q in Q]
     lat, server_ms = [], []
     with httpx.Client(base_url=url, timeout=120,
                       headers={"content-type": "application/json"}) as h:
@@ -303,7 +341,8 @@ def http_single(url: str, name: str, ds: dict, dims: list[int], n: int) -> dict:
 def in_process(ds: dict, dims: list[int], n: int, threads: int) -> dict:
     """The same searches on a LiveCollection in this process: one at a time, and ``threads``
     at once (the HTTP load's concurrency)."""
-    from nestemb.service.collection import LiveCollection, check_plan
+    from nestemb.index.plan import Plan
+    from nestemb.service.collection import LiveCollection
 
     X, Q = ds["X"], ds["Q"]
     live = LiveCollection(ds["name"], ds["nesting"])
@@ -311,7 +350,11 @@ def in_process(ds: dict, dims: list[int], n: int, threads: int) -> dict:
     payloads = ds["payloads"] if ds["payloads"] is not None else [{"n": i}
                                                                   for i in range(len(X))]
     live.upsert(ids, X, payloads)
-    plan = check_plan(dims, None, live.nesting, K)
+    if dims:
+        plan = Plan.check(dims, None, live.nesting, K)
+    else:  # the default plan, after the tuning the server runs
+        live.tune()
+        plan = live.default_plan()
     for i in range(20):
         live.search(Q[i % len(Q)][None], K, plan)
     lat = []
@@ -343,10 +386,14 @@ def in_process(ds: dict, dims: list[int], n: int, threads: int) -> dict:
 # ----------------------------------------------------------------------------- main
 def bench(ds: dict, args) -> dict:
     name = ds["name"]
-    dims = [ds["nesting"][1], ds["nesting"][-1]]
+    dims = None if args.default_plan else [ds["nesting"][1], ds["nesting"][-1]]
     data_dir = WORK / name / "data"
     server = prepare(ds, data_dir, WORK / name / "server.log")
+    restart: dict = {}
     try:
+        recall = served_recall(server.url, name, ds)
+        log(f"{name}: default plan {recall['plan']}: recall@10 {recall['recall10']:.4f} on "
+            f"{recall['queries']} held-out queries")
         requests = args.requests_1m if name.startswith("synthetic") else args.requests
         log(f"{name}: HTTP, 1 client, {args.single} searches")
         single = http_single(server.url, name, ds, dims, args.single)
@@ -365,6 +412,15 @@ def bench(ds: dict, args) -> dict:
                 sweep.append(r)
         with __import__("httpx").Client(base_url=server.url, timeout=120) as h:
             count = h.get(f"/collections/{name}").json()["count"]
+        # restarts: after a graceful stop (a snapshot is written) and after SIGKILL (the
+        # snapshot plus the writes since it, replayed from SQLite)
+        status, stop_s = server.stop(timeout=600)
+        restart["graceful_stop_s"] = round(stop_s, 3)
+        restart["start_after_graceful_stop_s"] = round(server.start(), 3)
+        http_load(server.url, name, ds, dims, 500, 1, 2, 1.0, args.upsert_batch, 0)
+        server.kill()
+        restart["start_after_sigkill_s"] = round(server.start(), 3)
+        log(f"{name}: restart {restart}")
     finally:
         server.kill()
     log(f"{name}: in-process searches")
@@ -375,8 +431,10 @@ def bench(ds: dict, args) -> dict:
     return {
         "collection": name, "source": ds["source"], "points": int(len(ds["X"])),
         "dim": int(ds["X"].shape[1]), "nesting": ds["nesting"], "count_after": count,
-        "search": {"k": K, "dims": dims, "shortlist": inproc["plan"]["shortlist"],
+        "search": {"k": K, "dims": dims or inproc["plan"]["dims"],
+                   "shortlist": inproc["plan"]["shortlist"], "plan": inproc["plan"],
                    "queries": int(len(ds["Q"]))},
+        "default_plan_recall": recall, "restart": restart,
         "http_load": load, "http_one_client": single, "in_process": inproc,
         "http_concurrency_sweep": sweep,
         "target": {"rule": "search p99 over HTTP (under load) <= 3 x in-process p99 + 5 ms",
@@ -395,8 +453,8 @@ def write_md(results: dict, path: Path) -> None:
     for name, r in results.items():
         if name.startswith("_"):
             continue
-        L, S, I = r["http_load"], r["http_one_client"], r["in_process"]
-        conc = next(v for k, v in I.items() if k.endswith("_threads"))
+        L, S, inproc = r["http_load"], r["http_one_client"], r["in_process"]
+        conc = next(v for k, v in inproc.items() if k.endswith("_threads"))
         t = r["target"]
         lines += [
             f"## {name}", "",
@@ -417,15 +475,24 @@ def write_md(results: dict, path: Path) -> None:
             f"| (server's own timing of those) | {S['server_timing_total']['n']:,} | "
             f"{S['server_timing_total']['p50_ms']} | {S['server_timing_total']['p99_ms']} | "
             f"{S['server_timing_total']['max_ms']} |",
-            f"| search in-process, one at a time | {I['one_at_a_time']['n']:,} | "
-            f"{I['one_at_a_time']['p50_ms']} | {I['one_at_a_time']['p99_ms']} | "
-            f"{I['one_at_a_time']['max_ms']} |",
+            f"| search in-process, one at a time | {inproc['one_at_a_time']['n']:,} | "
+            f"{inproc['one_at_a_time']['p50_ms']} | {inproc['one_at_a_time']['p99_ms']} | "
+            f"{inproc['one_at_a_time']['max_ms']} |",
             f"| search in-process, {L['clients']} threads | {conc['n']:,} | {conc['p50_ms']} | "
             f"{conc['p99_ms']} | {conc['max_ms']} |", "",
             f"Target (search p99 over HTTP under load <= 3 x in-process p99 + 5 ms = "
             f"{t['limit_ms']} ms): **{'met' if t['met'] else 'missed'}** "
             f"({t['http_p99_ms']} ms). Zero errors: **{'met' if t['zero_errors'] else 'missed'}**."
             f" 100,000 requests: **{'met' if t['requests_target_met'] else 'not run'}**.", ""]
+        if r.get("default_plan_recall"):
+            rc, rs = r["default_plan_recall"], r["restart"]
+            lines += [f"Default plan {rc['plan']['dims']} / {rc['plan']['shortlist']} "
+                      f"(source {rc['plan']['source']}): recall@10 **{rc['recall10']:.4f}** on "
+                      f"{rc['queries']} held-out queries against exact search. Restart: "
+                      f"{rs.get('start_after_graceful_stop_s')} s after a graceful stop "
+                      f"(snapshot written in {rs.get('graceful_stop_s')} s), "
+                      f"{rs.get('start_after_sigkill_s')} s after SIGKILL (snapshot + the "
+                      "writes since, from SQLite).", ""]
         if r.get("http_concurrency_sweep"):
             lines += ["Same mix with fewer clients (limit: "
                       f"{t['limit_ms']} ms):", "",
@@ -439,13 +506,20 @@ def write_md(results: dict, path: Path) -> None:
                     f"{w['upsert'].get('p50_ms')} | {w['upsert'].get('p99_ms')} | "
                     f"{'yes' if w['search']['p99_ms'] <= t['limit_ms'] else 'no'} |")
             lines.append("")
+    if "_ratio" in results:
+        q = results["_ratio"]
+        lines += [f"Throughput {q['large']} / {q['small']} (same run): **{q['throughput_ratio']}"
+                  f"** (target {q['target']}: {'met' if q['met'] else 'missed'}).", ""]
     path.write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["scifact", "synthetic-1m"],
-                    choices=["scifact", "synthetic-1m", "synthetic-100k"])
+                    help="scifact, or synthetic-N (N points, e.g. synthetic-10k, "
+                         "synthetic-200k, synthetic-1m)")
+    ap.add_argument("--default-plan", action="store_true", help="search with the "
+                    "collection's default plan (tuned for recall@10 0.99) instead of stage dims")
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--requests-1m", type=int, default=20_000,
                     help="requests on the synthetic collections (each search scans 1M rows)")
@@ -470,7 +544,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == "scifact":
             ds = scifact_vectors(args.data)
         else:
-            ds = synthetic_vectors(1_000_000 if name == "synthetic-1m" else 100_000)
+            size = name.split("-", 1)[1].lower()
+            ds = synthetic_vectors(int(float(size.rstrip("km")) * {"k": 1000, "m": 1_000_000}.get(
+                size[-1], 1)))
+            ds["name"] = name
         r = bench(ds, args)
         r["command"] = "python benchmarks/service.py " + " ".join(
             sys.argv[1:] if argv is None else argv)
@@ -485,6 +562,16 @@ def main(argv: list[str] | None = None) -> int:
             f"HTTP vs {r['in_process']['one_at_a_time']['p50_ms']}/"
             f"{r['in_process']['one_at_a_time']['p99_ms']} ms in-process; target "
             f"{'met' if r['target']['met'] else 'missed'}")
+    names = [n for n in args.datasets if n in results]
+    if len(names) == 2:  # throughput of the larger collection against the smaller, one run
+        small, big = sorted(names, key=lambda n: results[n]["points"])
+        ratio = (results[big]["http_load"]["throughput_rps"]
+                 / results[small]["http_load"]["throughput_rps"])
+        results["_ratio"] = {"small": small, "large": big, "throughput_ratio": round(ratio, 3),
+                             "target": ">= 2/3", "met": ratio >= 2 / 3}
+        log(f"throughput {big} / {small}: {ratio:.3f}")
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_md(results, args.out.with_suffix(".md"))
     log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 

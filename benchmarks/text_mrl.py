@@ -119,7 +119,7 @@ def step_overhead(args, base_state, data) -> dict:
 
     n = args.overhead_steps
     times = {"plain": [], "per_prefix": [], "per_prefix_distill": []}
-    for rep in range(3):
+    for _ in range(3):
         for name in times:
             enc = load_text_model(args.model, device=args.device)
             cfg = dataclasses.replace(recipe(args), steps=n, hard_negatives=False,

@@ -87,7 +87,7 @@ def recipe(method: str, step: Step, old_version: str | None) -> dict:
 def train_or_load(method: str, i: int, old, x, y, exclude, cache: Path, threads: int):
     """The model of ``method`` at step ``i`` (trained against ``old``), from the cache if its
     recipe matches."""
-    from nestemb.compat.training import CompatConfig
+    from nestemb.train.compatible import CompatConfig
     from nestemb.models.image import load_image_model, make_model_config, save_image_model
     from nestemb.train.image import ImageTrainConfig, train_image
 
@@ -190,7 +190,6 @@ def matrices(qs, gs, ql, gl, names, dims=DIMS, lower_only=False):
 
 
 def evaluate(args, chains: dict) -> dict:
-    from nestemb.compat.matrix import ac, am, criterion_matrix, partial_backfill, update_gain
     from nestemb.data.idx import load_idx
 
     x, y = load_idx(args.data, "train")
@@ -238,7 +237,7 @@ def summarise(top, mp, ind_top, ind_map) -> dict:
     out = {}
     for cm, ind in ((top, ind_top), (mp, ind_map)):
         per_dim = {}
-        for p, d in enumerate(cm.dims):
+        for d in cm.dims:
             c = cm.at(d)
             entry = {"criterion": criterion_matrix(c).astype(int).tolist(), "ac": ac(c),
                      "am": am(c), "gain_vs_m0": {}, "new_new_minus_independent": {}}
@@ -257,7 +256,7 @@ def adapters(args, ind, x, y, yq, valid, rest, ind_top, ind_map) -> dict:
     """Post-hoc adapters between the independent models, fitted on 5 % of the gallery: new
     queries into the old space, and stored old vectors into the new space (pairs i > j, at the
     full width of the target space). The kind is chosen on the validation split."""
-    from nestemb.compat.adapter import fit_adapter
+    from nestemb.maps import fit_adapter
     from nestemb.compat.matrix import CompatibilityMatrix, update_gain
 
     rng = np.random.default_rng(11)
@@ -334,7 +333,7 @@ def fmt(v) -> str:
 
 def tables(res: dict) -> str:
     names = [s["name"] for s in res["steps"]]
-    lines = [f"# Fashion-MNIST upgrade chain\n",
+    lines = ["# Fashion-MNIST upgrade chain\n",
              f"Gallery: the {res['n_gallery']} training images encoded by each gallery model "
              f"(M0 for the stored gallery); queries: {res['n_queries']} test images, all classes. "
              "Rows: query model; columns: gallery model. 1-NN top-1 / mAP@100.\n"]
@@ -392,13 +391,9 @@ def tables(res: dict) -> str:
 
 
 def plots(res: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from nestemb.plotting import plt, save_figure
 
     from nestemb.compat.matrix import CompatibilityMatrix, plot_compatibility
-    from nestemb.io import atomic_file
 
     for method, r in res["methods"].items():
         for metric in ("top1", "map"):
@@ -411,9 +406,7 @@ def plots(res: dict, out: Path) -> None:
     ax.set_ylabel("1-NN top-1, M3 queries")
     ax.set_title("Partial backfill M0 → M3")
     ax.legend(fontsize=8)
-    with atomic_file(out / "backfill.png", "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, out / "backfill.png", dpi=110)
 
 
 def image_main(args) -> int:

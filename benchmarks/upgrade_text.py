@@ -20,15 +20,14 @@ truncated at 256 tokens (MiniLM's own limit; mpnet's is 384, which costs twice t
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from nestemb.compat.adapter import ModelRef, fit_adapter
+from nestemb.maps import ModelRef, fit_adapter
 from nestemb.eval.retrieval import evaluate_retrieval
-from nestemb.io import atomic_file, write_json
+from nestemb.io import write_json
 
 from text_data import embed, load_encoder, scifact
 
@@ -124,10 +123,7 @@ def table(r: dict) -> str:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from nestemb.plotting import plt, save_figure
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.2), squeeze=False)
     for ax, r in zip(axes[0], results):
@@ -142,10 +138,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_title(f"{r['old']} -> {r['new']}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_file(path) as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def run(args) -> None:

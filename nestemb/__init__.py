@@ -13,14 +13,8 @@ Example:
 """
 
 from nestemb.errors import NestembError
-from nestemb.nesting import (
-    Manifest,
-    default_nesting,
-    load_embeddings,
-    prefix_view,
-    save_embeddings,
-    validate_nesting,
-)
+from nestemb.nesting import Manifest, default_nesting, prefix_view, validate_nesting
+from nestemb.folders import load_embeddings, save_embeddings
 
 __version__ = "0.1.0"
 

@@ -49,11 +49,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from nestemb.data.beir import doc_text
 from nestemb.errors import NestembError
+from nestemb.folders import (JOB_NAME, SHARDS_DIR, SHARDS_KIND, check_unique_ids, read_done,
+                             shard_name, write_shard)
 
-KIND = "embedding-shards"
-JOB_NAME = "job.json"
-SHARDS_DIR = "shards"
 FORMAT = 1
 DEFAULT_SHARD_SIZE = 10_000
 
@@ -94,8 +94,6 @@ class ArrayCorpus:
         self.ids = [str(i) for i in (ids if ids is not None else range(len(self.items)))]
         if len(self.ids) != len(self.items):
             raise NestembError(f"got {len(self.ids)} ids for {len(self.items)} items")
-        from nestemb.nesting import check_unique_ids
-
         check_unique_ids(self.ids)
         self.source = str(source)
         self.split = None if split is None else str(split)
@@ -212,14 +210,14 @@ class ParquetCorpus:
                     first = offset
                 tables.append(f.read_row_group(g, columns=cols))
             offset += n
-        table = pa.concat_tables(tables).slice(start - first, stop - start)
+        table = pa.concat_tables(tables).slice(start - (first or 0), stop - start)
         text = table.column(self.text_column).to_pylist()
         title = table.column(self.title_column).to_pylist() if self.title_column else [None] * len(text)
         bad = next((i for i, t in enumerate(text) if not isinstance(t, str)), None)
         if bad is not None:
             raise NestembError(f"{self.path}: row {start + bad} has no text (column "
                                f"{self.text_column!r} is {text[bad]!r})")  # fmt: skip
-        texts = [f"{h} {t}".strip() if h else t for h, t in zip(title, text)]
+        texts = [doc_text(h, t) for h, t in zip(title, text)]
         if self.id_column:
             ids = [str(i) for i in table.column(self.id_column).to_pylist()]
         else:
@@ -244,44 +242,64 @@ def shard_ranges(rows: int, shard_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_size, rows)) for s in range(0, rows, shard_size)]
 
 
-def shard_name(i: int) -> str:
-    """File stem of shard ``i``.
+# --------------------------------------------------------------------------- models
+BUNDLED_TEXT_MODELS = ("minilm", "mpnet")
+"""Text models named rather than given as a folder (the bundled MiniLM; mpnet with its extra)."""
+
+
+def model_kind(model: str | os.PathLike) -> str:
+    """The one model-kind dispatch: ``"image"`` or ``"text"`` for a bundled name, a saved
+    nestemb model folder or a plain sentence-transformers folder, read from the manifest
+    without loading any weights. Another artefact (an index, embeddings) is refused by name.
 
     Example:
-        >>> shard_name(7)
-        'shard-00007'
+        >>> model_kind("minilm")
+        'text'
+        >>> model_kind("/no/such/model")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: model not found: /no/such/model (give a saved model folder, or minilm or mpnet)
     """
-    return f"shard-{i:05d}"
+    from nestemb.io import article
+    from nestemb.nesting import MANIFEST_NAME, Manifest
+
+    name = str(model)
+    if name.lower() in BUNDLED_TEXT_MODELS:
+        return "text"
+    path = Path(name)
+    if not path.is_dir():
+        raise NestembError(f"model not found: {name} (give a saved model folder, or "
+                           f"{' or '.join(BUNDLED_TEXT_MODELS)})")
+    if not (path / MANIFEST_NAME).is_file():
+        return "text"  # a plain sentence-transformers folder
+    kind = Manifest.load(path).kind
+    if kind not in ("image-model", "text-model"):
+        raise NestembError(f"{name} holds {article(kind)}; a model is an image-model or a "
+                           "text-model")
+    return kind.split("-")[0]
 
 
-# --------------------------------------------------------------------------- models
-def load_encoder(model: str | os.PathLike, device: str = "cpu"):
-    """The encoder of a saved image model folder, a text model folder or ``"minilm"``: an object
-    with ``encode(items, batch_size)`` and ``manifest``; ``kind`` is ``"image"`` or ``"text"``.
+def load_encoder(model: str | os.PathLike, device: str = "cpu") -> Any:
+    """The encoder of :func:`model_kind`'s model: an object with ``encode(items, batch_size)``
+    and ``manifest``; its ``kind`` is ``"image"`` or ``"text"``.
 
     Example:
         >>> load_encoder("/no/such/model")
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: model not found: /no/such/model (give a saved model folder or 'minilm')
+        nestemb.errors.NestembError: model not found: /no/such/model (give a saved model folder, or minilm or mpnet)
     """
-    from nestemb.nesting import MANIFEST_NAME, Manifest
+    kind = model_kind(model)
+    enc: Any
+    if kind == "image":
+        from nestemb.models.image import load_image_model
 
-    name = str(model)
-    path = Path(name)
-    if name.lower() not in ("minilm", "mpnet"):
-        if not path.is_dir():
-            raise NestembError(f"model not found: {name} (give a saved model folder or 'minilm')")
-        if (path / MANIFEST_NAME).is_file() and Manifest.load(path).kind == "image-model":
-            from nestemb.models.image import load_image_model
+        enc = load_image_model(model)
+    else:
+        from nestemb.text.encoder import load_text_model
 
-            enc = load_image_model(path)
-            enc.kind = "image"
-            return enc
-    from nestemb.text.encoder import load_text_model
-
-    enc = load_text_model(name, device=device)
-    enc.kind = "text"
+        enc = load_text_model(str(model), device=device)
+    enc.kind = kind
     return enc
 
 
@@ -300,12 +318,12 @@ class _ShardWriter:
                 f"the model {model} changed while the job ran: version "
                 f"{self.encoder.manifest.model_version!r} on this worker, {version!r} in the job"
             )
-        corpus = corpus[0]
-        if not hasattr(corpus, "read"):  # an object reference (Ray passes nested ones as is)
+        source = corpus[0]
+        if not hasattr(source, "read"):  # an object reference (Ray passes nested ones as is)
             import ray
 
-            corpus = ray.get(corpus)
-        self.corpus = corpus
+            source = ray.get(source)
+        self.corpus = source
         self.out = Path(out) / SHARDS_DIR
         self.shard_size, self.batch_size = int(shard_size), int(batch_size)
 
@@ -321,54 +339,6 @@ class _ShardWriter:
                            ("seconds", time.perf_counter() - t0)):  # fmt: skip
                 done[key].append(v)
         return {k: np.asarray(v) for k, v in done.items()}
-
-
-def write_shard(folder: Path, i: int, X: np.ndarray, ids: Sequence[str], start: int) -> dict:
-    """Write shard ``i`` (vectors, ids, then the record with their checksums, each atomically);
-    returns the record.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> d = pathlib.Path(tempfile.mkdtemp())
-        >>> rec = write_shard(d, 0, np.ones((2, 4), np.float32), ["a", "b"], 0)
-        >>> rec["rows"], read_done(d, 0) == rec
-        (2, True)
-    """
-    from nestemb.io import atomic_file, sha256_file, write_json
-    from nestemb.nesting import check_vectors
-
-    X = check_vectors(X, what=f"embeddings of shard {i}")
-    if len(ids) != len(X):
-        raise NestembError(f"shard {i}: {len(ids)} ids for {len(X)} embeddings")
-    stem = Path(folder) / shard_name(i)
-    with atomic_file(f"{stem}.npy") as f:
-        np.save(f, X)
-    with atomic_file(f"{stem}.ids.json", "w") as f:
-        json.dump(list(ids), f)
-    record = {"shard": i, "start": int(start), "stop": int(start) + len(X), "rows": len(X),
-              "dim": int(X.shape[1]),
-              "sha256": {p.name: sha256_file(p) for p in (Path(f"{stem}.npy"),
-                                                          Path(f"{stem}.ids.json"))}}  # fmt: skip
-    write_json(f"{stem}.json", record)
-    return record
-
-
-def read_done(folder: Path, i: int, verify: bool = True) -> dict | None:
-    """The record of shard ``i`` when the shard is complete (its files match their checksums),
-    else ``None``."""
-    from nestemb.io import sha256_file
-
-    path = Path(folder) / f"{shard_name(i)}.json"
-    try:
-        record = json.loads(path.read_text())
-        files = record["sha256"]
-        if verify:
-            for name, digest in files.items():
-                if sha256_file(Path(folder) / name) != digest:
-                    return None
-        return record
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 # --------------------------------------------------------------------------- the job
@@ -401,7 +371,7 @@ def _prepare_out(out: Path, spec: dict, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         ours = (out / JOB_NAME).is_file()
         if overwrite:
-            check_replaceable(out, KIND, overwrite, generated=_job_file)
+            check_replaceable(out, SHARDS_KIND, overwrite, generated=_job_file)
             shutil.rmtree(out)
         elif not ours:
             raise NestembError(f"output directory already exists and is not empty: {out} (it is "
@@ -420,7 +390,7 @@ def _prepare_out(out: Path, spec: dict, overwrite: bool) -> None:
             return
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     write_json(out / JOB_NAME, spec)
-    write_marker(out, KIND)
+    write_marker(out, SHARDS_KIND)
 
 
 def _job_file(rel: str) -> bool:
@@ -478,17 +448,18 @@ def _connect(address: str | None) -> bool:
 
 
 def _user_error(e: BaseException) -> NestembError | None:
-    """The NestembError a Ray task raised, if ``e`` wraps one."""
+    """The NestembError a Ray task raised (its parameter kept), if ``e`` wraps one."""
     seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, NestembError):
-            return NestembError(str(e))
-        cause = getattr(e, "cause", None)
+    err: BaseException | None = e
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, NestembError):
+            return err
+        cause = getattr(err, "cause", None)
         if isinstance(cause, BaseException):
-            e = cause
+            err = cause
             continue
-        e = e.__cause__ or e.__context__
+        err = err.__cause__ or err.__context__
     return None
 
 
@@ -540,7 +511,7 @@ def embed_corpus(
         hw = tuple(corpus.describe()["image_hw"])
         if hw != tuple(encoder.config.in_hw):
             raise NestembError(f"the corpus holds {hw} images, the model takes {tuple(encoder.config.in_hw)}")
-    spec = _job_spec(corpus, encoder, model, shard_size, batch_size)
+    spec = _job_spec(corpus, encoder, str(model), shard_size, batch_size)
     man = encoder.manifest
     del encoder
     _prepare_out(out, spec, overwrite)
@@ -558,22 +529,21 @@ def embed_corpus(
     missing = [i for i, r in enumerate(records) if r is None]
     if missing:
         raise NestembError(f"shards {missing[:5]} are missing after the run: run again to resume")
-    for i, (r, (a, b)) in enumerate(zip(records, ranges)):
+    done = [r for r in records if r is not None]  # every one, after the check above
+    for i, (r, (a, b)) in enumerate(zip(done, ranges)):
         if (r["start"], r["stop"]) != (a, b):
             raise NestembError(f"shard {i} holds rows {r['start']}..{r['stop']}, expected {a}..{b}")
-    from nestemb.nesting import check_unique_ids
-
     check_unique_ids([i for k in range(len(ranges))
                    for i in json.loads((folder / f"{shard_name(k)}.ids.json").read_text())])
-    sha = {f"{SHARDS_DIR}/{name}": d for r in records for name, d in r["sha256"].items()}
+    sha = {f"{SHARDS_DIR}/{name}": d for r in done for name, d in r["sha256"].items()}
     manifest = Manifest(model_id=man.model_id, model_version=man.model_version,
-                        nesting=man.nesting, dim=man.dim, kind=KIND, sha256=sha,
+                        nesting=man.nesting, dim=man.dim, kind=SHARDS_KIND, sha256=sha,
                         extra={"job": spec, "shards": [
                             {k: r[k] for k in ("shard", "start", "stop", "rows")}
-                            for r in records], **origin(corpus)})  # fmt: skip
+                            for r in done], **origin(corpus)})  # fmt: skip
     manifest.save(out)
     write_json(out / "run.json", {"seconds": seconds, "embedded_rows": embedded, "workers": workers})
-    write_marker(out, KIND)
+    write_marker(out, SHARDS_KIND)
     rows = len(corpus)
     todo = set(pending)
     done_rows = sum(b - a for i, (a, b) in enumerate(ranges) if i in todo)
@@ -619,8 +589,8 @@ def _run_ray(corpus, model, out, pending, spec, workers, shard_size, batch_size,
         args = dict(model=model, corpus=[ref], out=str(out), shard_size=shard_size,
                     batch_size=batch_size, version=spec["model"]["model_version"],
                     threads=threads, device=device)  # fmt: skip
-        remote = {"num_gpus": 1} if device.startswith("cuda") else {}
-        ds = ray.data.from_items([{"shard": i} for i in pending], override_num_blocks=len(pending))
+        remote: dict[str, Any] = {"num_gpus": 1} if device.startswith("cuda") else {}
+        ds: Any = ray.data.from_items([{"shard": i} for i in pending], override_num_blocks=len(pending))
         ds = ds.map_batches(_ShardWriter, fn_constructor_kwargs=args, batch_size=1,
                             batch_format="numpy", num_cpus=threads,
                             compute=ray.data.ActorPoolStrategy(size=workers), **remote)  # fmt: skip
@@ -652,69 +622,3 @@ def _run_ray(corpus, model, out, pending, spec, workers, shard_size, batch_size,
             ray.shutdown()
 
 
-def is_shard_dir(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` is (or is becoming) a sharded embedding directory: it holds the
-    ``job.json`` that :func:`embed_corpus` writes first.
-
-    Example:
-        >>> is_shard_dir("/no/such/dir")
-        False
-    """
-    return (Path(directory) / JOB_NAME).is_file()
-
-
-def load_shards(directory: str | os.PathLike, mmap: bool = False) -> tuple[np.ndarray, Any, list]:
-    """Read a finished sharded directory (checksums verified): ``(vectors, manifest, ids)``
-    with the rows of all shards in corpus order. An unfinished job (no manifest yet: a shard
-    missing or partially written) and a shard file changed after the job are refused, naming
-    the shard. (:func:`nestemb.nesting.load_embeddings` reads these directories too.)
-
-    Example:
-        >>> load_shards("/no/such/dir")
-        Traceback (most recent call last):
-        ...
-        nestemb.errors.NestembError: sharded embedding directory not found: /no/such/dir
-    """
-    from nestemb.nesting import MANIFEST_NAME, Manifest
-
-    directory = Path(directory)
-    if is_shard_dir(directory) and not (directory / MANIFEST_NAME).is_file():
-        _refuse_unfinished(directory)
-    manifest = Manifest.open(directory, KIND, "sharded embedding directory")
-    parts, ids = [], []
-    for rec in manifest.extra["shards"]:
-        stem = directory / SHARDS_DIR / shard_name(int(rec["shard"]))
-        try:
-            part = np.load(f"{stem}.npy", mmap_mode="r" if mmap else None)
-        except (OSError, ValueError) as e:
-            raise NestembError(f"cannot read {stem}.npy: {str(e).splitlines()[0]}") from None
-        part_ids = json.loads(Path(f"{stem}.ids.json").read_text())
-        want = (int(rec["rows"]), int(manifest.dim))
-        if part.ndim != 2 or part.shape != want or len(part_ids) != want[0]:
-            raise NestembError(f"{stem}.npy holds {part.shape} vectors and {len(part_ids)} ids, "
-                               f"the manifest says {want}")  # fmt: skip
-        parts.append(part)
-        ids += part_ids
-    X = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    return X, manifest, ids
-
-
-def _refuse_unfinished(directory: Path) -> None:
-    """The error for a job directory without its manifest: which shards are done, which not."""
-    try:
-        job = json.loads((directory / JOB_NAME).read_text())
-        total = int(job["shards"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise NestembError(f"{directory / JOB_NAME} is unreadable: this sharded embedding job "
-                           "cannot be read; run `nestemb embed --ray ... --overwrite` again") from None
-    todo = [i for i in range(total) if read_done(directory / SHARDS_DIR, i) is None]
-    if not todo:
-        raise NestembError(f"{directory} is an unfinished sharded embedding job: all {total} "
-                           "shards are complete but the manifest was not written; run the same "
-                           "`nestemb embed --ray` command again to finish it")  # fmt: skip
-    names = ", ".join(shard_name(i) for i in todo[:3]) + (" ..." if len(todo) > 3 else "")
-    raise NestembError(
-        f"{directory} is an unfinished sharded embedding job: {total - len(todo)} of {total} "
-        f"shards complete ({names} missing or partially written); run the same `nestemb embed "
-        "--ray` command again to resume it"
-    )

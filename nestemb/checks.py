@@ -64,3 +64,57 @@ def positive_float(value: Any, param: str, *, allow_none: bool = False) -> Any:
     if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
         raise NestembError(f"{{param}} must be a positive number, got {value!r}", param=param)
     return number
+
+
+def check_matrix(x: Any, param: str, *, dim: int | None = None, dtype: Any = np.float32,
+                 one_row: bool = False, min_rows: int = 1) -> np.ndarray:
+    """``x`` as a finite, C-contiguous 2-D ``(n, dim)`` array of ``dtype`` with at least
+    ``min_rows`` rows (and ``dim`` columns when given); with ``one_row`` a single 1-D vector is
+    taken as one row. Every error is about ``param`` and names the first bad row. The one
+    matrix check of nestemb (embeddings, queries, anchors, features).
+
+    Example:
+        >>> check_matrix([1.0, 2.0], "query", one_row=True).shape
+        (1, 2)
+        >>> check_matrix([[1.0, float("nan")]], "X", dtype=np.float64)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: X contains NaN or inf values (row 0)
+        >>> check_matrix([1.0, 2.0], "X")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: X must be a non-empty 2-D (n, dim) array, got shape (2,)
+    """
+    try:
+        arr = np.asarray(x, dtype=dtype)
+    except (TypeError, ValueError):
+        raise NestembError("{param} must be a numeric array", param=param) from None
+    if arr.ndim == 1 and one_row:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise NestembError(f"{{param}} must be a non-empty 2-D (n, dim) array, got shape "
+                           f"{arr.shape}", param=param)
+    if len(arr) < min_rows:
+        raise NestembError(f"{{param}} has {len(arr)} rows, at least {min_rows} are needed",
+                           param=param)
+    if dim is not None and arr.shape[1] != dim:
+        raise NestembError(f"{{param}} have dimension {arr.shape[1]}, expected {dim}",
+                           param=param)
+    check_finite_rows(arr, param)
+    return np.ascontiguousarray(arr)
+
+
+def check_finite_rows(arr: np.ndarray, param: str, offset: int = 0) -> None:
+    """Refuse a 2-D array (or a chunk of one starting at row ``offset``) with a NaN or an
+    infinity, naming the first bad row.
+
+    Example:
+        >>> check_finite_rows(np.array([[1.0], [np.inf]]), "vectors", offset=10)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: vectors contains NaN or inf values (row 11)
+    """
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        raise NestembError(f"{{param}} contains NaN or inf values (row "
+                           f"{offset + int(np.argmin(finite))})", param=param)

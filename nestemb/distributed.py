@@ -229,7 +229,7 @@ def _gather_function():
         losses)."""
 
         @staticmethod
-        def forward(ctx, x, sizes):  # type: ignore[override]
+        def forward(ctx, x, sizes):
             rank = dist.get_rank()
             ctx.start, ctx.stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
             width = max(sizes)
@@ -240,7 +240,7 @@ def _gather_function():
             return torch.cat([p[:s] for p, s in zip(parts, sizes)], 0)
 
         @staticmethod
-        def backward(ctx, grad):  # type: ignore[override]
+        def backward(ctx, grad):
             return _sum_over_ranks(grad)[ctx.start : ctx.stop], None
 
     _GatherRows = GatherRows
@@ -351,7 +351,7 @@ def _global_batchnorm_class():
         The per-channel reductions and the normalisation use torch's own batch-norm kernels."""
 
         @staticmethod
-        def forward(ctx, x, weight, bias, eps, world):  # type: ignore[override]
+        def forward(ctx, x, weight, bias, eps, world):
             mean_l, var_l = torch.batch_norm_update_stats(x, None, None, 0.0)  # biased variance
             count = torch.full((1,), x.numel() / x.shape[1], dtype=torch.float64, device=x.device)
             mine = torch.cat([mean_l.double(), var_l.double(), count])
@@ -373,7 +373,7 @@ def _global_batchnorm_class():
             return y, mean, var, n
 
         @staticmethod
-        def backward(ctx, dy, _dmean, _dvar, _dn):  # type: ignore[override]
+        def backward(ctx, dy, _dmean, _dvar, _dn):
             x, weight, mean, invstd = ctx.saved_tensors
             w = weight if weight is not None else torch.ones_like(mean)
             # local sums of dy * xhat and dy (torch's kernel), then their global sums

@@ -56,7 +56,7 @@ class NestembError(ValueError):
         return (_rebuild, (type(self), self.template, self.param), dict(self.__dict__))
 
 
-def _rebuild(cls: type, template: str, param: str | None) -> NestembError:
+def _rebuild(cls: type[NestembError], template: str, param: str | None) -> NestembError:
     err = cls.__new__(cls)
     NestembError.__init__(err, template, param=param)
     return err

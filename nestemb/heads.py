@@ -89,6 +89,9 @@ class NestedHead(nn.Module):
         self.register_buffer("mask", mask, persistent=False)  # (K * classes, dim)
         self.register_buffer("ends", torch.tensor(self.nesting) - 1, persistent=False)
 
+    mask: torch.Tensor  # buffers, typed for the checker
+    ends: torch.Tensor
+
     def block_weight(self) -> torch.Tensor:
         """The stacked, masked ``(K * classes, dim)`` weight of all prefix heads."""
         w = self.weight if self.kind == "mrl" else self.weight.repeat(len(self.nesting), 1)

@@ -69,9 +69,9 @@ def sweep_stale(folder: str | os.PathLike) -> list[Path]:
         >>> [p.name for p in sweep_stale(d)], sorted(p.name for p in d.iterdir())
         (['.nestemb-tmp-999999999-0123456789ab'], ['keep'])
     """
-    removed = []
+    removed: list[Path] = []
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(os.fspath(folder)))
     except OSError:
         return removed
     for entry in entries:

@@ -1,16 +1,25 @@
-"""Matryoshka losses for classification: a weighted sum of per-prefix cross-entropies.
+"""Matryoshka losses, one of each: the per-prefix wrapper over any loss, InfoNCE, and the
+per-prefix cross-entropy of classification heads.
 
-(The contrastive losses for text live in :mod:`nestemb.text`.)
+- :class:`PrefixLoss`: the weighted mean over prefix sizes of any inner loss on the
+  :func:`~nestemb.nesting.prefix_view` views of its inputs (the shape of sentence-transformers'
+  ``MatryoshkaLoss``: one truncation function, any inner loss). Text exits, nesting retrofits and
+  MLP adapters all train through it.
+- :func:`info_nce`: InfoNCE with in-batch negatives (+ optional hard negatives).
+- :func:`matryoshka_cross_entropy`: per-prefix logits of the image heads.
+
+(Text-only losses, CoSENT and the distillation terms, live in :mod:`nestemb.text.losses`.)
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from nestemb.errors import NestembError
+from nestemb.nesting import prefix_view
 
 
 def check_weights(weights: Sequence[float] | None, nesting: Sequence[int]) -> tuple[float, ...]:
@@ -67,3 +76,59 @@ def matryoshka_cross_entropy(
         label_smoothing=label_smoothing,
     ).view(b, k).mean(dim=0)
     return (per * w).sum(), per.detach()
+
+
+def info_nce(anchor, positive, negative=None, temperature: float = 0.05):
+    """InfoNCE over L2-normalized rows: anchor ``i`` must pick ``positive[i]`` among all
+    positives of the batch plus all hard negatives (``negative``: ``(B, d)`` or ``(B*k, d)``).
+
+    Example:
+        >>> a = torch.eye(2); round(float(info_nce(a, a, temperature=1.0)), 4)
+        0.3133
+    """
+    cands = positive if negative is None else torch.cat([positive, negative], 0)
+    logits = anchor @ cands.T / temperature
+    target = torch.arange(len(anchor), device=anchor.device)
+    return F.cross_entropy(logits, target)
+
+
+class PrefixLoss:
+    """Matryoshka as a wrapper: ``inner`` applied to the ``m``-dim views of its inputs, for
+    every prefix ``m`` of ``dims``, weighted by ``weights`` (default equal) and averaged.
+
+    ``layers`` (one per entry of ``dims``) makes each term read ``inputs[layer]`` from
+    ``{layer: embeddings}`` mappings (the layer x dimension exits of text encoders). Extra
+    keyword arguments of a call go to ``inner``.
+
+    Example:
+        >>> cos = PrefixLoss(lambda p, t: (1 - (p * t).sum(-1)).mean(), dims=(1, 2))
+        >>> p, t = torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, -1.0]])
+        >>> float(cos(p, t))  # prefix 1: cosine 1, loss 0; prefix 2: cosine 0, loss 1
+        0.5
+        >>> PrefixLoss(info_nce, dims=(2,))(torch.eye(2), torch.eye(2), temperature=1.0)
+        tensor(0.3133)
+    """
+
+    def __init__(self, inner: Callable[..., Any], dims: Sequence[int],
+                 weights: Sequence[float] | None = None, layers: Sequence[int] | None = None):
+        if not dims:
+            raise NestembError("no prefix sizes to train", param="dims")
+        self.inner = inner
+        self.dims = tuple(int(m) for m in dims)
+        self.weights = check_weights(weights, self.dims)
+        if layers is not None and len(layers) != len(self.dims):
+            raise NestembError(f"got {len(layers)} layers for {len(self.dims)} dims",
+                               param="layers")
+        self.layers = None if layers is None else tuple(layers)
+
+    def terms(self, *inputs: Any, **kw: Any) -> list:
+        """The unweighted inner loss at every prefix, in the order of ``dims``."""
+        out = []
+        for i, m in enumerate(self.dims):
+            xs = inputs if self.layers is None else [x[self.layers[i]] for x in inputs]
+            out.append(self.inner(*(prefix_view(x, m) for x in xs), **kw))
+        return out
+
+    def __call__(self, *inputs: Any, **kw: Any):
+        return sum(w * t for w, t in zip(self.weights, self.terms(*inputs, **kw))) \
+            / sum(self.weights)

@@ -13,22 +13,24 @@ artefacts whose manifests disagree.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, overload
 
 import numpy as np
 
+from nestemb.checks import check_matrix
 from nestemb.errors import NestembError
 from nestemb.io import article
+
+if TYPE_CHECKING:
+    import torch
 
 NORMALIZATION = "slice-then-l2"
 """The name written into manifests for the prefix-view rule of :func:`prefix_view`."""
 
 _EPS = 1e-12
 
-Array = TypeVar("Array")
 
 
 def validate_nesting(dims: Iterable[int], full_dim: int | None = None) -> tuple[int, ...]:
@@ -87,7 +89,11 @@ def default_nesting(full_dim: int, start: int = 2) -> tuple[int, ...]:
     return tuple(dims) + (full_dim,)
 
 
-def prefix_view(x: Array, m: int) -> Array:
+@overload
+def prefix_view(x: np.ndarray, m: int) -> np.ndarray: ...
+@overload
+def prefix_view(x: "torch.Tensor", m: int) -> "torch.Tensor": ...
+def prefix_view(x: Any, m: int) -> Any:
     """The ``m``-dimensional view: first ``m`` coordinates (last axis), then L2-normalized.
 
     Works on numpy arrays and torch tensors (differentiably). Zero vectors stay zero.
@@ -113,7 +119,8 @@ def prefix_view(x: Array, m: int) -> Array:
 
 def check_vectors(x: Any, dim: int | None = None, what: str = "vectors") -> np.ndarray:
     """Validate a float matrix from a user: 2-D (a single 1-D vector becomes one row), non-empty,
-    finite, and of dimension ``dim`` when given. Returns a C-contiguous float32 array.
+    finite, and of dimension ``dim`` when given. Returns a C-contiguous float32 array
+    (:func:`nestemb.checks.check_matrix` with ``one_row``).
 
     Example:
         >>> check_vectors([1.0, 2.0]).shape
@@ -121,30 +128,15 @@ def check_vectors(x: Any, dim: int | None = None, what: str = "vectors") -> np.n
         >>> check_vectors([[float("nan"), 1.0]])
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: vectors contain NaN or inf values (row 0)
+        nestemb.errors.NestembError: vectors contains NaN or inf values (row 0)
     """
-    try:
-        arr = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise NestembError(f"{what} must be a numeric array") from None
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2:
-        raise NestembError(f"{what} must be 2-D (n, dim), got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise NestembError(f"{what} is empty: got 0 rows")
-    if dim is not None and arr.shape[1] != dim:
-        raise NestembError(f"{what} have dimension {arr.shape[1]}, expected {dim}")
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        raise NestembError(f"{what} contain NaN or inf values (row {int(np.argmin(finite))})")
-    return np.ascontiguousarray(arr)
+    return check_matrix(x, what, dim=dim, one_row=True)
 
 
 def finite_matrix(x: object, name: str) -> np.ndarray:
-    """``x`` as a finite, non-empty 2-D float64 array; errors name the parameter ``name``.
-    The float64 sibling of :func:`check_vectors` for the analyses (Procrustes, the comparison
-    measures, relative projections); unlike it, a 1-D input is refused rather than made a row.
+    """``x`` as a finite, non-empty 2-D float64 array for the analyses (Procrustes, the
+    comparison measures, relative projections): :func:`nestemb.checks.check_matrix` in float64,
+    a 1-D input refused.
 
     Example:
         >>> finite_matrix([[1, 2]], "X").dtype
@@ -154,16 +146,7 @@ def finite_matrix(x: object, name: str) -> np.ndarray:
         ...
         nestemb.errors.NestembError: X contains NaN or inf values (row 0)
     """
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise NestembError(f"{name} must be a numeric array") from None
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise NestembError(f"{name} must be a non-empty 2-D (n, dim) array, got shape {arr.shape}")
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        raise NestembError(f"{name} contains NaN or inf values (row {int(np.argmin(finite))})")
-    return arr
+    return check_matrix(x, name, dtype=np.float64)
 
 
 @dataclasses.dataclass
@@ -278,10 +261,9 @@ class Manifest:
         ``kind`` (``what`` names it in errors) and, unless ``verify=False``, its checksums.
 
         Example:
-            >>> import numpy as np, tempfile, pathlib
-            >>> out = pathlib.Path(tempfile.mkdtemp()) / "emb"
-            >>> X = np.ones((2, 4), dtype="float32")
-            >>> _ = save_embeddings(out, X, Manifest(model_id="demo", nesting=(2, 4), dim=4))
+            >>> import tempfile, pathlib
+            >>> out = pathlib.Path(tempfile.mkdtemp())
+            >>> _ = Manifest(model_id="demo", nesting=(2, 4), dim=4).save(out)
             >>> Manifest.open(out, "embeddings", "embedding directory").dim
             4
             >>> Manifest.open(out, "index", "index directory")
@@ -321,10 +303,6 @@ def _is_int(x: Any) -> bool:
 
 
 MANIFEST_NAME = "manifest.json"
-EMBEDDINGS_NAME = "embeddings.npy"
-IDS_NAME = "ids.json"
-
-
 def weights_version(weights: Mapping[str, Any] | Sequence[str | os.PathLike]) -> str:
     """A model version derived from the content of its weights: the first 16 hex digits of a
     sha256 over every tensor (name, dtype, shape, bytes; from a ``state_dict``) or over every
@@ -388,112 +366,3 @@ def check_compatible(a: Manifest, b: Manifest, what: str = "query and index") ->
         )
     if a.nesting != b.nesting:
         raise NestembError(f"{what} have different nestings: {a.nesting} vs {b.nesting}")
-
-
-def check_unique_ids(ids: Sequence[Any], param: str = "ids", what: str | None = None) -> None:
-    """Refuse a list of ids in which one appears twice (naming it and both rows): rows are
-    paired, looked up and deleted by id, so a duplicate silently loses one of them. The message
-    names the parameter ``param``, or describes the ids as ``what`` (``"query ids in DIR"``).
-
-    Example:
-        >>> check_unique_ids(["a", "b", "a"])
-        Traceback (most recent call last):
-        ...
-        nestemb.errors.NestembError: ids must be unique: 'a' appears at rows 0 and 2
-        >>> check_unique_ids([1, 1], what="query ids in q/")
-        Traceback (most recent call last):
-        ...
-        nestemb.errors.NestembError: query ids in q/ must be unique: 1 appears at rows 0 and 1
-    """
-    first: dict[Any, int] = {}
-    for row, i in enumerate(ids):
-        key = json.dumps(i) if isinstance(i, (list, dict)) else i
-        if key in first:
-            raise NestembError(f"{what or '{param}'} must be unique: {i!r} appears at rows "
-                               f"{first[key]} and {row}", param=None if what else param)
-        first[key] = row
-
-
-def save_embeddings(
-    directory: str | os.PathLike,
-    vectors: np.ndarray,
-    manifest: Manifest,
-    ids: Sequence[Any] | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write an embedding file: a directory with ``embeddings.npy``, optional ``ids.json`` and
-    ``manifest.json`` (with their checksums). Built in a temporary directory, then renamed.
-
-    Example:
-        >>> import numpy as np, tempfile, pathlib
-        >>> out = pathlib.Path(tempfile.mkdtemp()) / "emb"
-        >>> X = np.random.default_rng(0).normal(size=(5, 16)).astype("float32")
-        >>> _ = save_embeddings(out, X, Manifest(model_id="demo", nesting=(8, 16), dim=16))
-        >>> Y, man = load_embeddings(out); Y.shape, man.nesting
-        ((5, 16), (8, 16))
-    """
-    from nestemb.io import atomic_dir, sha256_file
-
-    vectors = check_vectors(vectors, dim=manifest.dim, what="embeddings")
-    if ids is not None:
-        if len(ids) != len(vectors):
-            raise NestembError(f"got {len(ids)} ids for {len(vectors)} embeddings", param="ids")
-        check_unique_ids(ids)
-    with atomic_dir(directory, kind="embeddings", overwrite=overwrite) as tmp:
-        np.save(tmp / EMBEDDINGS_NAME, vectors)
-        names = [EMBEDDINGS_NAME]
-        if ids is not None:
-            (tmp / IDS_NAME).write_text(json.dumps(list(ids)))
-            names.append(IDS_NAME)
-        manifest = dataclasses.replace(
-            manifest,
-            dtype=str(vectors.dtype),
-            kind="embeddings",
-            sha256={n: sha256_file(tmp / n) for n in names},
-        )
-        manifest.save(tmp)
-    return Path(directory)
-
-
-def load_embeddings(
-    directory: str | os.PathLike, mmap: bool = False, with_ids: bool = False
-) -> tuple[np.ndarray, Manifest] | tuple[np.ndarray, Manifest, list | None]:
-    """Read an embedding file written by :func:`save_embeddings`, verifying its checksums.
-    The sharded directory of ``nestemb embed --ray`` is read too (:func:`nestemb.bulk.load_shards`).
-
-    Example: see :func:`save_embeddings`.
-    """
-    directory = Path(directory)
-    from nestemb import bulk
-
-    if bulk.is_shard_dir(directory):
-        X, man, ids = bulk.load_shards(directory, mmap=mmap)
-        return (X, man, ids) if with_ids else (X, man)
-    manifest = Manifest.open(directory, "embeddings", "embedding directory")
-    try:
-        vectors = np.load(directory / EMBEDDINGS_NAME, mmap_mode="r" if mmap else None)
-    except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
-        raise NestembError(f"cannot read {directory / EMBEDDINGS_NAME}: {e}") from None
-    if vectors.dtype.kind != "f":
-        raise NestembError(f"{directory / EMBEDDINGS_NAME} holds {vectors.dtype} values, not "
-                           "floats")
-    if vectors.ndim != 2 or vectors.shape[1] != manifest.dim:
-        raise NestembError(
-            f"{directory / EMBEDDINGS_NAME} has shape {vectors.shape}, manifest says dim "
-            f"{manifest.dim}"
-        )
-    if not with_ids:
-        return vectors, manifest
-    ids_path = directory / IDS_NAME
-    if not ids_path.is_file():
-        return vectors, manifest, None
-    from nestemb.io import read_json
-
-    ids = read_json(ids_path, "ids file")
-    if not isinstance(ids, list) or len(ids) != len(vectors):
-        raise NestembError(f"{ids_path} must be a JSON list of {len(vectors)} ids, one per row")
-    try:
-        check_unique_ids(ids)
-    except NestembError as e:
-        raise NestembError(f"{ids_path}: {e}") from None
-    return vectors, manifest, ids

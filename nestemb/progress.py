@@ -24,8 +24,8 @@ class _NoProgress:
     def __enter__(self) -> "_NoProgress":
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
-        return False
+    def __exit__(self, *exc: Any) -> None:
+        return None
 
     def add_task(self, *args: Any, **kwargs: Any) -> int:
         return 0

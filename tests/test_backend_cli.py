@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from nestemb.index import FunnelIndex, exact_search, synthetic_matryoshka
-from nestemb.nesting import Manifest, save_embeddings
+from nestemb.nesting import Manifest
+from nestemb.folders import save_embeddings
 
 N, D, NQ, K = 400, 32, 12, 10
 DIMS, SHORTLIST = (8, 32), (60,)
@@ -49,14 +50,14 @@ def test_round_trip_equals_index_search_and_brute_force(cli, files, engine, sour
     target = _target(tmp, engine, source)
     if engine == "milvus":
         (tmp / f"{source}-{engine}").mkdir(exist_ok=True)
-    stages = [] if source == "index" else ["--dims", "8,32", "--shortlist", "60"]
-    r = cli("backend", "export", str(tmp / source), "--engine", engine, "--target", target,
+    stages = [] if source == "index" else ["--stages", "8,32", "--shortlist", "60"]
+    r = cli("backend", "export", str(tmp / source), "--engine", engine, "--engine-url", target,
             "--collection", "docs", "--quantize", "none", *stages)
     assert r.code == 0, r.err
     assert f"exported {N} points" in r.out
     out = tmp / f"{source}-{engine}.json"
     exact = ["--exact"] if engine != "milvus" else []
-    r = cli("backend", "search", "--engine", engine, "--target", target, "--collection", "docs",
+    r = cli("backend", "search", "--engine", engine, "--engine-url", target, "--collection", "docs",
             "--queries", str(tmp / "queries"), "-k", str(K), "--out", str(out), *exact)
     assert r.code == 0, r.err
     got = json.loads(out.read_text())
@@ -75,8 +76,8 @@ def test_round_trip_equals_index_search_and_brute_force(cli, files, engine, sour
         np.testing.assert_allclose(got[q]["scores"], Xn @ (qv / np.linalg.norm(qv)), atol=1e-5)
     # a full-vector (single stage) search is brute force
     out1 = tmp / f"{source}-{engine}-full.npz"
-    r = cli("backend", "search", "--engine", engine, "--target", target, "--collection", "docs",
-            "--queries", str(tmp / "queries"), "-k", str(K), "--dims", "32", "--out", str(out1),
+    r = cli("backend", "search", "--engine", engine, "--engine-url", target, "--collection", "docs",
+            "--queries", str(tmp / "queries"), "-k", str(K), "--stages", "32", "--out", str(out1),
             *exact)
     assert r.code == 0, r.err
     res = np.load(out1)
@@ -88,21 +89,21 @@ def test_bad_inputs_exit_2(cli, files, tmp_path):
     _need("qdrant_edge")
     tmp, *_ = files
     cases = [
-        (["backend", "export", str(tmp / "emb"), "--engine", "qdrant-edge", "--target",
-          str(tmp_path / "e"), "--collection", "c"], "--dims and --shortlist are required"),
+        (["backend", "export", str(tmp / "emb"), "--engine", "qdrant-edge", "--engine-url",
+          str(tmp_path / "e"), "--collection", "c"], "--stages and --shortlist are required"),
         (["backend", "export", str(tmp_path / "nothing"), "--engine", "qdrant-edge",
-          "--target", str(tmp_path / "e"), "--collection", "c"], "SOURCE must be"),
-        (["backend", "export", str(tmp / "index"), "--engine", "qdrant-edge", "--target",
-          str(tmp_path / "e"), "--collection", "c", "--dims", "8,x"], "--dims must be"),
-        (["backend", "search", "--engine", "qdrant-edge", "--target", str(tmp_path / "e"),
+          "--engine-url", str(tmp_path / "e"), "--collection", "c"], "SOURCE must be"),
+        (["backend", "export", str(tmp / "index"), "--engine", "qdrant-edge", "--engine-url",
+          str(tmp_path / "e"), "--collection", "c", "--stages", "8,x"], "--stages must be"),
+        (["backend", "search", "--engine", "qdrant-edge", "--engine-url", str(tmp_path / "e"),
           "--collection", "nope", "--queries", str(tmp / "queries")], "does not exist"),
-        (["backend", "search", "--engine", "qdrant", "--target", "http://127.0.0.1:9",
+        (["backend", "search", "--engine", "qdrant", "--engine-url", "http://127.0.0.1:9",
           "--collection", "c", "--queries", str(tmp / "queries")],
          "cannot reach Qdrant at 'http://127.0.0.1:9'"),
-        (["backend", "search", "--engine", "qdrant-edge", "--target", str(tmp_path / "e"),
+        (["backend", "search", "--engine", "qdrant-edge", "--engine-url", str(tmp_path / "e"),
           "--collection", "c", "--queries", str(tmp / "queries"), "--out",
           str(tmp_path / "r.txt")], "--out must end in .json or .npz"),
-        (["backend", "export", str(tmp / "index"), "--engine", "qdrant-edge", "--target",
+        (["backend", "export", str(tmp / "index"), "--engine", "qdrant-edge", "--engine-url",
           str(tmp_path / "e"), "--collection", "../up"], "--collection: invalid name '../up'"),
     ]
     for args, message in cases:
@@ -116,13 +117,13 @@ def test_search_refuses_other_model_and_missing_prefix(cli, files, tmp_path):
     _need("qdrant_edge")
     tmp, X, Q, _ = files
     target = str(tmp_path / "edge")
-    r = cli("backend", "export", str(tmp / "index"), "--engine", "qdrant-edge", "--target",
+    r = cli("backend", "export", str(tmp / "index"), "--engine", "qdrant-edge", "--engine-url",
             target, "--collection", "docs")
     assert r.code == 0, r.err
     save_embeddings(tmp_path / "other", Q, Manifest(model_id="other", nesting=(8, 16, 32), dim=D))
-    r = cli("backend", "search", "--engine", "qdrant-edge", "--target", target, "--collection",
+    r = cli("backend", "search", "--engine", "qdrant-edge", "--engine-url", target, "--collection",
             "docs", "--queries", str(tmp_path / "other"))
     assert r.code == 2 and "different models: 'other'" in r.err and "'demo'" in r.err
-    r = cli("backend", "search", "--engine", "qdrant-edge", "--target", target, "--collection",
-            "docs", "--queries", str(tmp / "queries"), "--dims", "16,32", "--shortlist", "50")
+    r = cli("backend", "search", "--engine", "qdrant-edge", "--engine-url", target, "--collection",
+            "docs", "--queries", str(tmp / "queries"), "--stages", "16,32", "--shortlist", "50")
     assert r.code == 2 and "stage dims [16] are not stored" in r.err

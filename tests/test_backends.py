@@ -52,36 +52,36 @@ class Engine:
 
     def export(self, source, collection="c", **kw):
         if self.name == "qdrant-local":
-            from nestemb.backends.qdrant import export_qdrant
+            from nestemb.engines.qdrant import export_qdrant
 
             return export_qdrant(source, self.client, collection, **kw)
         if self.name == "qdrant-edge":
-            from nestemb.backends.qdrant import export_qdrant_edge
+            from nestemb.engines.qdrant import export_qdrant_edge
 
             for f in self.opened:  # an Edge shard is opened by one handle at a time
                 f.close()
             f = export_qdrant_edge(source, self.tmp / collection, **kw)
             self.opened.append(f)
             return f
-        from nestemb.backends.milvus import MilvusFunnel, export_milvus
+        from nestemb.engines.milvus import MilvusFunnel, export_milvus
 
         export_milvus(source, self.client, collection, **kw)
         return MilvusFunnel(self.client, collection, rerank=self.name.split("-")[1])
 
     def open(self, collection="c", **kw):
         if self.name == "qdrant-local":
-            from nestemb.backends.qdrant import QdrantFunnel
+            from nestemb.engines.qdrant import QdrantFunnel
 
             return QdrantFunnel(self.client, collection, **kw)
         if self.name == "qdrant-edge":
-            from nestemb.backends.qdrant import QdrantFunnel
+            from nestemb.engines.qdrant import QdrantFunnel
 
             for f in self.opened:
                 f.close()
             f = QdrantFunnel.open_edge(self.tmp / collection, **kw)
             self.opened.append(f)
             return f
-        from nestemb.backends.milvus import MilvusFunnel
+        from nestemb.engines.milvus import MilvusFunnel
 
         return MilvusFunnel(self.client, collection, rerank=self.name.split("-")[1], **kw)
 
@@ -152,7 +152,7 @@ def test_int8_first_stage_recall(data, tmp_path):
     """Qdrant Edge with the short prefix int8-quantized and an HNSW graph on it (the default
     export) still returns FunnelIndex's top-10."""
     _need("qdrant_edge")
-    from nestemb.backends.qdrant import export_qdrant_edge
+    from nestemb.engines.qdrant import export_qdrant_edge
 
     X, Q = data
     index = FunnelIndex(dims=DIMS, shortlist=SHORTLIST, model_id="synthetic").add(X)
@@ -248,7 +248,7 @@ def test_unreachable_qdrant_url():
     _need("qdrant_client")
     from qdrant_client import QdrantClient
 
-    from nestemb.backends.qdrant import QdrantFunnel, connect_qdrant
+    from nestemb.engines.qdrant import QdrantFunnel, connect_qdrant
 
     url = f"http://127.0.0.1:{_closed_port()}"
     with pytest.raises(NestembError, match=f"cannot reach Qdrant at '{url}'"):
@@ -260,7 +260,7 @@ def test_unreachable_qdrant_url():
 
 def test_unreachable_milvus_url():
     _need("pymilvus")
-    from nestemb.backends.milvus import connect_milvus
+    from nestemb.engines.milvus import connect_milvus
 
     url = f"http://127.0.0.1:{_closed_port()}"
     with pytest.raises(NestembError, match=f"cannot reach Milvus at '{url}'"):
@@ -271,8 +271,8 @@ def test_export_input_checks(data, tmp_path):
     _need("qdrant_client")
     from qdrant_client import QdrantClient
 
-    from nestemb.backends.base import export_source
-    from nestemb.backends.qdrant import export_qdrant
+    from nestemb.engines.base import export_source
+    from nestemb.engines.qdrant import export_qdrant
 
     X, _ = data
     c = QdrantClient(":memory:")
@@ -301,7 +301,7 @@ def test_payload_travels_and_deleted_rows_are_not_exported(data):
     _need("qdrant_client")
     from qdrant_client import QdrantClient
 
-    from nestemb.backends.qdrant import export_qdrant
+    from nestemb.engines.qdrant import export_qdrant
 
     X, Q = data
     index = FunnelIndex(dims=(8, 64), shortlist=(100,)).add(X[:500]).delete([3, 4])
@@ -319,10 +319,10 @@ def test_interrupted_export_is_refused_then_overwritten(engine, data, monkeypatc
     replaced by an export with overwrite=True."""
     X, _ = data
     if engine.name.startswith("qdrant"):
-        from nestemb.backends import qdrant
+        from nestemb.engines import qdrant
 
-        target = qdrant._EdgeEngine if engine.name == "qdrant-edge" else qdrant._ClientEngine
-        monkeypatch.setattr(target, "upsert", lambda *a, **k: (_ for _ in ()).throw(
+        target = qdrant.EdgeCollection if engine.name == "qdrant-edge" else qdrant.QdrantCollection
+        monkeypatch.setattr(target, "write", lambda *a, **k: (_ for _ in ()).throw(
             OSError("disk full")))
     else:
         monkeypatch.setattr(engine.client, "insert", lambda *a, **k: (_ for _ in ()).throw(

@@ -70,7 +70,7 @@ def test_bad_json_line_names_file_and_line(tmp_path):
 
 def test_json_without_id(tmp_path):
     d = _folder(tmp_path, queries=[{"text": "no id"}])
-    with pytest.raises(NestembError, match=r"queries.jsonl:1: a JSON object with an '_id'"):
+    with pytest.raises(NestembError, match=r"queries.jsonl:1: _id must be a non-empty string, got None"):
         load_beir(d)
 
 

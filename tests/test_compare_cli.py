@@ -11,7 +11,8 @@ import pytest
 import nestemb.cli.compare  # noqa: F401  (registers the command until cli/__init__ imports it)
 from nestemb.compare import compare_prefixes
 from nestemb.index import synthetic_matryoshka
-from nestemb.nesting import Manifest, save_embeddings
+from nestemb.nesting import Manifest
+from nestemb.folders import save_embeddings
 
 N, D = 300, 32
 
@@ -29,7 +30,7 @@ def pair(tmp_path):
 
 def test_compare_table_json_and_heatmaps(cli, pair):
     tmp, a, b, X, Y, _ = pair
-    r = cli("compare", a, b, "--out", tmp / "cmp", "--permutations", "20", "-k", "5")
+    r = cli("compare", "--embeddings-a", a, "--embeddings-b", b, "--out", tmp / "cmp", "--permutations", "20", "--neighbours", "5")
     assert r.code == 0, r
     lines = r.out.splitlines()
     header = next(line for line in lines if line.lstrip().startswith("dim"))
@@ -51,13 +52,13 @@ def test_compare_table_json_and_heatmaps(cli, pair):
 
 def test_compare_dims_measures_and_sample(cli, pair):
     tmp, a, b, *_ = pair
-    r = cli("compare", a, b, "--dims-a", "4,16", "--dims-b", "4,16", "--measures", "cka,mutual-knn",
+    r = cli("compare", "--embeddings-a", a, "--embeddings-b", b, "--dims-a", "4,16", "--dims-b", "4,16", "--measures", "cka,mutual-knn",
             "--knn-sample", "100", "--permutations", "0")
     assert r.code == 0, r
     assert "mutual k-NN on 100 sampled items" in r.out
     header = next(line for line in r.out.splitlines() if line.lstrip().startswith("dim"))
     assert header.split() == ["dim", "cka", "mutual-knn"]
-    r = cli("compare", a, b, "--dims-a", "32", "--dims-b", "16", "--measures", "cka")
+    r = cli("compare", "--embeddings-a", a, "--embeddings-b", b, "--dims-a", "32", "--dims-b", "16", "--measures", "cka")
     assert r.code == 0 and "share no prefix" in r.out
 
 
@@ -75,7 +76,7 @@ def test_compare_refuses_other_items(cli, pair):
         "noids": (save_embeddings(tmp / "noids", X, Manifest(model_id="x", nesting=(16,), dim=16)), "has no ids.json"),
     }
     for name, (path, message) in cases.items():
-        r = cli("compare", a, path)
+        r = cli("compare", "--embeddings-a", a, "--embeddings-b", path)
         assert r.code == 2, (name, r)
         assert len(r.err.strip().splitlines()) == 1, (name, r.err)
 
@@ -89,8 +90,9 @@ def test_compare_refuses_other_items(cli, pair):
         (["--dims-a", "8,64"], "--dims-a asks for prefix 64 but the file is 32 wide"),
         (["--dims-b", "8,4"], "--dims-b: nesting must be strictly ascending"),
         (["--dims-a", "8,x"], "--dims-a must be comma-separated integers"),
-        (["-k", "0"], "--k must be a positive integer, got 0"),
-        (["-k", "50", "--knn-sample", "40"], "--k must be smaller than the number of items compared"),
+        (["--neighbours", "0"], "--neighbours must be a positive integer, got 0"),
+        (["--neighbours", "50", "--knn-sample", "40"],
+         "--neighbours must be smaller than the number of items compared"),
         (["--knn-sample", "1"], "--knn-sample must be 0 .* or at least 2"),
         (["--permutations", "-1"], "--permutations must be 0 or positive"),
         (["--threshold", "1.5"], r"--threshold must be a correlation in \[0, 1\]"),
@@ -99,7 +101,7 @@ def test_compare_refuses_other_items(cli, pair):
 )
 def test_compare_bad_flags(cli, pair, args, message):
     tmp, a, b, *_ = pair
-    r = cli("compare", a, b, *args)
+    r = cli("compare", "--embeddings-a", a, "--embeddings-b", b, *args)
     assert r.code == 2, r
 
     assert re.search(message, r.err) and len(r.err.strip().splitlines()) == 1, r.err
@@ -107,10 +109,10 @@ def test_compare_bad_flags(cli, pair, args, message):
 
 def test_compare_bad_paths(cli, pair):
     tmp, a, b, *_ = pair
-    r = cli("compare", a, tmp / "missing")
+    r = cli("compare", "--embeddings-a", a, "--embeddings-b", tmp / "missing")
     assert r.code == 2 and "embedding directory not found" in r.err, r
     (tmp / "taken").mkdir()
     (tmp / "taken" / "x.txt").write_text("x")
-    r = cli("compare", a, b, "--out", tmp / "taken")
+    r = cli("compare", "--embeddings-a", a, "--embeddings-b", b, "--out", tmp / "taken")
     assert r.code == 2 and "already exists and is not empty" in r.err, r
     assert (tmp / "taken" / "x.txt").read_text() == "x"

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from nestemb.compat.matrix import compatibility_matrix
+from nestemb.compat import compatibility_matrix
 from nestemb.data.idx import write_idx
-from nestemb.nesting import Manifest, check_compatible, load_embeddings, save_embeddings
+from nestemb.nesting import Manifest, check_compatible
+from nestemb.folders import load_embeddings, save_embeddings
 
 N_G, N_Q = 120, 30
 OLD = Manifest(model_id="old-net", model_version="aaaa", nesting=(4, 8), dim=8)
@@ -70,7 +71,7 @@ def _pairs(d, prefix=""):
 def test_matrix_with_label_files(cli, world, tmp_path):
     d = world["dir"]
     out = tmp_path / "m"
-    r = cli("compat", "matrix", *_pairs(d), "--query-labels", d / "ql.npy",
+    r = cli("compat", *_pairs(d), "--query-labels", d / "ql.npy",
             "--gallery-labels", d / "gl.txt", "--out", out)
     assert r.code == 0, r
     assert "top1 at 8 dims" in r.out and "AC " in r.out and "old-net" in r.out
@@ -86,13 +87,13 @@ def test_matrix_with_label_files(cli, world, tmp_path):
     assert res["values"][0][1][2] is None  # the old model has no 16-d prefix
     for name in ("heatmap.png", "heatmap-4.png", "heatmap-8.png", "heatmap-16.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    _one_line_error(cli("compat", "matrix", *_pairs(d), "--query-labels", d / "ql.npy",
+    _one_line_error(cli("compat", *_pairs(d), "--query-labels", d / "ql.npy",
                         "--gallery-labels", d / "gl.txt", "--out", out), "--overwrite")
 
 
 def test_matrix_with_idx_labels_and_map(cli, world, tmp_path):
     d = world["dir"]
-    r = cli("compat", "matrix", *_pairs(d), "--data", d / "idx", "--metric", "map", "-k", "10",
+    r = cli("compat", *_pairs(d), "--data", d / "idx", "--metric", "map", "-k", "10",
             "--dims", "8", "--names", "M0,M1", "--out", tmp_path / "m")
     assert r.code == 0, r
     res = json.loads((tmp_path / "m" / "matrix.json").read_text())
@@ -106,7 +107,7 @@ def test_matrix_with_idx_labels_and_map(cli, world, tmp_path):
 
 def test_matrix_ndcg_with_beir(cli, world, tmp_path):
     d = world["dir"]
-    r = cli("compat", "matrix", *_pairs(d, "t"), "--metric", "ndcg", "--beir", d / "beir",
+    r = cli("compat", *_pairs(d, "t"), "--metric", "ndcg", "--beir", d / "beir",
             "--out", tmp_path / "m")
     assert r.code == 0, r
     res = json.loads((tmp_path / "m" / "matrix.json").read_text())
@@ -122,22 +123,22 @@ def test_matrix_errors(cli, world, tmp_path):
     out = ["--out", tmp_path / "m"]
     # files that do not hold the same items
     save_embeddings(tmp_path / "short", world["X"][3][:-1], NEW, ids=list(range(N_G - 1)))
-    r = cli("compat", "matrix", "--queries", d / "q_old", "--gallery", d / "g_old",
+    r = cli("compat", "--queries", d / "q_old", "--gallery", d / "g_old",
             "--queries", d / "q_new", "--gallery", tmp_path / "short", *labels, *out)
     _one_line_error(r, f"--gallery files do not hold the same items: {tmp_path / 'short'} has "
                        f"{N_G - 1} rows, {d / 'g_old'} {N_G}")
     save_embeddings(tmp_path / "shuffled", world["X"][3], NEW,
                     ids=[1, 0] + list(range(2, N_G)))
-    r = cli("compat", "matrix", "--queries", d / "q_old", "--gallery", d / "g_old",
+    r = cli("compat", "--queries", d / "q_old", "--gallery", d / "g_old",
             "--queries", d / "q_new", "--gallery", tmp_path / "shuffled", *labels, *out)
     _one_line_error(r, "the ids of")
     assert "(row 0: 1 vs 0)" in r.err
     # a query/gallery pair from two models
-    r = cli("compat", "matrix", "--queries", d / "q_old", "--gallery", d / "g_new", *labels, *out)
+    r = cli("compat", "--queries", d / "q_old", "--gallery", d / "g_new", *labels, *out)
     _one_line_error(r, "come from different models")
     (tmp_path / "beir2" / "qrels").mkdir(parents=True)
     (tmp_path / "beir2" / "qrels" / "test.tsv").write_text("q1\td999\t1\n")
-    r = cli("compat", "matrix", "--queries", d / "q_old", *labels, *out)
+    r = cli("compat", "--queries", d / "q_old", *labels, *out)
     assert r.code == 2 and "Missing option '--gallery'" in r.err  # click's own usage error
     for args, match in [
         ([*_pairs(d)[:6], *labels, *out], "give one --gallery per --queries"),
@@ -164,7 +165,7 @@ def test_matrix_errors(cli, world, tmp_path):
         (["--queries", d / "missing", "--gallery", d / "g_old", *labels, *out],
          "--queries embedding directory not found"),
     ]:
-        _one_line_error(cli("compat", "matrix", *args), match)
+        _one_line_error(cli("compat", *args), match)
 
 
 def test_adapter_fit_apply(cli, world, tmp_path):
@@ -185,7 +186,7 @@ def test_adapter_fit_apply(cli, world, tmp_path):
     assert Y.shape == (N_Q, 16) and ids == list(range(N_Q))
     assert m.extra["adapted"]["adapter_path"] == str(ad)
     # the mapped old queries search the new gallery through the usual path
-    r = cli("compat", "matrix", "--queries", tmp_path / "mapped", "--gallery", d / "g_new",
+    r = cli("compat", "--queries", tmp_path / "mapped", "--gallery", d / "g_new",
             "--names", "old->new", "--query-labels", d / "ql.npy", "--gallery-labels",
             d / "gl.txt", "--out", tmp_path / "m")
     assert r.code == 0, r
@@ -221,7 +222,7 @@ def test_adapter_errors(cli, world, tmp_path):
         (["--kind", "mlp", "--batch-size", "0"], "--batch-size must be a positive integer"),
         (["--sample", "500"], f"--sample 500 is larger than the {N_G} paired rows"),
         (["--sample", "5"], "needs at least 8 paired rows, got 5"),
-        (["--sample", "0"], "--sample must be positive"),
+        (["--sample", "0"], "--sample must be a positive integer"),
     ]:
         _one_line_error(cli(*fit, "--source", d / "g_old", "--target", d / "g_new", *extra), match)
     # unknown identity: refused unless trusted
@@ -250,11 +251,11 @@ def test_adapter_errors(cli, world, tmp_path):
 def test_index_search_through_an_adapter(cli, world, tmp_path):
     """An index built from the old model's gallery answers new-model queries only through the
     new -> old adapter, and then as the brute-force search of the mapped queries does."""
-    from nestemb.compat.adapter import load_adapter
+    from nestemb.maps import load_adapter
     from nestemb.exact import exact_search
 
     d = world["dir"]
-    assert cli("index", "build", d / "g_old", "--out", tmp_path / "idx", "--dims", "4,8",
+    assert cli("index", "build", "--embeddings", d / "g_old", "--out", tmp_path / "idx", "--stages", "4,8",
                "--shortlist", str(N_G)).code == 0
     r = cli("index", "search", tmp_path / "idx", "--queries", d / "q_new")
     _one_line_error(r, "different models")

@@ -1,4 +1,4 @@
-"""Issue 20 for ``compat``, ``adapter``, ``adaptor`` and ``compare``: no silent wrong answer
+"""Issue 20 for ``compat``, ``adapter``, ``retrofit`` and ``compare``: no silent wrong answer
 (labels looked up in another split, a prefix no model has, duplicate ids) and messages in the
 user's terms (flags on the CLI, parameters in Python)."""
 
@@ -9,10 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from nestemb.compat.adapter import ModelRef, fit_adapter
+from nestemb.maps import ModelRef, fit_adapter
 from nestemb.data.idx import write_idx
 from nestemb.errors import NestembError
-from nestemb.nesting import Manifest, save_embeddings
+from nestemb.nesting import Manifest
+from nestemb.folders import save_embeddings
 
 N_TRAIN, N_TEST = 90, 30
 
@@ -52,7 +53,7 @@ def idx_world(tmp_path_factory):
 
 
 def _matrix(d, *extra, q="q", g="g"):
-    return ["compat", "matrix", "--queries", d / f"{q}_old-net", "--gallery", d / f"{g}_old-net",
+    return ["compat", "--queries", d / f"{q}_old-net", "--gallery", d / f"{g}_old-net",
             "--queries", d / f"{q}_new-net", "--gallery", d / f"{g}_new-net",
             "--data", d / "idx", *extra]
 
@@ -79,7 +80,7 @@ def test_matrix_refuses_one_model_of_another_split(cli, idx_world, tmp_path):
     X = np.random.default_rng(1).normal(size=(N_TEST, 16))
     save_embeddings(tmp_path / "q_new-net", X, _man("new-net", "bbbb", 16, split="train"),
                     ids=list(range(N_TEST)))
-    r = cli("compat", "matrix", "--queries", d / "q_old-net", "--gallery", d / "g_old-net",
+    r = cli("compat", "--queries", d / "q_old-net", "--gallery", d / "g_old-net",
             "--queries", tmp_path / "q_new-net", "--gallery", d / "g_new-net",
             "--data", d / "idx", "--out", tmp_path / "m")
     _err(r, str(tmp_path / "q_new-net"), "train", "--query-split", "t10k")
@@ -92,7 +93,7 @@ def test_matrix_refuses_unrecorded_split_of_another_size(cli, idx_world, tmp_pat
         save_embeddings(tmp_path / f"{name}_old-net", X if name == "q" else
                         np.random.default_rng(3).normal(size=(N_TRAIN, 8)),
                         _man("old-net", "aaaa", 8), ids=list(range(N_TEST if name == "q" else N_TRAIN)))
-    base = ["compat", "matrix", "--queries", tmp_path / "q_old-net", "--gallery",
+    base = ["compat", "--queries", tmp_path / "q_old-net", "--gallery",
             tmp_path / "g_old-net", "--data", idx_world / "idx", "--out", tmp_path / "m"]
     assert cli(*base).code == 0
     _err(cli(*base, "--query-split", "train", "--overwrite"), "--query-split", f"{N_TEST} rows",
@@ -167,13 +168,13 @@ def test_adapter_cli_messages(cli, pairs_dir, tmp_path):
          "--epochs must be")
 
 
-def test_adaptor_cli_messages(cli, pairs_dir, tmp_path):
-    r = cli("adaptor", "fit", "--embeddings", pairs_dir / "src", "--out", tmp_path / "ad",
-            "--kind", "mlp", "--steps", "1", "--k", "2")
+def test_retrofit_cli_messages(cli, pairs_dir, tmp_path):
+    r = cli("retrofit", "fit", "--embeddings", pairs_dir / "src", "--out", tmp_path / "ad",
+            "--kind", "mlp", "--steps", "1", "--neighbours", "2")
     assert r.code == 0, r
-    assert "fitted an mlp nesting adaptor" in r.out and "(1 step)" in r.out
-    _err(cli("adaptor", "fit", "--embeddings", pairs_dir / "src", "--out", tmp_path / "ad2",
-             "--k", "50"), "--embeddings has 40 rows")
+    assert "fitted an mlp nesting retrofit" in r.out and "(1 step)" in r.out
+    _err(cli("retrofit", "fit", "--embeddings", pairs_dir / "src", "--out", tmp_path / "ad2",
+             "--neighbours", "50"), "--embeddings has 40 rows")
 
 
 # ------------------------------------------------------------------ 5. duplicate ids
@@ -197,7 +198,7 @@ def test_compare_duplicate_ids_named(cli, tmp_path):
     dup = ids[:5] + ["doc3"] + ids[6:]
     _with_ids(tmp_path / "a", dup)
     _with_ids(tmp_path / "b", dup)
-    r = cli("compare", tmp_path / "a", tmp_path / "b", "--measures", "cka")
+    r = cli("compare", "--embeddings-a", tmp_path / "a", "--embeddings-b", tmp_path / "b", "--measures", "cka")
     _err(r, "'doc3'")
     assert "another order" not in r.err
 
@@ -210,7 +211,7 @@ def test_matrix_ndcg_duplicate_gallery_ids_refused(cli, tmp_path):
     _with_ids(tmp_path / "g", ["d0", "d1", "d2", "d1", "d4", "d5"])
     (tmp_path / "beir" / "qrels").mkdir(parents=True)
     (tmp_path / "beir" / "qrels" / "test.tsv").write_text("q0\td1\t1\nq1\td2\t1\n")
-    r = cli("compat", "matrix", "--queries", tmp_path / "q", "--gallery", tmp_path / "g",
+    r = cli("compat", "--queries", tmp_path / "q", "--gallery", tmp_path / "g",
             "--metric", "ndcg", "--beir", tmp_path / "beir", "--out", tmp_path / "m")
     _err(r, "'d1'")
 
@@ -223,7 +224,7 @@ def test_beir_duplicate_corpus_id_refused(tmp_path):
         '{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "b"}\n{"_id": "d1", "text": "c"}\n')
     (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
     (tmp_path / "qrels" / "test.tsv").write_text("q1\td1\t1\n")
-    with pytest.raises(NestembError, match=r"corpus.jsonl:3: duplicate _id 'd1' \(first on line 1\)"):
+    with pytest.raises(NestembError, match=r"corpus.jsonl:3 \(_id 'd1'\): duplicate _id \(first on line 1\)"):
         load_beir(tmp_path, "test")
 
 

@@ -1,4 +1,4 @@
-"""Compatible training (nestemb.compat.training): losses, the simplex, the orthogonal layer,
+"""Compatible training (nestemb.train.compatible): losses, the simplex, the orthogonal layer,
 refusals, and models that still save and load."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nestemb.compat.training import (
+from nestemb.train.compatible import (
     CompatConfig,
     CompatTrainer,
     OrthogonalLayer,

@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 STEPS_PER_EPOCH = 5  # 200 images - 40 held out = 160, batch 32
-TRAIN_FLAGS = ("--epochs", str(EPOCHS), "--batch-size", "32", "--dim", "16", "--dims", "4,8,16",
+TRAIN_FLAGS = ("--epochs", str(EPOCHS), "--batch-size", "32", "--dim", "16", "--nesting", "4,8,16",
                "--device", "cpu", "--threads", "1", "--model-id", "ddp-cli")  # fmt: skip
 
 

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from nestemb.index import FunnelIndex
 from nestemb.index.synthetic import synthetic_matryoshka
-from nestemb.nesting import Manifest, save_embeddings
+from nestemb.nesting import Manifest
+from nestemb.folders import save_embeddings
 
 MODEL = dict(model_id="fuzz", model_version="v1")
 NESTING = (4, 8, 16)
@@ -33,9 +34,8 @@ NESTING = (4, 8, 16)
 def artefacts(tmp_path_factory):
     """One small, valid artefact of each kind, and the command (argv) that reads it; ``{A}``
     stands for the artefact, ``{OUT}`` for a fresh output path."""
-    from nestemb import bulk
-    from nestemb.compat.adapter import fit_adapter
-    from nestemb.compat.adaptor import fit_nesting_adaptor
+    from nestemb import bulk, folders
+    from nestemb.maps import fit_adapter, fit_retrofit
     from nestemb.models.image import ImageModel, make_model_config, save_image_model
 
     root = tmp_path_factory.mktemp("artefacts")
@@ -49,7 +49,7 @@ def artefacts(tmp_path_factory):
     save_embeddings(root / "other", synthetic_matryoshka(60, 16, seed=1), other)
     fit_adapter(X, synthetic_matryoshka(60, 16, seed=1), source_ref=man,
                 target_ref=other).save(root / "adapter")
-    fit_nesting_adaptor(X, source_ref=man, steps=5, progress=False).save(root / "adaptor")
+    fit_retrofit(X, source_ref=man, steps=5, progress=False).save(root / "retrofit")
 
     images = np.random.default_rng(0).integers(0, 255, size=(6, 28, 28), dtype=np.uint8)
     np.save(root / "images.npy", images)
@@ -64,15 +64,15 @@ def artefacts(tmp_path_factory):
     (root / "texts.txt").write_text("a cat sits on the mat\nthe dog runs in the park\n")
 
     shards = root / "shards"
-    (shards / bulk.SHARDS_DIR).mkdir(parents=True)
-    recs = [bulk.write_shard(shards / bulk.SHARDS_DIR, i, X[a:b], [f"s{j}" for j in range(a, b)], a)
+    (shards / folders.SHARDS_DIR).mkdir(parents=True)
+    recs = [folders.write_shard(shards / folders.SHARDS_DIR, i, X[a:b], [f"s{j}" for j in range(a, b)], a)
             for i, (a, b) in enumerate(bulk.shard_ranges(60, 25))]
-    sha = {f"{bulk.SHARDS_DIR}/{n}": d for r in recs for n, d in r["sha256"].items()}
-    Manifest(nesting=NESTING, dim=16, kind=bulk.KIND, sha256=sha, **MODEL,
+    sha = {f"{folders.SHARDS_DIR}/{n}": d for r in recs for n, d in r["sha256"].items()}
+    Manifest(nesting=NESTING, dim=16, kind=folders.SHARDS_KIND, sha256=sha, **MODEL,
              extra={"shards": [{k: r[k] for k in ("shard", "start", "stop", "rows")}
                                for r in recs]}).save(shards)
 
-    build = ["index", "build", "{A}", "--out", "{OUT}", "--dims", "4,16", "--shortlist", "20"]
+    build = ["index", "build", "--embeddings", "{A}", "--out", "{OUT}", "--stages", "4,16", "--shortlist", "20"]
     return root, {
         "embeddings": ("emb", build),
         "embedding-shards": ("shards", build),
@@ -80,8 +80,8 @@ def artefacts(tmp_path_factory):
                           "--out", "{OUT}.json", "--show", "0"]),
         "adapter": ("adapter", ["adapter", "apply", "--adapter", "{A}", "--embeddings",
                                 str(root / "emb"), "--out", "{OUT}"]),
-        "nesting-adaptor": ("adaptor", ["adaptor", "apply", "--adaptor", "{A}", "--embeddings",
-                                        str(root / "emb"), "--out", "{OUT}"]),
+        "nesting-retrofit": ("retrofit", ["retrofit", "apply", "--retrofit", "{A}", "--embeddings",
+                                          str(root / "emb"), "--out", "{OUT}"]),
         "image-model": ("image-model", ["embed", "--model", "{A}", "--images",
                                         str(root / "images.npy"), "--out", "{OUT}"]),
         "text-model": ("text-model", ["embed", "--model", "{A}", "--texts",
@@ -169,7 +169,7 @@ def manifest_mutations(draw, doc):
     return _set(doc, path, draw(st.sampled_from(_ODD_VALUES)))
 
 
-KINDS = ["embeddings", "embedding-shards", "index", "adapter", "nesting-adaptor", "image-model",
+KINDS = ["embeddings", "embedding-shards", "index", "adapter", "nesting-retrofit", "image-model",
          "text-model"]
 
 

@@ -23,7 +23,7 @@ def _one_line_error(r, match):
 def test_train_eval_roundtrip(cli, data, tmp_path):
     out = tmp_path / "model"
     r = cli("image", "train", "--data", data, "--out", out, "--steps", "2", "--dim", "16",
-            "--dims", "2,4,16", "--seed", "1", "--model-id", "shop-cnn", "--device", "cpu")  # fmt: skip
+            "--nesting", "2,4,16", "--seed", "1", "--model-id", "shop-cnn", "--device", "cpu")  # fmt: skip
     assert r.code == 0, r
     man = json.loads((out / "manifest.json").read_text())
     assert man["kind"] == "image-model" and man["nesting"] == [2, 4, 16] and man["dim"] == 16
@@ -52,7 +52,7 @@ def test_train_eval_roundtrip(cli, data, tmp_path):
     assert res["cascade"] and {"target", "accuracy", "expected_dim"} <= set(res["cascade"][0])
     # the output directory is not overwritten without --overwrite
     r = cli("image", "train", "--data", data, "--out", out, "--steps", "1", "--dim", "16",
-            "--dims", "2,4,16")  # fmt: skip
+            "--nesting", "2,4,16")  # fmt: skip
     _one_line_error(r, "already exists")
     _one_line_error(cli("image", "eval", "--model", out, "--data", data, "--out", res_path),
                     "already exists")  # fmt: skip
@@ -60,7 +60,7 @@ def test_train_eval_roundtrip(cli, data, tmp_path):
 
 def test_ff_and_mrl_e_heads(cli, data, tmp_path):
     r = cli("image", "train", "--data", data, "--out", tmp_path / "ff", "--steps", "1",
-            "--head", "ff", "--dims", "4", "--no-checkpoints")  # fmt: skip
+            "--head", "ff", "--nesting", "4", "--no-checkpoints")  # fmt: skip
     assert r.code == 0, r
     man = json.loads((tmp_path / "ff" / "manifest.json").read_text())
     assert man["nesting"] == [4] and man["dim"] == 4
@@ -96,19 +96,19 @@ def test_quickstart_writes_results(cli, data, tmp_path):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["--dims", "8,4,256"], "strictly ascending"),
-        (["--dims", "2,2,256"], "duplicate"),
-        (["--dims", "0,4,256"], "positive"),
-        (["--dims", "2,4,512"], "larger than the embedding dimension 256"),
-        (["--dims", "2,x"], "comma-separated integers"),
+        (["--nesting", "8,4,256"], "strictly ascending"),
+        (["--nesting", "2,2,256"], "duplicate"),
+        (["--nesting", "0,4,256"], "positive"),
+        (["--nesting", "2,4,512"], "larger than the embedding dimension 256"),
+        (["--nesting", "2,x"], "comma-separated integers"),
         (["--weights", "1,2"], "got 2 prefix weights for a nesting of 8 dimensions"),
         (["--weights", "1,a"], "weights must be comma-separated numbers"),
-        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
-        (["--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--epochs", "0"], "--epochs must be a positive integer, got 0"),
+        (["--steps", "0"], "--steps must be a positive integer, got 0"),
         (["--epochs", "2", "--steps", "3"], "give --epochs or --steps, not both"),
         (["--holdout", "-1"], "--holdout must be >= 0"),
-        (["--batch-size", "0"], "--batch-size must be at least 1"),
-        (["--head", "ff", "--dims", "2,4"], "a fixed-size head (ff) trains one size: give one dimension in --dims"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--head", "ff", "--nesting", "2,4"], "a fixed-size head (ff) trains one size: give one dimension in --nesting"),
         (["--augment", "shift,rotate"], "--augment takes shift, flip or none, got 'rotate'"),
         (["--model-id", " "], "model_id must be a non-empty string"),
         (["--holdout", "150"], "holdout of 150 images leaves none of 150 for training"),
@@ -199,7 +199,7 @@ def test_threads_zero_is_refused_first(cli, tmp_path, command):
     args = ("--model", tmp_path / "none") if command == "eval" else ()
     r = cli("image", command, "--data", tmp_path / "no-data", "--out", tmp_path / "out", *args,
             "--threads", "0")  # fmt: skip
-    _one_line_error(r, "--threads must be at least 1, got 0")
+    _one_line_error(r, "--threads must be a positive integer, got 0")
     assert not (tmp_path / "out").exists()
 
 
@@ -230,22 +230,22 @@ def test_train_compatible_with_an_old_model(cli, data, tmp_path):
     setups that cannot be compatible are refused before any training, leaving nothing."""
     common = ("--data", data, "--steps", "2", "--device", "cpu", "--no-checkpoints")
     old = tmp_path / "old"
-    assert cli("image", "train", "--out", old, "--dim", "8", "--dims", "4,8", *common).code == 0
+    assert cli("image", "train", "--out", old, "--dim", "8", "--nesting", "4,8", *common).code == 0
     old_man = json.loads((old / "manifest.json").read_text())
     for method in ("prefix", "bct"):
         new = tmp_path / f"new-{method}"
-        r = cli("image", "train", "--out", new, "--dim", "16", "--dims", "4,8,16",
+        r = cli("image", "train", "--out", new, "--dim", "16", "--nesting", "4,8,16",
                 "--compatible-with", old, "--compat", method, *common)
         assert r.code == 0, r
         compat = json.loads((new / "manifest.json").read_text())["extra"]["compat"]
         assert compat["method"] == method
         assert compat["old_model"]["model_version"] == old_man["model_version"]
-    r = cli("image", "train", "--out", tmp_path / "s", "--dim", "8", "--dims", "4,8",
+    r = cli("image", "train", "--out", tmp_path / "s", "--dim", "8", "--nesting", "4,8",
             "--compat", "simplex", *common)
     assert r.code == 0, r
     bad = [
-        (("--dim", "4", "--dims", "2,4", "--compatible-with", old), "--compatible-with"),
-        (("--dim", "16", "--dims", "2,16", "--compatible-with", old), "--compatible-with"),
+        (("--dim", "4", "--nesting", "2,4", "--compatible-with", old), "--compatible-with"),
+        (("--dim", "16", "--nesting", "2,16", "--compatible-with", old), "--compatible-with"),
         (("--dim", "16", "--compat", "bct"), "--compat bct needs --compatible-with"),
         (("--dim", "16", "--compat", "simplex", "--compatible-with", old), "drop --compatible-with"),
         (("--dim", "16", "--compatible-with", tmp_path / "nope"), "model directory not found"),

@@ -41,13 +41,13 @@ def test_trainer_runs_exactly_the_planned_steps():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"epochs": 0}, "^epochs must be at least 1, got 0"),
-        ({"steps": 0}, "^steps must be at least 1"),
+        ({"epochs": 0}, "^epochs must be a positive integer, got 0"),
+        ({"steps": 0}, "^steps must be a positive integer"),
         ({"epochs": 2, "steps": 5}, "give epochs or steps, not both"),
-        ({"batch_size": 0}, "^batch_size must be at least 1"),
-        ({"lr": 0}, "^lr must be positive"),
+        ({"batch_size": 0}, "^batch_size must be a positive integer"),
+        ({"lr": 0}, "^lr must be a positive number"),
         ({"holdout": -1}, "^holdout must be >= 0"),
-        ({"threads": 0}, "^threads must be at least 1"),
+        ({"threads": 0}, "^threads must be a positive integer"),
         ({"augment": ("shift", "rotate")}, r"augment values must be among \('shift', 'flip'\), got 'rotate'"),
         ({"shift": -1}, "^shift must be >= 0"),
         ({"device": "tpu"}, "device must be one of cpu, cuda, auto; got 'tpu'"),

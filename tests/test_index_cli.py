@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from nestemb.index import exact_search, knn_intersection, load_index, synthetic_matryoshka
-from nestemb.nesting import Manifest, load_embeddings, save_embeddings
+from nestemb.nesting import Manifest
+from nestemb.folders import load_embeddings, save_embeddings
 
 D = 32
 NEST = (8, 16, 32)
@@ -27,7 +28,7 @@ def emb(tmp_path):
 @pytest.mark.parametrize(
     "args",
     [
-        ["--index-type", "funnel", "--dims", "8,16,32", "--shortlist", "200,50", "--prefix-dtype", "int8"],
+        ["--index-type", "funnel", "--stages", "8,16,32", "--shortlist", "200,50", "--prefix-dtype", "int8"],
         ["--index-type", "funnel", "--first-stage", "hnsw"],
         ["--index-type", "ivf", "--nlist", "16", "--nprobe", "16", "--rerank", "800", "--codec", "sq8"],
         ["--index-type", "opq", "--d-search", "16", "--code-bytes", "4", "--nlist", "1", "--rerank", "800"],
@@ -35,7 +36,7 @@ def emb(tmp_path):
 )
 def test_build_search_tune(cli, emb, args):
     tmp, g, q = emb
-    r = cli("index", "build", g, "--out", tmp / "idx", *args)
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "idx", *args)
     assert r.code == 0, r
     man = json.loads((tmp / "idx" / "manifest.json").read_text())
     assert (man["model_id"], man["model_version"], man["nesting"]) == ("demo", "v1", list(NEST))
@@ -61,7 +62,7 @@ def test_build_search_tune(cli, emb, args):
 
 def test_tune_reports_an_unreachable_target(cli, emb):
     tmp, g, q = emb
-    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "20").code == 0
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--stages", "8,32", "--shortlist", "20").code == 0
     # shortlists of at most k=5 candidates from an 8-d prefix cannot return the exact top-5
     r = cli("index", "tune", tmp / "idx", "--queries", q, "--recall", "1.0", "-k", "5",
             "--max-queries", "20", "--max-candidates", "5", "--out", tmp / "tuned")
@@ -74,21 +75,21 @@ def test_tune_reports_an_unreachable_target(cli, emb):
 
 def test_cli_errors(cli, emb):
     tmp, g, q = emb
-    r = cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,12,32", "--shortlist", "100,50")
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--stages", "8,12,32", "--shortlist", "100,50")
     assert r.code == 2 and "not in the nesting" in r.err
     assert not (tmp / "idx").exists()
-    r = cli("index", "build", g, "--out", tmp / "idx", "--dims", "16,8,32", "--shortlist", "100,50")
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--stages", "16,8,32", "--shortlist", "100,50")
     assert r.code == 2 and "ascending" in r.err
-    r = cli("index", "build", tmp / "missing", "--out", tmp / "idx")
+    r = cli("index", "build", "--embeddings", tmp / "missing", "--out", tmp / "idx")
     assert r.code == 2 and "not found" in r.err
-    r = cli("index", "build", g, "--out", tmp / "idx", "--index-type", "lsh")
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--index-type", "lsh")
     assert r.code == 2 and "--index-type" in r.err
-    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "20").code == 0
-    r = cli("index", "build", g, "--out", tmp / "idx")
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--stages", "8,32", "--shortlist", "20").code == 0
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "idx")
     assert r.code == 2 and "already exists and is not empty" in r.err and "--overwrite" in r.err
-    assert cli("index", "build", g, "--out", tmp / "idx", "--overwrite", "--dims", "8,32",
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--overwrite", "--stages", "8,32",
                "--shortlist", "20").code == 0
-    r = cli("index", "build", g, "--out", tmp / "queries", "--overwrite")
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "queries", "--overwrite")
     assert r.code == 2 and ("is not a nestemb index directory" in r.err or "not an index" in r.err), r
     assert load_embeddings(tmp / "queries")[0].shape == (40, D)  # untouched
     r = cli("index", "search", tmp / "idx", "--queries", q, "-k", "0")
@@ -116,7 +117,7 @@ def test_cli_errors(cli, emb):
 
 def test_model_version_mismatch_exits_2(cli, emb):
     tmp, g, q = emb
-    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "20").code == 0
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--stages", "8,32", "--shortlist", "20").code == 0
     before = (tmp / "idx" / "manifest.json").read_text()
     newer = save_embeddings(tmp / "q2", synthetic_matryoshka(3, D),
                             Manifest(model_id="demo", model_version="v2", nesting=NEST, dim=D))
@@ -144,7 +145,7 @@ def test_embed_text_then_index(cli, tmp_path):
     qs = tmp_path / "q.txt"
     qs.write_text("the cat sits\nman plays guitar\n")
     assert cli("embed", "--model", model, "--texts", qs, "--out", tmp_path / "qemb").code == 0
-    assert cli("index", "build", tmp_path / "emb", "--out", tmp_path / "idx", "--dims", "32",
+    assert cli("index", "build", "--embeddings", tmp_path / "emb", "--out", tmp_path / "idx", "--stages", "32",
                "--shortlist", "").code == 0
     r = cli("index", "search", tmp_path / "idx", "--queries", tmp_path / "qemb", "-k", "1",
             "--out", tmp_path / "r.json")
@@ -183,7 +184,7 @@ def test_embed_errors(cli, tmp_path):
     assert r.code == 2 and "model not found" in r.err
     g = save_embeddings(tmp_path / "g", synthetic_matryoshka(3, D), Manifest(model_id="x", nesting=NEST, dim=D))
     r = cli("embed", "--model", g, "--texts", txt, "--out", tmp_path / "e")
-    assert r.code == 2 and "embed needs an image-model or text-model" in r.err
+    assert r.code == 2 and "a model is an image-model or a text-model" in r.err
     r = cli("embed", "--model", "minilm", "--out", tmp_path / "e")
     assert r.code == 2 and "give exactly one of --data, --images or --texts" in r.err
     r = cli("embed", "--model", "minilm", "--texts", txt, "--data", tmp_path, "--out", tmp_path / "e")
@@ -191,7 +192,7 @@ def test_embed_errors(cli, tmp_path):
     r = cli("embed", "--model", "minilm", "--data", tmp_path, "--out", tmp_path / "e")
     assert r.code == 2 and "is a text model: it embeds texts (--texts .jsonl or .txt), not images (--data)" in r.err
     r = cli("embed", "--model", "minilm", "--texts", txt, "--out", tmp_path / "e", "--limit", "0")
-    assert r.code == 2 and "--limit must be positive" in r.err
+    assert r.code == 2 and "--limit must be a positive integer" in r.err
     assert not (tmp_path / "e").exists()
 
 
@@ -201,8 +202,8 @@ def test_embed_errors(cli, tmp_path):
     [
         (["--index-type", "funnel", "--nlist", "8"], "--nlist does not apply to --index-type funnel"),
         (["--index-type", "funnel", "--codec", "sq8", "--rerank", "50"], "--codec, --rerank do not apply"),
-        (["--dims", "8,32", "--nprobe", "4"], "--nprobe does not apply to --index-type funnel"),
-        (["--index-type", "ivf", "--dims", "8,32"], "--dims does not apply to --index-type ivf"),
+        (["--stages", "8,32", "--nprobe", "4"], "--nprobe does not apply to --index-type funnel"),
+        (["--index-type", "ivf", "--stages", "8,32"], "--stages does not apply to --index-type ivf"),
         (["--index-type", "opq", "--shortlist", "20", "--first-stage", "hnsw"],
          "--shortlist, --first-stage do not apply to --index-type opq"),
         (["--index-type", "ivf", "--code-bytes", "4"], "--code-bytes applies only with --codec pq or opq"),
@@ -210,25 +211,25 @@ def test_embed_errors(cli, tmp_path):
 )
 def test_build_refuses_options_of_another_index_type(cli, emb, args, named):
     tmp, g, _ = emb
-    r = cli("index", "build", g, "--out", tmp / "idx", *args)
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "idx", *args)
     assert r.code == 2 and named in r.err and "Traceback" not in r.err, r
     assert not (tmp / "idx").exists()
 
 
 def test_build_reports_recall_and_warns_when_low(cli, emb):
     tmp, g, _ = emb
-    r = cli("index", "build", g, "--out", tmp / "good", "--dims", "8,32", "--shortlist", "800")
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "good", "--stages", "8,32", "--shortlist", "800")
     assert r.code == 0, r
     assert "recall@10 against exact search: 1.000 (200 gallery vectors as queries)" in r.out
     assert "warning" not in r.err
-    r = cli("index", "build", g, "--out", tmp / "bad", "--dims", "8,32", "--shortlist", "10")
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "bad", "--stages", "8,32", "--shortlist", "10")
     assert r.code == 0, r
     assert "warning: this configuration reaches recall@10 = " in r.err and "nestemb index tune" in r.err
 
 
 def test_tune_prints_changes_stores_k_and_search_warns_above_it(cli, emb, caplog):
     tmp, g, q = emb
-    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "400").code == 0
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--stages", "8,32", "--shortlist", "400").code == 0
     r = cli("index", "tune", tmp / "idx", "--queries", q, "--recall", "0.9", "-k", "5",
             "--max-queries", "20")
     assert r.code == 0, r
@@ -248,7 +249,7 @@ def test_tune_prints_changes_stores_k_and_search_warns_above_it(cli, emb, caplog
 
 def test_search_out_existing_directory_exits_2(cli, emb):
     tmp, g, q = emb
-    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "20").code == 0
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--stages", "8,32", "--shortlist", "20").code == 0
     (tmp / "resdir").mkdir()
     r = cli("index", "search", tmp / "idx", "--queries", q, "--out", tmp / "resdir", "--overwrite")
     assert r.code == 2 and "is a directory" in r.err and "Traceback" not in r.err
@@ -266,7 +267,7 @@ def test_embed_refuses_duplicate_ids(cli, tmp_path):
     docs.write_text("\n".join(json.dumps({"_id": i, "text": t}) for i, t in
                               [("a", "one"), ("b", "two"), ("a", "three")]))
     r = cli("embed", "--model", model, "--texts", docs, "--out", tmp_path / "e")
-    assert r.code == 2 and "docs.jsonl:3: duplicate _id 'a' (first on line 1)" in r.err, r
+    assert r.code == 2 and "docs.jsonl:3 (_id 'a'): duplicate _id (first on line 1)" in r.err, r
     assert not (tmp_path / "e").exists()
 
 
@@ -324,12 +325,13 @@ def test_embed_idx_without_labels_and_model_input_mismatch(cli, tmp_path):
 def test_embed_and_tune_report_progress_off_a_terminal(cli, tmp_path):
     """issue 9: embed and index tune ran silently; off a terminal they now print plain lines."""
     from nestemb.index.synthetic import synthetic_matryoshka
-    from nestemb.nesting import Manifest, save_embeddings
+    from nestemb.nesting import Manifest
+    from nestemb.folders import save_embeddings
 
     emb = tmp_path / "emb"
     save_embeddings(emb, synthetic_matryoshka(400, 16),
                     Manifest(model_id="m", model_version="v", nesting=(4, 16), dim=16))
-    r = cli("index", "build", emb, "--out", tmp_path / "idx", "--dims", "4,16", "--shortlist", "50")
+    r = cli("index", "build", "--embeddings", emb, "--out", tmp_path / "idx", "--stages", "4,16", "--shortlist", "50")
     assert r.code == 0, r
     r = cli("index", "tune", tmp_path / "idx", "--queries", emb, "--recall", "0.9")
     assert r.code == 0, r
@@ -346,24 +348,24 @@ def test_embed_and_tune_report_progress_off_a_terminal(cli, tmp_path):
     "args",
     [
         ["--first-stage", "hnsw", "--full-dtype", "float16", "--hnsw-m", "8", "--ef-search", "400",
-         "--dims", "16,32", "--shortlist", "400"],
-        ["--prefix-dtype", "binary", "--rescore-dtype", "int8", "--dims", "32,32,32",
+         "--stages", "16,32", "--shortlist", "400"],
+        ["--prefix-dtype", "binary", "--rescore-dtype", "int8", "--stages", "32,32,32",
          "--shortlist", "800,400"],
-        ["--prefix-dtype", "int8", "--int8-trim", "0.001", "--dims", "16,32", "--shortlist", "800"],
-        ["--prefix-dtype", "rabitq", "--dims", "16,32", "--shortlist", "800"],
+        ["--prefix-dtype", "int8", "--int8-trim", "0.001", "--stages", "16,32", "--shortlist", "800"],
+        ["--prefix-dtype", "rabitq", "--stages", "16,32", "--shortlist", "800"],
     ],
 )
 def test_build_options_of_the_native_funnel(cli, emb, args):
     """Every funnel option reaches the index; with shortlists covering the gallery, the saved
     index returns the exact top-5 (fp16 full vectors: up to rounding near ties)."""
     tmp, g, q = emb
-    r = cli("index", "build", g, "--out", tmp / "idx", *args)
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "idx", *args)
     assert r.code == 0, r
     params = json.loads((tmp / "idx" / "manifest.json").read_text())["extra"]["params"]
     ints = lambda v: [int(x) for x in v.split(",")]  # noqa: E731
     parse = {"dims": ints, "shortlist": ints, "hnsw_m": int, "ef_search": int, "int8_trim": float}
     for flag, value in zip(args[::2], args[1::2]):
-        name = flag[2:].replace("-", "_")
+        name = {"--stages": "dims"}.get(flag, flag[2:].replace("-", "_"))  # FunnelIndex(dims=)
         assert params[name] == parse.get(name, str)(value), (name, params[name], value)
     X, _, ids = load_embeddings(g, with_ids=True)
     Q = load_embeddings(q)[0]
@@ -380,17 +382,17 @@ def test_search_threads_above_the_cores_are_clamped_with_a_warning(cli, emb):
     import os
 
     tmp, g, q = emb
-    assert cli("index", "build", g, "--out", tmp / "idx").code == 0
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx").code == 0
     r = cli("index", "search", tmp / "idx", "--queries", q, "--threads", str(10 * (os.cpu_count() or 1)))
     assert r.code == 0, r
     assert "more than the" in r.err and "cores" in r.err
     r = cli("index", "search", tmp / "idx", "--queries", q, "--threads", "0")
-    assert r.code == 2 and "--threads must be positive" in r.err
+    assert r.code == 2 and "--threads must be a positive integer" in r.err
 
 
 def test_funnel_options_are_refused_for_ivf(cli, emb):
     tmp, g, q = emb
-    r = cli("index", "build", g, "--out", tmp / "idx", "--index-type", "ivf", "--full-dtype", "float16")
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--index-type", "ivf", "--full-dtype", "float16")
     assert r.code == 2 and "--full-dtype" in r.err and "does not apply" in r.err
     assert not (tmp / "idx").exists()
 
@@ -398,7 +400,7 @@ def test_funnel_options_are_refused_for_ivf(cli, emb):
 # --------------------------------------------------------------------------- issue 20
 def test_tune_has_a_time_budget_and_reports_a_total(cli, emb):
     tmp, g, q = emb
-    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "20").code == 0
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--stages", "8,32", "--shortlist", "20").code == 0
     r = cli("index", "tune", tmp / "idx", "--queries", q, "--recall", "1.0", "-k", "5",
             "--max-queries", "20", "--max-seconds", "0.000001", "--out", tmp / "tuned")
     assert r.code == 0, r
@@ -437,21 +439,21 @@ def test_tune_has_a_time_budget_and_reports_a_total(cli, emb):
 )
 def test_build_refuses_options_that_would_lie(cli, emb, args, named):
     tmp, g, _ = emb
-    r = cli("index", "build", g, "--out", tmp / "idx", *args)
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "idx", *args)
     assert r.code == 2 and named in r.err and "Traceback" not in r.err, r
     assert not (tmp / "idx").exists()
 
 
 def test_build_default_nprobe_fits_nlist(cli, emb):
     tmp, g, q = emb
-    r = cli("index", "build", g, "--out", tmp / "idx", "--index-type", "ivf", "--nlist", "8")
+    r = cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--index-type", "ivf", "--nlist", "8")
     assert r.code == 0, r
     assert json.loads((tmp / "idx" / "manifest.json").read_text())["extra"]["params"]["nprobe"] == 8
 
 
 def test_corrupted_tuning_record_is_one_line_exit_2(cli, emb):
     tmp, g, q = emb
-    assert cli("index", "build", g, "--out", tmp / "idx", "--dims", "8,32", "--shortlist", "20").code == 0
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--stages", "8,32", "--shortlist", "20").code == 0
     m = json.loads((tmp / "idx" / "manifest.json").read_text())
     m["extra"]["tuning"] = {"recall": "high", "k": 5, "params": {}}
     (tmp / "idx" / "manifest.json").write_text(json.dumps(m))
@@ -470,10 +472,10 @@ def test_zero_norm_gallery_and_queries_are_refused(cli, emb):
     zeros = synthetic_matryoshka(50, D, seed=5)
     zeros[:, :8] = 0.0
     z = save_embeddings(tmp / "zeros", zeros, man)
-    r = cli("index", "build", z, "--out", tmp / "zidx")
+    r = cli("index", "build", "--embeddings", z, "--out", tmp / "zidx")
     assert r.code == 2 and "row 0: the first 8 dims" in r.err, r
     assert not (tmp / "zidx").exists()
-    assert cli("index", "build", g, "--out", tmp / "idx").code == 0
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx").code == 0
     r = cli("index", "search", tmp / "idx", "--queries", z, "-k", "3")
     assert r.code == 2 and "queries row 0: the first 8 dims" in r.err, r
 
@@ -492,7 +494,7 @@ def test_duplicate_ids_refused_by_build_and_search(cli, emb):
     tmp, g, q = emb
     X = load_embeddings(g)[0]
     _with_ids(q, [f"q{i}" for i in range(39)] + ["q3"])
-    assert cli("index", "build", g, "--out", tmp / "idx").code == 0
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx").code == 0
     r = cli("index", "search", tmp / "idx", "--queries", q, "--out", tmp / "r.json")
     assert r.code == 2 and "'q3' appears" in r.err and "unique" in r.err, r
     assert not (tmp / "r.json").exists()
@@ -506,7 +508,7 @@ def test_duplicate_ids_refused_by_build_and_search(cli, emb):
     g2 = save_embeddings(tmp / "g2", X, Manifest(model_id="demo", model_version="v1", nesting=NEST,
                                                    dim=D))
     _with_ids(g2, [f"doc{i}" for i in range(len(X) - 1)] + ["doc0"])
-    r = cli("index", "build", g2, "--out", tmp / "idx2")
+    r = cli("index", "build", "--embeddings", g2, "--out", tmp / "idx2")
     assert r.code == 2 and "'doc0' appears" in r.err and "unique" in r.err, r
     assert not (tmp / "idx2").exists()
 
@@ -552,6 +554,6 @@ def test_embed_names_what_a_non_model_folder_holds(cli, emb):
     tmp, g, _ = emb
     txt = tmp / "x.txt"
     txt.write_text("a text\n")
-    assert cli("index", "build", g, "--out", tmp / "idx").code == 0
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx").code == 0
     r = cli("embed", "--model", tmp / "idx", "--texts", txt, "--out", tmp / "e")
-    assert r.code == 2 and "holds an index; embed needs an image-model or text-model" in r.err, r
+    assert r.code == 2 and "holds an index; a model is an image-model or a text-model" in r.err, r

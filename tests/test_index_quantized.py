@@ -67,7 +67,8 @@ def test_int8_trimmed_range_learns_quantiles(data):
     P = prefix_view(X, 16)
     P[0, 0] = 50.0  # one outlier stretches the min/max range of dimension 0
     plain, trimmed = qz.make_sq8(16), qz.make_sq8(16)
-    qz.train_sq8(plain, P); qz.train_sq8(trimmed, P, trim=0.001)
+    qz.train_sq8(plain, P)
+    qz.train_sq8(trimmed, P, trim=0.001)
     again = qz.make_sq8(16)
     qz.train_sq8(again, P, trim=0.001)  # deterministic (FAISS's RS_quantiles was not)
     assert qz.sq8_tables(again)[0].tolist() == qz.sq8_tables(trimmed)[0].tolist()

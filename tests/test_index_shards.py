@@ -1,5 +1,5 @@
 """``nestemb index build`` (and every reader of embedding directories, through
-``nestemb.nesting.load_embeddings``) accepts the sharded directory of ``nestemb embed --ray``:
+``nestemb.folders.load_embeddings``) accepts the sharded directory of ``nestemb embed --ray``:
 rows in corpus order, checksums verified; an unfinished job or a shard changed after the job is
 refused with a message naming the shard.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nestemb import bulk
+from nestemb import bulk, folders
 from nestemb.errors import NestembError
 
 N, SHARD = 130, 50  # 3 shards, the last one short
@@ -64,7 +64,7 @@ def job(tmp_path_factory):
 
 
 def test_load_embeddings_reads_shards_in_corpus_order(job):
-    from nestemb.nesting import load_embeddings
+    from nestemb.folders import load_embeddings
 
     root, expected = job
     X, man, ids = load_embeddings(root / "emb", mmap=True, with_ids=True)
@@ -79,7 +79,7 @@ def test_index_build_from_shards_searches_like_exact_search(job, cli, tmp_path):
     from nestemb.index import load_index
 
     root, expected = job
-    r = cli("index", "build", root / "emb", "--out", tmp_path / "idx", "--dims", "4,16",
+    r = cli("index", "build", "--embeddings", root / "emb", "--out", tmp_path / "idx", "--stages", "4,16",
             "--shortlist", str(N))  # fmt: skip
     assert r.code == 0, r
     assert f"over {N} vectors" in r.out and "recall@10 against exact search" in r.out
@@ -107,7 +107,7 @@ def test_a_shard_changed_after_the_job_is_refused(job, cli, tmp_path):
     emb = _copy(root, tmp_path)
     npy = emb / "shards" / "shard-00001.npy"
     npy.write_bytes(npy.read_bytes()[:-40])  # truncated
-    r = cli("index", "build", emb, "--out", tmp_path / "idx")
+    r = cli("index", "build", "--embeddings", emb, "--out", tmp_path / "idx")
     assert r.code == 2 and "checksum mismatch for" in r.err and "shard-00001.npy" in r.err, r
     assert "Traceback" not in r.err and not (tmp_path / "idx").exists()
 
@@ -116,14 +116,14 @@ def test_an_unfinished_job_names_its_partial_shard(job, cli, tmp_path):
     root, _ = job
     emb = _copy(root, tmp_path)
     (emb / "manifest.json").unlink()  # the job stopped before its manifest ...
-    r = cli("index", "build", emb, "--out", tmp_path / "idx")
+    r = cli("index", "build", "--embeddings", emb, "--out", tmp_path / "idx")
     assert r.code == 2 and "all 3 shards are complete but the manifest was not written" in r.err, r
     npy = emb / "shards" / "shard-00002.npy"  # ... while shard 2 was being written
     npy.write_bytes(npy.read_bytes()[:100])
-    r = cli("index", "build", emb, "--out", tmp_path / "idx")
+    r = cli("index", "build", "--embeddings", emb, "--out", tmp_path / "idx")
     assert r.code == 2, r
     assert ("unfinished sharded embedding job: 2 of 3 shards complete (shard-00002 missing or "
             "partially written); run the same `nestemb embed --ray` command again") in r.err, r
     with pytest.raises(NestembError, match="unfinished sharded embedding job"):
-        bulk.load_shards(emb)
+        folders.load_shards(emb)
     assert not (tmp_path / "idx").exists()

@@ -132,7 +132,7 @@ def test_overwrite_refuses_a_folder_that_is_not_an_index(tmp_path, funnel, X, co
         other.mkdir()
         (other / "x.txt").write_text("precious")
     else:  # another nestemb artefact (an embedding file) is not an index either
-        from nestemb.nesting import save_embeddings
+        from nestemb.folders import save_embeddings
 
         save_embeddings(other, X[:3], Manifest(model_id="m", nesting=NEST, dim=D))
     files = sorted(p.name for p in other.iterdir())

@@ -205,7 +205,8 @@ def test_overwrite_never_deletes_a_folder_nestemb_did_not_write(tmp_path):
 
 def test_cli_overwrite_refuses_a_users_folder(cli, tmp_path):
     from nestemb.index.synthetic import synthetic_matryoshka
-    from nestemb.nesting import Manifest, save_embeddings
+    from nestemb.nesting import Manifest
+    from nestemb.folders import save_embeddings
 
     emb = tmp_path / "emb"
     save_embeddings(emb, synthetic_matryoshka(50, 8),
@@ -213,7 +214,7 @@ def test_cli_overwrite_refuses_a_users_folder(cli, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "paper.tex").write_text("draft")
-    r = cli("index", "build", emb, "--out", mine, "--overwrite", "--dims", "4,8",
+    r = cli("index", "build", "--embeddings", emb, "--out", mine, "--overwrite", "--stages", "4,8",
             "--shortlist", "50")
     assert r.code == 2 and "Traceback" not in r.err, r
     assert (mine / "paper.tex").read_text() == "draft"

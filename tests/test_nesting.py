@@ -7,16 +7,8 @@ import pytest
 from nestemb.errors import NestembError
 from nestemb.cli.parse import parse_dims
 from nestemb.io import atomic_dir
-from nestemb.nesting import (
-    Manifest,
-    check_compatible,
-    check_vectors,
-    default_nesting,
-    load_embeddings,
-    prefix_view,
-    save_embeddings,
-    validate_nesting,
-)
+from nestemb.nesting import Manifest, check_compatible, check_vectors, default_nesting, prefix_view, validate_nesting
+from nestemb.folders import load_embeddings, save_embeddings
 
 
 def test_prefix_view_slices_then_normalizes_numpy_and_torch():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from nestemb.index.synthetic import synthetic_matryoshka
-from nestemb.nesting import Manifest, save_embeddings
+from nestemb.nesting import Manifest
+from nestemb.folders import save_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -32,20 +33,20 @@ def inputs(tmp_path_factory):
 
 def _commands(root, out):
     return {
-        "compare": ["compare", root / "a", root / "b", "--out", out, "--measures", "cka"],
+        "compare": ["compare", "--embeddings-a", root / "a", "--embeddings-b", root / "b", "--out", out, "--measures", "cka"],
         "embed": ["embed", "--model", root / "model", "--images", root / "images.npy",
                   "--out", out],
         "adapter fit": ["adapter", "fit", "--source", root / "a", "--target", root / "b",
                         "--out", out],
-        "adaptor fit": ["adaptor", "fit", "--embeddings", root / "a", "--out", out,
+        "retrofit fit": ["retrofit", "fit", "--embeddings", root / "a", "--out", out,
                         "--steps", "5"],
-        "index build": ["index", "build", root / "a", "--out", out, "--dims", "4,16",
+        "index build": ["index", "build", "--embeddings", root / "a", "--out", out, "--stages", "4,16",
                         "--shortlist", "20"],
         "image train": ["image", "train", "--data", root, "--out", out, "--steps", "1"],
     }
 
 
-@pytest.mark.parametrize("command", ["compare", "embed", "adapter fit", "adaptor fit",
+@pytest.mark.parametrize("command", ["compare", "embed", "adapter fit", "retrofit fit",
                                      "index build", "image train"])
 def test_overwrite_keeps_a_web_app_folder_with_a_manifest_json(cli, inputs, tmp_path, command):
     web = tmp_path / "web"
@@ -71,7 +72,7 @@ def test_a_users_file_inside_a_nestemb_output_is_named_and_kept(cli, inputs, tmp
     assert cli(*build, "--overwrite").code == 0  # nestemb's own index is still replaced
 
 
-@pytest.mark.parametrize("command", ["embed", "adapter fit", "adaptor fit", "compare"])
+@pytest.mark.parametrize("command", ["embed", "adapter fit", "retrofit fit", "compare"])
 def test_a_writer_never_replaces_an_artefact_of_another_kind(cli, inputs, tmp_path, command):
     """``embed --out TRAINED_MODEL --overwrite`` replaced the weights with embeddings."""
     import shutil

@@ -19,7 +19,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from nestemb import bulk  # noqa: E402
+from nestemb import bulk, folders  # noqa: E402
 from nestemb.errors import NestembError  # noqa: E402
 
 N_DOCS, SHARD = 61, 8  # 8 shards, the last one short
@@ -63,7 +63,7 @@ def test_cli_job_writes_the_model_rows_and_a_killed_job_resumes_to_the_same_file
     r = cli("embed", "--ray", "--model", model, "--texts", path, "--out", tmp_path / "a",
             "--workers", 2, "--shard-size", SHARD, "--batch-size", 4)
     assert r.code == 0, r
-    X, man, ids = bulk.load_shards(tmp_path / "a")
+    X, man, ids = folders.load_shards(tmp_path / "a")
     assert ids == [d for d, _ in docs] and X.shape == (N_DOCS, 32)
     assert len(man.extra["shards"]) == 8 and man.kind == "embedding-shards"
     enc = load_text_model(model)
@@ -89,12 +89,12 @@ def test_cli_job_writes_the_model_rows_and_a_killed_job_resumes_to_the_same_file
         bulk.embed_corpus(data, model, out, workers=2, shard_size=SHARD, batch_size=4,
                           on_shard=chaos)
     assert not (out / "manifest.json").exists()
-    done = [i for i in range(8) if bulk.read_done(out / "shards", i) is not None]
+    done = [i for i in range(8) if folders.read_done(out / "shards", i) is not None]
     assert len(done) >= 3
     # a finished shard truncated afterwards counts as not done
-    npy = out / "shards" / f"{bulk.shard_name(done[0])}.npy"
+    npy = out / "shards" / f"{folders.shard_name(done[0])}.npy"
     npy.write_bytes(npy.read_bytes()[:100])
-    assert bulk.read_done(out / "shards", done[0]) is None
+    assert folders.read_done(out / "shards", done[0]) is None
     # another model (the tiny BERT with another seed) cannot resume this job
     from nestemb.text._tiny import make_tiny_model
 
@@ -107,14 +107,14 @@ def test_cli_job_writes_the_model_rows_and_a_killed_job_resumes_to_the_same_file
     summary = bulk.embed_corpus(data, model, out, workers=2, shard_size=SHARD, batch_size=4)
     assert summary["skipped"] == len(done) - 1 and summary["embedded"] == 8 - summary["skipped"]
     assert _sha(out) == _sha(tmp_path / "a")  # exactly the rows of the uninterrupted run
-    Y, _, ids_b = bulk.load_shards(out)
+    Y, _, ids_b = folders.load_shards(out)
     assert np.array_equal(Y, X) and ids_b == ids
     with pytest.raises(NestembError, match="already holds a finished job"):
         bulk.embed_corpus(data, model, out, workers=2, shard_size=SHARD, batch_size=4)
     # a corrupted shard of a finished job is refused on reading
     (out / "shards" / "shard-00003.ids.json").write_text("[]")
     with pytest.raises(NestembError, match="checksum mismatch for .*shard-00003.ids.json"):
-        bulk.load_shards(out)
+        folders.load_shards(out)
 
 
 def test_bad_input_is_refused_before_any_work(cluster, corpus, cli, tmp_path):
@@ -175,7 +175,7 @@ def test_ray_job_records_the_split_of_its_rows(cluster, cli, tmp_path):
     r = cli("embed", "--ray", "--model", tmp_path / "m", "--data", tmp_path / "idx", "--split",
             "t10k", "--limit", "5", "--out", tmp_path / "e", "--workers", 1, "--shard-size", 4)
     assert r.code == 0, r
-    X, man, ids = bulk.load_shards(tmp_path / "e")
+    X, man, ids = folders.load_shards(tmp_path / "e")
     assert len(X) == 5 and man.extra["split"] == "t10k" and man.extra["rows"] == 5
     assert man.extra["limit"] == 5 and man.extra["source"] == str(tmp_path / "idx")
     # the library records the same for a corpus it is given

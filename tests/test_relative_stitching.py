@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nestemb.compat.adapter import fit_adapter
+from nestemb.maps import fit_adapter
 from nestemb.errors import NestembError
 from nestemb.nesting import prefix_view
 from nestemb.relative import relative_projection

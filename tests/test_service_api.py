@@ -675,7 +675,8 @@ def test_text_search_on_scifact_matches_in_process_minilm(tmp_path, shared_data,
     """200 SciFact documents embedded by the server (MiniLM): searching by text returns the
     ids of in-process brute force over ``load_text_model("minilm").encode`` and of
     ``nestemb index search`` over the same embeddings."""
-    from nestemb.nesting import Manifest, save_embeddings
+    from nestemb.nesting import Manifest
+    from nestemb.folders import save_embeddings
     from nestemb.text.encoder import load_text_model
 
     corpus = shared_data / "scifact" / "corpus.jsonl"
@@ -715,7 +716,7 @@ def test_text_search_on_scifact_matches_in_process_minilm(tmp_path, shared_data,
                    dim=m.dim)
     save_embeddings(tmp_path / "emb", E, man, ids=ids)
     save_embeddings(tmp_path / "q", QE, man, ids=[str(i) for i in range(len(queries))])
-    res = cli("index", "build", tmp_path / "emb", "--out", tmp_path / "idx", "--dims", "384")
+    res = cli("index", "build", "--embeddings", tmp_path / "emb", "--out", tmp_path / "idx", "--stages", "384")
     assert res.code == 0, res
     res = cli("index", "search", tmp_path / "idx", "--queries", tmp_path / "q", "-k", "10",
               "--out", tmp_path / "res.json")
@@ -822,7 +823,7 @@ def test_stored_state_is_checked_and_never_inherited(tmp_path):
 
     def insert(collection: str, blob: bytes) -> None:  # as an older version could leave
         con = sqlite3.connect(data_dir / DB_NAME)
-        con.execute("INSERT INTO points VALUES (?, '1', ?, '{}')", (collection, blob))
+        con.execute("INSERT INTO points (collection, id, vector, payload) VALUES (?, '1', ?, '{}')", (collection, blob))
         con.commit()
         con.close()
 

@@ -90,7 +90,7 @@ def test_backend_service_equals_sqlite_service_and_brute_force(engine, data, sql
     live = np.ones(N, dtype=bool)
     # qdrant-client local mode on a folder commits every point on its own (~20 ms each here):
     # it is served from memory in this test (no restart); Qdrant Edge and milvus-lite persist
-    args = ["--backend", engine] + (["--backend-url", ":memory:"] if engine == "qdrant" else [])
+    args = ["--engine", engine] + (["--engine-url", ":memory:"] if engine == "qdrant" else [])
     with running_server(tmp_path / "data", extra_args=args) as (url, proc):
         _fill(url, X)
         info = httpx.get(f"{url}/collections/docs").json()
@@ -167,38 +167,38 @@ def test_mismatch_and_unreachable_are_clear_errors(data, tmp_path):
     or model, or is missing (exit 2, both values named); an unreachable engine exits 2 naming
     its URL; a collection exported into the engine is served, with its stored prefixes."""
     _need("qdrant_edge")
-    from nestemb.backends.qdrant import export_qdrant_edge
+    from nestemb.engines.qdrant import export_qdrant_edge
 
     X, Q = data
     data_dir, edge = tmp_path / "data", tmp_path / "edge"
-    with running_server(data_dir, extra_args=["--backend", "qdrant-edge", "--backend-url",
+    with running_server(data_dir, extra_args=["--engine", "qdrant-edge", "--engine-url",
                                               str(edge)]) as (url, _):
         assert httpx.put(f"{url}/collections/docs", json={"nesting": NEST}).status_code == 200
     # another engine folder where "docs" holds other metadata
     other = tmp_path / "other"
     export_qdrant_edge(X, other / "docs", dims=(16, 32), shortlist=(50,), nesting=(16, 32),
                        model_id="m").close()
-    r = _serve("--data-dir", str(data_dir), "--backend", "qdrant-edge", "--backend-url",
+    r = _serve("--data-dir", str(data_dir), "--engine", "qdrant-edge", "--engine-url",
                str(other))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "nesting [8, 16, 32]" in r.stderr and "nesting [16, 32]" in r.stderr, r.stderr
     export_qdrant_edge(X, other / "docs", dims=(16, 32), shortlist=(50,), nesting=NEST,
                        model_id="m", overwrite=True).close()
-    r = _serve("--data-dir", str(data_dir), "--backend", "qdrant-edge", "--backend-url",
+    r = _serve("--data-dir", str(data_dir), "--engine", "qdrant-edge", "--engine-url",
                str(other))
     assert r.returncode == 2 and "model 'unknown'" in r.stderr and "model 'm'" in r.stderr
-    r = _serve("--data-dir", str(data_dir), "--backend", "qdrant-edge", "--backend-url",
+    r = _serve("--data-dir", str(data_dir), "--engine", "qdrant-edge", "--engine-url",
                str(tmp_path / "empty"))
     assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr
-    r = _serve("--data-dir", str(tmp_path / "d2"), "--backend", "qdrant", "--backend-url",
+    r = _serve("--data-dir", str(tmp_path / "d2"), "--engine", "qdrant", "--engine-url",
                "http://127.0.0.1:9")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "cannot reach Qdrant at 'http://127.0.0.1:9'" in r.stderr, r.stderr
-    r = _serve("--data-dir", str(tmp_path / "d3"), "--backend-url", str(other))
-    assert r.returncode == 2 and "--backend-url needs --backend" in r.stderr
+    r = _serve("--data-dir", str(tmp_path / "d3"), "--engine-url", str(other))
+    assert r.returncode == 2 and "--engine-url needs --engine" in r.stderr
     # a fresh service over the exported collection serves it (its stored prefixes only)
-    with running_server(tmp_path / "d4", extra_args=["--backend", "qdrant-edge",
-                                                     "--backend-url", str(other)]) as (url, _):
+    with running_server(tmp_path / "d4", extra_args=["--engine", "qdrant-edge",
+                                                     "--engine-url", str(other)]) as (url, _):
         info = httpx.get(f"{url}/collections/docs").json()
         assert info["count"] == N and info["nesting"] == NEST and info["model_id"] == "m"
         r = httpx.post(f"{url}/collections/docs/search", json={"vector": Q[0].tolist(), "k": K})
@@ -218,14 +218,14 @@ def test_create_over_mismatched_engine_collection_is_409(tmp_path):
     _need("qdrant_client")
     from fastapi.testclient import TestClient
 
-    from nestemb.backends.qdrant import export_qdrant
+    from nestemb.engines.qdrant import export_qdrant
     from nestemb.service import create_app
     from nestemb.service.points import open_backend
 
     backend = open_backend("qdrant", ":memory:")
     X = synthetic_matryoshka(50, 32, seed=1)
     with TestClient(create_app(tmp_path / "data", backend=backend)) as client:
-        export_qdrant(X, backend.client, "late", dims=(8, 32), shortlist=(20,), nesting=(8, 32))
+        export_qdrant(X, backend.engine.client, "late", dims=(8, 32), shortlist=(20,), nesting=(8, 32))
         r = client.put("/collections/late", json={"nesting": [16, 32]})
         assert r.status_code == 409, r.text
         msg = r.json()["error"]["message"]

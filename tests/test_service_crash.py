@@ -94,7 +94,7 @@ def test_store_refuses_writes_to_a_dropped_collection(tmp_path):
     raw = s._db.execute("SELECT COUNT(*) FROM points").fetchone()[0]
     assert raw == 0
     # rows orphaned by an older version are cleared when the name is created again
-    s._db.execute("INSERT INTO points VALUES ('c', '7', ?, '{}')", (np.ones(2, "<f4").tobytes(),))
+    s._db.execute("INSERT INTO points (collection, id, vector, payload) VALUES ('c', '7', ?, '{}')", (np.ones(2, "<f4").tobytes(),))
     s.create_collection("c", {"nesting": [2]})
     assert s.load("c", 2)[0] == []
     s.close()

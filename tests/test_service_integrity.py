@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from nestemb.errors import NestembError
 from nestemb.service import ApiKey, create_app
-from nestemb.service.collection import check_plan
+from nestemb.index.plan import Plan
 from nestemb.service.points import Unsupported
 from nestemb.service.store import DB_NAME, Store
 from harness.server import HOST, db_rows, free_port, raw_exchange, running_server
@@ -55,7 +55,7 @@ def one_line(err: str) -> str:
 def text_server(tmp_path_factory, tiny_model):
     """A real server whose encoder ``tiny`` is the tiny test model."""
     data_dir = tmp_path_factory.mktemp("upload") / "data"
-    with running_server(data_dir, extra_args=["--encoders", f"tiny={tiny_model}"]) as (url, _):
+    with running_server(data_dir, extra_args=["--models", f"tiny={tiny_model}"]) as (url, _):
         yield url, data_dir
 
 
@@ -77,7 +77,7 @@ def test_upload_checks_every_record_before_the_first_request(tmp_path, cli, text
     for name, (lines, words) in cases.items():
         beir = write_corpus(tmp_path / name.replace(" ", "_"), lines)
         res = cli("upload", "--url", url, "--collection", "c", "--beir", beir,
-                  "--encoder", "tiny")
+                  "--model", "tiny")
         assert res.code == 2, (name, res)
         line = one_line(res.err)
         for w in [str(beir / "corpus.jsonl")] + words:
@@ -94,7 +94,7 @@ def test_upload_failing_midway_says_what_was_stored(tmp_path, cli, text_server):
     long = json.dumps({"_id": "d150", "title": "t", "text": "cell " * 5000}).encode()
     beir = write_corpus(tmp_path / "beir", {150: long})
     res = cli("upload", "--url", url, "--collection", "mid", "--beir", beir,
-              "--encoder", "tiny", "--batch", "64")
+              "--model", "tiny", "--batch-size", "64")
     assert res.code == 2, res
     line = one_line(res.err)
     for w in ("stored 128 of 181 points", "lines 1-128", "rerun", "line 150", "'d150'"):
@@ -103,7 +103,7 @@ def test_upload_failing_midway_says_what_was_stored(tmp_path, cli, text_server):
     assert stored == sorted(f"d{i}" for i in range(1, 129))
     # a rerun with the corpus fixed upserts everything (the first 128 again, by id)
     write_corpus(tmp_path / "beir")
-    res = cli("upload", "--url", url, "--collection", "mid", "--beir", beir, "--encoder", "tiny")
+    res = cli("upload", "--url", url, "--collection", "mid", "--beir", beir, "--model", "tiny")
     assert res.code == 0, res
     assert "mid: 181 points" in res.out
 
@@ -131,13 +131,13 @@ def test_serve_on_corrupted_state_or_a_bad_address_stops_with_one_line(tmp_path)
     bad_config = tmp_path / "config"
     Store(bad_config).close()
     con = sqlite3.connect(bad_config / DB_NAME)
-    con.execute("INSERT INTO collections VALUES ('docs', '{\"nesting\": [2, 4')")
+    con.execute("INSERT INTO collections (name, config) VALUES ('docs', '{\"nesting\": [2, 4')")
     con.commit()
     con.close()
     no_nesting = tmp_path / "no_nesting"
     Store(no_nesting).close()
     con = sqlite3.connect(no_nesting / DB_NAME)
-    con.execute("INSERT INTO collections VALUES ('docs', '{\"encoder\": null}')")
+    con.execute("INSERT INTO collections (name, config) VALUES ('docs', '{\"encoder\": null}')")
     con.commit()
     con.close()
     taken = socket.socket()
@@ -156,10 +156,10 @@ def test_serve_on_corrupted_state_or_a_bad_address_stops_with_one_line(tmp_path)
                          ["--host", "no-such-host.invalid"]),
         "host not here": (["--data-dir", ok, "--host", "192.0.2.1", "--port", port],
                           ["--host", "192.0.2.1"]),
-        "encoder missing": (["--data-dir", ok, "--encoders", f"t={tmp_path / 'nope'}"],
-                            ["--encoders", "'t'", str(tmp_path / "nope")]),
-        "encoder bad spec": (["--data-dir", ok, "--encoders", "just-a-path"],
-                             ["--encoders", "NAME=PATH"]),
+        "encoder missing": (["--data-dir", ok, "--models", f"t={tmp_path / 'nope'}"],
+                            ["--models", "'t'", str(tmp_path / "nope")]),
+        "encoder bad spec": (["--data-dir", ok, "--models", "just-a-path"],
+                             ["--models", "NAME=PATH"]),
     }
     # each case on its own port (they run at once); "port" cases name theirs
     procs = {name: _serve(args if "--port" in args else [*args, "--port", str(free_port())])
@@ -185,10 +185,10 @@ def test_serve_on_corrupted_state_or_a_bad_address_stops_with_one_line(tmp_path)
 # --------------------------------------------------------------------------- HTTP details
 def test_library_errors_carry_the_json_field_as_data():
     with pytest.raises(NestembError) as e:
-        check_plan([12], None, (8, 16), 10)
+        Plan.check([12], None, (8, 16), 10)
     assert e.value.param == "dims"
     with pytest.raises(NestembError) as e:
-        check_plan([8, 16], [5], (8, 16), 10)
+        Plan.check([8, 16], [5], (8, 16), 10)
     assert e.value.param == "shortlist"
     err = Unsupported("filter", "payload filters are not supported here")
     assert err.param == "filter" and err.render("searches.2.filter").startswith(

@@ -186,7 +186,7 @@ def test_search_page_matches_api_and_numpy(shared_data: Path, tmp_path: Path, br
     if not (folder / "corpus.jsonl").is_file():
         pytest.skip(f"SciFact not found in {folder}")
     ids, texts, titles, query = _scifact_slice(folder)
-    keys = [{"key": WRITE_KEY, "access": "write", "collections": ["*"]},
+    keys = [{"key": WRITE_KEY, "access": "admin", "collections": ["*"]},
             {"key": READ_KEY, "access": "read", "collections": [COLL, "vecs"]}]
     with running_server(tmp_path / "data", api_keys=keys) as (url, _), httpx.Client(
             base_url=url, timeout=60, headers={"X-API-Key": WRITE_KEY}) as http:

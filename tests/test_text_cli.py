@@ -31,7 +31,7 @@ def trained(tiny, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("trained") / "model"
     argv = ["nestemb", "text", "train", "--base", str(tiny["model"]), "--beir", str(tiny["beir"]),
-            "--sts", str(tiny["sts"]), "--out", str(out), "--dims", "8,16,32", "--recipe", "finetune",
+            "--sts", str(tiny["sts"]), "--out", str(out), "--nesting", "8,16,32", "--recipe", "finetune",
             "--layers", "1,2", "--steps", "4", "--batch-size", "8", "--lr", "1e-3",
             "--self-distill-weight", "1.0", "--device", "cpu"]
     old = sys.argv
@@ -120,9 +120,9 @@ def test_eval_bad_dims_layers(cli, tiny, tmp_path, args, match):
 def test_train_bad_inputs(cli, tiny, tmp_path):
     out = tmp_path / "m"
     base = ["text", "train", "--base", str(tiny["model"]), "--beir", str(tiny["beir"])]
-    r = cli(*base, "--out", out, "--dims", "8,16,64")
+    r = cli(*base, "--out", out, "--nesting", "8,16,64")
     assert r.code == 2 and "beyond the model's width 32" in r.err
-    r = cli(*base, "--out", out, "--dims", "8,16,32", "--layers", "5", "--recipe", "finetune")
+    r = cli(*base, "--out", out, "--nesting", "8,16,32", "--layers", "5", "--recipe", "finetune")
     assert r.code == 2 and "beyond the model's depth" in r.err
     r = cli(*base, "--out", out, "--layers", "1", "--recipe", "projection")
     assert r.code == 2 and "layers (exit layers) need recipe='finetune'" in r.err
@@ -217,7 +217,7 @@ def test_projection_recipe_end_to_end(cli, tiny, tmp_path):
 
     out = tmp_path / "proj"
     r = cli("text", "train", "--base", tiny["model"], "--beir", tiny["beir"], "--out", out,
-            "--dims", "8,16,32", "--device", "cpu", "--steps", "30")
+            "--nesting", "8,16,32", "--device", "cpu", "--steps", "30")
     assert r.code == 0, r
     assert "projection recipe on cpu" in r.out
     man = json.loads((out / "manifest.json").read_text())

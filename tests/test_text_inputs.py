@@ -34,8 +34,8 @@ def no_model_load(monkeypatch):
     ("eval-sts", ["--layers", "3"], "layer 3 is beyond the model's depth: it has 2 layers"),
     ("eval-retrieval", ["--dims", "8,64"], "dimension 64 is beyond the model's width 32"),
     ("eval-retrieval", ["--dims", "8", "--layers", "1,3"], "layer 3 is beyond the model's depth"),
-    ("train", ["--dims", "8,16,64"], "beyond the model's width 32"),
-    ("train", ["--dims", "8,16", "--recipe", "finetune"], "the last of --dims must be the model width 32"),
+    ("train", ["--nesting", "8,16,64"], "beyond the model's width 32"),
+    ("train", ["--nesting", "8,16", "--recipe", "finetune"], "the last of --nesting must be the model width 32"),
     ("train", ["--dims", "8,32", "--layers", "5", "--recipe", "finetune"],
      "beyond the model's depth"),
 ])

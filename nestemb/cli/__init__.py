@@ -18,13 +18,15 @@ from nestemb.cli.app import app
 from nestemb.errors import NestembError
 
 # Importing these modules registers their commands on ``app``.
-from nestemb.cli import adaptor as _adaptor  # noqa: E402,F401
 from nestemb.cli import backend as _backend  # noqa: E402,F401
 from nestemb.cli import compare as _compare  # noqa: E402,F401
 from nestemb.cli import compat as _compat  # noqa: E402,F401
+from nestemb.cli import embed as _embed  # noqa: E402,F401
 from nestemb.cli import image as _image  # noqa: E402,F401
 from nestemb.cli import serve as _serve  # noqa: E402,F401
 from nestemb.cli import index as _index  # noqa: E402,F401
+from nestemb.cli import quickstart as _quickstart  # noqa: E402,F401
+from nestemb.cli import retrofit as _retrofit  # noqa: E402,F401
 from nestemb.cli import text as _text  # noqa: E402,F401
 
 __all__ = ["Interrupted", "app", "main"]
@@ -53,10 +55,10 @@ def option_name(param: str | None, argv: list[str]) -> str | None:
     Python parameter names match the library's, which is how an error finds its flag.
 
     Example:
-        >>> option_name("code_bytes", ["index", "build", "g", "--out", "i"])
+        >>> option_name("code_bytes", ["index", "build", "--embeddings", "g", "--out", "i"])
         '--code-bytes'
-        >>> option_name("embeddings", ["index", "build", "g"])
-        'EMBEDDINGS'
+        >>> option_name("index_dir", ["index", "search", "i"])
+        'INDEX_DIR'
         >>> option_name("nothing_like_it", ["index", "build"]) is None
         True
     """

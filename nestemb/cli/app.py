@@ -9,10 +9,12 @@ from __future__ import annotations
 import enum
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
+from nestemb.device import DEVICES
 from nestemb.errors import NestembError
 
 app = typer.Typer(
@@ -64,10 +66,154 @@ def choices(name: str, *values: str) -> type[enum.Enum]:
     return enum.Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
 
 
-Device = choices("Device", "cpu", "cuda", "auto")  # --device on every command that runs a model
+Device = choices("Device", *DEVICES)  # --device on every command that runs a model
 
 
 DEVICE_HELP = "cpu, cuda, or auto (cuda when available)"
+THREADS_HELP = "torch CPU threads while the model runs (default: torch's)"
+
+
+def device_option(help: str = DEVICE_HELP):
+    """The ``--device`` option of every command that runs a model (one flag, one default)."""
+    return typer.Option(Device.auto, "--device", help=help)
+
+
+def threads_option(help: str = THREADS_HELP):
+    """The ``--threads`` option of every command that runs a model (``None``: torch's own)."""
+    return typer.Option(None, "--threads", help=help)
+
+
+def check_cpu_device(device: "Device", command: str) -> None:
+    """Refuse ``--device cuda`` for a command whose image models run on the cpu only.
+
+    Example:
+        >>> check_cpu_device(Device.cuda, "embed")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: embed runs image models on the cpu: use --device cpu or auto
+    """
+    if device is Device.cuda:
+        raise NestembError(f"{command} runs image models on the cpu: use --device cpu or auto")
+
+
+def given_options(ctx: typer.Context, names: dict[str, str]) -> list[str]:
+    """The options among ``names`` (parameter name -> flag) given on the command line."""
+    # compared by name: typer may use its own vendored copy of click's ParameterSource
+    sources = {name: ctx.get_parameter_source(name) for name in names}
+    return [flag for name, flag in names.items()
+            if sources[name] is not None and sources[name].name not in ("DEFAULT", "DEFAULT_MAP")]
+
+
+# --------------------------------------------------------------------------- renamed spellings
+RENAMED_NOTE = "note: {old} is now {new} (the old spelling goes in the next release)"
+
+
+def rename_flags(args: list[str], renamed: dict[str, str]) -> list[str]:
+    """``args`` with every old flag of ``renamed`` (old -> new) spelled the new way, ``--old=v``
+    included; a note on stderr says what replaced each old flag used. Nothing after ``--``
+    is touched.
+
+    Example:
+        >>> rename_flags(["--dims", "8,16", "--out=x", "--", "--dims"], {"--dims": "--nesting"})
+        ['--nesting', '8,16', '--out=x', '--', '--dims']
+    """
+    out: list[str] = []
+    noted: set[str] = set()
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + list(args[i:])
+        old, sep, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        new = renamed.get(old)
+        if new is not None:
+            if old not in noted:
+                noted.add(old)
+                typer.echo(RENAMED_NOTE.format(old=old, new=new), err=True)
+            arg = new + sep + value
+        out.append(arg)
+    return out
+
+
+def renamed(flags: dict[str, str] | None = None, verb: str | None = None) -> type[TyperCommand]:
+    """A command class (``@app.command(cls=renamed({...}))``) that still accepts, for one
+    release, the old spellings of its flags (``{"--dims": "--nesting"}``), hidden from its
+    help, and, with ``verb``, the old ``GROUP VERB`` form of a command that left its group
+    (``nestemb compat matrix`` -> ``nestemb compat``); each use prints a note on stderr.
+    """
+    table = dict(flags or {})
+
+    class Renamed(TyperCommand):
+        renamed_flags = table
+        renamed_verb = verb
+
+        def parse_args(self, ctx, args):
+            args = list(args)
+            if verb is not None and args[:1] == [verb]:
+                args = args[1:]
+                typer.echo(RENAMED_NOTE.format(old=f"`nestemb {self.name} {verb}`",
+                                               new=f"`nestemb {self.name}`"), err=True)
+            return super().parse_args(ctx, rename_flags(args, table))
+
+        def collect_usage_pieces(self, ctx):  # a hidden old positional stays out of the usage
+            pieces = [self.options_metavar] if self.options_metavar else []
+            for param in self.get_params(ctx):
+                if not getattr(param, "hidden", False):
+                    pieces.extend(param.get_usage_pieces(ctx))
+            return pieces
+
+    return Renamed
+
+
+def moved_argument(new_value, old_value, new: str, old: str):
+    """The value of a folder given as option ``new`` or, for one release, as the positional
+    argument ``old`` it replaced (with a note on stderr); exactly one of them is required.
+
+    Example:
+        >>> moved_argument(None, "g", "--embeddings", "EMBEDDINGS")
+        'g'
+        >>> moved_argument(None, None, "--embeddings", "EMBEDDINGS")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: missing option --embeddings
+    """
+    if old_value is None:
+        if new_value is None:
+            raise NestembError(f"missing option {new}")
+        return new_value
+    if new_value is not None:
+        raise NestembError(f"give {new} once (the positional {old} is its old spelling)")
+    typer.echo(RENAMED_NOTE.format(old=f"the positional {old}", new=new), err=True)
+    return old_value
+
+
+# --------------------------------------------------------------------------- results files
+def write_result(out: Path, result: Any, what: str = "results") -> None:
+    """Write a command's ``--out`` JSON result file atomically (:func:`nestemb.io.write_json`:
+    a killed run leaves the old file or none, never half a file) and say so: the one writer of
+    every ``--out`` JSON file (checked beforehand with :func:`check_out_file`).
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "r.json"
+        >>> write_result(p, {"a": 1}); p.read_text().startswith("{")
+        wrote results to ...r.json
+        True
+    """
+    from nestemb.io import write_json
+
+    write_json(out, result)
+    typer.echo(f"wrote {what} to {out}")
+
+
+def search_result(query_ids, ids, scores) -> dict:
+    """Search results as stored in ``--out`` files: per query id, its result ids and scores.
+
+    Example:
+        >>> import numpy as np
+        >>> search_result(["q"], np.array([[3, 1]]), np.array([[0.5, 0.25]]))
+        {'q': {'ids': [3, 1], 'scores': [0.5, 0.25]}}
+    """
+    return {str(q): {"ids": r.tolist(), "scores": s.tolist()}
+            for q, r, s in zip(query_ids, ids, scores)}
 
 
 def check_writable_parent(out: Path) -> None:

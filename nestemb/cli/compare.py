@@ -1,4 +1,4 @@
-"""``nestemb compare A B``: how alike two embedding files of the same items are, per prefix.
+"""``nestemb compare --embeddings-a A --embeddings-b B``: how alike two embedding files of the same items are, per prefix.
 
 Both files must hold the same items in the same order (their ``ids.json``); the table covers the
 prefixes the two nestings share; ``--out`` writes ``compare.json`` (every measure as a prefix of
@@ -21,7 +21,7 @@ from typing import Optional
 
 import typer
 
-from nestemb.cli.app import app, check_out_dir
+from nestemb.cli.app import app, check_out_dir, moved_argument, renamed
 from nestemb.cli.parse import parse_ints
 from nestemb.errors import NestembError
 
@@ -39,7 +39,7 @@ _TITLES = {
 def _check_same_items(ids_a: list | None, ids_b: list | None, a: Path, b: Path) -> None:
     """Refuse two files that do not hold the same items in the same order, and a file whose
     ids repeat (its rows cannot be told apart), naming a duplicate."""
-    from nestemb.nesting import check_unique_ids
+    from nestemb.folders import check_unique_ids
 
     for ids, path in ((ids_a, a), (ids_b, b)):
         if ids is None:
@@ -93,16 +93,20 @@ def _dims(text: Optional[str], flag: str, nesting: tuple[int, ...], width: int) 
     return dims
 
 
-@app.command()
+@app.command(cls=renamed({"--k": "--neighbours", "-k": "--neighbours"}))
 def compare(
-    a: Path = typer.Argument(..., help="embedding directory A"),
-    b: Path = typer.Argument(..., help="embedding directory B (the same items in the same order)"),
+    embeddings_a: Optional[Path] = typer.Option(None, "--embeddings-a", help="embedding directory A"),
+    embeddings_b: Optional[Path] = typer.Option(
+        None, "--embeddings-b", help="embedding directory B (the same items in the same order)"),
+    old_a: Optional[Path] = typer.Argument(None, hidden=True, metavar="A"),
+    old_b: Optional[Path] = typer.Argument(None, hidden=True, metavar="B"),
     dims_a: Optional[str] = typer.Option(
         None, help="prefixes of A, e.g. 8,16,32 (default: A's nesting)"
     ),
     dims_b: Optional[str] = typer.Option(None, help="prefixes of B (default: B's nesting)"),
     measures: str = typer.Option(_DEFAULT_MEASURES, help="comma-separated measures"),
-    k: int = typer.Option(10, "-k", "--k", help="neighbours for mutual k-NN"),
+    # named k as in compare_prefixes, so that the library's errors about k name --neighbours
+    k: int = typer.Option(10, "--neighbours", help="neighbours for mutual k-NN"),
     knn_sample: int = typer.Option(
         5000, help="items mutual k-NN compares, drawn with --seed (0: all; costs O(n^2))"
     ),
@@ -118,8 +122,10 @@ def compare(
     """Compare two embedding files of the same items, per prefix: CKA (biased, debiased),
     Procrustes distance, mutual k-NN and neuron matching."""
     from nestemb.compare import MEASURES, compare_prefixes
-    from nestemb.nesting import load_embeddings
+    from nestemb.folders import load_embeddings
 
+    a = moved_argument(embeddings_a, old_a, "--embeddings-a", "A")
+    b = moved_argument(embeddings_b, old_b, "--embeddings-b", "B")
     names = tuple(m.strip().replace("-", "_") for m in measures.split(",") if m.strip())
     bad = [m for m in names if m not in MEASURES]
     if bad or not names:

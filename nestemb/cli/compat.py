@@ -1,11 +1,15 @@
-"""CLI commands for model upgrades: ``nestemb compat matrix`` and ``nestemb adapter fit|apply``.
+"""CLI commands for model upgrades: ``nestemb compat`` and ``nestemb adapter fit|apply``.
+
+``compat`` is a top-level command, as ``compare`` is: the ``compat`` group held one verb
+(``matrix``), and a group of one verb is a word to type for nothing. ``nestemb compat matrix``
+still works for one release, with a note on stderr.
 
 Inputs are embedding directories as written by ``nestemb embed`` (or
-:func:`nestemb.nesting.save_embeddings`): ``embeddings.npy``, ``manifest.json`` and, where
+:func:`nestemb.folders.save_embeddings`): ``embeddings.npy``, ``manifest.json`` and, where
 the items have ids, ``ids.json``. Embeddings of several models are compared only when they hold
 the same items: the same ids in the same order (or, without ids, the same number of rows).
 
-Relevance for ``compat matrix``:
+Relevance for ``compat``:
 
 * ``--metric top1|map`` (class labels): ``--query-labels FILE`` and ``--gallery-labels FILE``,
   one label per row in the row order of the embeddings (``.npy`` 1-D array, or ``.txt`` one
@@ -28,18 +32,18 @@ from typing import Any, List, Optional
 
 import typer
 
-from nestemb.cli.app import app, check_out_dir, choices
+from nestemb.cli.app import app, check_out_dir, choices, renamed, threads_option
+from nestemb.checks import positive_int
 from nestemb.cli.parse import parse_dims
+from nestemb.compat.matrix import METRICS
 from nestemb.errors import NestembError
+from nestemb.maps.adapter import KINDS
 
-compat_app = typer.Typer(help="Compatibility between models: matrices and criteria.",
-                         no_args_is_help=True)
 adapter_app = typer.Typer(help="Post-hoc adapters between two models' spaces.", no_args_is_help=True)
-app.add_typer(compat_app, name="compat")
 app.add_typer(adapter_app, name="adapter")
 
-Metric = choices("Metric", "top1", "map", "ndcg")
-AdapterKind = choices("AdapterKind", "orthogonal", "affine", "mlp")
+Metric = choices("Metric", *METRICS)
+AdapterKind = choices("AdapterKind", *KINDS)
 IdxSplit = choices("IdxSplit", "train", "t10k")
 
 # --------------------------------------------------------------------------- shared readers
@@ -50,7 +54,7 @@ def apply_adapter_dir(adapter: Path, vectors, manifest, trust_unknown: bool):
     shared by ``adapter apply`` and ``index search --adapter``. Returns ``(vectors, manifest)``."""
     import numpy as np
 
-    from nestemb.compat.adapter import adapt_embeddings, load_adapter
+    from nestemb.maps import adapt_embeddings, load_adapter
 
     return adapt_embeddings(np.asarray(vectors), manifest, load_adapter(adapter),
                             trust_unknown=trust_unknown)
@@ -58,7 +62,7 @@ def apply_adapter_dir(adapter: Path, vectors, manifest, trust_unknown: bool):
 
 def _load(path: Path, what: str, mmap: bool = True):
     """``(vectors, manifest, ids)`` of an embedding directory; a missing one names ``what``."""
-    from nestemb.nesting import load_embeddings
+    from nestemb.folders import load_embeddings
 
     if not path.is_dir():
         raise NestembError(f"{what} embedding directory not found: {path}")
@@ -209,10 +213,10 @@ def _names(manifests: list) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}#{k}" for k, n in enumerate(names)]
 
 
-# --------------------------------------------------------------------------- compat matrix
+# --------------------------------------------------------------------------- compat
 
 
-@compat_app.command("matrix")
+@app.command("compat", cls=renamed(verb="matrix"))
 def matrix_cmd(
     queries: List[Path] = typer.Option(..., "--queries", metavar="<path>", help="query embedding directory of one model; repeat per model, oldest first"),
     gallery: List[Path] = typer.Option(..., "--gallery", metavar="<path>", help="gallery embedding directory of one model; repeat per model, in the --queries order"),
@@ -235,7 +239,7 @@ def matrix_cmd(
     C[i][i] >= C[i][j]), AC and AM, written as JSON and heat maps."""
     import numpy as np
 
-    from nestemb.compat.matrix import compatibility_matrix, plot_compatibility
+    from nestemb.compat import compatibility_matrix, plot_compatibility
     from nestemb.io import atomic_dir, write_json
     from nestemb.nesting import check_compatible
 
@@ -345,7 +349,7 @@ def adapter_fit(
     epochs: Optional[int] = typer.Option(None, help="mlp: epochs (default 30)"),
     lr: Optional[float] = typer.Option(None, help="mlp: learning rate (default 1e-3)"),
     batch_size: Optional[int] = typer.Option(None, help="mlp: batch size (default 256)"),
-    threads: Optional[int] = typer.Option(None, help="mlp: torch CPU threads"),
+    threads: Optional[int] = threads_option("mlp: torch CPU threads (default: torch's)"),
     seed: int = typer.Option(0, help="seed of --sample and of the mlp"),
     trust_unknown: bool = typer.Option(False, help="accept models whose weights version is 'unknown' (matched by model id alone)"),
     underdetermined: bool = typer.Option(False, help="orthogonal/affine: fit from fewer paired rows than dims (e.g. anchors of a translation; the directions they do not span are mapped arbitrarily)"),
@@ -356,10 +360,9 @@ def adapter_fit(
     old gallery; old -> new moves stored old vectors into the new space."""
     import numpy as np
 
-    from nestemb.compat.adapter import fit_adapter
+    from nestemb.maps import fit_adapter
 
-    if sample is not None and sample < 1:
-        raise NestembError(f"--sample must be positive, got {sample}")
+    positive_int(sample, "sample", allow_none=True)
     check_out_dir(out, overwrite, "adapter")
     s_loaded = _load(source, "--source")
     t_loaded = _load(target, "--target")
@@ -399,7 +402,7 @@ def adapter_apply(
     """Map an embedding directory through an adapter; the output's manifest names the target
     model, so that its indexes accept it. Vectors of the target model (wrong direction) or of
     any other model are refused."""
-    from nestemb.nesting import save_embeddings
+    from nestemb.folders import save_embeddings
 
     check_out_dir(out, overwrite, "embeddings")
     X, man, ids = _load(embeddings, "--embeddings")

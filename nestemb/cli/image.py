@@ -1,7 +1,7 @@
-"""CLI for the image area: ``nestemb image train``, ``nestemb image eval`` and the top-level
-``nestemb quickstart``.
+"""CLI for the image area: ``nestemb image train`` and ``nestemb image eval`` (the top-level
+``nestemb quickstart``, which runs both, is :mod:`nestemb.cli.quickstart`).
 
-The commands parse strings (``--dims``, ``--weights``, ``--augment``) into typed values, build
+The commands parse strings (``--nesting``, ``--weights``, ``--augment``) into typed values, build
 :class:`~nestemb.train.image.ImageTrainConfig` and call the library; every input is validated
 before anything is written, and output directories are built in a temporary sibling and renamed
 at the end (:func:`nestemb.io.atomic_dir`), so a failure leaves nothing behind.
@@ -15,7 +15,9 @@ from typing import Optional
 
 import typer
 
-from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_dir, check_out_file, choices
+from nestemb.cli.app import (Device, app, check_cpu_device, check_out_dir, check_out_file, choices,
+                             device_option, renamed, threads_option, write_result)
+from nestemb.checks import positive_int
 from nestemb.errors import NestembError
 
 image_app = typer.Typer(
@@ -32,6 +34,8 @@ _AUGMENT_HELP = "Comma list of shift (random shifts of --shift pixels) and flip 
 _STEPS_HELP = "Optimizer steps (default: 10 epochs, but at least 1500 steps on small data sets)."
 
 
+# nestemb.models.image.HEADS (importing it loads torch, too slow for `nestemb --help`; a test
+# holds the two equal)
 Head = choices("Head", "mrl", "mrl-e", "ff")
 Classifier = choices("Classifier", "linear", "cosine")
 CompatMethod = choices("CompatMethod", "prefix", "bct", "simplex")
@@ -78,21 +82,6 @@ def _load_data(data: Optional[Path]):
     return folder, train, test
 
 
-def check_threads(threads: Optional[int]) -> None:
-    """``--threads`` is a positive count (or absent): checked before any work.
-
-    Example:
-        >>> check_threads(0)
-        Traceback (most recent call last):
-        ...
-        nestemb.errors.NestembError: --threads must be at least 1, got 0
-    """
-    from nestemb.errors import NestembError
-
-    if threads is not None and threads < 1:
-        raise NestembError(f"--threads must be at least 1, got {threads}")
-
-
 def _prepare(data, dims, dim, head, weights, classifier, **train_kw):
     """Validate every option, then load the data: (model config, train config, folder, train, test)."""
     from nestemb.cli.parse import parse_dims, parse_floats
@@ -104,7 +93,7 @@ def _prepare(data, dims, dim, head, weights, classifier, **train_kw):
     if train_kw.get("epochs") is not None and train_kw.get("steps") is not None:
         raise NestembError("give --epochs or --steps, not both")
     tcfg = ImageTrainConfig(weights=parse_floats(weights), **train_kw)
-    dims_t = parse_dims(dims)
+    dims_t = parse_dims(dims, "--nesting")
     kw = dict(dim=dim, dims=dims_t, cosine=classifier == Classifier.cosine)
     mcfg = make_model_config(head.value, **kw)
     if tcfg.weights is not None:
@@ -170,14 +159,16 @@ def print_results(console, dims, per: dict, cascade: list, title: str) -> None:
 
 
 
-@image_app.command("train")
+@image_app.command("train", cls=renamed({"--dims": "--nesting"}))
 def train_cmd(
     out: Path = typer.Option(..., help="Output model directory (weights + manifest.json)."),
     data: Optional[Path] = typer.Option(None, help=_DATA_HELP),
     steps: Optional[int] = typer.Option(None, help=_STEPS_HELP),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (instead of --steps)."),
+    # named dims as in make_model_config, so that the library's errors about dims name --nesting
     dims: Optional[str] = typer.Option(
-        None, help="Nesting, e.g. 2,4,8,...,256 (last = --dim). For --head ff: one size m (FF-m)."
+        None, "--nesting",
+        help="Nesting, e.g. 2,4,8,...,256 (last = --dim). For --head ff: one size m (FF-m)."
     ),
     dim: int = typer.Option(256, help="Embedding (encoder output) dimension."),
     head: Head = typer.Option(Head.mrl, help="mrl (a head per prefix), mrl-e (weight-tied) or ff."),
@@ -194,8 +185,8 @@ def train_cmd(
     augment: str = typer.Option("shift", help=_AUGMENT_HELP),
     shift: int = typer.Option(2, help="Largest random shift in pixels (with --augment shift)."),
     model_id: str = typer.Option("nestemb-cnn", help="Readable model name for the manifest (the version is the weights' hash)."),
-    device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads while training (default: torch's)."),
+    device: Device = device_option(),
+    threads: Optional[int] = threads_option(),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
     checkpoints: bool = typer.Option(True, help="Keep about ten model checkpoints along the way."),
     checkpoint_dir: Optional[Path] = typer.Option(
@@ -224,7 +215,7 @@ def train_cmd(
     from nestemb.train.image import train_image
 
     env = env_from_torchrun()  # rank 0 writes the output and prints; the others only train
-    check_threads(threads)
+    positive_int(threads, "threads", allow_none=True)
     check_out_dir(out, overwrite, "image-model")  # before the data set is loaded
     resume_from = _resume_point(out, checkpoints, checkpoint_dir, resume, overwrite)
     mcfg, tcfg, folder, train, _test = _prepare(
@@ -319,7 +310,7 @@ def _clear_checkpoints(folder: Path) -> None:
 def _compat_config(old_dir: Optional[Path], method: Optional[CompatMethod], mcfg):
     """The compatible-training setup of ``image train`` (None without the flags), checked
     against the new model's config before any training."""
-    from nestemb.compat.training import CompatConfig
+    from nestemb.train.compatible import CompatConfig
     from nestemb.errors import NestembError
     from nestemb.models.image import load_image_model
 
@@ -351,17 +342,18 @@ def eval_cmd(
     data: Optional[Path] = typer.Option(None, help=_DATA_HELP),
     holdout: Optional[int] = typer.Option(None, help="Calibrate the cascade on this many training images instead of the model's recorded hold-out."),
     seed: int = typer.Option(0, help="Seed of the --holdout split (only with --holdout)."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's)."),
+    device: Device = device_option("cpu or auto: image models are evaluated on the cpu"),
+    threads: Optional[int] = threads_option(),
     overwrite: bool = typer.Option(False, help="Replace an existing results file."),
 ) -> None:
     """Evaluate every prefix of a saved image model (linear and 1-NN top-1, mAP@10, cascade)."""
     from nestemb.errors import NestembError
     from nestemb.eval.image import evaluate_image_model
-    from nestemb.io import write_json
     from nestemb.models.image import load_image_model
     from nestemb.device import torch_threads
 
-    check_threads(threads)
+    positive_int(threads, "threads", allow_none=True)
+    check_cpu_device(device, "image eval")
     check_out_file(out, overwrite)
     m = load_image_model(model)
     folder, train, test = _load_data(data)
@@ -377,66 +369,7 @@ def eval_cmd(
            "calibration": ev["calibration"], "model": str(model), "model_id": m.manifest.model_id,
            "model_version": m.manifest.model_version, "data": str(folder),
            "eval_seconds": ev["eval_seconds"]}  # fmt: skip
-    write_json(out, res)
+    write_result(out, res)
     console = _console()
     print_results(console, ev["dims"], res[head], ev["cascade"], f"{head} on {folder}")
     console.print(calibration_text(ev["calibration"]), soft_wrap=True)
-
-
-@app.command()
-def quickstart(
-    out: Path = typer.Option(Path("runs/quickstart"), help="Output directory."),
-    data: Optional[Path] = typer.Option(None, help=_DATA_HELP),
-    steps: Optional[int] = typer.Option(None, help=_STEPS_HELP),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs (instead of --steps)."),
-    seed: int = typer.Option(0, help="Random seed."),
-    device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
-    overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
-) -> None:
-    """Train an MRL model on Fashion-MNIST (nesting 2, 4, ... 256) with the default recipe,
-    evaluate every prefix, run the cascade; writes OUT/model/, OUT/results.json and
-    OUT/accuracy_vs_dim.png."""
-    from nestemb.errors import NestembError
-    from nestemb.eval.image import evaluate_image_model
-    from nestemb.io import atomic_dir, write_json
-    from nestemb.models.image import write_model_files
-    from nestemb.plotting import line_plot
-    from nestemb.progress import plural
-    from nestemb.train.image import train_image
-
-    check_out_dir(out, overwrite, "quickstart")
-    mcfg, tcfg, folder, train, test = _prepare(
-        data, None, 256, Head.mrl, None, Classifier.linear, steps=steps, epochs=epochs, seed=seed,
-        device=device.value,
-    )  # fmt: skip
-    console = _console()
-    console.print(f"quickstart: MRL on {folder}, nesting {mcfg.nesting}")
-    with atomic_dir(out, kind="quickstart", overwrite=overwrite) as tmp:
-        model, info = train_image(mcfg, *train, tcfg, model_id="nestemb-cnn-mrl")
-        (tmp / "model").mkdir()
-        man = write_model_files(model, tmp / "model", "nestemb-cnn-mrl",
-                                {"split": info["split"], "data": str(folder), "training": info})  # fmt: skip
-        console.print(f"evaluating every prefix (1-NN over the {len(train[0]):,} training images) ...")
-        model.manifest = man  # evaluate with the split just recorded in model/manifest.json
-        from nestemb.progress import progress_stages
-
-        with progress_stages() as upd:
-            ev = evaluate_image_model(model, train, test, progress=upd)
-        dims = ev["dims"]
-        results = {
-            "dims": dims, "mrl": method_results(ev), "cascade": ev["cascade"],
-            "calibration": ev["calibration"], "train_seconds": info["train_seconds"],
-            "eval_seconds": ev["eval_seconds"], "epochs": info["epochs"], "steps": info["steps"],
-            "seed": seed, "data": str(folder), "model": "model", "model_id": man.model_id,
-            "model_version": man.model_version, "training": info,
-        }  # fmt: skip
-        write_json(tmp / "results.json", results)
-        line_plot(tmp / "accuracy_vs_dim.png", dims,
-                  {"linear top-1": ev["linear_top1"], "1-NN top-1": ev["knn_top1"], "mAP@10": ev["map10"]},
-                  xlabel="embedding dimension (prefix)", ylabel="test",
-                  title=f"MRL, {info['steps']} steps")  # fmt: skip
-    title = (f"MRL on {folder.name} ({plural(info['epochs'], 'epoch')}, "
-             f"{plural(info['steps'], 'step')})")
-    print_results(console, dims, results["mrl"], ev["cascade"], title)
-    console.print(calibration_text(ev["calibration"]), soft_wrap=True)
-    console.print(f"train {info['train_seconds']:.0f} s, eval {ev['eval_seconds']:.0f} s; wrote {out}/")

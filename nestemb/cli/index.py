@@ -1,4 +1,4 @@
-"""CLI commands for the index area: ``nestemb embed`` and ``nestemb index build|search|tune``.
+"""CLI commands for the index area: ``nestemb index build|search|tune``.
 
 The library (``nestemb.index``) takes typed values; this module parses the flags, checks output
 paths before any long work, and turns every bad input into a one-line error (exit 2).
@@ -6,15 +6,19 @@ paths before any long work, and turns every bad input into a one-line error (exi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from nestemb.cli.app import Device, app, check_out_dir, check_out_file, choices
+from nestemb.cli.app import (app, check_out_dir, check_out_file, choices, given_options,
+                             moved_argument, renamed, search_result, write_result)
 from nestemb.cli.parse import parse_ints
+from nestemb.checks import positive_int
 from nestemb.errors import NestembError
+from nestemb.index.funnel import FULL_DTYPES
+from nestemb.index.ivf import CODECS
+from nestemb.index.quantize import FIRST_STAGES, PREFIX_DTYPES
 
 index_app = typer.Typer(
     help="Build, search and tune indexes over Matryoshka embeddings.", no_args_is_help=True
@@ -22,250 +26,19 @@ index_app = typer.Typer(
 app.add_typer(index_app, name="index")
 
 
-Split = choices("Split", "train", "t10k")
 IndexType = choices("IndexType", "funnel", "ivf", "opq")
-PrefixDtype = choices("PrefixDtype", "float32", "float16", "int8", "binary", "rabitq")
-FullDtype = choices("FullDtype", "float32", "float16")
+PrefixDtype = choices("PrefixDtype", *PREFIX_DTYPES)
+FullDtype = choices("FullDtype", *FULL_DTYPES)
 RescoreDtype = choices("RescoreDtype", "none", "int8")
-FirstStage = choices("FirstStage", "flat", "hnsw")
-Codec = choices("Codec", "flat", "fp16", "sq8", "pq", "opq")
-
-
-def _positive(value: Optional[int], flag: str) -> None:
-    if value is not None and value <= 0:
-        raise NestembError(f"{flag} must be positive, got {value}")
-
-
-# --------------------------------------------------------------------------- embed
-def _read_texts(path: Path) -> tuple[list[str], list[str]]:
-    """Texts and ids from a BEIR-style ``.jsonl`` (``_id``, ``title``, ``text``) or a ``.txt``
-    file (one text per line, ids = line numbers)."""
-    if not path.is_file():
-        raise NestembError(f"--texts file not found: {path}")
-    texts, ids = [], []
-    from nestemb.data.textfile import read_text
-
-    content = read_text(path, "--texts")
-    seen: dict[str, int] = {}
-    if path.suffix == ".jsonl":
-        for n, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                title, text = row.get("title") or "", row["text"]
-            except (json.JSONDecodeError, KeyError, AttributeError):
-                raise NestembError(f"{path}:{n}: expected a JSON object with a 'text' field") from None
-            doc_id = str(row.get("_id", len(ids)))
-            if doc_id in seen:
-                raise NestembError(
-                    f"{path}:{n}: duplicate _id {doc_id!r} (first on line {seen[doc_id]}): every "
-                    "document needs its own id"
-                )
-            seen[doc_id] = n
-            texts.append(f"{title} {text}".strip())
-            ids.append(doc_id)
-    else:
-        texts = [t for t in content.splitlines() if t.strip()]
-        ids = [str(i) for i in range(len(texts))]
-    if not texts:
-        raise NestembError(f"no texts in {path}")
-    return texts, ids
-
-
-def _read_images(data: Optional[Path], images: Optional[Path], split: Split):
-    import numpy as np
-
-    if data is not None:
-        from nestemb.data.idx import IMAGES_MAGIC, _find, read_idx
-
-        if not data.is_dir():
-            raise NestembError(f"--data must be an IDX folder, not found: {data}")
-        path = _find(data, split.value, "images-idx3-ubyte")  # embedding needs no labels file
-        arr = read_idx(path, IMAGES_MAGIC)
-        what = str(path)
-    else:
-        if not images.is_file() or images.suffix != ".npy":
-            raise NestembError(f"--images must be a uint8 .npy file, not found: {images}")
-        try:
-            arr = np.load(images, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise NestembError(f"cannot read {images}: {str(e).splitlines()[0]}") from None
-        what = f"--images {images}"
-    if arr.ndim != 3 or arr.dtype != np.uint8 or len(arr) == 0:
-        raise NestembError(
-            f"{what} must hold uint8 images (N, H, W) with N >= 1, got dtype {arr.dtype} and "
-            f"shape {arr.shape}"
-        )
-    return arr, list(range(len(arr)))
-
-
-RAY_OPTIONS = {"address": "--address", "workers": "--workers", "shard_size": "--shard-size"}
-
-
-@app.command()
-def embed(
-    ctx: typer.Context,
-    model: str = typer.Option(..., help="saved image/text model folder, or 'minilm'"),
-    out: Path = typer.Option(..., help="output embedding directory"),
-    data: Optional[Path] = typer.Option(None, help="image IDX folder (e.g. fashion-mnist), for an image model"),
-    split: Split = typer.Option(Split.train, help="IDX split of --data"),
-    images: Optional[Path] = typer.Option(None, help="uint8 .npy images (N, H, W), for an image model"),
-    texts: Optional[Path] = typer.Option(
-        None, help=".jsonl (BEIR-style _id, title, text), a BEIR folder (its corpus.jsonl), "
-        ".txt (one text per line) or .parquet (columns text [, title, _id]), for a text model"
-    ),
-    limit: Optional[int] = typer.Option(None, help="embed only the first N items"),
-    batch_size: int = typer.Option(256, help="encoder batch size"),
-    device: Device = typer.Option(Device.auto, help="cpu, cuda or auto (image models run on the cpu)"),
-    overwrite: bool = typer.Option(False, help="replace an existing output directory"),
-    ray: bool = typer.Option(False, "--ray", help="embed with a Ray Data actor pool (one model per "
-                             "actor) into a sharded, resumable directory: run the same command "
-                             "again to resume an interrupted job"),
-    address: Optional[str] = typer.Option(None, help="with --ray: Ray cluster address (auto, "
-                                          "ray://HOST:10001); default: start a local Ray"),
-    workers: int = typer.Option(2, help="with --ray: actors, one model and one CPU each"),
-    shard_size: int = typer.Option(10000, help="with --ray: rows per output shard"),
-) -> None:
-    """Encode images or texts into an embedding directory (manifest: the model's id and version).
-
-    With --ray the work is spread over a Ray actor pool and written as shards
-    (OUT/shards/shard-NNNNN.npy + ids, each with its checksums; OUT/manifest.json when all are
-    done; `nestemb index build` reads it, as does nestemb.bulk.load_shards); an interrupted job
-    resumes where it stopped.
-    """
-    from nestemb.nesting import Manifest, save_embeddings
-
-    _positive(limit, "--limit")
-    _positive(batch_size, "--batch-size")
-    given = [flag for flag, v in (("--data", data), ("--images", images), ("--texts", texts)) if v is not None]
-    if len(given) != 1:
-        raise NestembError(f"give exactly one of --data, --images or --texts (got {given or 'none'})")
-    if not ray:
-        foreign = _given(ctx, RAY_OPTIONS)
-        if foreign:
-            raise NestembError(f"{', '.join(foreign)} {'applies' if len(foreign) == 1 else 'apply'} "
-                               "only with --ray")
-    else:
-        _positive(workers, "--workers")
-        _positive(shard_size, "--shard-size")
-    if texts is not None and texts.is_dir() and (texts / "corpus.jsonl").is_file():
-        texts = texts / "corpus.jsonl"  # a BEIR folder: its corpus
-    if ray:
-        _embed_ray(model, out, data, split, images, texts, limit, batch_size, device, overwrite,
-                   address, workers, shard_size)
-        return
-    check_out_dir(out, overwrite, "embeddings")
-    model_dir = Path(model)
-    kind = "text-model" if model.lower() == "minilm" else None
-    if kind is None:
-        if not model_dir.is_dir():
-            raise NestembError(f"model not found: {model} (give a saved model folder or 'minilm')")
-        if (model_dir / "manifest.json").is_file():
-            kind = Manifest.load(model_dir).kind
-        else:  # a plain sentence-transformers folder
-            kind = "text-model"
-    if kind == "image-model":
-        if texts is not None:
-            raise NestembError(
-                f"{model} is an image model: it embeds images (--data IDX folder or --images "
-                ".npy of uint8 (N, H, W)), not texts (--texts)"
-            )
-        if device is Device.cuda:
-            raise NestembError("embed runs image models on the cpu: use --device cpu or auto")
-        try:
-            from nestemb.models.image import load_image_model
-        except ImportError:
-            raise NestembError("image models are not available in this installation") from None
-        encoder = load_image_model(model_dir)
-        items, ids = _read_images(data, images, split)
-    elif kind == "text-model":
-        if texts is None:
-            raise NestembError(
-                f"{model} is a text model: it embeds texts (--texts .jsonl or .txt), not images "
-                f"({given[0]})"
-            )
-        try:
-            from nestemb.text.encoder import load_text_model
-        except ImportError:
-            raise NestembError("text models are not available in this installation") from None
-        items, ids = _read_texts_any(texts, limit)
-        encoder = load_text_model(model, device=device.value)
-    else:
-        from nestemb.io import article
-
-        raise NestembError(f"{model} holds {article(kind)}; embed needs an image-model or text-model")
-    from nestemb.bulk import ArrayCorpus, origin
-
-    # the rows to embed and where they come from (ids checked unique, whatever the format)
-    corpus = ArrayCorpus(items[:limit], ids[:limit], source=str(data or images or texts),
-                         split=split.value if data is not None else None, limit=limit)
-    items, ids = corpus.items, corpus.ids
-    from nestemb.progress import counter, progress_stages
-
-    with progress_stages() as update:
-        X = encoder.encode(items, batch_size=batch_size,
-                           progress=counter(update, "encoding", len(items)))
-    man = encoder.manifest  # identity of the embeddings = identity of the model's weights
-    manifest = Manifest(
-        model_id=man.model_id, model_version=man.model_version, nesting=man.nesting, dim=man.dim,
-        extra={**origin(corpus), "model_path": str(model)},
-    )
-    save_embeddings(out, X, manifest, ids=ids, overwrite=overwrite)
-    typer.echo(f"wrote {len(X)} embeddings of dim {X.shape[1]} ({man.model_id} "
-               f"{man.model_version}) to {out}")
-
-
-def _read_texts_any(path: Path, limit: Optional[int] = None) -> tuple[list[str], list[str]]:
-    """:func:`_read_texts`, plus Parquet files (columns text [, title, _id]; only the first
-    ``limit`` rows are read)."""
-    if path.suffix == ".parquet":
-        from nestemb.bulk import ParquetCorpus
-
-        corpus = ParquetCorpus(path, limit=limit)
-        return corpus.read(0, len(corpus))
-    return _read_texts(path)
-
-
-def _embed_ray(model, out, data, split, images, texts, limit, batch_size, device, overwrite,
-               address, workers, shard_size) -> None:  # fmt: skip
-    """``embed --ray``: the corpus as :mod:`nestemb.bulk` takes it, then the Ray job."""
-    try:
-        from nestemb import bulk
-        import ray  # noqa: F401
-    except ImportError:
-        raise NestembError("--ray needs Ray Data: pip install 'nestemb[ray]'") from None
-    if device is Device.cuda and texts is None:
-        raise NestembError("embed runs image models on the cpu: use --device cpu or auto")
-    dev = "cuda" if device is Device.cuda else "cpu"
-    if texts is not None:
-        if texts.suffix == ".parquet":
-            corpus = bulk.ParquetCorpus(texts, limit=limit)
-        else:
-            items, ids = _read_texts(texts)
-            corpus = bulk.ArrayCorpus(items[:limit], ids[:limit], source=str(texts), limit=limit)
-    else:
-        arr, ids = _read_images(data, images, split)
-        corpus = bulk.ArrayCorpus(arr[:limit], ids[:limit], source=str(data or images),
-                                  split=split.value if data is not None else None, limit=limit)
-    from nestemb.progress import counter, progress_stages
-
-    with progress_stages() as update:
-        tick = counter(update, "shards", -(-len(corpus) // shard_size))
-        summary = bulk.embed_corpus(corpus, model, out, workers=workers, shard_size=shard_size,
-                                    batch_size=batch_size, address=address, overwrite=overwrite,
-                                    device=dev, on_shard=(lambda row: tick(1)) if tick else None)  # fmt: skip
-    resumed = f" ({summary['skipped']} done before, resumed)" if summary["skipped"] else ""
-    typer.echo(f"wrote {summary['rows']} embeddings in {summary['shards']} shards to {out}"
-               f"{resumed}; {summary['embedded']} shards embedded by {workers} Ray workers at "
-               f"{summary['items_per_s']:.1f} items/s")
+FirstStage = choices("FirstStage", *FIRST_STAGES)
+Codec = choices("Codec", *CODECS)
 
 
 # --------------------------------------------------------------------------- index
 def _load_emb(path: Path, what: str):
     """``(vectors, manifest, ids)`` of an embedding directory; ids must be unique as the
     strings they become in results (``5`` and ``"5"`` are one key)."""
-    from nestemb.nesting import check_unique_ids, load_embeddings
+    from nestemb.folders import check_unique_ids, load_embeddings
 
     if not path.is_dir():
         raise NestembError(f"{what} embedding directory not found: {path}")
@@ -275,7 +48,7 @@ def _load_emb(path: Path, what: str):
     return X, man, ids
 
 
-FUNNEL_OPTIONS = {"dims": "--dims", "shortlist": "--shortlist", "prefix_dtype": "--prefix-dtype",
+FUNNEL_OPTIONS = {"dims": "--stages", "shortlist": "--shortlist", "prefix_dtype": "--prefix-dtype",
                   "first_stage": "--first-stage", "full_dtype": "--full-dtype",
                   "rescore_dtype": "--rescore-dtype", "int8_trim": "--int8-trim",
                   "hnsw_m": "--hnsw-m", "ef_search": "--ef-search"}
@@ -286,17 +59,9 @@ DEFAULT_RECALL_WARNING = 0.9
 """``index build`` warns when its configuration agrees less than this with exact search."""
 
 
-def _given(ctx: typer.Context, names) -> list[str]:
-    """The options among ``names`` (parameter name -> flag) given on the command line."""
-    # compared by name: typer may use its own vendored copy of click's ParameterSource
-    sources = {name: ctx.get_parameter_source(name) for name in names}
-    return [flag for name, flag in names.items()
-            if sources[name] is not None and sources[name].name not in ("DEFAULT", "DEFAULT_MAP")]
-
-
 def _check_build_options(ctx: typer.Context, index_type: "IndexType", codec, code_bytes) -> None:
     """Refuse options that do not apply to ``--index-type`` instead of silently ignoring them."""
-    foreign = _given(ctx, IVF_OPTIONS if index_type is IndexType.funnel else FUNNEL_OPTIONS)
+    foreign = given_options(ctx, IVF_OPTIONS if index_type is IndexType.funnel else FUNNEL_OPTIONS)
     if foreign:
         raise NestembError(
             f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to "
@@ -322,19 +87,22 @@ def _measured_recall(index, X, k: int = 10, n_queries: int = 200) -> tuple[float
     return knn_intersection(found, truth), k, len(Q)
 
 
-@index_app.command("build")
+@index_app.command("build", cls=renamed({"--dims": "--stages"}))
 def build(
     ctx: typer.Context,
-    embeddings: Path = typer.Argument(..., help="embedding directory (nestemb embed, or the "
-                                      "sharded directory of nestemb embed --ray)"),
+    embeddings: Optional[Path] = typer.Option(
+        None, "--embeddings", help="embedding directory (nestemb embed, or the sharded "
+        "directory of nestemb embed --ray)"),
+    old_embeddings: Optional[Path] = typer.Argument(None, hidden=True, metavar="EMBEDDINGS"),
     out: Path = typer.Option(..., help="index directory to write"),
     index_type: IndexType = typer.Option(IndexType.funnel, help="funnel (prefix shortlist + re-rank), ivf (AdANNS-IVF) or opq (AdANNS-OPQ)"),
-    dims: Optional[str] = typer.Option(None, help="funnel stage dims, e.g. 16,64,384 (default: shortest prefix, full)"),
+    # named dims as in FunnelIndex, so that the library's errors about dims name --stages
+    dims: Optional[str] = typer.Option(None, "--stages", help="funnel stage prefixes, e.g. 16,64,384 (default: shortest prefix, full)"),
     shortlist: Optional[str] = typer.Option(None, help="funnel shortlist sizes, e.g. 400,100"),
     prefix_dtype: PrefixDtype = typer.Option(PrefixDtype.float32, help="funnel first-stage storage"),
     first_stage: FirstStage = typer.Option(FirstStage.flat, help="funnel first stage: exact scan or HNSW graph"),
     full_dtype: FullDtype = typer.Option(FullDtype.float32, help="funnel: storage of the full vectors the last stage re-ranks (float16 halves their bytes)"),
-    rescore_dtype: RescoreDtype = typer.Option(RescoreDtype.none, help="funnel with 3 --dims: score the middle stage from int8 codes (e.g. binary -> int8 -> float)"),
+    rescore_dtype: RescoreDtype = typer.Option(RescoreDtype.none, help="funnel with 3 --stages: score the middle stage from int8 codes (e.g. binary -> int8 -> float)"),
     int8_trim: float = typer.Option(0.0, help="funnel int8 stages: fraction of values clipped at each end of every dimension's range"),
     hnsw_m: int = typer.Option(32, help="funnel --first-stage hnsw: graph degree M"),
     ef_search: int = typer.Option(64, help="funnel --first-stage hnsw: search breadth (raised to the shortlist)"),
@@ -356,13 +124,14 @@ def build(
     """
     from nestemb.index import AdaptiveIVFIndex, AdaptiveOPQIndex, FunnelIndex
 
+    embeddings = moved_argument(embeddings, old_embeddings, "--embeddings", "EMBEDDINGS")
     _check_build_options(ctx, index_type, codec, code_bytes)
     X, man, ids = _load_emb(embeddings, "gallery")
     check_out_dir(out, overwrite, "index")  # before the build, which may take long
     common = dict(nesting=man.nesting, model_id=man.model_id, model_version=man.model_version)
     nest = man.nesting
     if index_type is IndexType.funnel:
-        stage_dims = parse_ints(dims, "--dims") or ((nest[0], man.dim) if len(nest) > 1 else (man.dim,))
+        stage_dims = parse_ints(dims, "--stages") or ((nest[0], man.dim) if len(nest) > 1 else (man.dim,))
         sl = parse_ints(shortlist, "--shortlist")
         if sl is None:
             sl = tuple(max(100, 400 // 4**i) for i in range(len(stage_dims) - 1))
@@ -401,7 +170,7 @@ def build(
         typer.echo(
             f"warning: this configuration reaches recall@{k} = {measured:.3f} < "
             f"{DEFAULT_RECALL_WARNING} against exact search; run `nestemb index tune {out} "
-            "--queries ...` to pick one that meets a target (or pass larger --shortlist/--dims, "
+            "--queries ...` to pick one that meets a target (or pass larger --shortlist/--stages, "
             "--nprobe/--rerank)",
             err=True,
         )
@@ -431,15 +200,14 @@ def search(
     import numpy as np
 
     from nestemb.index import load_index
-    from nestemb.io import write_json
 
-    _positive(limit, "--limit")
+    positive_int(limit, "limit", allow_none=True)
     if show < 0:
         raise NestembError(f"--show must be >= 0, got {show}")
     if threads is not None:
         from nestemb.index import set_search_threads
 
-        _positive(threads, "--threads")
+        positive_int(threads, "threads", allow_none=True)
         applied = set_search_threads(threads)
         if applied != threads:
             typer.echo(f"warning: --threads {threads} is more than the {applied} cores here; "
@@ -475,10 +243,7 @@ def search(
         hits = ", ".join(f"{h} ({s:.3f})" for h, s in zip(ids[i].tolist(), scores[i].tolist()))
         typer.echo(f"{qids[i]}: {hits}")
     if out is not None:
-        results = {str(q): {"ids": r.tolist(), "scores": s.tolist()}
-                   for q, r, s in zip(qids, ids, scores)}
-        write_json(out, results)
-        typer.echo(f"wrote results for {len(results)} queries to {out}")
+        write_result(out, search_result(qids, ids, scores), f"results for {len(qids)} queries")
 
 
 DEFAULT_TUNE_SECONDS = 600.0
@@ -508,8 +273,8 @@ def tune_cmd(
 
     from nestemb.index import load_index, tune
 
-    _positive(max_queries, "--max-queries")
-    _positive(max_candidates, "--max-candidates")
+    positive_int(max_queries, "max_queries", allow_none=True)
+    positive_int(max_candidates, "max_candidates", allow_none=True)
     if out is not None:
         check_out_dir(out, overwrite, "index")
     else:

@@ -11,15 +11,18 @@ from typing import Optional
 
 import typer
 
-from nestemb.cli.app import app, choices
+from nestemb.cli.app import app, choices, renamed
+from nestemb.cli.backend import KEY_ENV
+from nestemb.engines import ENGINES, REGISTRY, default_url
+from nestemb.checks import positive_int
 from nestemb.errors import NestembError
 
 Durability = choices("Durability", "full", "relaxed")
-BackendKind = choices("BackendKind", "sqlite", "qdrant-edge", "qdrant", "milvus")
+EngineKind = choices("EngineKind", "sqlite", *ENGINES)
 
 
 def parse_encoders(specs: list[str] | None) -> dict[str, str]:
-    """``--encoders NAME=PATH[,NAME=PATH...]`` (repeatable) as a name -> path mapping.
+    """``--models NAME=PATH[,NAME=PATH...]`` (repeatable) as a name -> path mapping.
 
     Example:
         >>> parse_encoders(["sci=/models/sci,tiny=/m/tiny", "x=minilm"])
@@ -85,7 +88,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-@app.command()
+@app.command(cls=renamed({"--backend": "--engine", "--backend-url": "--engine-url",
+                          "--backend-key-env": "--engine-key-env", "--encoders": "--models"}))
 def serve(
     data_dir: Path = typer.Option(..., "--data-dir", help="folder of the collections (created "
                                                           "if missing)"),
@@ -100,25 +104,24 @@ def serve(
     max_batch: int = typer.Option(1000, help="most points (or ids, searches) per request"),
     max_body_mb: int = typer.Option(32, help="largest request body in MiB"),
     log_level: str = typer.Option("info", help="uvicorn and nestemb log level"),
-    backend: BackendKind = typer.Option(  # type: ignore[valid-type]
-        "sqlite", help="where points live: sqlite (the embedded store in --data-dir), "
-                       "qdrant-edge (Qdrant's engine in-process, a shard folder per "
-                       "collection), qdrant (a server/cluster URL, or a local-mode folder) or "
-                       "milvus (a server/cluster URI, or a milvus-lite .db file)"),
-    backend_url: Optional[str] = typer.Option(
-        None, "--backend-url", help="the backend's URL or path (default: inside --data-dir: "
-                                    "qdrant-edge/, qdrant/ or milvus.db)"),
-    backend_key_env: str = typer.Option(
-        "NESTEMB_BACKEND_KEY", help="environment variable holding the backend's API key / "
-                                    "token (if any)"),
+    engine: EngineKind = typer.Option(  # type: ignore[valid-type]
+        "sqlite", help="where points live: sqlite (the embedded store in --data-dir), or "
+                       "an engine at --engine-url: " + "; ".join(
+                           f"{e.name} ({e.address})" for e in REGISTRY.values())),
+    url: Optional[str] = typer.Option(
+        None, "--engine-url", help="the engine's URL or path (default: inside --data-dir: "
+                                   + ", ".join(e.default for e in REGISTRY.values()) + ")"),
+    engine_key_env: str = typer.Option(
+        KEY_ENV, help="environment variable holding the engine's API key / token (if any)"),
+    # named encoders as the service calls them, so that errors about encoders name --models
     encoders: Optional[list[str]] = typer.Option(
-        None, "--encoders", help="NAME=PATH[,NAME=PATH...]: saved text models collections may "
-                                 "name as their encoder (besides the bundled 'minilm'); "
-                                 "requests name encoders, never paths"),
+        None, "--models", help="NAME=PATH[,NAME=PATH...]: saved text models collections may "
+                               "name as their encoder (besides the bundled 'minilm'); "
+                               "requests name encoders, never paths"),
 ) -> None:
     """Serve collections over HTTP (OpenAPI at /openapi.json, search page at /).
 
-    With --backend qdrant-edge|qdrant|milvus the points live in that engine (searched with its
+    With --engine set to an engine the points live in that engine (searched with its
     funnel: dims + shortlist plans; no recall targets or payload filters); the collection
     registry stays in --data-dir."""
     from nestemb.service import load_api_keys
@@ -136,31 +139,31 @@ def serve(
     sock = bind_socket(host, port)  # before anything is opened: a taken port changes nothing
     try:
         _serve(sock, data_dir, keys, allowed, durability.value, max_batch, max_body_mb,
-               log_level, backend.value, backend_url, backend_key_env)
+               log_level, engine.value, url, engine_key_env)
     finally:
         sock.close()
 
 
 def _serve(sock: socket.socket, data_dir: Path, keys, allowed: dict, durability: str,
-           max_batch: int, max_body_mb: int, log_level: str, backend: str,
-           backend_url: Optional[str], backend_key_env: str) -> None:
+           max_batch: int, max_body_mb: int, log_level: str, engine_kind: str,
+           url: Optional[str], engine_key_env: str) -> None:
     import uvicorn
 
     from nestemb.service import Limits, create_app
     from nestemb.service.app import json_error_protocol
 
     engine = None
-    if backend != "sqlite":
+    if engine_kind != "sqlite":
         import os
 
-        from nestemb.service.points import default_backend_url, open_backend
+        from nestemb.service.points import open_backend
 
-        url = backend_url or default_backend_url(backend, data_dir)
-        if backend_url is None:
+        address = url or default_url(engine_kind, data_dir)
+        if url is None:
             data_dir.mkdir(parents=True, exist_ok=True)
-        engine = open_backend(backend, url, api_key=os.environ.get(backend_key_env))
-    elif backend_url is not None:
-        raise NestembError("--backend-url needs --backend qdrant-edge, qdrant or milvus")
+        engine = open_backend(engine_kind, address, api_key=os.environ.get(engine_key_env))
+    elif url is not None:
+        raise NestembError(f"--engine-url needs --engine {' or '.join(ENGINES)}")
     limits = Limits(max_batch=max_batch, max_queries=min(256, max_batch),
                     max_body_bytes=max_body_mb << 20)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
@@ -266,17 +269,18 @@ def read_beir_corpus(corpus: Path) -> tuple[list[dict], list[int]]:
     return docs, lines
 
 
-@app.command()
+@app.command(cls=renamed({"--encoder": "--model", "--batch": "--batch-size"}))
 def upload(
     url: str = typer.Option("http://127.0.0.1:8000", help="the service's base URL"),
-    collection: str = typer.Option(..., help="collection to fill (created with --encoder if "
+    collection: str = typer.Option(..., help="collection to fill (created with --model if "
                                              "missing)"),
     beir: Path = typer.Option(..., "--beir", help="BEIR folder: its corpus.jsonl is uploaded "
                                                  "as text points (id = doc id, payload = title)"),
-    encoder: str = typer.Option("minilm", help="encoder of a new collection: the name of one "
-                                               "of the server's encoders ('minilm' or one of "
-                                               "its --encoders)"),
-    batch: int = typer.Option(64, help="points per request"),
+    # named encoder as the service calls it
+    encoder: str = typer.Option("minilm", "--model", help="model of a new collection: the name "
+                                "of one of the server's encoders ('minilm' or one of its "
+                                "--models)"),
+    batch_size: int = typer.Option(64, help="points per request"),
     api_key_env: str = typer.Option("NESTEMB_API_KEY", help="environment variable holding the "
                                                             "API key (if any)"),
 ) -> None:
@@ -293,8 +297,7 @@ def upload(
     corpus = beir / "corpus.jsonl"
     if not corpus.is_file():
         raise NestembError(f"--beir: no corpus.jsonl in {beir}")
-    if batch < 1:
-        raise NestembError(f"--batch must be at least 1, got {batch}")
+    positive_int(batch_size, "batch_size")
     docs, lines = read_beir_corpus(corpus)
     total = len(docs)
     rerun = (f"rerun the same command to upsert all {total} again (points are upserted by "
@@ -318,7 +321,7 @@ def upload(
                 update("uploading", done, total)
 
             try:
-                client.upload(collection, docs, batch=batch, progress=tick)
+                client.upload(collection, docs, batch=batch_size, progress=tick)
             except UploadFailed as e:
                 raise NestembError(_upload_account(collection, e, docs, lines, rerun)) from None
         try:

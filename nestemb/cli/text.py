@@ -11,7 +11,9 @@ from typing import List, Optional
 
 import typer
 
-from nestemb.cli.app import DEVICE_HELP, Device, app, check_out_file
+from nestemb.cli.app import (Device, app, check_out_file, device_option, renamed, threads_option,
+                             write_result)
+from nestemb.checks import positive_int
 from nestemb.errors import NestembError
 from nestemb.text.train import RECIPE_DEFAULTS, DistillSource, TextRecipe as Recipe
 
@@ -30,10 +32,10 @@ def _ints(text: Optional[str], flag: str):
     return parse_ints(text, flag)
 
 
-def _dims(text: Optional[str]):
+def _dims(text: Optional[str], flag: str = "--dims"):
     from nestemb.cli.parse import parse_dims
 
-    return parse_dims(text, "--dims")
+    return parse_dims(text, flag)
 
 
 def _recipe_default(name: str) -> str:
@@ -57,7 +59,8 @@ _MODEL = typer.Option("minilm", help=_MODEL_HELP)
 _DIMS = typer.Option(None, help="prefix sizes, e.g. 32,64,384 (default: the model's nesting)")
 _LAYERS = typer.Option(None, help="exit layers, e.g. 2,4,6 (per-layer results)")
 _BATCH = typer.Option(64, help="encoding batch size")
-_DEVICE = typer.Option(Device.auto, help=DEVICE_HELP)
+_DEVICE = device_option()
+_THREADS = threads_option()
 _OVERWRITE_OUT = typer.Option(False, help="replace an existing --out file")
 
 
@@ -71,18 +74,21 @@ def eval_retrieval(
     layers: Optional[str] = _LAYERS,
     batch_size: int = _BATCH,
     device: Device = _DEVICE,
+    threads: Optional[int] = _THREADS,
     overwrite: bool = _OVERWRITE_OUT,
 ) -> None:
     """nDCG@10 and recall@100 on a BEIR split at every prefix (and layer)."""
-    from nestemb.io import write_json
+    from nestemb.device import torch_threads
     from nestemb.text.evaluate import run_eval_retrieval
 
+    positive_int(threads, "threads", allow_none=True)
     check_out_file(out, overwrite)
-    res = run_eval_retrieval(beir, model, _dims(dims), _ints(layers, "--layers"), split=split,
-                             batch_size=batch_size, device=device.value, show_progress=True)
-    write_json(out, res)
+    with torch_threads(threads):
+        res = run_eval_retrieval(beir, model, _dims(dims), _ints(layers, "--layers"), split=split,
+                                 batch_size=batch_size, device=device.value, show_progress=True)
     typer.echo(f"dims {res['dims']}\nndcg@10 {_fmt(res['ndcg10'])}\nrecall@100 "
-               f"{_fmt(res['recall100'])}\nwrote {out}")
+               f"{_fmt(res['recall100'])}")
+    write_result(out, res)
 
 
 @text_app.command("eval-sts")
@@ -94,20 +100,23 @@ def eval_sts(
     layers: Optional[str] = _LAYERS,
     batch_size: int = _BATCH,
     device: Device = _DEVICE,
+    threads: Optional[int] = _THREADS,
     overwrite: bool = _OVERWRITE_OUT,
 ) -> None:
     """Spearman correlation on an STS-B TSV at every prefix (and layer)."""
-    from nestemb.io import write_json
+    from nestemb.device import torch_threads
     from nestemb.text.evaluate import run_eval_sts
 
+    positive_int(threads, "threads", allow_none=True)
     check_out_file(out, overwrite)
-    res = run_eval_sts(sts, model, _dims(dims), _ints(layers, "--layers"),
-                       batch_size=batch_size, device=device.value, show_progress=True)
-    write_json(out, res)
-    typer.echo(f"dims {res['dims']}\nspearman {_fmt(res['spearman'])}\nwrote {out}")
+    with torch_threads(threads):
+        res = run_eval_sts(sts, model, _dims(dims), _ints(layers, "--layers"),
+                           batch_size=batch_size, device=device.value, show_progress=True)
+    typer.echo(f"dims {res['dims']}\nspearman {_fmt(res['spearman'])}")
+    write_result(out, res)
 
 
-@text_app.command("train")
+@text_app.command("train", cls=renamed({"--dims": "--nesting"}))
 def train(
     out: Path = typer.Option(..., help="output model folder (must not exist unless --overwrite)"),
     beir: List[Path] = typer.Option([], help="BEIR folder: query/document pairs of --split (repeatable)"),
@@ -115,10 +124,12 @@ def train(
     sts: List[Path] = typer.Option([], help="STS-B TSV: graded pairs (repeatable)"),
     nli: List[Path] = typer.Option([], help="SNLI folder: triplets (repeatable)"),
     pairs: List[Path] = typer.Option([], help="TSV of anchor<TAB>positive[<TAB>negative] (repeatable)"),
-    base: str = typer.Option("minilm", help=_MODEL_HELP),
+    base: str = typer.Option("minilm", help="the model training starts from (its weights are "
+                             "the starting point, not the model a command runs): " + _MODEL_HELP),
     model_id: Optional[str] = typer.Option(None, help="name stored in the manifest (default: the --out folder name)"),
     recipe: Recipe = typer.Option(Recipe.auto, help="projection: frozen encoder + learned projection (CPU minutes); finetune: all weights (GPU); auto: by device"),
-    dims: Optional[str] = typer.Option(None, help="nesting, default 32,64,128,256,WIDTH"),
+    # named dims as in TextTrainConfig, so that the library's errors about dims name --nesting
+    dims: Optional[str] = typer.Option(None, "--nesting", help="nesting, default 32,64,128,256,WIDTH"),
     weights: Optional[str] = typer.Option(None, help="loss weight per prefix, e.g. 2,1,1,1,1"),
     layers: Optional[str] = typer.Option(None, help="exit layers: layer x dimension mode (finetune)"),
     steps: Optional[int] = typer.Option(None, help=f"optimizer steps (default by recipe: {_recipe_default('steps')})"),
@@ -130,23 +141,25 @@ def train(
     self_distill_weight: float = typer.Option(0.0, help="KL of earlier exits toward the last (layer mode)"),
     hard_negatives: bool = typer.Option(True, help="mine one hard negative per BEIR pair with the base"),
     max_seq_length: Optional[int] = typer.Option(None, help="truncate texts to this many tokens"),
-    device: Device = typer.Option(Device.auto, help=DEVICE_HELP),
+    device: Device = _DEVICE,
+    threads: Optional[int] = _THREADS,
     overwrite: bool = typer.Option(False, help="replace an existing --out folder"),
 ) -> None:
     """Train a nested text encoder: every prefix (and exit layer) a good embedding.
     Under ``torchrun --nproc_per_node N`` it trains data-parallel; only rank 0 saves and prints."""
     from nestemb.cli.parse import parse_floats
-    from nestemb.device import resolve_device
+    from nestemb.device import resolve_device, torch_threads
     from nestemb.distributed import env_from_torchrun
     from nestemb.text.encoder import save_text_model
     from nestemb.progress import progress_stages
     from nestemb.text.encoder import check_model_inputs
     from nestemb.text.train import TextTrainConfig, load_train_data, train_text
 
+    positive_int(threads, "threads", allow_none=True)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise NestembError(f"output folder already exists: {out} (choose a new --out or add --overwrite)")
     cfg = TextTrainConfig(
-        recipe=recipe.value, dims=_dims(dims), weights=parse_floats(weights, "--weights"),
+        recipe=recipe.value, dims=_dims(dims, "--nesting"), weights=parse_floats(weights, "--weights"),
         layers=_ints(layers, "--layers"), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
         distill_weight=distill_weight, distill_source=distill_source.value,
         self_distill_weight=self_distill_weight, hard_negatives=hard_negatives,
@@ -160,9 +173,10 @@ def train(
     data = load_train_data(beir=beir, beir_split=split, sts=sts, nli=nli, pairs=pairs)
     env = env_from_torchrun()
     if not env.is_main:  # the other processes train alongside rank 0, which saves and prints
-        train_text(data, cfg, base=base, model_id=model_id or out.name)
+        with torch_threads(threads):
+            train_text(data, cfg, base=base, model_id=model_id or out.name)
         return
-    with progress_stages() as upd:
+    with torch_threads(threads), progress_stages() as upd:
         enc, info = train_text(data, cfg, base=base, model_id=model_id or out.name, progress=upd)
     enc.manifest.extra.update(
         train={"beir": [str(p) for p in beir], "split": split, "sts": [str(p) for p in sts],

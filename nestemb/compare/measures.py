@@ -195,7 +195,7 @@ def procrustes_from(a: Centered, b: Centered, C: np.ndarray) -> float:
         >>> round(procrustes_from(a, a, cross(a, a)), 6)
         0.0
     """
-    from nestemb.compat.procrustes import orthogonal_procrustes
+    from nestemb.maps import orthogonal_procrustes
 
     # The one Procrustes solves from source.T @ target; with source = I that product is C itself,
     # so W (the polar factor of C) comes without a second pass over the n rows.
@@ -210,7 +210,7 @@ def procrustes_distance(X: object, Y: object) -> float:
     """Orthogonal Procrustes distance of paired rows: center each space, scale it to unit
     Frobenius norm, zero-pad the narrower one to the wider width, and return
     ``min_R ||X R - Y||_F`` over orthogonal ``R`` (from
-    :func:`nestemb.compat.procrustes.orthogonal_procrustes`).
+    :func:`nestemb.maps.orthogonal_procrustes`).
 
     It equals ``sqrt(2 - 2 ||Xc^T Yc||_* / (||Xc|| ||Yc||))`` (nuclear norm): 0 when ``Y`` is a
     rotated, reflected, translated and isotropically scaled copy of ``X``; at most ``sqrt(2)``.

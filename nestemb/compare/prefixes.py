@@ -199,7 +199,8 @@ def compare_prefixes(
     with progress_bar(progress) as bar:
         total = len(dx) * len(dy) + (len(dx) + len(dy)) * use_knn
         task = bar.add_task("compare prefixes", total=total)
-        nbr_x, nbr_y = {}, {}
+        nbr_x: dict[int, np.ndarray] = {}
+        nbr_y: dict[int, np.ndarray] = {}
         if use_knn:
             xs, ys = (x, y) if sample is None else (x[sample], y[sample])
             for dims, data, out in ((dx, xs, nbr_x), (dy, ys, nbr_y)):

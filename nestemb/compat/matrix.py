@@ -41,6 +41,7 @@ METRICS = ("top1", "map", "ndcg")
 """The metrics of a compatibility matrix: 1-NN top-1, mAP@k, nDCG@10."""
 
 _DEFAULT_K = {"map": 100, "ndcg": 10}
+_DEFAULT_FRACTIONS = tuple(i / 10 for i in range(11))  # partial_backfill: 0, 0.1, ..., 1
 
 Qrels = Sequence[Mapping[int, float] | None]
 
@@ -127,10 +128,13 @@ def _score(
 ) -> float:
     """The metric of already-cut, already-normalized query and gallery views of one width."""
     if metric == "ndcg":
+        assert qrels is not None, "_check_metric_args gives ndcg its qrels"
         judged = [i for i, q in enumerate(qrels) if q]
         rows = exact_search(g_view, q_view[judged], k)[1]
         return float(np.mean([ndcg_at_k(list(r), qrels[i], k) for r, i in zip(rows, judged)]))
     # the shared evaluator: 1-NN top-1 and mAP@k through the one exact search
+    assert query_labels is not None and gallery_labels is not None, \
+        "_check_metric_args gives the label metrics their labels"
     res = retrieval_metrics(q_view, query_labels, g_view, gallery_labels,
                             dims=(q_view.shape[1],), k=k)
     return res["knn_top1"][0] if metric == "top1" else res[f"map{k}"][0]
@@ -363,8 +367,9 @@ def compatibility_matrix(
             g_views = [prefix_view(x, d) if d <= x.shape[1] else None for x in gs]
             for i in range(t):
                 for j in range(t):
-                    if q_views[i] is not None and g_views[j] is not None:
-                        values[i, j, p] = _score(q_views[i], g_views[j], metric, ql, gl, qr, k)
+                    q_view, g_view = q_views[i], g_views[j]
+                    if q_view is not None and g_view is not None:
+                        values[i, j, p] = _score(q_view, g_view, metric, ql, gl, qr, k)
                     bar.advance(task, 1)
     return CompatibilityMatrix(models, dims, metric, values)
 
@@ -516,7 +521,7 @@ def partial_backfill(
     old_gallery: Any,
     new_gallery: Any,
     *,
-    fractions: Sequence[float] = tuple(i / 10 for i in range(11)),
+    fractions: Sequence[float] = _DEFAULT_FRACTIONS,
     dim: int,
     metric: str = "top1",
     order: str | Sequence[int] = "random",

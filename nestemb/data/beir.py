@@ -43,35 +43,103 @@ class BeirData:
         ]
 
 
-def _read_jsonl(path: Path, what: str, with_title: bool) -> dict[str, str]:
+MAX_ID_CHARS = 256
+"""Longest document id a corpus may hold (ids travel in URLs, payloads and result files)."""
+
+
+def doc_text(title: str | None, text: str | None) -> str:
+    """The one rule for a document's text: its title and body joined by a space (either may be
+    empty), stripped.
+
+    Example:
+        >>> doc_text("Title", "body"), doc_text(None, "body"), doc_text("Title", "")
+        ('Title body', 'body', 'Title')
+    """
+    return f"{title or ''} {text or ''}".strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusRecord:
+    """One record of a BEIR-style ``.jsonl`` file: its line number, ``_id``, title and text."""
+
+    line: int
+    id: str
+    title: str
+    text: str
+
+    @property
+    def body(self) -> str:
+        """The document's text under the one rule, :func:`doc_text`."""
+        return doc_text(self.title, self.text)
+
+
+def read_corpus(path: str | os.PathLike, what: str = "corpus") -> list[CorpusRecord]:
+    r"""Every record of a BEIR-style ``.jsonl`` file (``corpus.jsonl``, ``queries.jsonl``, a
+    ``--texts`` file), checking them all first: a line that is not UTF-8 or not a JSON object,
+    an ``_id`` that is missing, empty, longer than :data:`MAX_ID_CHARS` or repeated, a title or
+    text that is not a string, a record with no text at all. The first problem is a
+    :class:`NestembError` naming the file, the line and the ``_id`` (and how many more there
+    are). Blank lines are skipped. The one corpus reader of nestemb.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "corpus.jsonl"
+        >>> _ = p.write_text('{"_id": "a", "title": "T", "text": "x"}\n\n{"_id": 7, "text": "y"}\n')
+        >>> [(r.line, r.id, r.body) for r in read_corpus(p)]
+        [(1, 'a', 'T x'), (3, '7', 'y')]
+        >>> _ = p.write_text('{"_id": "a", "text": "x"}\n{"_id": "b", "text": ""}\n'
+        ...                  '{"_id": "a", "text": "z"}\n')
+        >>> read_corpus(p)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: ...corpus.jsonl:2 (_id 'b'): title and text are empty (and 1 more bad record)
+    """
+    path = Path(path)
     if not path.is_file():
-        raise NestembError(f"BEIR {what} file not found: {path}")
-    out: dict[str, str] = {}
-    line_of: dict[str, int] = {}
-    for lineno, line in enumerate(read_lines(path, f"BEIR {what}"), 1):
+        raise NestembError(f"{what} file not found: {path}")
+    records: list[CorpusRecord] = []
+    first: dict[str, int] = {}
+    problems: list[str] = []
+    for lineno, line in enumerate(read_lines(path, what), 1):
         if not line.strip():
             continue
+        where = f"{path}:{lineno}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise NestembError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict) or "_id" not in obj:
-            raise NestembError(f"{path}:{lineno}: a JSON object with an '_id' is expected")
-        text = obj.get("text")
-        if not isinstance(text, str):
-            raise NestembError(f"{path}:{lineno}: field 'text' is missing or not a string")
-        title = obj.get("title") or ""
-        if with_title and title:
-            text = f"{title} {text}" if text else str(title)
-        doc_id = str(obj["_id"])
-        if doc_id in line_of:  # a second text under one id would silently replace the first
-            raise NestembError(f"{path}:{lineno}: duplicate _id {doc_id!r} (first on line "
-                               f"{line_of[doc_id]}): every _id must be unique")
-        line_of[doc_id] = lineno
-        out[doc_id] = text
-    if not out:
-        raise NestembError(f"BEIR {what} file is empty: {path}")
-    return out
+            problems.append(f"{where}: not valid JSON ({e.msg}, column {e.colno})")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"{where}: not a record (a JSON object with _id, title and text)")
+            continue
+        rid = obj.get("_id")
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+            problems.append(f"{where}: _id must be a non-empty string, got {rid!r}")
+            continue
+        rid = str(rid)
+        where = f"{where} (_id {rid!r})"
+        if len(rid) > MAX_ID_CHARS:
+            problems.append(f"{where}: _id is longer than {MAX_ID_CHARS} characters")
+            continue
+        if rid in first:  # a second text under one id would silently replace the first
+            problems.append(f"{where}: duplicate _id (first on line {first[rid]})")
+            continue
+        first[rid] = lineno
+        title, text = obj.get("title"), obj.get("text")
+        if not isinstance(title, (str, type(None))) or not isinstance(text, (str, type(None))):
+            problems.append(f"{where}: title and text must be strings")
+            continue
+        if not doc_text(title, text):
+            problems.append(f"{where}: title and text are empty")
+            continue
+        records.append(CorpusRecord(lineno, rid, title or "", text or ""))
+    if problems:
+        more = len(problems) - 1
+        raise NestembError(problems[0] + (f" (and {more} more bad record{'s' * (more > 1)})"
+                                          if more else ""))
+    if not records:
+        raise NestembError(f"{what} file is empty: {path}")
+    return records
 
 
 def read_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
@@ -127,8 +195,8 @@ def load_beir(directory: str | os.PathLike, split: str = "test") -> BeirData:
     if not qrels_path.is_file():
         have = sorted(p.stem for p in (directory / "qrels").glob("*.tsv"))
         raise NestembError(f"BEIR qrels file not found: {qrels_path} (splits present: {have})")
-    corpus = _read_jsonl(directory / "corpus.jsonl", "corpus", with_title=True)
-    queries = _read_jsonl(directory / "queries.jsonl", "queries", with_title=False)
+    corpus = {r.id: r.body for r in read_corpus(directory / "corpus.jsonl", "BEIR corpus")}
+    queries = {r.id: r.body for r in read_corpus(directory / "queries.jsonl", "BEIR queries")}
     qrels = read_qrels(qrels_path)
     if not any(rel > 0 for docs in qrels.values() for rel in docs.values()):
         raise NestembError(f"BEIR split {split!r} is empty: {qrels_path} has no relevant pairs")
@@ -162,4 +230,4 @@ def beir_corpus_texts(directory: str | os.PathLike) -> list[str]:
         >>> beir_corpus_texts(d)
         ['x']
     """
-    return list(_read_jsonl(Path(directory) / "corpus.jsonl", "corpus", with_title=True).values())
+    return [r.body for r in read_corpus(Path(directory) / "corpus.jsonl", "BEIR corpus")]

@@ -38,7 +38,7 @@ def _check(probs: np.ndarray, dims: Sequence[int]) -> np.ndarray:
 
 
 def cascade_predict(
-    probs: np.ndarray, thresholds: Sequence[float]
+    probs: np.ndarray, thresholds: Sequence[float] | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and stopping stage (prefix index) per sample for ``probs`` ``(N, K, C)`` and
     ``K - 1`` thresholds.
@@ -95,13 +95,13 @@ def calibrate_thresholds(
     maxp = probs.max(axis=2)
     correct = probs.argmax(axis=2) == labels[:, None]
     d = np.asarray(dims, dtype=np.float64)
-    grid = np.sort(np.asarray(DEFAULT_GRID if grid is None else grid, dtype=np.float64))[::-1]
+    levels = np.sort(np.asarray(DEFAULT_GRID if grid is None else grid, dtype=np.float64))[::-1]
     thr = np.full(len(dims) - 1, np.inf)
     acc, ed = _evaluate(maxp, correct, thr, d)
     while True:
         best = None
         for i in range(len(thr)):
-            for v in grid:
+            for v in levels:
                 if v >= thr[i]:
                     continue
                 trial = thr.copy()

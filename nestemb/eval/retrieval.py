@@ -64,7 +64,7 @@ def evaluate_retrieval(
     doc_emb = check_vectors(doc_emb, dim=query_emb.shape[1], what="document embeddings")
     if len(query_ids) != len(query_emb) or len(doc_ids) != len(doc_emb):
         raise NestembError("ids and embeddings differ in length")
-    from nestemb.nesting import check_unique_ids
+    from nestemb.folders import check_unique_ids
 
     check_unique_ids(query_ids, "query_ids")  # rows are looked up by id
     check_unique_ids(doc_ids, "doc_ids")

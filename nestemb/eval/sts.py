@@ -10,21 +10,21 @@ from nestemb.errors import NestembError
 from nestemb.nesting import check_vectors, prefix_view
 
 
-def rankdata(x: Sequence[float]) -> np.ndarray:
+def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
     """Ranks starting at 1, ties get the average of their ranks (as ``scipy.stats.rankdata``).
 
     Example:
         >>> rankdata([10, 20, 20, 5]).tolist()
         [2.0, 3.5, 3.5, 1.0]
     """
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    xs = x[order]
+    values = np.asarray(x, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    xs = values[order]
     i = 0
-    while i < len(x):
+    while i < len(values):
         j = i
-        while j + 1 < len(x) and xs[j + 1] == xs[i]:
+        while j + 1 < len(values) and xs[j + 1] == xs[i]:
             j += 1
         ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
         i = j + 1

@@ -6,6 +6,8 @@
 - :class:`PrefixIndex`: what they share (``train`` / ``add`` / ``delete`` / ``compact``,
   ``search`` / ``search_exact``, ``set_params``, ``candidate_grid``, ``set_tuning``,
   ``bytes_per_vector``, ``save`` / ``load``), in :mod:`nestemb.index.base`.
+- :class:`Plan`: the one search plan (stage dims + shortlists), checked by one function
+  (:mod:`nestemb.index.plan`); :meth:`FunnelIndex.search_plan` runs one, stage by stage.
 - :func:`tune`: pick the cheapest configuration meeting a recall target.
 - :func:`load_index`: read any index directory (checksums verified), :mod:`nestemb.index.persist`.
 - :func:`set_search_threads`: FAISS search threads (clamped to the cores, with a warning).
@@ -27,6 +29,7 @@ from nestemb.index.base import PrefixIndex
 from nestemb.index.funnel import FunnelIndex
 from nestemb.index.ivf import AdaptiveIVFIndex, AdaptiveOPQIndex
 from nestemb.index.persist import load_index
+from nestemb.index.plan import Plan
 from nestemb.index.synthetic import synthetic_matryoshka
 from nestemb.index.threads import set_search_threads
 from nestemb.index.tune import tune
@@ -36,6 +39,7 @@ __all__ = [
     "AdaptiveIVFIndex",
     "AdaptiveOPQIndex",
     "PrefixIndex",
+    "Plan",
     "exact_search",
     "knn_intersection",
     "load_index",

@@ -18,22 +18,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from nestemb.checks import check_finite_rows, positive_int
 from nestemb.errors import NestembError
 from nestemb.exact import exact_search, topk
+from nestemb.index.persist import INDEX_KIND, read_index, register_index_type, save_index
 from nestemb.nesting import Manifest, check_compatible, check_vectors, prefix_view, validate_nesting
 
 logger = logging.getLogger("nestemb.index")
 
-INDEX_KIND = "index"
-"""The manifest ``kind`` of an index directory."""
-
 IDENTITY_PARAMS = ("nesting", "model_id", "model_version")
 """Parameters that describe the embeddings (not the search); fixed once an index is trained."""
 
-_REGISTRY: dict[str, type] = {}
 
-
-def _normalize_ids(ids: Any, n: int) -> np.ndarray:
+def normalize_ids(ids: Any, n: int) -> np.ndarray:
     arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
     if arr.ndim != 1 or len(arr) != n:
         raise NestembError(f"got {arr.size} ids for {n} vectors; give one id per vector")
@@ -44,34 +41,8 @@ def _normalize_ids(ids: Any, n: int) -> np.ndarray:
     raise NestembError(f"ids must be all integers or all strings, got dtype {arr.dtype}")
 
 
-FAISS_INT_MAX = 2**31 - 1
-"""The largest value a FAISS ``int`` parameter takes (larger ones overflow inside FAISS)."""
-
-
-def pos_int(value: Any, name: str, allow_none: bool = False, max_value: int = FAISS_INT_MAX) -> int | None:
-    """``value`` as a positive ``int`` no larger than ``max_value`` (``None`` passes when
-    ``allow_none``), else an error naming the parameter ``name``. Every parameter that reaches
-    FAISS goes through it, so FAISS never sees a value it would assert on or overflow with.
-
-    Example:
-        >>> pos_int(4, "nprobe")
-        4
-        >>> pos_int(0, "nprobe")
-        Traceback (most recent call last):
-        ...
-        nestemb.errors.NestembError: nprobe must be a positive integer, got 0
-        >>> pos_int(2**40, "nlist")
-        Traceback (most recent call last):
-        ...
-        nestemb.errors.NestembError: nlist must be at most 2147483647, got 1099511627776
-    """
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise NestembError(f"{{param}} must be a positive integer, got {value!r}", param=name)
-    if value > max_value:
-        raise NestembError(f"{{param}} must be at most {max_value}, got {value!r}", param=name)
-    return int(value)
+pos_int = positive_int
+"""Kept for the engines (``nestemb/engines``) until they import :func:`nestemb.checks.positive_int`."""
 
 
 MIN_PREFIX_NORM = 1e-30
@@ -157,9 +128,25 @@ class PrefixIndex:
 
     _param_names: tuple[str, ...] = ()
 
+    # identity (set by ``_set_identity`` in every subclass constructor)
+    nesting: tuple[int, ...] | None
+    model_id: str
+    model_version: str
+    # fitted state: set by ``train`` / ``add`` / ``load``, absent before (``is_trained`` tests
+    # for ``manifest_``), hence declared here without values
+    manifest_: Manifest
+    vectors_: np.ndarray
+    ids_: np.ndarray
+    deleted_: np.ndarray
+    n_deleted_: int
+    next_id_: int
+    tuning_: dict[str, Any] | None
+    _lookup: dict[Any, int] | None
+    _warned_k: int
+
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        _REGISTRY[cls.__name__] = cls
+        register_index_type(cls)
 
     def _set_identity(self, nesting: Sequence[int] | None, model_id: str, model_version: str) -> None:
         self.nesting = None if nesting is None else validate_nesting(nesting)
@@ -167,6 +154,39 @@ class PrefixIndex:
             if not isinstance(value, str) or not value.strip():
                 raise NestembError(f"{name} must be a non-empty string, got {value!r}")
         self.model_id, self.model_version = model_id, model_version
+
+    # ----------------------------------------------------------------- subclass hooks
+    def _validate(self, dim: int) -> None:
+        """Refuse parameters that do not fit ``dim``-dimensional embeddings."""
+        raise NotImplementedError
+
+    def _used_dims(self, dim: int) -> tuple[int, ...]:
+        """The prefix dims the search structures use."""
+        raise NotImplementedError
+
+    def _structure(self) -> tuple:
+        """The parameters whose change needs a rebuild."""
+        raise NotImplementedError
+
+    def _train(self, X: np.ndarray) -> None:
+        """Build trained, empty search structures from ``X``."""
+        raise NotImplementedError
+
+    def _clear(self) -> None:
+        """Empty the search structures, keeping what was learned."""
+        raise NotImplementedError
+
+    def _add_rows(self, X: Any, rows: Any) -> None:
+        """Fill the search structures with ``X`` stored at row positions ``rows``."""
+        raise NotImplementedError
+
+    def _search_rows(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, rows)`` of the prepared queries ``Q``."""
+        raise NotImplementedError
+
+    def _memory_parts(self) -> dict[str, float]:
+        """Bytes per vector of the search structures, by part."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------- parameters
     def get_params(self) -> dict[str, Any]:
@@ -216,7 +236,7 @@ class PrefixIndex:
                     "its embeddings): build a new index"
                 )
             new._validate(self.dim)
-            nesting = new._resolve_nesting(self.dim)
+            nesting = new.resolve_nesting(self.dim)
             rebuild = new._structure() != self._structure()
             if rebuild and len(self.ids_) == 0:
                 raise NestembError(
@@ -295,7 +315,9 @@ class PrefixIndex:
         self.dim  # noqa: B018 (raises when untrained)
         return self.manifest_
 
-    def _resolve_nesting(self, dim: int) -> tuple[int, ...]:
+    def resolve_nesting(self, dim: int) -> tuple[int, ...]:
+        """The nesting of ``dim``-dimensional embeddings under this index's parameters (the
+        given one, or the stage dims and ``dim``), checked to hold every stage dim."""
         used = tuple(self._used_dims(dim))
         nesting = tuple(sorted(set(used) | {dim})) if self.nesting is None else self.nesting
         nesting = validate_nesting(nesting, full_dim=dim)
@@ -308,7 +330,7 @@ class PrefixIndex:
         return Manifest(
             model_id=self.model_id,
             model_version=self.model_version,
-            nesting=self._resolve_nesting(dim),
+            nesting=self.resolve_nesting(dim),
             dim=dim,
             kind=INDEX_KIND,
             dtype="float32",
@@ -372,7 +394,7 @@ class PrefixIndex:
         if first:  # fail on bad parameters or ids before the (possibly long) training
             self._validate(X.shape[1])
             self._make_manifest(X.shape[1])
-        nesting = self._resolve_nesting(X.shape[1]) if first else self.manifest_.nesting
+        nesting = self.resolve_nesting(X.shape[1]) if first else self.manifest_.nesting
         check_prefix_norms(X, nesting[0])  # before anything is stored or trained
         n_old = 0 if first else len(self.ids_)
         if ids is None:
@@ -381,7 +403,7 @@ class PrefixIndex:
             start = max(self.next_id_, int(self.ids_.max()) + 1) if n_old else getattr(self, "next_id_", 0)
             new_ids = np.arange(start, start + len(X), dtype=np.int64)
         else:
-            new_ids = _normalize_ids(ids, len(X))
+            new_ids = normalize_ids(ids, len(X))
             if n_old and new_ids.dtype.kind != self.ids_.dtype.kind:
                 raise NestembError(
                     f"ids must have the same type as the index's ids ({self.ids_.dtype.kind!r}"
@@ -408,7 +430,9 @@ class PrefixIndex:
         self._append_vectors(X)
         if new_ids.dtype.kind == "i" and len(new_ids):
             self.next_id_ = max(self.next_id_, int(new_ids.max()) + 1)
-        self._lookup = None
+        cached: dict[Any, int] | None = getattr(self, "_lookup", None)
+        if cached is not None:  # kept up to date: O(batch), not O(n)
+            cached.update(zip(new_ids.tolist(), range(n_old, n_old + len(new_ids))))
         return self
 
     def _check_input(self, X: Any, dim: int | None) -> np.ndarray:
@@ -428,10 +452,7 @@ class PrefixIndex:
             if dim is not None and X.shape[1] != dim:
                 raise NestembError(f"vectors have dimension {X.shape[1]}, expected {dim}")
             for a in range(0, len(X), 65536):  # all of it, before anything is stored
-                finite = np.isfinite(X[a : a + 65536]).all(axis=1)
-                if not finite.all():
-                    raise NestembError(f"vectors contain NaN or inf values (row "
-                                       f"{a + int(np.argmin(finite))})")
+                check_finite_rows(X[a : a + 65536], "vectors", offset=a)
             return X
         return check_vectors(X, dim=dim, what="vectors")
 
@@ -441,11 +462,12 @@ class PrefixIndex:
         self.vectors_ = np.concatenate([np.asarray(self.vectors_), X]) if n_old else X
         self._add_rows(X, np.arange(n_old, n_old + len(X), dtype=np.int64))
 
-    def _id_map(self) -> dict:
-        if getattr(self, "_lookup", None) is None:
+    def _id_map(self) -> dict[Any, int]:
+        lookup = getattr(self, "_lookup", None)
+        if lookup is None:
             live = np.flatnonzero(~self.deleted_)
-            self._lookup = dict(zip(self.ids_[live].tolist(), live.tolist()))
-        return self._lookup
+            lookup = self._lookup = dict(zip(self.ids_[live].tolist(), live.tolist()))
+        return lookup
 
     def delete(self, ids: Sequence[Any]) -> "PrefixIndex":
         """Mark the vectors with these ids deleted (they never appear in results again).
@@ -478,7 +500,8 @@ class PrefixIndex:
         self.deleted_ = self.deleted_.copy()
         self.deleted_[rows] = True
         self.n_deleted_ = int(self.deleted_.sum())
-        self._lookup = None
+        for i in keys:
+            del lookup[i]
         return self
 
     def compact(self) -> "PrefixIndex":
@@ -607,19 +630,7 @@ class PrefixIndex:
             out_r = np.full((1, keep), -1, dtype=np.int64)
             out_s[0, : len(part)], out_r[0, : len(part)] = sc[part], c[part]
             return out_s, out_r
-        out_s = np.empty((nq, keep), dtype=np.float32)
-        out_r = np.empty((nq, keep), dtype=np.int64)
-        chunk = max(1, (1 << 22) // max(1, s * d))
-        for a in range(0, nq, chunk):
-            c = cand[a : a + chunk]
-            safe = np.maximum(c, 0)
-            V = prefix_view(vectors[safe.ravel(), :d], d).reshape(len(c), s, d)
-            sc = np.matmul(V, Qd[a : a + chunk, :, None])[..., 0]
-            sc[c < 0] = -np.inf
-            best, pos = topk(sc, keep)
-            out_s[a : a + chunk] = best
-            out_r[a : a + chunk] = np.where(np.isfinite(best), np.take_along_axis(c, pos, 1), -1)
-        return out_s, out_r
+        return _score_candidates(Qd, cand, keep, lambda r: prefix_view(vectors[r, :d], d))
 
     # ----------------------------------------------------------------- memory
     def bytes_per_vector(self) -> dict[str, Any]:
@@ -659,7 +670,7 @@ class PrefixIndex:
         """Bytes per vector of the stored full vectors, by part, and whether each is mapped."""
         return {"vectors": (float(4 * self.dim), isinstance(self.vectors_, np.memmap))}
 
-    def _writes_vectors_file(self) -> bool:
+    def writes_vectors_file(self) -> bool:
         """Whether :meth:`save` writes ``vectors.npy`` (an index may keep them in its own files)."""
         return True
 
@@ -671,14 +682,32 @@ class PrefixIndex:
 
         Example: see :func:`~nestemb.index.load_index`.
         """
-        from nestemb.index.persist import save_index
-
         return save_index(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True):
         """Read an index directory of this class (vectors memory-mapped by default), verifying
         checksums. Example: see :func:`~nestemb.index.load_index`."""
-        from nestemb.index.persist import read_index
-
         return read_index(path, cls, mmap=mmap, verify=verify)
+
+
+def _score_candidates(Qs: np.ndarray, cand: np.ndarray, keep: int, rows_of, const=None):
+    """Top-``keep`` of candidate rows scored as ``rows_of(rows) @ Qs[i]`` (+ ``const[i]``), one
+    vectorized call per block of queries; row ``-1`` scores ``-inf``."""
+    nq, s = cand.shape
+    keep = min(keep, s)
+    d = Qs.shape[1]
+    out_s = np.empty((nq, keep), dtype=np.float32)
+    out_r = np.empty((nq, keep), dtype=np.int64)
+    chunk = max(1, (1 << 22) // max(1, s * d))
+    for a in range(0, nq, chunk):
+        c = cand[a : a + chunk]
+        V = rows_of(np.maximum(c, 0).ravel()).reshape(len(c), s, d)
+        sc = np.matmul(V, Qs[a : a + chunk, :, None].astype(np.float32))[..., 0]
+        if const is not None:
+            sc += const[a : a + chunk, None]
+        sc[c < 0] = -np.inf
+        best, pos = topk(sc, keep)
+        out_s[a : a + chunk] = best
+        out_r[a : a + chunk] = np.where(np.isfinite(best), np.take_along_axis(c, pos, 1), -1)
+    return out_s, out_r

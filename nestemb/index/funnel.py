@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Sequence
 
 import numpy as np
 
+from nestemb.checks import check_finite_rows, positive_int
 from nestemb.errors import NestembError
-from nestemb.exact import topk
+from nestemb.exact import exact_search
 from nestemb.index import quantize as qz
-from nestemb.index.base import PrefixIndex, doubling, pos_int
+from nestemb.index.base import PrefixIndex, _score_candidates, doubling
+from nestemb.index.plan import check_stages
 from nestemb.nesting import prefix_view
 
 logger = logging.getLogger("nestemb.index")
@@ -53,37 +56,9 @@ RESCORE_DTYPES = (None, "int8")
 _CHUNK = 65536
 
 
-def _check_stage_dims(dims: Sequence[int], prefix_dtype: str = "float32",
-                      rescore_dtype: str | None = None) -> tuple[int, ...]:
-    try:
-        out = tuple(int(d) for d in dims)
-    except (TypeError, ValueError):
-        raise NestembError(f"dims must be a list of integers, got {dims!r}") from None
-    if not out:
-        raise NestembError("dims is empty: give at least the full dimension")
-    if any(d <= 0 for d in out):
-        raise NestembError(f"stage dims must be positive, got {out}")
-    if rescore_dtype is not None:
-        if len(out) != 3:
-            raise NestembError(
-                f"rescore_dtype={rescore_dtype!r} needs three stage dims (d0, d1, D): the first "
-                f"stage, the int8 rescoring prefix d1 and the full dimension, got {out}"
-            )
-        if not out[0] <= out[1] <= out[2]:
-            raise NestembError(f"stage dims must be non-decreasing with rescoring, got {out}")
-        return out
-    # a quantized first stage may be re-scored in float32 at the same prefix: (D, D) is allowed
-    rest = out[1:] if len(out) > 1 and out[0] == out[1] and prefix_dtype != "float32" else out
-    if any(a >= b for a, b in zip(rest, rest[1:])):
-        raise NestembError(f"stage dims must be strictly ascending, got {out}")
-    return out
-
-
 def _as_float32_rows(X: Any, a: int, b: int) -> np.ndarray:
     chunk = np.asarray(X[a:b], dtype=np.float32)
-    if not np.isfinite(chunk).all():
-        bad = int(np.argmin(np.isfinite(chunk).all(axis=1)))
-        raise NestembError(f"vectors contain NaN or inf values (row {a + bad})")
+    check_finite_rows(chunk, "vectors", offset=a)
     return chunk
 
 
@@ -142,6 +117,14 @@ class FunnelIndex(PrefixIndex):
     )
     _streams_input = True
 
+    # fitted state (see PrefixIndex): FAISS objects, set by _train / _read
+    stage_: Any
+    rescore_: Any | None
+    full_: Any  # None only while _rebuild / _train_prefix_only swap it
+    _mapped: bool
+    _native: dict[str, Any] | None
+    _selector: tuple[np.ndarray, Any, np.ndarray] | None
+
     def __init__(
         self,
         *,
@@ -164,28 +147,16 @@ class FunnelIndex(PrefixIndex):
         if rescore_dtype not in RESCORE_DTYPES:
             raise NestembError(f"rescore_dtype must be one of {RESCORE_DTYPES}, got {rescore_dtype!r}")
         self.rescore_dtype = rescore_dtype
-        self.dims = _check_stage_dims(dims, prefix_dtype, rescore_dtype)
-        try:
-            self.shortlist = tuple(int(s) for s in shortlist)
-        except (TypeError, ValueError):
-            raise NestembError(f"shortlist must be a list of integers, got {shortlist!r}") from None
-        if len(self.shortlist) != len(self.dims) - 1:
-            raise NestembError(
-                f"shortlist needs one size per stage but the last: {len(self.dims) - 1} for dims "
-                f"{self.dims}, got {len(self.shortlist)}"
-            )
-        if any(s <= 0 for s in self.shortlist):
-            raise NestembError(f"shortlist sizes must be positive, got {self.shortlist}")
-        if any(a < b for a, b in zip(self.shortlist, self.shortlist[1:])):
-            raise NestembError(f"shortlist sizes must be non-increasing, got {self.shortlist}")
+        self.dims, self.shortlist = check_stages(dims, shortlist, prefix_dtype=prefix_dtype,
+                                                 rescore_dtype=rescore_dtype)
         self.prefix_dtype = qz.check_prefix_dtype(prefix_dtype)
         if first_stage not in qz.FIRST_STAGES:
             raise NestembError(f"first_stage must be one of {qz.FIRST_STAGES}, got {first_stage!r}")
         self.first_stage = first_stage
-        self.hnsw_m = pos_int(hnsw_m, "hnsw_m", max_value=HNSW_M_MAX)
-        self.ef_construction = pos_int(ef_construction, "ef_construction")
-        self.ef_search = pos_int(ef_search, "ef_search")
-        self.train_size = pos_int(train_size, "train_size")
+        self.hnsw_m = positive_int(hnsw_m, "hnsw_m", max_value=HNSW_M_MAX)
+        self.ef_construction = positive_int(ef_construction, "ef_construction")
+        self.ef_search = positive_int(ef_search, "ef_search")
+        self.train_size = positive_int(train_size, "train_size")
         self.int8_trim = qz.check_int8_trim(int8_trim)
         if full_dtype not in FULL_DTYPES:
             raise NestembError(f"full_dtype must be one of {FULL_DTYPES}, got {full_dtype!r}")
@@ -227,13 +198,14 @@ class FunnelIndex(PrefixIndex):
         D = X.shape[1]
         self.stage_ = qz.make_stage(self.dims[0], self.prefix_dtype, self.first_stage, self.hnsw_m,
                                     self.ef_construction)
-        sample = None
+        sample: np.ndarray | None = None
         if self.prefix_dtype == "int8" or self.rescore_dtype:
             sample = np.asarray(X[:: max(1, len(X) // self.train_size)], dtype=np.float32)
-        if self.prefix_dtype == "int8":  # per-dimension ranges from (a sample of) the data
+        # int8: per-dimension ranges from (a sample of) the data
+        if self.prefix_dtype == "int8" and sample is not None:
             qz.train_sq8(self.stage_, prefix_view(sample, self.dims[0]), self.int8_trim)
         self.rescore_ = None
-        if self.rescore_dtype:
+        if self.rescore_dtype and sample is not None:
             self.rescore_ = qz.make_sq8(self.dims[1])
             qz.train_sq8(self.rescore_, prefix_view(sample, self.dims[1]), self.int8_trim)
         full = getattr(self, "full_", None)
@@ -404,19 +376,100 @@ class FunnelIndex(PrefixIndex):
             return self._search_native(Q, k)
         return self._search_numpy(Q, k)
 
+    def search_plan(self, Q: np.ndarray, k: int, dims: Sequence[int], shortlist: Sequence[int],
+                    *, rows: np.ndarray | None = None):
+        """Run one plan (stage dims and shortlists, :class:`~nestemb.index.plan.Plan`) on
+        normalized-view scores, stage by stage, without changing the index's parameters:
+        ``(scores, rows, stages)`` where ``rows`` are row positions (``-1``: none) and
+        ``stages`` the per-stage record (``dims``, ``candidates``, ``kept``, ``ms``).
+
+        The first stage is the index's own when ``dims[0]`` is its first-stage prefix (an HNSW
+        graph is searched with ``ef_search`` at least the shortlist; int8 rescoring and float16
+        full vectors are used as the native search uses them), else an exact scan of the
+        ``dims[0]``-prefix views (:func:`~nestemb.exact.exact_search`); with ``rows`` (a subset,
+        e.g. a payload filter) an exact scan of those rows only. Later stages re-rank the
+        survivors on longer prefixes. Deleted rows never appear; ``k`` and the shortlists are
+        cut to the candidates there are.
+
+        Example:
+            >>> from nestemb.index import synthetic_matryoshka
+            >>> X = synthetic_matryoshka(300, 32)
+            >>> idx = FunnelIndex(dims=(8, 32), shortlist=(40,)).add(X)
+            >>> s, r, stages = idx.search_plan(X[:2], 5, (16, 32), (50,))
+            >>> r[:, 0].tolist(), [(st["dims"], st["candidates"], st["kept"]) for st in stages]
+            ([0, 1], [(16, 300, 50), (32, 50, 5)])
+        """
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        live = len(self) if rows is None else len(rows)
+        keeps = [min(int(s), live) for s in shortlist] + [min(int(k), live)]
+        d0, stages = int(dims[0]), []
+        t = time.perf_counter()
+        if live == 0:
+            return (np.zeros((len(Q), 0), np.float32), np.zeros((len(Q), 0), np.int64),
+                    [{"stage": 1, "dims": d0, "candidates": 0, "kept": 0, "ms": _ms(t)}])
+        if rows is not None:
+            cand = np.broadcast_to(np.asarray(rows, dtype=np.int64), (len(Q), len(rows)))
+            scores, cand = self._rerank(Q, cand, d0, keeps[0])
+        elif d0 == self.dims[0] and self.prefix_dtype == "float32":
+            scores, cand = self._first_stage(prefix_view(Q, d0), keeps[0])
+        elif d0 == self.dims[0]:  # quantized codes: tombstones dropped after the scan
+            fetch = min(keeps[0] + self.n_deleted_, len(self.ids_))
+            ef = max(self.ef_search, fetch) if self.first_stage == "hnsw" else None
+            scores, cand = self._drop_deleted(*qz.stage_search(
+                self.stage_, prefix_view(Q, d0), fetch, self.prefix_dtype, ef), keeps[0])
+        else:
+            exclude = self.deleted_ if self.n_deleted_ else None
+            scores, cand = exact_search(self.vectors_, Q, keeps[0], dim=d0, exclude=exclude)
+        stages.append({"stage": 1, "dims": d0, "candidates": live, "kept": keeps[0],
+                       "ms": _ms(t)})
+        for i, (d, keep) in enumerate(zip(dims[1:], keeps[1:]), start=2):
+            t = time.perf_counter()
+            n_cand = cand.shape[1]
+            if i == 2 and self.rescore_ is not None and rows is None and d == self.dims[1]:
+                scores, cand = self._rescore_int8(Q, cand, keep)
+            elif d == self.dim and self.full_dtype == "float16":  # the codes native search uses
+                codes = qz.codes_view(self.full_, self.full_.ntotal, 2 * d).view(np.float16)
+                scores, cand = _score_candidates(prefix_view(Q, d), cand, keep,
+                                                 lambda r: codes[r].astype(np.float32))
+            else:
+                scores, cand = self._rerank(Q, cand, int(d), keep)
+            stages.append({"stage": i, "dims": int(d), "candidates": n_cand, "kept": keep,
+                           "ms": _ms(t)})
+        return scores, cand, stages
+
+    def _first_stage(self, Qp: np.ndarray, keep: int):
+        """The stored first stage (float32 prefix views), live rows only (a bitmap selector
+        inside FAISS), an HNSW graph searched with ``ef_search >= keep``."""
+        import faiss
+
+        if self.first_stage == "hnsw":
+            p = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from the stub
+            p.efSearch = max(self.ef_search, keep)
+        else:
+            p = faiss.SearchParameters()
+        if self.n_deleted_:
+            cached = getattr(self, "_selector", None)
+            if cached is None or cached[0] is not self.deleted_:
+                cached = self._selector = (self.deleted_, *self._live_selector())
+            p.sel = cached[1]
+        scores, rows = self.stage_.search(Qp, keep, params=p)
+        scores[rows < 0] = -np.inf
+        return scores, rows
+
     # native ------------------------------------------------------------
-    def _pipeline(self):
+    def _pipeline(self) -> dict[str, Any]:
         """The FAISS funnel over the stored structures (built on first use, then cached)."""
         import faiss
 
         D, d0 = self.full_.d, self.dims[0]
         keep: list = []
 
-        def prefix(index, d):
+        def prefix(index: Any, d: int) -> Any:
             pre = faiss.IndexPreTransform(index)
             pre.prepend_transform(faiss.NormalizationTransform(d))
             if d < D:
-                pre.prepend_transform(faiss.RemapDimensionsTransform(D, d, False))
+                # the stub lacks the (d_in, d_out, uniform) overload; SWIG takes no keywords
+                pre.prepend_transform(faiss.RemapDimensionsTransform(D, d, False))  # type: ignore[arg-type]
             keep.append(pre)
             return pre
 
@@ -444,12 +497,13 @@ class FunnelIndex(PrefixIndex):
         import faiss
 
         key = (k, self.shortlist, self.ef_search, self.n_deleted_)
+        assert self._native is not None, "_search_native builds the pipeline first"
         cache = self._native["params"]
         if key in cache:  # the single-query path: one dict lookup
             return cache[key]
         keeps = self._keeps(k)
         if self.first_stage == "hnsw":
-            p0 = faiss.SearchParametersHNSW()
+            p0 = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from the stub
             p0.efSearch = max(self.ef_search, keeps[0])
         else:
             p0 = faiss.SearchParameters()
@@ -488,29 +542,14 @@ class FunnelIndex(PrefixIndex):
 
     # numpy -------------------------------------------------------------
     def _search_numpy(self, Q: np.ndarray, k: int):
-        keeps = self._keeps(k)
-        fetch = min(keeps[0] + self.n_deleted_, len(self.ids_))
-        ef = max(self.ef_search, fetch) if self.first_stage == "hnsw" else None
-        scores, rows = qz.stage_search(
-            self.stage_, prefix_view(Q, self.dims[0]), fetch, self.prefix_dtype, ef
-        )
-        scores, rows = self._drop_deleted(scores, rows, keeps[0])
-        D = self.dim
-        for i, (d, keep) in enumerate(zip(self.dims[1:], keeps[1:])):
-            if i == 0 and self.rescore_ is not None:
-                scores, rows = self._rescore_int8(Q, rows, keep)
-            elif d == D and self.full_dtype == "float16":
-                codes = qz.codes_view(self.full_, self.full_.ntotal, 2 * D).view(np.float16)
-                scores, rows = _score_candidates(prefix_view(Q, D), rows, keep,
-                                                 lambda r: codes[r].astype(np.float32))
-            else:
-                scores, rows = self._rerank(Q, rows, d, keep)
-        return scores, rows
+        self._keeps(k)  # shortlists >= k
+        return self.search_plan(Q, k, self.dims, self.shortlist)[:2]
 
     def _rescore_int8(self, Q: np.ndarray, cand: np.ndarray, keep: int):
         """Score candidates from the int8 codes of the ``d1``-prefix views: with code ``c``
         decoding to ``vmin + (c + 0.5) vstep``, ``q . x = (q vstep) . c + q . (vmin + vstep/2)``."""
         d1 = self.dims[1]
+        assert self.rescore_ is not None, "only called with int8 rescoring"
         vmin, vstep = qz.sq8_tables(self.rescore_)
         Qd = prefix_view(Q, d1)
         qs = Qd * vstep
@@ -533,8 +572,35 @@ class FunnelIndex(PrefixIndex):
             return {"vectors": (4.0 * D, mapped)}
         return {"full_fp16": (2.0 * D, mapped), "vectors": (4.0 * D, isinstance(self.vectors_, np.memmap))}
 
+    def copy(self) -> "FunnelIndex":
+        """An independent copy (the FAISS structures cloned, arrays shared: they are replaced,
+        never changed in place), to save or search while this index keeps changing.
+
+        Example:
+            >>> from nestemb.index import synthetic_matryoshka
+            >>> idx = FunnelIndex(dims=(8, 32), shortlist=(40,)).add(synthetic_matryoshka(100, 32))
+            >>> snap = idx.copy(); _ = idx.add(synthetic_matryoshka(10, 32, seed=1))
+            >>> len(snap), len(idx), snap.stage_.ntotal
+            (100, 110, 100)
+        """
+        import copy
+
+        import faiss
+
+        self._check_fitted()
+        if getattr(self, "_mapped", False):
+            self._unmap_full()
+        new = copy.copy(self)
+        new.stage_ = faiss.clone_index(self.stage_)
+        new.full_ = faiss.clone_index(self.full_)
+        new.rescore_ = None if self.rescore_ is None else faiss.clone_index(self.rescore_)
+        new._native, new._selector, new._lookup = None, None, None
+        if self.full_dtype == "float32":
+            new.vectors_ = qz.codes_view(new.full_, new.full_.ntotal, 4 * self.dim).view(np.float32)
+        return new
+
     # ----------------------------------------------------------------- persistence
-    def _writes_vectors_file(self) -> bool:
+    def writes_vectors_file(self) -> bool:
         return self.full_dtype != "float32"  # float32: vectors_ lives in full.faiss
 
     def _write(self, tmp) -> list[str]:
@@ -599,23 +665,5 @@ class FunnelIndex(PrefixIndex):
                 self.vectors_ = qz.codes_view(self.full_, n, 4 * D).view(np.float32)
 
 
-def _score_candidates(Qs: np.ndarray, cand: np.ndarray, keep: int, rows_of, const=None):
-    """Top-``keep`` of candidate rows scored as ``rows_of(rows) @ Qs[i]`` (+ ``const[i]``), one
-    vectorized call per block of queries; row ``-1`` scores ``-inf``."""
-    nq, s = cand.shape
-    keep = min(keep, s)
-    d = Qs.shape[1]
-    out_s = np.empty((nq, keep), dtype=np.float32)
-    out_r = np.empty((nq, keep), dtype=np.int64)
-    chunk = max(1, (1 << 22) // max(1, s * d))
-    for a in range(0, nq, chunk):
-        c = cand[a : a + chunk]
-        V = rows_of(np.maximum(c, 0).ravel()).reshape(len(c), s, d)
-        sc = np.matmul(V, Qs[a : a + chunk, :, None].astype(np.float32))[..., 0]
-        if const is not None:
-            sc += const[a : a + chunk, None]
-        sc[c < 0] = -np.inf
-        best, pos = topk(sc, keep)
-        out_s[a : a + chunk] = best
-        out_r[a : a + chunk] = np.where(np.isfinite(best), np.take_along_axis(c, pos, 1), -1)
-    return out_s, out_r
+def _ms(t: float) -> float:
+    return round((time.perf_counter() - t) * 1000, 3)

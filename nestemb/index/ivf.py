@@ -14,12 +14,13 @@ and re-ranks the best candidates with full vectors.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 
 from nestemb.errors import NestembError
-from nestemb.index.base import PrefixIndex, doubling, pos_int
+from nestemb.checks import positive_int
+from nestemb.index.base import PrefixIndex, doubling
 from nestemb.nesting import prefix_view
 
 CODECS = ("flat", "fp16", "sq8", "pq", "opq")
@@ -66,6 +67,12 @@ class AdaptiveIVFIndex(PrefixIndex):
     )
     _default_codec = "flat"
 
+    # fitted state (see PrefixIndex): FAISS objects, set by _train / _read
+    quantizer_: Any
+    lists_: Any
+    opq_: Any
+    centroids_: np.ndarray
+
     def __init__(
         self,
         *,
@@ -81,10 +88,10 @@ class AdaptiveIVFIndex(PrefixIndex):
         model_id: str = "unknown",
         model_version: str = "unknown",
     ):
-        self.d_cluster = pos_int(d_cluster, "d_cluster")
-        self.d_search = pos_int(d_search, "d_search")
-        self.nlist = pos_int(nlist, "nlist")
-        self.nprobe = min(16, self.nlist) if nprobe is None else pos_int(nprobe, "nprobe")
+        self.d_cluster = positive_int(d_cluster, "d_cluster")
+        self.d_search = positive_int(d_search, "d_search")
+        self.nlist = positive_int(nlist, "nlist")
+        self.nprobe = min(16, self.nlist) if nprobe is None else positive_int(nprobe, "nprobe")
         if self.nprobe > self.nlist:
             raise NestembError(f"{{param}} must be at most nlist, the number of lists "
                                f"({self.nlist}), got {self.nprobe}", param="nprobe")
@@ -92,15 +99,15 @@ class AdaptiveIVFIndex(PrefixIndex):
         if codec not in CODECS:
             raise NestembError(f"codec must be one of {CODECS}, got {codec!r}")
         self.codec = codec
-        self.code_bytes = pos_int(code_bytes, "code_bytes", allow_none=True)
+        self.code_bytes = positive_int(code_bytes, "code_bytes", allow_none=True)
         if codec in ("pq", "opq"):
             if self.code_bytes is None:
                 raise NestembError(f"codec {codec!r} needs code_bytes (bytes per vector)")
             if self.d_search % self.code_bytes:
                 raise NestembError(f"{{param}} must divide the search dimension "
                                    f"{self.d_search}, got {self.code_bytes}", param="code_bytes")
-        self.rerank = pos_int(rerank, "rerank", allow_none=True)
-        self.train_size = pos_int(train_size, "train_size")
+        self.rerank = positive_int(rerank, "rerank", allow_none=True)
+        self.train_size = positive_int(train_size, "train_size")
         self._set_identity(nesting, model_id, model_version)
 
     def _used_dims(self, dim: int) -> tuple[int, ...]:
@@ -153,9 +160,10 @@ class AdaptiveIVFIndex(PrefixIndex):
         np.add.at(sums, assign, Ps)
         counts = np.bincount(assign, minlength=self.nlist)[:, None]
         self.centroids_ = (sums / np.maximum(counts, 1)).astype(np.float32)
-        inner = faiss.IndexFlatIP(self.d_search)
+        inner: Any = faiss.IndexFlatIP(self.d_search)  # a SWIG proxy: .this is not in the stub
         inner.add(self.centroids_)
         ip = faiss.METRIC_INNER_PRODUCT
+        lists: Any  # IndexIVFFlat / IndexIVFScalarQuantizer / IndexIVFPQ
         if self.codec == "flat":
             lists = faiss.IndexIVFFlat(inner, self.d_search, self.nlist, ip)
         elif self.codec in ("fp16", "sq8"):
@@ -254,8 +262,10 @@ class AdaptiveIVFIndex(PrefixIndex):
         except RuntimeError as e:
             raise NestembError(f"cannot read index files in {path}: {str(e).splitlines()[0]}") from None
         self._check_read_structure(path)
+        # the lists' quantizer is the IndexFlatIP _train built (downcast_index returns the class)
+        coarse = cast(faiss.IndexFlat, faiss.downcast_index(self.lists_.quantizer))
         self.centroids_ = faiss.rev_swig_ptr(
-            faiss.downcast_index(self.lists_.quantizer).get_xb(), self.nlist * self.d_search
+            coarse.get_xb(), self.nlist * self.d_search
         ).reshape(self.nlist, self.d_search).copy()
         if self.lists_.ntotal != len(self.ids_):
             raise NestembError(f"{path}: lists hold {self.lists_.ntotal} vectors, expected {len(self.ids_)}")

@@ -19,22 +19,60 @@ replaces only a nestemb index (recognized by its manifest kind). Loading verifie
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nestemb.errors import NestembError
-from nestemb.index.base import _REGISTRY, INDEX_KIND, PrefixIndex, logger
-from nestemb.index.ivf import AdaptiveIVFIndex
 from nestemb.nesting import MANIFEST_NAME, Manifest
+
+if TYPE_CHECKING:  # base imports this module
+    from nestemb.index.base import PrefixIndex
+
+logger = logging.getLogger("nestemb.index")
+
+INDEX_KIND = "index"
+"""The manifest ``kind`` of an index directory."""
+
+_INDEX_TYPES: dict[str, type[PrefixIndex]] = {}
+
+
+def register_index_type(cls: type[PrefixIndex]) -> type[PrefixIndex]:
+    """Make the index class ``cls`` readable from disk under its name (every subclass of
+    :class:`~nestemb.index.PrefixIndex` registers itself); returns ``cls``.
+
+    Example:
+        >>> from nestemb.index import FunnelIndex
+        >>> register_index_type(FunnelIndex) is index_type("FunnelIndex")
+        True
+    """
+    _INDEX_TYPES[cls.__name__] = cls
+    return cls
+
+
+def index_type(name: str) -> type[PrefixIndex]:
+    """The registered index class called ``name``, or an error listing the known ones.
+
+    Example:
+        >>> index_type("NoSuchIndex")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: unknown index type 'NoSuchIndex' (known: ...)
+    """
+    cls = _INDEX_TYPES.get(name)
+    if cls is None:
+        raise NestembError(f"unknown index type {name!r} (known: {', '.join(sorted(_INDEX_TYPES))})")
+    return cls
 
 VECTORS_NAME = "vectors.npy"
 IDS_NAME = "ids.npy"
 DELETED_NAME = "deleted.npy"
 
 
-def save_index(index: PrefixIndex, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def save_index(index: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``index`` to the directory ``path`` atomically; see :meth:`PrefixIndex.save`.
 
     Example: see :func:`load_index`.
@@ -45,7 +83,7 @@ def save_index(index: PrefixIndex, path: str | os.PathLike, overwrite: bool = Fa
     path = Path(path)
     with atomic_dir(path, kind=INDEX_KIND, overwrite=overwrite) as tmp:
         names = [IDS_NAME, DELETED_NAME]
-        if index._writes_vectors_file():
+        if index.writes_vectors_file():
             _save_npy_chunked(tmp / VECTORS_NAME, index.vectors_)
             names.insert(0, VECTORS_NAME)
         np.save(tmp / IDS_NAME, index.ids_)
@@ -67,8 +105,8 @@ def save_index(index: PrefixIndex, path: str | os.PathLike, overwrite: bool = Fa
 
 
 def read_index(
-    path: str | os.PathLike, cls: type = PrefixIndex, mmap: bool = True, verify: bool = True
-) -> PrefixIndex:
+    path: str | os.PathLike, cls: type | None = None, mmap: bool = True, verify: bool = True
+) -> Any:
     """Read an index directory holding a ``cls`` (any index for :class:`PrefixIndex`). Every
     field of the index configuration (``extra`` of the manifest) and every data file is checked
     for type, shape and range: a damaged or hand-edited directory is a :class:`NestembError`
@@ -86,11 +124,11 @@ def read_index(
         raise NestembError(f"{where}: extra must be a JSON object (the index configuration), "
                            f"got {_short(extra)}")
     kind = _field(where, extra, "index_type", str)
-    target = _REGISTRY.get(kind)
-    if target is None:
-        raise NestembError(f"{where}: unknown index type {kind!r} in extra.index_type (known: "
-                           f"{', '.join(sorted(_REGISTRY))})")
-    if not issubclass(target, cls):
+    try:
+        target = index_type(kind)
+    except NestembError as e:
+        raise NestembError(f"{where}: {e} in extra.index_type") from None
+    if cls is not None and not issubclass(target, cls):
         raise NestembError(f"{path} holds {article(kind)}, not {article(cls.__name__)}")
     tuning = _check_tuning(where, extra.get("tuning"))
     if verify:
@@ -121,7 +159,7 @@ def read_index(
     index._lookup = None
     if has_npy:
         _check_vectors_shape(path, index.vectors_, n, manifest.dim)
-    elif index._writes_vectors_file():
+    elif index.writes_vectors_file():
         raise NestembError(f"cannot read index data in {path}: {VECTORS_NAME} is missing")
     index._read(path, mmap=mmap)
     _check_vectors_shape(path, index.vectors_, n, manifest.dim)
@@ -204,7 +242,7 @@ def _save_npy_chunked(path: Path, vectors, chunk: int = 65536) -> None:
     del arr
 
 
-def _index_from_manifest(path: Path, target: type, manifest: Manifest) -> PrefixIndex:
+def _index_from_manifest(path: Path, target: type[PrefixIndex], manifest: Manifest) -> Any:
     """The index the manifest's ``extra.params`` describe, validated exactly as the constructor
     validates them and checked against the manifest's own identity, dim and nesting: an edited
     manifest is a clean error, never a FAISS assertion."""
@@ -214,7 +252,7 @@ def _index_from_manifest(path: Path, target: type, manifest: Manifest) -> Prefix
         raise NestembError(f"{where}: extra.params must be a JSON object, got {got}")
     params = dict(manifest.extra["params"])
     nprobe, nlist = params.get("nprobe"), params.get("nlist")
-    if (issubclass(target, AdaptiveIVFIndex) and type(nprobe) is int and type(nlist) is int
+    if ("nprobe" in target._param_names and type(nprobe) is int and type(nlist) is int
             and 0 < nlist < nprobe):  # saved before nprobe was bounded: what search did with it
         logger.info("%s: nprobe %d is above nlist %d: reading it as %d", where, nprobe, nlist, nlist)
         params["nprobe"] = nlist
@@ -227,7 +265,7 @@ def _index_from_manifest(path: Path, target: type, manifest: Manifest) -> Prefix
     try:
         index = target(**params)
         index._validate(manifest.dim)
-        nesting = index._resolve_nesting(manifest.dim)
+        nesting = index.resolve_nesting(manifest.dim)
     except NestembError as e:
         raise NestembError(f"{where}: invalid index parameters: {e}") from None
     if tuple(nesting) != tuple(manifest.nesting):
@@ -253,7 +291,7 @@ def _next_id(path: Path, manifest: Manifest, ids: np.ndarray) -> int:
     return max(saved, floor)
 
 
-def load_index(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> PrefixIndex:
+def load_index(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Any:
     """Load any nestemb index directory (the type is read from its manifest; checksums are
     verified unless ``verify=False``; vectors are memory-mapped unless ``mmap=False``).
 
@@ -273,4 +311,4 @@ def load_index(path: str | os.PathLike, mmap: bool = True, verify: bool = True) 
         ...
         nestemb.errors.NestembError: ...already exists...
     """
-    return read_index(path, PrefixIndex, mmap=mmap, verify=verify)
+    return read_index(path, None, mmap=mmap, verify=verify)

@@ -22,6 +22,8 @@ The same dtypes back a graph (HNSW) first stage: ``IndexHNSWFlat``, ``IndexHNSWS
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from nestemb.errors import NestembError
@@ -90,7 +92,7 @@ def sign_bits(P: np.ndarray) -> np.ndarray:
 
 def make_stage(
     d: int, dtype: str, structure: str = "flat", hnsw_m: int = 32, ef_construction: int = 40
-):
+) -> Any:
     """A new, empty FAISS index for ``d``-dimensional prefix views stored as ``dtype``.
 
     An int8 stage learns its per-dimension ranges with :func:`train_sq8`.
@@ -113,6 +115,7 @@ def make_stage(
             f"prefix_dtype {dtype!r} with first_stage {structure!r} needs faiss.{needed}, which "
             f"this FAISS build ({getattr(faiss, '__version__', '?')}) lacks: pick another dtype"
         )
+    index: Any  # a FAISS index of the class STAGE_CLASSES names
     if dtype == "binary":
         nbits = 8 * code_bytes(d, "binary")
         if structure == "flat":
@@ -133,7 +136,8 @@ def make_stage(
         index = faiss.IndexHNSWFlat(d, hnsw_m, ip)
     else:
         qt = faiss.ScalarQuantizer.QT_fp16 if dtype == "float16" else faiss.ScalarQuantizer.QT_8bit
-        index = faiss.IndexHNSWSQ(d, qt, hnsw_m, ip)
+        # the stub types argument 2 as ScalarQuantizer; FAISS takes its QuantizerType (an int)
+        index = faiss.IndexHNSWSQ(d, qt, hnsw_m, ip)  # type: ignore[arg-type]
     index.hnsw.efConstruction = ef_construction
     return index
 
@@ -176,7 +180,7 @@ def train_sq8(index, P: np.ndarray, trim: float = 0.0) -> None:
         return
     lo, hi = np.quantile(P, [trim, 1.0 - trim], axis=0).astype(np.float32)
     diff = np.maximum(hi - lo, np.float32(1e-12))
-    target = index if hasattr(index, "sq") else faiss.downcast_index(index.storage)
+    target: Any = index if hasattr(index, "sq") else faiss.downcast_index(index.storage)
     faiss.copy_array_to_vector(np.concatenate([lo, diff]).astype(np.float32), target.sq.trained)
     target.is_trained = True
     index.is_trained = True
@@ -254,7 +258,8 @@ def train_add(index, P: np.ndarray, dtype: str) -> None:
     index.add(P)
 
 
-def stage_search(index, Qp: np.ndarray, k: int, dtype: str, ef_search: int | None = None):
+def stage_search(index: Any, Qp: np.ndarray, k: int, dtype: str,
+                 ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Search a first stage; returns ``(scores, rows)``, higher score = closer, row -1 = none.
 
     Example:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from nestemb.index.base import pos_int
+from nestemb.checks import positive_int
 
 logger = logging.getLogger("nestemb.index")
 
@@ -28,7 +28,7 @@ def set_search_threads(n: int) -> int:
     """
     import faiss
 
-    n = pos_int(n, "threads")
+    n = positive_int(n, "threads")
     cores = os.cpu_count() or 1
     if n > cores:
         logger.warning("set_search_threads: %d threads requested, the machine has %d cores: "

@@ -67,7 +67,8 @@ class ImageModelConfig:
         if self.arch not in ARCHS:
             raise NestembError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         self.nesting = validate_nesting(self.nesting, full_dim=self.dim)
-        self.in_hw = tuple(int(v) for v in self.in_hw)
+        height, width = (int(v) for v in self.in_hw)
+        self.in_hw = (height, width)
         if self.head not in HEADS:
             raise NestembError(f"head must be 'mrl', 'mrl-e' or 'ff', got {self.head!r}")
         if int(self.width) < 1:

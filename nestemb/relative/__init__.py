@@ -1,7 +1,7 @@
 """Relative representations: anchor selection, relative projections (cosine, Euclidean, L1,
 L-infinity and their Bricks-to-Bridges product), a torch layer for heads on relative inputs, and
 zero-shot stitching helpers (linear heads, stitched accuracy and retrieval). Translation between
-spaces is :func:`nestemb.compat.fit_adapter` (one implementation, two uses).
+spaces is :func:`nestemb.maps.fit_adapter` (one implementation, two uses).
 
 ``RelativeLayer`` needs torch and is imported on first use, so numpy-only users do not pay for it.
 """

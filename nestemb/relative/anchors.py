@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from nestemb.checks import check_matrix
 from nestemb.errors import NestembError
 from nestemb.exact import exact_search
 from nestemb.nesting import prefix_view
@@ -120,15 +121,7 @@ def select_anchors(
         ...
         nestemb.errors.NestembError: n=200 anchors asked for but X has only 100 distinct rows
     """
-    try:
-        x = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise NestembError("X must be a numeric array") from None
-    if x.ndim != 2 or len(x) == 0 or x.shape[1] == 0:
-        raise NestembError(f"X must be a non-empty 2-D (n, dim) array, got shape {x.shape}")
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
-        raise NestembError(f"X contains NaN or inf values (row {int(np.argmin(finite))})")
+    x = check_matrix(X, "X", dtype=np.float64)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise NestembError(f"n must be a positive integer, got {n!r}")
     if method not in METHODS:

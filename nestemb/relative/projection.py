@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from nestemb.checks import check_matrix
 from nestemb.errors import NestembError
 from nestemb.nesting import finite_matrix
 
@@ -166,20 +167,12 @@ def check_anchors(anchors: object, name: str = "anchors") -> np.ndarray:
         ...
         nestemb.errors.NestembError: anchors has 1 row: a relative projection needs at least 2 anchors
     """
-    try:
-        A = np.asarray(anchors, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise NestembError(f"{name} must be a numeric array") from None
-    if A.ndim != 2 or A.shape[1] == 0:
-        raise NestembError(f"{name} must be a 2-D (n_anchors, dim) array, got shape {A.shape}")
+    A = check_matrix(anchors, name, dtype=np.float64)
     if len(A) < 2:
         raise NestembError(
             f"{name} has {len(A)} row{'s' * (len(A) != 1)}: a relative projection needs at least "
             "2 anchors"
         )
-    finite = np.isfinite(A).all(axis=1)
-    if not finite.all():
-        raise NestembError(f"{name} contains NaN or inf values (row {int(np.argmin(finite))})")
     _, first, inverse = np.unique(A, axis=0, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
     dup = np.flatnonzero(first[inverse] != np.arange(len(A)))

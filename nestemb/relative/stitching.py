@@ -6,7 +6,7 @@ The head never sees the first encoder. Its inputs reach the head's space in one 
   encoded by its own encoder (:func:`nestemb.relative.relative_projection`); a head trained on
   run B's relative vectors reads run A's relative vectors;
 * **translated**: run A's vectors are mapped into run B's space by an adapter fitted on the
-  anchors' paired embeddings (:func:`nestemb.compat.adapter.fit_adapter`, e.g.
+  anchors' paired embeddings (:func:`nestemb.maps.fit_adapter`, e.g.
   ``kind="affine", scaling="standard", underdetermined=True``), then fed to B's head. Adapters
   fit and map L2-normalized rows, so train that head on B's prefix views
   (:func:`nestemb.nesting.prefix_view`), the vectors nestemb compares anyway.
@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from nestemb.checks import check_matrix
 from nestemb.errors import NestembError
 from nestemb.relative.projection import check_anchors, relative_projection
 
@@ -31,16 +32,7 @@ HEAD_KINDS = ("ridge", "logistic")
 
 
 def _features(X: Any, name: str) -> np.ndarray:
-    try:
-        x = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise NestembError(f"{name} must be a numeric array") from None
-    if x.ndim != 2 or len(x) == 0 or x.shape[1] == 0:
-        raise NestembError(f"{name} must be a non-empty 2-D (n, dim) array, got shape {x.shape}")
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
-        raise NestembError(f"{name} contains NaN or inf values (row {int(np.argmin(finite))})")
-    return x
+    return check_matrix(X, name, dtype=np.float64)
 
 
 def _labels(labels: Any, n: int, name: str = "labels") -> np.ndarray:
@@ -243,7 +235,7 @@ def stitch_retrieval(
     """Retrieval across two runs through relative representations: ``queries`` (run A) and
     ``gallery`` (run B) are each projected on the same anchor items encoded by their own run
     (``query_anchors`` by A, ``gallery_anchors`` by B, paired row by row), then searched with
-    :func:`nestemb.compat.matrix.cross_metric` (``metric`` ``"top1"``/``"map"`` with labels, or
+    :func:`nestemb.compat.cross_metric` (``metric`` ``"top1"``/``"map"`` with labels, or
     ``"ndcg"`` with ``qrels``) on the full relative width. For translated retrieval, map the
     queries with an adapter and call ``cross_metric`` directly.
 
@@ -255,7 +247,7 @@ def stitch_retrieval(
         ...                  query_labels=lab, gallery_labels=lab)
         1.0
     """
-    from nestemb.compat.matrix import cross_metric
+    from nestemb.compat import cross_metric
 
     qa = check_anchors(query_anchors, "query_anchors")
     ga = check_anchors(gallery_anchors, "gallery_anchors")

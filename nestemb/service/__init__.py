@@ -1,10 +1,11 @@
 """The nestemb service: an HTTP API over durable Matryoshka collections (``nestemb serve``).
 
 * :mod:`nestemb.service.store`: SQLite (WAL) storage of collections and points;
-* :mod:`nestemb.service.collection`: the in-memory funnel search of one collection;
+* :mod:`nestemb.service.collection`: one collection's search: a ``FunnelIndex``, snapshotted
+  and restored (snapshot + the newer writes from SQLite) on restart;
 * :mod:`nestemb.service.points`: where a collection's points live (the ``PointStore``
-  protocol: SQLite + memory, or a Qdrant / Milvus collection, ``nestemb serve --backend``);
-* :mod:`nestemb.service.auth`: API keys scoped to collections and read/write;
+  protocol: SQLite + memory, or a Qdrant / Milvus collection, ``nestemb serve --engine``);
+* :mod:`nestemb.service.auth`: API keys scoped to collections and read / write / admin;
 * :mod:`nestemb.service.app`: the FastAPI application and its limits.
 """
 

@@ -40,14 +40,14 @@ from nestemb import __version__
 from nestemb.errors import NestembError
 from nestemb.nesting import default_nesting, validate_nesting
 from nestemb.service.auth import ApiKey, find_key
-from nestemb.service.collection import check_plan
-from nestemb.service.points import Backend, Mismatch, PointStore, SqlitePoints, Unsupported
+from nestemb.index.plan import Plan
+from nestemb.service.collection import LiveCollection
+from nestemb.engines import NAME_RE, Mismatch, Unsupported
+from nestemb.service.points import Backend, PointStore, SqlitePoints
 from nestemb.service.store import MissingCollection, Store
 
 log = logging.getLogger("nestemb.service")
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-"""Collection names: letters, digits, ``_`` and ``-`` (no separators, no dots), <= 64 chars."""
 INT_ID_MIN, INT_ID_MAX = -(2**53 - 1), 2**53 - 1
 """Integer point ids are JSON-safe: JavaScript's ``JSON.parse`` (the search page) and every
 float-based JSON reader keep them exact."""
@@ -456,6 +456,18 @@ def json_error_protocol() -> type:
 
 
 # ----------------------------------------------------------------------------- service
+SNAPSHOT_WRITES = 10_000
+"""Writes to a collection after which its index is snapshotted (see :meth:`Service.snapshot`)."""
+SNAPSHOT_SECONDS = 60.0
+"""Seconds after which a collection with any new write is snapshotted."""
+
+
+def _memory(live: Any) -> LiveCollection | None:
+    """The in-memory collection of an embedded (SQLite) collection; None for a backend's."""
+    mem = getattr(live, "live", None)
+    return mem if isinstance(mem, LiveCollection) else None
+
+
 class Service:
     """State behind the routes: the store, live collections, encoders, background tuning."""
 
@@ -471,16 +483,25 @@ class Service:
         self._admin = threading.Lock()  # create / drop
         self._stop = threading.Event()
         self._tune_interval = tune_interval
+        self._snapshot_at: dict[str, float] = {}
         configs = store.collections()
         if backend is not None:
             self._adopt(configs)
         try:
             for name, cfg in configs.items():
-                live: PointStore = (SqlitePoints(store, name, cfg["nesting"], load=True)
-                                    if backend is None else backend.open(name, cfg))
+                t = time.perf_counter()
+                how = "backend"
+                if backend is None:
+                    live: PointStore = SqlitePoints(store, name, cfg["nesting"])
+                    how = _memory(live).attach(store).restore()  # snapshot + newer writes
+                else:
+                    live = backend.open(name, cfg)
                 self.collections[name], self.configs[name] = live, cfg
                 log.info(json.dumps({"event": "collection_loaded", "name": name,
-                                     "count": len(live)}))
+                                     "count": len(live), "from": how,
+                                     "seconds": round(time.perf_counter() - t, 3)}))
+                if how == "rebuild":  # the next start reads the snapshot instead
+                    self.snapshot(name, live, force=True)
         except BaseException:
             self.close_collections()
             raise
@@ -523,13 +544,38 @@ class Service:
         self._stop.set()
         if self._tuner.is_alive():
             self._tuner.join(timeout=10)
+        for name, live in list(self.collections.items()):
+            self.snapshot(name, live, force=True)
         self.close_collections()
         self.store.close()
 
+    def snapshot(self, name: str, live: PointStore, force: bool = False) -> None:
+        """Snapshot an embedded collection's index after ``SNAPSHOT_WRITES`` writes, or after
+        ``SNAPSHOT_SECONDS`` with any write (``force``: any write), so a restart replays only
+        the newer writes from SQLite."""
+        mem = _memory(live)
+        if mem is None or mem.store is None or not mem.writes:
+            return
+        last = self._snapshot_at.get(name, 0.0)
+        if force or mem.writes >= SNAPSHOT_WRITES or time.time() - last >= SNAPSHOT_SECONDS:
+            try:
+                t = time.perf_counter()
+                path = mem.snapshot()
+                self._snapshot_at[name] = time.time()
+                log.info(json.dumps({"event": "snapshot", "name": name, "count": len(mem),
+                                     "path": str(path),
+                                     "seconds": round(time.perf_counter() - t, 3)}))
+            except Exception:  # noqa: BLE001 - SQLite still holds every write
+                log.exception("snapshot of %s failed", name)
+
     def _tune_loop(self) -> None:
-        """Re-tune a collection whose size changed by > 20 % since its last tuning."""
+        """Re-tune a collection whose size changed by > 20 % since its last tuning; snapshot
+        collections with new writes (:meth:`snapshot`)."""
         while not self._stop.wait(self._tune_interval):
             for name, live in list(self.collections.items()):
+                if self._stop.is_set():
+                    break
+                self.snapshot(name, live)
                 if not getattr(live, "tunable", False):
                     continue  # a backend collection: dims + shortlist plans only
                 n, t = len(live), live.tuning
@@ -866,6 +912,7 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             if svc.backend is None:
                 svc.store.create_collection(name, cfg)
                 live = SqlitePoints(svc.store, name, nesting)
+                _memory(live).attach(svc.store)
             else:  # the engine first: a mismatch with what it holds leaves no registration
                 live = svc.backend.create(name, cfg)
                 svc.store.create_collection(name, cfg)
@@ -1006,7 +1053,7 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
                 raise _field_error(e, field) from None
         elif req.dims is not None:
             try:
-                plan = check_plan(req.dims, req.shortlist, live.nesting, req.k)
+                plan = Plan.check(req.dims, req.shortlist, live.nesting, req.k)
             except NestembError as e:
                 raise _field_error(e, field) from None
         else:

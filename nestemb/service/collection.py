@@ -1,56 +1,59 @@
-"""A served collection in memory: one stored vector per point, searched as a Matryoshka funnel.
+"""A served collection in memory: its points in a :class:`~nestemb.index.FunnelIndex`.
 
-A request's budget is a list of stage dimensions (``dims``, ascending, each in the nesting):
-stage 1 scans the ``dims[0]``-prefix of every live point exactly (cosine of prefix views),
-keeps ``shortlist[0]`` candidates, and each later stage re-scores the survivors on a longer
-prefix; the last stage returns ``k``. A recall target is answered with the cheapest budget whose
-measured recall@10 (against exact search on the full vectors, on queries sampled from the
-collection) reaches it (:meth:`LiveCollection.tune`, re-run in the background as the collection
-grows). Vectors live in growable arrays with the norm of every nesting prefix precomputed, so a
-prefix score is one matrix product and one division.
+The index holds the vectors (stored once, normalized) and the first stage: an exact scan of the
+shortest nesting prefix while the collection is small, an HNSW graph on a prefix of at least 32
+dims from :data:`HNSW_MIN` points on (sublinear: a search at 1M points costs about what one at
+10k does). A request's budget is a :class:`~nestemb.index.plan.Plan` (stage dims and shortlists,
+validated in one place, :meth:`Plan.check`), run by
+:meth:`~nestemb.index.FunnelIndex.search_plan`; a recall target is answered with the cheapest
+plan whose measured recall@10 reaches it, measured by :func:`nestemb.index.tune.tune` against
+the one exact search (:func:`nestemb.exact.exact_search`) and re-run in the background as the
+collection grows. An upsert is a delete and an add (a payload-only change touches no vector);
+payload filters are postings of scalar payload values, searched exactly over the subset.
+
+Restart: :meth:`LiveCollection.snapshot` writes the index and the point ids and payloads
+atomically (:mod:`nestemb.io`) with the store's write sequence; :meth:`LiveCollection.restore`
+reads the snapshot and replays from SQLite only what is newer. SQLite stays the source of
+truth: a missing, damaged or foreign snapshot means a rebuild from it, never an error.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from nestemb.errors import NestembError
-from nestemb.exact import topk
+from nestemb.index.funnel import FunnelIndex
+from nestemb.index.plan import DEFAULT_SHORTLIST, Plan
+from nestemb.index.tune import tune as tune_index
+from nestemb.nesting import prefix_view
 
-DEFAULT_SHORTLIST = 200
-"""Candidates kept per stage when a request gives stage dims but no shortlist (at least 4k)."""
-TUNE_QUERIES = 400
+log = logging.getLogger("nestemb.service")
+
+__all__ = ["DEFAULT_SHORTLIST", "HNSW_MIN", "LiveCollection", "Plan", "Tuning", "value_key"]
+
+HNSW_MIN = 50_000
+"""Points from which a collection's first stage is an HNSW graph (built once, on a prefix of at
+least 32 dims) instead of an exact scan of its shortest prefix."""
+TUNE_QUERIES = 200
 TUNE_K = 10
 TUNE_CHUNK = 25
-"""Tuning searches this many queries at a time, so reads and writes interleave with it."""
-TUNE_Z = 2.0
-"""A recall target is met by a budget whose measured recall@10 minus ``TUNE_Z`` standard errors
-(over the tuning queries) reaches it: the estimate from a few hundred queries is noisy, and a
-budget picked on its mean alone falls short on new queries about half the time it is close."""
-
-
-@dataclass
-class Plan:
-    """A search budget: stage dims and the candidates kept after each stage but the last."""
-
-    dims: tuple[int, ...]
-    shortlist: tuple[int, ...]
-    source: str = "request"
-    expected_recall: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"dims": list(self.dims), "shortlist": list(self.shortlist), "source": self.source,
-                "expected_recall": self.expected_recall}
+"""Exact searches of the tuning truth run this many queries at a time under the lock, so reads
+and writes interleave with tuning."""
+SNAPSHOT_NAME = "points.json"
 
 
 @dataclass
 class Tuning:
-    """Measured recall@10 of candidate budgets (cheapest first) at ``count`` points."""
+    """Measured recall@10 of candidate plans (cheapest first) at ``count`` points."""
 
     count: int
     configs: list[dict] = field(default_factory=list)
@@ -58,10 +61,9 @@ class Tuning:
 
 
 class LiveCollection:
-    """Points of one collection (ids, float32 vectors, payloads) and their search.
+    """Points of one collection (ids, vectors, payloads) and their search.
 
-    Thread safety: every method takes the collection's lock; numpy releases the GIL in the
-    matrix products, so searches of different collections run in parallel.
+    Thread safety: every method takes the collection's lock.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -81,238 +83,396 @@ class LiveCollection:
         self.write_lock = threading.Lock()
         """Held by the service around a write's SQLite commit and in-memory update (and a
         drop), so concurrent writes of one id leave the same winner on disk and in memory."""
-        self._X = np.zeros((0, self.dim), dtype=np.float32)
-        self._norms = np.zeros((0, len(self.nesting)), dtype=np.float32)
-        self._live = np.zeros(0, dtype=bool)
-        self._ids: list[Any] = []
-        self._payloads: list[dict] = []
-        self._row: dict[Any, int] = {}
-        # payload filter index: (field, value key) -> rows holding that scalar value
-        self._postings: dict[tuple, set[int]] = {}
-        self._n = 0  # rows used (live or deleted)
+        self.store: Any = None
+        """The service's :class:`~nestemb.service.store.Store` once :meth:`attach` ed."""
+        self._clear()
+
+    def _clear(self) -> None:
+        """Forget every point (the locks and the store stay)."""
+        self.index: FunnelIndex | None = None
+        self._iid: dict[Any, int] = {}  # point id -> index id
+        self._pids: list[Any] = []  # index id -> point id (None once replaced or deleted)
+        self._payloads: list[dict | None] = []  # index id -> payload (None once gone)
+        self._norms: list[float | None] = []  # index id -> norm of the vector as given
+        self._postings: dict[tuple, set[int]] = {}  # (field, value key) -> index ids
         self.tuning: Tuning | None = None
+        self.writes = 0
+        """Writes applied since the last snapshot."""
 
     # ------------------------------------------------------------------- writes
     def __len__(self) -> int:
-        return len(self._row)
+        return len(self._iid)
 
-    def _grow(self, need: int) -> None:
-        cap = len(self._X)
-        if need <= cap:
-            return
-        cap = max(need, 2 * cap, 1024)
-        for name, width in (("_X", self.dim), ("_norms", len(self.nesting))):
-            old = getattr(self, name)
-            new = np.zeros((cap, width), dtype=np.float32)
-            new[: self._n] = old[: self._n]
-            setattr(self, name, new)
-        live = np.zeros(cap, dtype=bool)
-        live[: self._n] = self._live[: self._n]
-        self._live = live
-
-    def _prefix_norms(self, X: np.ndarray) -> np.ndarray:
-        sq = np.cumsum(X.astype(np.float64) ** 2, axis=1)
-        return np.sqrt(sq[:, [d - 1 for d in self.nesting]]).astype(np.float32)
-
-    def _post(self, row: int, payload: dict, add: bool) -> None:
-        """Add (or remove) ``row`` to the postings of its payload's scalar fields."""
+    def _post(self, iid: int, payload: dict, add: bool) -> None:
+        """Add (or remove) ``iid`` to the postings of its payload's scalar fields."""
         for name, value in payload.items():
             key = value_key(value)
             if key is None:
                 continue
             if add:
-                self._postings.setdefault((name, key), set()).add(row)
+                self._postings.setdefault((name, key), set()).add(iid)
             else:
                 rows = self._postings.get((name, key))
                 if rows is not None:
-                    rows.discard(row)
+                    rows.discard(iid)
                     if not rows:
                         del self._postings[(name, key)]
 
+    def _new_index(self, n: int) -> FunnelIndex:
+        """The index of a collection of ``n`` points: flat first stage on the shortest prefix,
+        or (``n >= HNSW_MIN``) an HNSW graph on the shortest prefix of at least 32 dims."""
+        D, graph = self.dim, n >= HNSW_MIN
+        d0 = next(d for d in self.nesting if d >= min(32, D)) if graph else self.nesting[0]
+        return FunnelIndex(dims=(d0, D) if d0 < D else (D,),
+                           shortlist=(DEFAULT_SHORTLIST,) if d0 < D else (),
+                           first_stage="hnsw" if graph else "flat", nesting=self.nesting)
+
+    def _drop_iids(self, iids: list[int]) -> None:
+        """Remove index ids from the index (a tombstone each) and from the maps."""
+        if not iids:
+            return
+        if self.index is not None:
+            if len(iids) >= len(self.index):
+                self.index = None  # nothing left: the next add starts a new index
+            else:
+                self.index.delete(iids)
+        for iid in iids:
+            self._post(iid, self._payloads[iid], add=False)
+            self._pids[iid] = self._payloads[iid] = self._norms[iid] = None
+
     def upsert(self, ids: Sequence[Any], X: np.ndarray, payloads: Sequence[dict]) -> None:
-        """Insert or replace points (``X`` already checked: finite, ``(len(ids), dim)``)."""
+        """Insert or replace points (``X`` already checked: finite, ``(len(ids), dim)``): a
+        replaced vector is a delete and an add; a point whose vector is unchanged keeps its
+        place and only its payload changes."""
+        X = np.asarray(X, dtype=np.float32)
         with self._lock:
-            norms = self._prefix_norms(X)
-            for i, pid in enumerate(ids):
-                row = self._row.get(pid)
-                if row is None:
-                    self._grow(self._n + 1)
-                    row = self._n
-                    self._n += 1
-                    self._ids.append(pid)
+            last = {pid: i for i, pid in enumerate(ids)}  # the last of repeated ids wins
+            new, gone = [], []
+            for pid, i in last.items():
+                iid = self._iid.get(pid)
+                if iid is not None and self._same_vector(iid, X[i]):
+                    self._post(iid, self._payloads[iid], add=False)
+                    self._payloads[iid] = payloads[i]
+                    self._post(iid, payloads[i], add=True)
+                    continue
+                if iid is not None:
+                    gone.append(iid)
+                new.append((pid, i))
+            self._drop_iids(gone)
+            if new:
+                rows = np.array([i for _, i in new], dtype=np.int64)
+                V = X[rows]
+                if self.index is None:
+                    self.index = self._new_index(len(V))
+                self.index.add(V, ids=np.arange(len(self._pids), len(self._pids) + len(V)))
+                norms = np.linalg.norm(V.astype(np.float64), axis=1)
+                for (pid, i), norm in zip(new, norms.tolist()):
+                    iid = len(self._pids)
+                    self._iid[pid] = iid
+                    self._pids.append(pid)
                     self._payloads.append(payloads[i])
-                    self._row[pid] = row
-                else:
-                    self._post(row, self._payloads[row], add=False)
-                    self._payloads[row] = payloads[i]
-                self._post(row, payloads[i], add=True)
-                self._X[row] = X[i]
-                self._norms[row] = norms[i]
-                self._live[row] = True
-            if self._n > 2 * len(self._row) + 1024:
-                self._compact()
+                    self._norms.append(norm)
+                    self._post(iid, payloads[i], add=True)
+            self._maybe_compact()
+            self.writes += 1
+
+    def _same_vector(self, iid: int, x: np.ndarray) -> bool:
+        """Whether ``x`` has the stored point's norm and normalized view (what the index
+        holds: nothing to re-index)."""
+        row = self.index._id_map()[iid]
+        return (float(np.linalg.norm(x.astype(np.float64))) == self._norms[iid]
+                and bool(np.array_equal(prefix_view(x[None], self.dim)[0],
+                                        self.index.vectors_[row])))
+
+    def _vector(self, iid: int, row: int) -> np.ndarray:
+        """The vector as given, from its stored view and norm (float64 product, float32)."""
+        return (np.asarray(self.index.vectors_[row], dtype=np.float64) * self._norms[iid]
+                ).astype(np.float32)
+
+    def _maybe_compact(self) -> None:
+        index = self.index
+        if index is not None and index.n_deleted_ > len(index) + 1024:
+            index.compact()
 
     def delete(self, ids: Sequence[Any]) -> int:
         """Drop points by id; unknown ids are ignored. Returns how many were dropped."""
         with self._lock:
-            gone = 0
-            for pid in ids:
-                row = self._row.pop(pid, None)
-                if row is not None:
-                    self._live[row] = False
-                    self._post(row, self._payloads[row], add=False)
-                    self._payloads[row] = {}
-                    gone += 1
-            return gone
-
-    def _compact(self) -> None:
-        keep = np.flatnonzero(self._live[: self._n])
-        self._X = np.ascontiguousarray(self._X[keep])
-        self._norms = np.ascontiguousarray(self._norms[keep])
-        self._live = np.ones(len(keep), dtype=bool)
-        self._ids = [self._ids[r] for r in keep]
-        self._payloads = [self._payloads[r] for r in keep]
-        self._row = {pid: r for r, pid in enumerate(self._ids)}
-        self._n = len(keep)
-        self._postings = {}
-        for r, payload in enumerate(self._payloads):
-            self._post(r, payload, add=True)
+            iids = []
+            for pid in dict.fromkeys(ids):
+                iid = self._iid.pop(pid, None)
+                if iid is not None:
+                    iids.append(iid)
+            self._drop_iids(iids)
+            self._maybe_compact()
+            self.writes += 1
+            return len(iids)
 
     def get(self, pid: Any) -> tuple[np.ndarray, dict] | None:
+        """The point's vector and payload: the stored bytes from SQLite once :meth:`attach` ed
+        (exactly as given), else rebuilt from the index's view and the vector's norm."""
         with self._lock:
-            row = self._row.get(pid)
-            return None if row is None else (self._X[row].copy(), self._payloads[row])
+            iid = self._iid.get(pid)
+            if iid is None:
+                return None
+            if self.store is not None:
+                return self.store.point(self.name, pid)
+            return self._vector(iid, self.index._id_map()[iid]), self._payloads[iid]
 
     # ------------------------------------------------------------------- search
-    def _mask(self, flt: dict | None) -> np.ndarray:
-        live = self._live[: self._n].copy()
-        if flt:
-            rows: set[int] | None = None
-            for name, value in flt.items():
-                key = value_key(value)
-                found = self._postings.get((name, key), set()) if key is not None else set()
-                rows = set(found) if rows is None else rows & found
-                if not rows:
-                    break
-            keep = np.zeros(self._n, dtype=bool)
-            keep[np.fromiter(rows or (), dtype=np.int64)] = True
-            live &= keep
-        return live
-
-    def _score(self, Q: np.ndarray, rows: np.ndarray | None, d: int) -> np.ndarray:
-        """Cosine of the ``d``-prefix views: all rows ``(m, n)`` or per-query rows ``(m, c)``."""
-        j = self.nesting.index(d)
-        # the query's prefix is normalized in float64: any finite float32 query works (its
-        # squares would overflow or underflow in float32)
-        q64 = Q[:, :d].astype(np.float64)
-        q = (q64 / np.maximum(np.linalg.norm(q64, axis=1, keepdims=True), 1e-300)
-             ).astype(np.float32)
-        tiny = np.finfo(np.float32).tiny
-        if rows is None:
-            s = q @ self._X[: self._n, :d].T
-            return s / np.maximum(self._norms[: self._n, j], tiny)[None, :]
-        cand = self._X[rows, :d]  # (m, c, d)
-        s = np.einsum("mcd,md->mc", cand, q)
-        return s / np.maximum(self._norms[rows, j], tiny)
+    def _filter_rows(self, flt: dict) -> np.ndarray:
+        iids: set[int] | None = None
+        for name, value in flt.items():
+            key = value_key(value)
+            found = self._postings.get((name, key), set()) if key is not None else set()
+            iids = set(found) if iids is None else iids & found
+            if not iids:
+                break
+        lookup = self.index._id_map()
+        return np.array(sorted(lookup[i] for i in iids or ()), dtype=np.int64)
 
     def search(self, Q: np.ndarray, k: int, plan: Plan, flt: dict | None = None
                ) -> tuple[list[list[dict]], list[dict]]:
         """Top-``k`` hits per query row of ``Q`` under ``plan``; also per-stage timings (ms)."""
         with self._lock:
-            timing = []
             t = time.perf_counter()
-            mask = self._mask(flt)
-            n_live = int(mask.sum())
-            if n_live == 0:
+            if self.index is None:
                 return [[] for _ in Q], [{"stage": "filter", "ms": _ms(t)}]
-            # a stage keeps at most the candidates it is cut from (the live, filtered points)
-            keeps = [min(s, n_live) for s in plan.shortlist] + [min(k, n_live)]
-            s = self._score(Q, None, plan.dims[0])
-            s[:, ~mask] = -np.inf
-            scores, rows = topk(s, keeps[0])
-            timing.append({"stage": 1, "dims": plan.dims[0], "candidates": n_live,
-                           "kept": keeps[0], "ms": _ms(t)})
-            for i, (d, keep) in enumerate(zip(plan.dims[1:], keeps[1:]), start=2):
-                t = time.perf_counter()
-                s = self._score(Q, rows, d)
-                s = np.where(np.isfinite(scores), s, -np.inf)  # rows beyond the live count
-                scores, pos = topk(s, keep)
-                rows = np.take_along_axis(rows, pos, axis=1)
-                timing.append({"stage": i, "dims": d, "candidates": int(s.shape[1]),
-                               "kept": keep, "ms": _ms(t)})
-            hits = [[{"id": self._ids[r], "score": float(sc), "payload": self._payloads[r]}
-                     for sc, r in zip(srow, rrow) if np.isfinite(sc)]
-                    for srow, rrow in zip(scores, rows)]
-            return hits, timing
+            rows = self._filter_rows(flt) if flt else None
+            if rows is not None and len(rows) == 0:
+                return [[] for _ in Q], [{"stage": "filter", "ms": _ms(t)}]
+            scores, found, stages = self.index.search_plan(Q, k, plan.dims, plan.shortlist,
+                                                           rows=rows)
+            ids = self.index.ids_
+            return [[{"id": self._pids[i], "score": float(sc), "payload": self._payloads[i]}
+                     for sc, i in zip(srow, ids[np.maximum(rrow, 0)].tolist())
+                     if np.isfinite(sc)]
+                    for srow, rrow in zip(scores, found)], stages
 
     # ------------------------------------------------------------------- tuning
+    def _grid(self) -> list[list[dict]]:
+        """Plans tuning measures, in groups of growing shortlists: two stages from every
+        shorter prefix (only the graph's prefix on an HNSW first stage)."""
+        n, D = len(self), self.dim
+        index = self.index
+        prefixes = ([index.dims[0]] if index.first_stage == "hnsw" and index.dims[0] < D
+                    else [d for d in self.nesting[:-1]])
+        lists = [s for s in (40, 80, 160, 320, 640, 1280, 2560) if s < n]  # >= 4k
+        return [[{"dims": (d0, D), "shortlist": (s,)} for s in lists] for d0 in prefixes]
+
+    def _cost(self, dims: Sequence[int], shortlist: Sequence[int]) -> float:
+        """Multiply-adds of a plan: the first stage (every point on a flat stage; about
+        ``8 ef log2 n`` points on a graph) times its dims, plus each re-ranked candidate."""
+        n, index = max(len(self), 2), self.index
+        first = (8 * max(index.ef_search, shortlist[0]) * math.log2(n)
+                 if index.first_stage == "hnsw" and dims[0] == index.dims[0] and shortlist
+                 else n)
+        return float(first * dims[0] + sum(s * d for s, d in zip(shortlist, dims[1:])))
+
     def tune(self, seed: int = 0) -> Tuning:
-        """Measure recall@10 of two-stage budgets (every shorter nesting prefix x shortlists
-        40 ... 2,560) against exact full-vector search, on up to ``TUNE_QUERIES`` stored points
-        used as queries (each query's own point excluded): the mean (``recall10``) and a lower
-        bound (``recall10_low``, mean - ``TUNE_Z`` standard errors). Budgets are sorted by
-        estimated cost (``n * dims[0] + shortlist * dim`` multiply-adds). The searches run
-        ``TUNE_CHUNK`` queries at a time, each under the lock, so the collection stays
-        available while it is tuned."""
+        """Measure recall@10 of two-stage plans (:meth:`_grid`) with
+        :func:`nestemb.index.tune.tune` against the exact full-vector search, on up to
+        ``TUNE_QUERIES`` stored points used as queries (each query's own point excluded): the
+        mean (``recall10``) and a lower bound (``recall10_low``, mean - 2 standard errors).
+        Plans are sorted by estimated cost (``cost``, multiply-adds); exact search closes the
+        table. Searches run under the lock a few at a time, so the collection stays available
+        while it is tuned. A first stage that the collection outgrew (flat past
+        :data:`HNSW_MIN` points) is rebuilt as a graph first."""
         t0 = time.perf_counter()
         with self._lock:
-            live = np.flatnonzero(self._live[: self._n])
-            n = len(live)
-            rng = np.random.default_rng(seed)
-            qrows = rng.choice(live, size=min(TUNE_QUERIES, n), replace=False)
-            Q = self._X[qrows].copy()
-            ids = [self._ids[r] for r in qrows]
-        k = TUNE_K
-        configs = []
-        if n > k + 1:
-            truth = [set(t) for t in self._others(Q, ids, k, Plan((self.dim,), ()))]
-            for d0 in self.nesting[:-1]:
-                for sl in (40, 80, 160, 320, 640, 1280, 2560):
-                    if sl >= n:
-                        break
-                    plan = Plan((d0, self.dim), (sl,))
-                    got = self._others(Q, ids, k, plan)
-                    per_q = np.array([len(tr.intersection(g)) / max(len(tr), 1)
-                                      for g, tr in zip(got, truth)])
-                    mean = float(per_q.mean())
-                    se = float(per_q.std(ddof=1) / np.sqrt(len(per_q))) if len(per_q) > 1 else 1.0
-                    configs.append({"dims": [d0, self.dim], "shortlist": [sl],
-                                    "recall10": round(mean, 4),
-                                    "recall10_low": round(max(0.0, mean - TUNE_Z * se), 4),
-                                    "cost": n * d0 + sl * self.dim})
+            if self.index is not None and len(self) >= HNSW_MIN \
+                    and self.index.first_stage == "flat":
+                self._regraph()
+            n = len(self)
+            configs, grid = [], []
+            if self.index is not None and n > TUNE_K + 1:
+                live = np.flatnonzero(~self.index.deleted_)
+                rng = np.random.default_rng(seed)
+                qrows = np.sort(rng.choice(live, size=min(TUNE_QUERIES, n), replace=False))
+                Q = np.asarray(self.index.vectors_[qrows], dtype=np.float32)
+                view = _TuneView(self, Q, self.index.ids_[qrows])
+                grid = self._grid()
+        if grid:
+            res = tune_index(view, Q, k=TUNE_K, recall=1.0, groups=grid, exhaustive=True,
+                             max_queries=TUNE_QUERIES)
+            for c in res["candidates"]:
+                dims, sl = c["params"]["dims"], c["params"]["shortlist"]
+                configs.append({"dims": list(dims), "shortlist": list(sl),
+                                "recall10": round(c["recall"], 4),
+                                "recall10_low": round(c["recall_low"], 4),
+                                "latency_ms": round(c["latency_ms"], 4),
+                                "cost": self._cost(dims, sl)})
         configs.append({"dims": [self.dim], "shortlist": [], "recall10": 1.0,
-                        "recall10_low": 1.0, "cost": n * self.dim})
+                        "recall10_low": 1.0, "latency_ms": None, "cost": float(n * self.dim)})
         configs.sort(key=lambda c: (c["cost"], -c["recall10"]))
         self.tuning = Tuning(count=n, configs=configs, seconds=round(time.perf_counter() - t0, 3))
         return self.tuning
 
-    def _others(self, Q: np.ndarray, ids: list, k: int, plan: Plan) -> list[list]:
-        """Per query (a stored point), the ids of its top ``k`` other points under ``plan``,
-        searched ``TUNE_CHUNK`` queries at a time."""
-        out: list[list] = []
-        for a in range(0, len(Q), TUNE_CHUNK):
-            hits, _ = self.search(Q[a: a + TUNE_CHUNK], k + 1, plan)
-            out.extend([h["id"] for h in hs if h["id"] != me][:k]
-                       for hs, me in zip(hits, ids[a: a + TUNE_CHUNK]))
-        return out
+    def _regraph(self) -> None:
+        """Rebuild the index with an HNSW first stage (the collection outgrew a flat one)."""
+        new = self._new_index(len(self))
+        log.info("collection %s: %d points: building an HNSW first stage", self.name, len(self))
+        self.index.set_params(dims=new.dims, shortlist=new.shortlist, first_stage="hnsw")
 
     def plan_for_recall(self, recall: float) -> Plan:
-        """The cheapest tuned budget whose measured recall@10 reaches ``recall`` with margin
+        """The cheapest tuned plan whose measured recall@10 reaches ``recall`` with margin
         (its ``recall10_low``; ``expected_recall`` is the measured mean); exact search on the
         full vectors for a target of 1, when the collection is not tuned yet, or when nothing
         cheaper qualifies."""
         tuning = self.tuning
         if tuning is not None and recall < 1:
             for c in tuning.configs:
-                if c.get("recall10_low", c["recall10"]) >= recall:
+                if c["recall10_low"] >= recall:
                     return Plan(tuple(c["dims"]), tuple(c["shortlist"]), "tuned", c["recall10"])
         return Plan((self.dim,), (), "exact", 1.0)
 
     def default_plan(self) -> Plan:
-        """The collection default: the tuned budget for recall@10 0.99."""
+        """The collection default: the tuned plan for recall@10 0.99."""
         plan = self.plan_for_recall(0.99)
         plan.source = "default:" + plan.source
         return plan
+
+    # ------------------------------------------------------------------- snapshots
+    def attach(self, store: Any) -> "LiveCollection":
+        """Read points (:meth:`get`) and write snapshots through the service's store."""
+        self.store = store
+        return self
+
+    def snapshot(self) -> Path | None:
+        """Write the index, point ids and payloads under the store's snapshot folder, with
+        the store's write sequence they include; atomically (the index folder first, then the
+        JSON that names it), so a crash leaves the previous snapshot. None when empty."""
+        from nestemb.io import write_json
+
+        store = self.store
+        with self.write_lock, self._lock:  # no write of this collection between commit and memory
+            seq, epoch = store.sequence(), store.epoch(self.name)
+            if self.index is None:
+                return None
+            index = self.index.copy()  # written outside the locks
+            meta = {"seq": seq, "epoch": epoch, "index": f"index-{seq}",
+                    "pids": list(self._pids),
+                    "payloads": list(self._payloads), "norms": list(self._norms),
+                    "count": len(self),
+                    "tuning": None if self.tuning is None else vars(self.tuning)}
+            self.writes = 0
+        folder = store.snapshot_dir(self.name)
+        path = folder / meta["index"]
+        if not path.exists():
+            index.save(path)
+        write_json(folder / SNAPSHOT_NAME, meta)
+        store.prune(self.name, seq)
+        for old in folder.glob("index-*"):
+            if old.name != path.name:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def restore(self) -> str:
+        """Fill an empty collection from its snapshot plus the newer writes in SQLite
+        (``"snapshot"``), or from SQLite alone when there is no usable snapshot
+        (``"rebuild"``, logged with the reason)."""
+        store = self.store
+        try:
+            self._read_snapshot()
+        except Exception as e:  # noqa: BLE001 - any damage: rebuild from the source of truth
+            self._clear()
+            if not isinstance(e, FileNotFoundError):
+                log.warning("collection %s: snapshot not used (%s): rebuilding from SQLite",
+                            self.name, e)
+            ids, X, pays = store.load(self.name, self.dim)
+            if ids:
+                self.upsert(ids, X, pays)
+            self.writes = len(ids)
+            return "rebuild"
+        return "snapshot"
+
+    def _read_snapshot(self) -> None:
+        from nestemb.index import load_index
+        from nestemb.io import read_json
+
+        store = self.store
+        folder = store.snapshot_dir(self.name, create=False)
+        if not (folder / SNAPSHOT_NAME).is_file():
+            raise FileNotFoundError(folder / SNAPSHOT_NAME)
+        meta = read_json(folder / SNAPSHOT_NAME, "collection snapshot")
+        if meta["epoch"] != store.epoch(self.name):
+            raise NestembError("it belongs to an earlier collection of that name")
+        index = load_index(folder / meta["index"], mmap=False)
+        pids, pays, norms = meta["pids"], meta["payloads"], meta["norms"]
+        if not (isinstance(index, FunnelIndex) and index.dim == self.dim
+                and tuple(index.manifest.nesting) == self.nesting
+                and len(pids) == len(pays) == len(norms) >= len(index.ids_)):
+            raise NestembError("it does not match the collection")
+        self.index, self._pids, self._payloads, self._norms = index, pids, pays, norms
+        for iid, (pid, pay) in enumerate(zip(pids, pays)):
+            if pay is not None:
+                self._iid[pid] = iid
+                self._post(iid, pay, add=True)
+        held = np.sort(np.fromiter(self._iid.values(), dtype=np.int64, count=len(self._iid)))
+        if len(held) != meta["count"] or not np.array_equal(
+                held, np.sort(index.ids_[~index.deleted_])):
+            raise NestembError("its points do not match its index")
+        if meta.get("tuning") is not None:  # re-tuned in the background as the size changes
+            self.tuning = Tuning(**meta["tuning"])
+        up_ids, X, up_pays, gone = store.changes(self.name, meta["seq"], self.dim)
+        if gone:
+            self.delete(gone)
+        if up_ids:
+            self.upsert(up_ids, X, up_pays)
+        self.writes = len(gone) + len(up_ids)
+
+
+class _TuneView:
+    """The collection's index as :func:`nestemb.index.tune.tune` sees it: a plan
+    (``dims``, ``shortlist``) set by ``set_params`` is run by
+    :meth:`~nestemb.index.FunnelIndex.search_plan` under the collection's lock, the index's own
+    parameters untouched; each query (a stored point) has its own point excluded."""
+
+    def __init__(self, live: LiveCollection, Q: np.ndarray, own: np.ndarray):
+        self.live, self.index = live, live.index
+        self.params: dict = {"dims": tuple(live.index.dims),
+                             "shortlist": tuple(live.index.shortlist)}
+        self._own = {q.tobytes(): int(i) for q, i in zip(Q, own)}
+        self.manifest, self.dim = self.index.manifest, self.index.dim
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def get_params(self) -> dict:
+        return dict(self.params)
+
+    def set_params(self, **params) -> "_TuneView":
+        self.params.update(params)
+        return self
+
+    def set_tuning(self, result: dict) -> "_TuneView":
+        return self
+
+    def _drop_own(self, Q: np.ndarray, k: int, search) -> tuple[np.ndarray, np.ndarray]:
+        out_s, out_i = [], []
+        for a in range(0, len(Q), TUNE_CHUNK):
+            with self.live._lock:
+                if self.live.index is not self.index:
+                    raise NestembError("the collection changed while it was tuned")
+                s, rows = search(Q[a:a + TUNE_CHUNK], k + 1)
+                ids = self.index.ids_[np.maximum(rows, 0)]
+            for q, srow, irow in zip(Q[a:a + TUNE_CHUNK], s, ids):
+                keep = irow != self._own.get(q.tobytes(), -1)
+                pad = max(0, k - int(keep.sum()))  # a shortlist of k that held the query
+                out_s.append(np.concatenate([srow[keep][:k], np.full(pad, -np.inf, srow.dtype)]))
+                out_i.append(np.concatenate([irow[keep][:k], np.full(pad, -1, irow.dtype)]))
+        return np.stack(out_s), np.stack(out_i)
+
+    def search(self, Q: np.ndarray, k: int):
+        Q = np.asarray(Q, dtype=np.float32).reshape(-1, self.dim)
+        return self._drop_own(Q, k, lambda q, kk: self.index.search_plan(
+            q, kk, self.params["dims"], self.params["shortlist"])[:2])
+
+    def search_exact(self, Q: np.ndarray, k: int):
+        from nestemb.exact import exact_search
+
+        exclude = lambda: self.index.deleted_ if self.index.n_deleted_ else None  # noqa: E731
+        return self._drop_own(np.asarray(Q, dtype=np.float32), k, lambda q, kk: exact_search(
+            self.index.vectors_, q, kk, exclude=exclude()))
 
 
 def value_key(value: Any) -> tuple | None:
@@ -337,48 +497,3 @@ def value_key(value: Any) -> tuple | None:
 
 def _ms(t: float) -> float:
     return round((time.perf_counter() - t) * 1000, 3)
-
-
-def check_plan(dims: Sequence[int], shortlist: Sequence[int] | None, nesting: Sequence[int],
-               k: int) -> Plan:
-    """A request's stage dims (and optional shortlist) as a :class:`Plan`, or a
-    :class:`NestembError` naming the problem; its ``param`` is the request field at fault
-    (``dims`` or ``shortlist``), which the service renders as the JSON field's path.
-
-    Example:
-        >>> check_plan([16, 64], None, (8, 16, 32, 64), 10).shortlist
-        (200,)
-        >>> check_plan([12], None, (8, 16), 10)
-        Traceback (most recent call last):
-        ...
-        nestemb.errors.NestembError: dims: 12 is not in the collection's nesting [8, 16]
-        >>> try:
-        ...     check_plan([8, 16], [5], (8, 16), 10)
-        ... except NestembError as e:
-        ...     print(e.param, "|", e.render("searches.0.shortlist"))
-        shortlist | searches.0.shortlist: every size must be >= k=10, got [5]
-    """
-    dims = tuple(int(d) for d in dims)
-    if not dims:
-        raise NestembError("{param}: give at least one stage dimension", param="dims")
-    for d in dims:
-        if d not in nesting:
-            raise NestembError(f"{{param}}: {d} is not in the collection's nesting {list(nesting)}",
-                              param="dims")
-    if any(a >= b for a, b in zip(dims, dims[1:])):
-        raise NestembError(f"{{param}}: stage dims must be strictly ascending, got {list(dims)}",
-                          param="dims")
-    if shortlist is None:
-        shortlist = [max(DEFAULT_SHORTLIST, 4 * k)] * (len(dims) - 1)
-    shortlist = tuple(int(s) for s in shortlist)
-    if len(shortlist) != len(dims) - 1:
-        raise NestembError(f"{{param}}: give one size per stage but the last "
-                           f"({len(dims) - 1} for dims {list(dims)}), got {len(shortlist)}",
-                           param="shortlist")
-    if any(s < k for s in shortlist):
-        raise NestembError(f"{{param}}: every size must be >= k={k}, got {list(shortlist)}",
-                           param="shortlist")
-    if any(a < b for a, b in zip(shortlist, shortlist[1:])):
-        raise NestembError(f"{{param}}: sizes must be non-increasing, got {list(shortlist)}",
-                           param="shortlist")
-    return Plan(dims, shortlist)

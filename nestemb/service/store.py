@@ -57,7 +57,23 @@ CREATE TABLE IF NOT EXISTS points (
     payload TEXT NOT NULL,
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS removed (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (collection, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sequence (
+    one INTEGER PRIMARY KEY CHECK (one = 0),
+    seq INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO sequence (one, seq) VALUES (0, 0);
 """
+_COLUMNS = (("points", "seq"), ("collections", "epoch"))
+"""Columns added after the first schema (``ALTER TABLE`` on an older database): the write
+sequence number of a point's last write, the sequence number a collection was created at."""
+SNAPSHOTS = "snapshots"
+"""Folder (in the data folder) of the collections' index snapshots."""
 
 
 class MissingCollection(NestembError):
@@ -143,6 +159,13 @@ class Store:
                                    param="data_dir")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
+            for table, column in _COLUMNS:
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL "
+                                     "DEFAULT 0")
+            self._db.execute("CREATE INDEX IF NOT EXISTS points_seq ON points (collection, seq)")
+            self._seq = int(self._db.execute("SELECT seq FROM sequence").fetchone()[0])
         except sqlite3.Error as e:
             self._db.close()
             raise self._corrupt(e) from None
@@ -198,23 +221,56 @@ class Store:
 
     def _write(self, statements: list[tuple[str, Any]],
                require: str | None = None) -> None:
-        """Run ``(sql, rows)`` pairs (``executemany``) in one transaction; with ``require``,
-        first check (inside the transaction) that this collection exists."""
+        """Run ``(sql, rows)`` pairs (``executemany``) in one transaction that also advances
+        the write sequence (rows may use it through a callable: ``rows(seq)``); with
+        ``require``, first check (inside the transaction) that this collection exists."""
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
+            seq = self._seq + 1
             try:
                 if require is not None and cur.execute(
                         "SELECT 1 FROM collections WHERE name = ?", (require,)).fetchone() is None:
                     raise MissingCollection(f"collection {require!r} does not exist")
                 for sql, rows in statements:
-                    cur.executemany(sql, rows)
+                    cur.executemany(sql, rows(seq) if callable(rows) else rows)
+                cur.execute("UPDATE sequence SET seq = ?", (seq,))
                 cur.execute("COMMIT")
+                self._seq = seq
                 self._commits += 1
             except BaseException:
                 if self._db.in_transaction:  # a failed COMMIT may have ended it already
                     self._db.execute("ROLLBACK")
                 raise
+
+    def sequence(self) -> int:
+        """The sequence number of the last committed write (every write advances it)."""
+        return self._seq
+
+    def epoch(self, collection: str) -> int:
+        """The sequence number ``collection`` was created at (tells a re-created collection
+        from the one dropped before it)."""
+        row = self._read("SELECT epoch FROM collections WHERE name = ?", (collection,))
+        return int(row[0][0]) if row else -1
+
+    def _read(self, sql: str, args: tuple) -> list:
+        try:
+            with self._lock:
+                return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise self._corrupt(e) from None
+
+    def snapshot_dir(self, collection: str, create: bool = True) -> Path:
+        """The folder of ``collection``'s index snapshots (made when ``create``)."""
+        path = self.data_dir / SNAPSHOTS / collection
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _drop_snapshots(self, collection: str) -> None:
+        import shutil
+
+        shutil.rmtree(self.data_dir / SNAPSHOTS / collection, ignore_errors=True)
 
     # ----------------------------------------------------------------- collections
     def collections(self) -> dict[str, dict]:
@@ -259,9 +315,11 @@ class Store:
     def create_collection(self, name: str, config: dict) -> None:
         """Add a collection; points stored under its name by an older version without the
         collection (a drop that raced an upsert) are removed in the same transaction."""
+        self._drop_snapshots(name)
         self._write([("DELETE FROM points WHERE collection = ?", [(name,)]),
-                     ("INSERT INTO collections (name, config) VALUES (?, ?)",
-                      [(name, json.dumps(config))])])
+                     ("DELETE FROM removed WHERE collection = ?", [(name,)]),
+                     ("INSERT INTO collections (name, config, epoch) VALUES (?, ?, ?)",
+                      lambda seq: [(name, json.dumps(config), seq)])])
 
     def update_config(self, name: str, config: dict) -> None:
         self._write([("UPDATE collections SET config = ? WHERE name = ?",
@@ -269,26 +327,67 @@ class Store:
 
     def drop_collection(self, name: str) -> None:
         self._write([("DELETE FROM points WHERE collection = ?", [(name,)]),
+                     ("DELETE FROM removed WHERE collection = ?", [(name,)]),
                      ("DELETE FROM collections WHERE name = ?", [(name,)])])
+        self._drop_snapshots(name)
 
     # ----------------------------------------------------------------------- points
     def upsert(self, collection: str, points: list[tuple[int | str, np.ndarray, dict]]) -> None:
         """Insert or replace ``(id, float32 vector, payload)`` rows, all or none; raises
         :class:`MissingCollection` if ``collection`` is not (or no longer) stored."""
         self._write([(
-            "INSERT OR REPLACE INTO points (collection, id, vector, payload) VALUES (?, ?, ?, ?)",
-            [(collection, id_key(i), np.asarray(v, dtype="<f4").tobytes(), json.dumps(p))
-             for i, v, p in points],
-        )], require=collection)
+            "INSERT OR REPLACE INTO points (collection, id, vector, payload, seq) "
+            "VALUES (?, ?, ?, ?, ?)",
+            lambda seq: [(collection, id_key(i), np.asarray(v, dtype="<f4").tobytes(),
+                          json.dumps(p), seq) for i, v, p in points],
+        ), ("DELETE FROM removed WHERE collection = ? AND id = ?",
+            [(collection, id_key(i)) for i, _, _ in points])], require=collection)
 
     def delete(self, collection: str, ids: list[int | str]) -> None:
+        """Delete points; each leaves a ``removed`` row (its id and sequence number) for a
+        snapshot's replay (:meth:`changes`), pruned by :meth:`prune`."""
         self._write([("DELETE FROM points WHERE collection = ? AND id = ?",
-                      [(collection, id_key(i)) for i in ids])])
+                      [(collection, id_key(i)) for i in ids]),
+                     ("INSERT OR REPLACE INTO removed (collection, id, seq) VALUES (?, ?, ?)",
+                      lambda seq: [(collection, id_key(i), seq) for i in ids])])
 
-    def load(self, collection: str, dim: int | None = None
+    def prune(self, collection: str, seq: int) -> None:
+        """Forget deletions up to sequence number ``seq`` (a snapshot holds them)."""
+        with self._lock:
+            self._db.execute("DELETE FROM removed WHERE collection = ? AND seq <= ?",
+                             (collection, seq))
+
+    def point(self, collection: str, point_id: int | str) -> tuple[np.ndarray, dict] | None:
+        """One stored point's vector (exactly as written) and payload, or None."""
+        rows = self._read("SELECT vector, payload FROM points WHERE collection = ? AND id = ?",
+                          (collection, id_key(point_id)))
+        if not rows:
+            return None
+        return np.frombuffer(rows[0][0], dtype="<f4").astype(np.float32), json.loads(rows[0][1])
+
+    def changes(self, collection: str, since: int, dim: int | None = None
+                ) -> tuple[list[int | str], np.ndarray, list[dict], list[int | str]]:
+        """What was written to ``collection`` after sequence number ``since``: the upserted
+        points (as :meth:`load` returns them) and the ids deleted since.
+
+        Example:
+            >>> import tempfile
+            >>> s = Store(tempfile.mkdtemp()); s.create_collection("c", {"nesting": [2]})
+            >>> s.upsert("c", [(1, np.ones(2), {})]); mark = s.sequence()
+            >>> s.upsert("c", [(2, np.ones(2), {})]); s.delete("c", [1])
+            >>> ids, X, payloads, gone = s.changes("c", mark)
+            >>> ids, gone
+            ([2], [1])
+        """
+        ids, X, payloads = self.load(collection, dim, since=since)
+        gone = self._read("SELECT id FROM removed WHERE collection = ? AND seq > ?",
+                          (collection, since))
+        return ids, X, payloads, [json.loads(r[0]) for r in gone]
+
+    def load(self, collection: str, dim: int | None = None, since: int = -1
              ) -> tuple[list[int | str], np.ndarray, list[dict]]:
         """Every stored point of ``collection`` as ``(ids, (n, dim) float32 matrix,
-        payloads)``, parsed in bulk (one JSON parse for all ids, one buffer for all vectors):
+        payloads)`` (only those written after sequence number ``since``), parsed in bulk (one JSON parse for all ids, one buffer for all vectors):
         this is most of a restart's time.
 
         Example:
@@ -302,9 +401,10 @@ class Store:
         """
         try:
             with self._lock:
-                rows = self._db.execute(
-                    "SELECT id, vector, payload FROM points WHERE collection = ?", (collection,)
-                ).fetchall()
+                rows = self._db.execute(  # a full load scans the table, not the seq index
+                    "SELECT id, vector, payload FROM points WHERE collection = ?"
+                    + (" AND seq > ?" if since >= 0 else ""),
+                    (collection, since) if since >= 0 else (collection,)).fetchall()
         except sqlite3.Error as e:
             raise self._corrupt(e) from None
         if not rows:

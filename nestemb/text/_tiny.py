@@ -27,8 +27,9 @@ def make_tiny_model(path: str | os.PathLike, hidden: int = 32, layers: int = 2, 
     try:  # sentence-transformers >= 6 moved the modules
         from sentence_transformers.sentence_transformer import modules as st_models
     except ImportError:  # pragma: no cover - older releases
-        from sentence_transformers import models as st_models
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+        from sentence_transformers import models as st_models  # type: ignore[no-redef]  # pre-6 path
+    # transformers >= 5 aliases BertTokenizerFast lazily; its __init__ no longer declares it
+    from transformers import BertConfig, BertModel, BertTokenizerFast  # type: ignore[attr-defined]
 
     path = Path(path)
     raw = path.parent / f".{path.name}-hf"

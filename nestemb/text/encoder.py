@@ -178,7 +178,8 @@ def model_shape(path_or_name: str | os.PathLike) -> tuple[int | None, int | None
             cfg = _json_file(path / m["path"] / "config.json")
             if kind == "Pooling" and isinstance(cfg, dict):
                 modes = sum(bool(v) for k, v in cfg.items() if k.startswith("pooling_mode_"))
-                width = (cfg.get("word_embedding_dimension") or width) * max(modes, 1)
+                per_mode = cfg.get("word_embedding_dimension") or width
+                width = per_mode * max(modes, 1) if isinstance(per_mode, int) else None
             elif kind == "Dense" and isinstance(cfg, dict):
                 width = cfg.get("out_features")
             elif kind != "Normalize":  # a module nestemb cannot read the shape of
@@ -392,7 +393,11 @@ def load_text_model(path_or_name: str | os.PathLike, device: str | None = "cpu")
         if bars:
             hf_logging.enable_progress_bar()
     get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    dim = int(get_dim())
+    got_dim = get_dim()
+    if got_dim is None:
+        raise NestembError(f"cannot load the text model in {path}: it does not say its "
+                           "embedding width")
+    dim = int(got_dim)
     if manifest is None:
         name = {MINILM: MINILM_ID, MPNET: "all-mpnet-base-v2"}.get(str(path_or_name).lower(),
                                                                     path.name)

@@ -84,9 +84,8 @@ def run_eval_retrieval(
         per = [evaluate_retrieval(q[la], d[la], qids, dids, data.qrels, dims_t) for la in layer_t]
         res = {"dims": list(dims_t), "layers": list(layer_t),
                "ndcg10": [r["ndcg10"] for r in per], "recall100": [r["recall100"] for r in per]}
-    res.update(model=enc.manifest.model_id, model_version=enc.manifest.model_version,
-               split=split, n_queries=len(qids), n_docs=len(dids))
-    return res
+    return {**res, "model": enc.manifest.model_id, "model_version": enc.manifest.model_version,
+            "split": split, "n_queries": len(qids), "n_docs": len(dids)}
 
 
 def run_eval_sts(
@@ -136,6 +135,5 @@ def run_eval_sts(
     else:
         per = [evaluate_sts(e[la][i1], e[la][i2], scores, dims_t)["spearman"] for la in layer_t]
         res = {"dims": list(dims_t), "layers": list(layer_t), "spearman": per}
-    res.update(model=enc.manifest.model_id, model_version=enc.manifest.model_version,
-               n_pairs=len(rows))
-    return res
+    return {**res, "model": enc.manifest.model_id, "model_version": enc.manifest.model_version,
+            "n_pairs": len(rows)}

@@ -5,13 +5,15 @@ An *exit* is a ``(layer, dim, weight)`` triple: the embedding pooled from ``laye
 prefix; the layer x dimension mode (Starbucks) uses a fixed list of pairs from small to full, all
 trained every step.
 
-- :func:`contrastive_loss`: InfoNCE with in-batch negatives (+ optional hard negatives).
+- :func:`~nestemb.losses.info_nce` (the one InfoNCE, with in-batch and optional hard
+  negatives) through :class:`~nestemb.losses.PrefixLoss` (the one per-prefix wrapper).
 - :func:`cosent_loss`: CoSENT for graded pairs.
 - :func:`similarity_distill_loss`: keep a frozen teacher's cosine-similarity matrix (e.g. the
   base model at full dimension) on unlabeled text, per prefix.
 - :func:`kl_distill_loss`: self-distillation of an exit's similarity distribution toward a
   (detached) teacher exit.
-- :class:`MatryoshkaTextLoss`: the weighted sum over exits.
+- :class:`MatryoshkaTextLoss`: the weighted sum over exits (a :class:`~nestemb.losses.PrefixLoss`
+  with one layer per exit).
 """
 
 from __future__ import annotations
@@ -20,24 +22,8 @@ import dataclasses
 from typing import Mapping, Sequence
 
 from nestemb.errors import NestembError
+from nestemb.losses import PrefixLoss, info_nce
 from nestemb.nesting import prefix_view
-
-
-def contrastive_loss(anchor, positive, negative=None, temperature: float = 0.05):
-    """InfoNCE over L2-normalized rows: anchor ``i`` must pick ``positive[i]`` among all
-    positives of the batch plus all hard negatives (``negative``: ``(B, d)`` or ``(B*k, d)``).
-
-    Example:
-        >>> import torch
-        >>> a = torch.eye(2); round(float(contrastive_loss(a, a, temperature=1.0)), 4)
-        0.3133
-    """
-    import torch
-
-    cands = positive if negative is None else torch.cat([positive, negative], 0)
-    logits = anchor @ cands.T / temperature
-    target = torch.arange(len(anchor), device=anchor.device)
-    return torch.nn.functional.cross_entropy(logits, target)
 
 
 def cosent_loss(emb1, emb2, scores, scale: float = 20.0):
@@ -180,28 +166,24 @@ class MatryoshkaTextLoss:
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted({e.layer for e in self.exits}))
 
-    def _total(self, per_exit: Mapping[Exit, object]):
-        return sum(e.weight * v for e, v in per_exit.items()) / sum(e.weight for e in self.exits)
+    def _prefix(self, inner) -> PrefixLoss:
+        """``inner`` at every exit: its layer's embeddings, viewed at its dim, weighted."""
+        return PrefixLoss(inner, [e.dim for e in self.exits], [e.weight for e in self.exits],
+                          layers=[e.layer for e in self.exits])
 
     def contrastive(self, anchor: Mapping, positive: Mapping, negative: Mapping | None = None):
         """Per-exit InfoNCE (+ self-distillation toward the final exit when enabled)."""
         import torch
 
-        per, logits = {}, {}
         # positives and hard negatives are candidates alike: join them once per layer, then
         # take every prefix view of the joined matrix (fewer kernels per prefix)
-        cands_full = {
+        cands = {
             la: positive[la] if negative is None else torch.cat([positive[la], negative[la]], 0)
-            for la in {e.layer for e in self.exits}
+            for la in self.layers
         }
-        for e in self.exits:
-            a = prefix_view(anchor[e.layer], e.dim)
-            cands = prefix_view(cands_full[e.layer], e.dim)
-            per[e] = contrastive_loss(a, cands, None, self.temperature)
-            if self.self_distill_weight > 0:
-                logits[e] = a @ cands.T
-        total = self._total(per)
+        total = self._prefix(info_nce)(anchor, cands, temperature=self.temperature)
         if self.self_distill_weight > 0:
+            logits = dict(zip(self.exits, self._prefix(lambda a, c: a @ c.T).terms(anchor, cands)))
             teacher = logits[self.final]
             others = [kl_distill_loss(v, teacher, self.kl_temperature)
                       for e, v in logits.items() if e != self.final]
@@ -211,17 +193,10 @@ class MatryoshkaTextLoss:
 
     def cosent(self, emb1: Mapping, emb2: Mapping, scores):
         """Per-exit CoSENT on graded pairs."""
-        return self._total({
-            e: cosent_loss(prefix_view(emb1[e.layer], e.dim), prefix_view(emb2[e.layer], e.dim),
-                           scores, self.cosent_scale)
-            for e in self.exits
-        })
+        return self._prefix(cosent_loss)(emb1, emb2, scores=scores, scale=self.cosent_scale)
 
     def distill(self, student: Mapping, teacher_full):
         """Per-exit similarity-matrix distillation toward a frozen teacher's full embeddings."""
         t = prefix_view(teacher_full, teacher_full.shape[-1])
         tsim = (t @ t.T).detach()
-        return self._total({
-            e: similarity_distill_loss(prefix_view(student[e.layer], e.dim), tsim)
-            for e in self.exits
-        })
+        return self._prefix(similarity_distill_loss)(student, teacher_sim=tsim)

@@ -6,9 +6,10 @@
 (:class:`TextRecipe`; ``"auto"`` picks by device):
 
 - ``"projection"`` (the CPU recipe): the encoder stays frozen. Every training text is encoded
-  once by the base (:class:`BaseEmbeddings`); a square projection, initialized orthogonal from
-  the principal axes of the unlabeled texts (so prefixes start as PCA prefixes and the full view
-  as the base), is trained on the cached vectors, and appended to the model as a
+  once by the base (:class:`BaseEmbeddings`); a square projection (the one map module of
+  :mod:`nestemb.maps`), initialized orthogonal from the principal axes of the unlabeled texts
+  (so prefixes start as PCA prefixes and the full view as the base), is trained on the cached
+  vectors, and appended to the model as a
   sentence-transformers ``Dense`` module (identity activation, no bias), so the saved folder
   loads anywhere.
 - ``"finetune"`` (the GPU recipe): every weight of the encoder is trained.
@@ -200,7 +201,7 @@ class TrainData:
         1
     """
 
-    pair_sources: list[list[tuple[str, ...]]] = dataclasses.field(default_factory=list)
+    pair_sources: list[Sequence[tuple[str, ...]]] = dataclasses.field(default_factory=list)
     graded: list[tuple[str, str, float]] = dataclasses.field(default_factory=list)
     unlabeled: list[str] = dataclasses.field(default_factory=list)
     beir: list[tuple[int, dict, dict, dict]] = dataclasses.field(default_factory=list)
@@ -341,15 +342,6 @@ def _batches(rows: Sequence, batch_size: int, rng: random.Random):
         stop = max(len(idx) - batch_size + 1, 1)
         for s in range(0, stop, batch_size):
             yield [rows[i] for i in idx[s : s + batch_size]]
-
-
-def _schedule(opt, steps: int, warmup: float):
-    """Linear warm-up over ``warmup * steps`` steps, then linear decay to 0."""
-    import torch
-
-    warm = max(1, int(warmup * steps))
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
 
 
 def train_text(
@@ -579,8 +571,10 @@ def _train_finetune(encoder, data, cfg, exits, base, rng, contrastive_loss, prog
     pair_iters = [_batches(s, cfg.batch_size, rng) for s in data.pair_sources]
     graded_iter = _batches(data.graded, cfg.batch_size, rng) if data.graded else None
     pool_iter = _batches(pool, cfg.distill_batch_size, rng) if pool else None
+    from nestemb.maps.nn import warmup_schedule
+
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    sched = _schedule(opt, cfg.steps, cfg.warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_schedule(cfg.steps, cfg.warmup))
 
     def teacher(texts):
         return torch.from_numpy(base(texts)).to(model.device)
@@ -623,21 +617,6 @@ def _train_finetune(encoder, data, cfg, exits, base, rng, contrastive_loss, prog
     return losses
 
 
-def principal_axes(vectors: np.ndarray) -> np.ndarray:
-    """Orthogonal ``(d, d)`` matrix whose rows are the principal axes of ``vectors`` (centered),
-    by decreasing variance: ``x @ W.T`` is a rotation whose prefixes are PCA prefixes.
-
-    Example:
-        >>> x = np.random.default_rng(0).normal(size=(200, 3)) * [1.0, 5.0, 0.1]
-        >>> W = principal_axes(x); np.allclose(W @ W.T, np.eye(3), atol=1e-5), int(np.argmax(abs(W[0])))
-        (True, 1)
-    """
-    x = np.asarray(vectors, dtype=np.float64)
-    x = x - x.mean(0)
-    _, vecs = np.linalg.eigh(x.T @ x)
-    return np.ascontiguousarray(vecs[:, ::-1].T, dtype=np.float32)
-
-
 def fit_projection(
     pairs: Sequence[tuple[np.ndarray, ...]],
     pool: np.ndarray,
@@ -647,57 +626,67 @@ def fit_projection(
     rng: random.Random | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[np.ndarray, list]:
-    """Learn a square projection ``W`` on cached base vectors (the projection recipe).
+    """Learn a square projection ``W`` on cached base vectors (the projection recipe): the one
+    map module of :mod:`nestemb.maps.nn` without bias, started at the centered principal axes
+    of the unlabeled vectors (:func:`~nestemb.maps.nn.pca_init`: prefixes start as PCA
+    prefixes, the full view as the base), trained by :func:`~nestemb.maps.nn.train_module`.
 
     ``pairs``: per pair source, ``(anchors, positives[, negatives])`` arrays ``(n, d)``;
     ``pool``: unlabeled vectors (the PCA initialization and the distillation batches);
-    ``graded``: ``(emb1, emb2, scores)``. Embeddings are ``x @ W.T``; every exit is a prefix.
+    ``graded``: ``(emb1, emb2, scores)``. Embeddings are ``x @ W``; every exit is a prefix.
     Returns ``(W, per-step losses)``.
+
+    Example:
+        >>> from nestemb.text.losses import matryoshka_exits
+        >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+        >>> cfg = TextTrainConfig(recipe="projection", steps=5, hard_negatives=False).resolve("cpu")
+        >>> W, losses = fit_projection([(x[:32], x[32:])], x, cfg, matryoshka_exits([4, 8], 1))
+        >>> W.shape, len(losses)
+        ((8, 8), 5)
     """
     import torch
 
+    from nestemb.maps.nn import make_module, pca_init, train_module
     from nestemb.text.losses import MatryoshkaTextLoss
 
+    steps, batch_size, lr, distill_weight = cfg.steps, cfg.batch_size, cfg.lr, cfg.distill_weight
+    if steps is None or batch_size is None or lr is None or distill_weight is None:
+        raise NestembError("fit_projection needs a resolved config: cfg.resolve(device)")
     rng = rng or random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     loss_fn = MatryoshkaTextLoss(list(exits), cfg.temperature)
     layer = exits[0].layer
     pool_t = torch.from_numpy(np.ascontiguousarray(pool, dtype=np.float32))
-    W = torch.nn.Parameter(torch.from_numpy(principal_axes(pool)))
-    eye = torch.eye(W.shape[0])
+    proj = make_module(pca_init(pool, center=True)[0])
+    eye = torch.eye(proj.W.shape[0])
     srcs = [[torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32)) for c in s] for s in pairs]
     sizes = [len(s[0]) for s in srcs]
-    opt = torch.optim.Adam([W], lr=cfg.lr)
-    sched = _schedule(opt, cfg.steps, cfg.warmup)
-    losses = []
-    for step in range(cfg.steps):
+
+    def step_loss(step: int):
         total = torch.zeros(())
         if srcs:
             s = rng.choices(range(len(srcs)), weights=sizes)[0]
-            idx = torch.randint(len(srcs[s][0]), (min(cfg.batch_size, sizes[s]),), generator=gen)
-            cols = [{layer: c[idx] @ W.T} for c in srcs[s]]
+            idx = torch.randint(len(srcs[s][0]), (min(batch_size, sizes[s]),), generator=gen)
+            cols = [{layer: proj(c[idx])} for c in srcs[s]]
             total = total + loss_fn.contrastive(*cols[:3])
         if graded is not None and cfg.cosent_weight > 0:
-            gi = torch.randint(len(graded[2]), (min(cfg.batch_size, len(graded[2])),), generator=gen)
-            e1 = {layer: torch.from_numpy(graded[0][gi.numpy()]) @ W.T}
-            e2 = {layer: torch.from_numpy(graded[1][gi.numpy()]) @ W.T}
-            total = total + cfg.cosent_weight * loss_fn.cosent(
-                e1, e2, torch.from_numpy(graded[2][gi.numpy()]))
-        if cfg.distill_weight > 0:
+            gi = torch.randint(len(graded[2]), (min(batch_size, len(graded[2])),),
+                               generator=gen).numpy()
+            e1 = {layer: proj(torch.from_numpy(graded[0][gi]))}
+            e2 = {layer: proj(torch.from_numpy(graded[1][gi]))}
+            total = total + cfg.cosent_weight * loss_fn.cosent(e1, e2, torch.from_numpy(graded[2][gi]))
+        if distill_weight > 0:
             pi = torch.randint(len(pool_t), (min(cfg.distill_batch_size * 4, len(pool_t)),),
                                generator=gen)
             x = pool_t[pi]
-            total = total + cfg.distill_weight * loss_fn.distill({layer: x @ W.T}, x)
+            total = total + distill_weight * loss_fn.distill({layer: proj(x)}, x)
         if cfg.orthogonal_weight > 0:
-            total = total + cfg.orthogonal_weight * ((W @ W.T - eye) ** 2).sum() / len(eye)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(total.detach()))
-        if progress:
-            progress("train", step + 1, cfg.steps)
-    return W.detach().numpy().copy(), losses
+            total = total + cfg.orthogonal_weight * ((proj.W.T @ proj.W - eye) ** 2).sum() / len(eye)
+        return total, {}
+
+    losses, _ = train_module(proj.parameters(), step_loss, steps=steps, lr=lr,
+                             warmup=cfg.warmup, shape="linear", progress=progress)
+    return proj.export()["W"], losses
 
 
 def _train_projection(encoder, data, cfg, exits, base, rng, contrastive_loss, progress,
@@ -717,9 +706,9 @@ def _train_projection(encoder, data, cfg, exits, base, rng, contrastive_loss, pr
     try:  # sentence-transformers >= 6 moved the modules
         from sentence_transformers.sentence_transformer.modules import Dense
     except ImportError:  # pragma: no cover - older releases
-        from sentence_transformers.models import Dense
+        from sentence_transformers.models import Dense  # type: ignore[no-redef]  # same class, pre-6 path
     dense = Dense(encoder.dim, encoder.dim, bias=False, activation_function=torch.nn.Identity(),
-                  init_weight=torch.from_numpy(W))
+                  init_weight=torch.from_numpy(np.ascontiguousarray(W.T)))
     encoder.model.append(dense.to(encoder.model.device))
     encoder.model.eval()
     return losses

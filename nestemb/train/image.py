@@ -15,7 +15,7 @@ returns ``(model, info)``.
 - Optimizer: AdamW with a one-cycle learning-rate schedule. Loss:
   :func:`nestemb.losses.matryoshka_cross_entropy` over the per-prefix heads, weighted by
   ``weights`` (default :func:`default_weights`).
-- Compatibility with an older model (``compat``, a :class:`nestemb.compat.training.CompatConfig`):
+- Compatibility with an older model (``compat``, a :class:`nestemb.train.compatible.CompatConfig`):
   BCT influence, a fixed d-simplex head, or prefix-compatible training with distillation and an
   orthogonal layer; without it nothing changes. ``info["compat"]`` records the setup.
 - Device: ``"cpu"``, ``"cuda"`` or ``"auto"``; ``threads`` (if given) applies inside the call
@@ -37,12 +37,13 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from nestemb.data.split import holdout_size, split_holdout
+from nestemb.checks import positive_float, positive_int
 from nestemb.errors import NestembError
 from nestemb.losses import check_weights, matryoshka_cross_entropy
 from nestemb.models.image import ImageModel, ImageModelConfig, check_model_id, write_model_files
@@ -51,7 +52,7 @@ from nestemb.device import resolve_device, torch_threads
 from nestemb import distributed as dist
 
 if TYPE_CHECKING:
-    from nestemb.compat.training import CompatConfig
+    from nestemb.train.compatible import CompatConfig
 
 AUGMENTS = ("shift", "flip")
 STATE_NAME = "trainer-state.pt"
@@ -79,7 +80,7 @@ class ImageTrainConfig:
         >>> ImageTrainConfig(epochs=0)
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: epochs must be at least 1, got 0
+        nestemb.errors.NestembError: epochs must be a positive integer, got 0
         >>> ImageTrainConfig(augment=("rotate",))
         Traceback (most recent call last):
         ...
@@ -105,11 +106,8 @@ class ImageTrainConfig:
         if self.epochs is not None and self.steps is not None:
             raise NestembError("give epochs or steps, not both")
         for name in ("epochs", "steps", "min_steps", "batch_size", "threads"):
-            v = getattr(self, name)
-            if v is not None and int(v) < 1:
-                raise NestembError(f"{{param}} must be at least 1, got {v}", param=name)
-        if not self.lr > 0:
-            raise NestembError(f"{{param}} must be positive, got {self.lr}", param="lr")
+            positive_int(getattr(self, name), name, allow_none=True)
+        positive_float(self.lr, "lr")
         if not self.weight_decay >= 0:
             raise NestembError(f"{{param}} must be >= 0, got {self.weight_decay}", param="weight_decay")
         if self.holdout is not None and self.holdout < 0:
@@ -241,8 +239,8 @@ def train_image(
     With ``checkpoint_dir``, loadable model directories (weights + manifest, ``model_id``) are
     written to ``checkpoint_dir/epoch-E`` at about ten evenly spaced epochs and the last one.
 
-    With ``compat`` (a :class:`~nestemb.compat.training.CompatConfig`) the run is trained to be
-    compatible with an older model (see :mod:`nestemb.compat.training`); the returned model is
+    With ``compat`` (a :class:`~nestemb.train.compatible.CompatConfig`) the run is trained to be
+    compatible with an older model (see :mod:`nestemb.train.compatible`); the returned model is
     still a plain :class:`ImageModel` and ``info["compat"]`` describes the setup (save it in the
     manifest's ``extra``).
 
@@ -300,11 +298,12 @@ def train_image(
         params = list(model.parameters())
         hooks = None
         if compat is not None:
-            from nestemb.compat.training import CompatTrainer
+            from nestemb.train.compatible import CompatTrainer
 
             hooks = CompatTrainer(compat, model, x_all, y_all).to(device)
             params = [p for p in params + list(hooks.parameters()) if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        sched: torch.optim.lr_scheduler.LRScheduler
         if total_steps >= 8:
             sched = torch.optim.lr_scheduler.OneCycleLR(
                 opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.25
@@ -360,7 +359,7 @@ def train_image(
                             and (epoch % every == 0 or epoch == epochs)):  # fmt: skip
                         ckpt = Path(checkpoint_dir) / f"epoch-{epoch}"
                         ckpt.mkdir(parents=True, exist_ok=True)
-                        extra = {"epoch": epoch, "step": step}
+                        extra: dict[str, Any] = {"epoch": epoch, "step": step}
                         if compat is not None:
                             extra["compat"] = compat.describe()
                         write_model_files(model if hooks is None else hooks.export(model), ckpt,

@@ -111,7 +111,7 @@ class RestartableServer:
         """Start and wait for ``/healthz``; returns the seconds it took."""
         import httpx
 
-        for attempt in range(3):
+        for _attempt in range(3):
             t0 = time.perf_counter()
             proc = self.spawn()
             deadline = t0 + self.startup_timeout

@@ -109,7 +109,7 @@ def running_server(data_dir: str | Path, *, api_keys: str | Path | Sequence[dict
 
     ``api_keys``: a keys file, or a list of key objects written to a temporary keys file
     (outside ``data_dir``). ``encoders``: name -> saved text model folder, the server's
-    ``--encoders``. ``env`` is added to the current environment (offline Hugging Face
+    ``--models``. ``env`` is added to the current environment (offline Hugging Face
     settings are always set). The server's output goes to ``process.log_path`` (outside
     ``data_dir``, removed on exit), and its tail is in the error when it fails to start. A port
     taken between choosing and binding it is retried with another one.
@@ -130,7 +130,7 @@ def running_server(data_dir: str | Path, *, api_keys: str | Path | Sequence[dict
             cmd = [sys.executable, "-m", "nestemb", "serve", "--data-dir", str(data_dir),
                    "--host", HOST, "--port", str(port), "--durability", durability,
                    *(["--api-keys", str(keys_path)] if keys_path else []),
-                   *(["--encoders", ",".join(f"{n}={p}" for n, p in encoders.items())]
+                   *(["--models", ",".join(f"{n}={p}" for n, p in encoders.items())]
                      if encoders else []), *extra_args]
             log_path = tmp / f"server-{attempt}.log"
             with open(log_path, "wb") as log:
@@ -326,7 +326,7 @@ FUZZ_COLLECTION, FUZZ_TEXT_COLLECTION, FUZZ_SCRATCH = "docs", "txt", "scratch"
 FUZZ_NESTING = (2, 4)
 FUZZ_ENCODER = "tiny"
 """The encoder name under which a fuzzed server offers the text model (``create_app(...,
-encoders={FUZZ_ENCODER: model})``, ``nestemb serve --encoders tiny=MODEL``)."""
+encoders={FUZZ_ENCODER: model})``, ``nestemb serve --models tiny=MODEL``)."""
 FUZZ_REJECTION_STATUSES = ["400", "401", "403", "404", "405", "409", "413", "415", "422"]
 """Statuses that count as rejecting schema-invalid data (schemathesis' list, plus 413)."""
 
@@ -529,6 +529,13 @@ def fuzz_service(target: Any, requests: int, *, seed: int = 0, text_model: str |
         if label.startswith("DELETE /collections/{name}") and resp.status_code == 200:
             seed_fuzz_collections(request, text_model)
 
+    # Hypothesis mines string and number constants from every loaded local module and mixes
+    # them into what it generates: the requests would change with any edit anywhere in the
+    # package. Without that the requests depend on the spec and the seed only.
+    from hypothesis.internal.conjecture import providers
+
+    mined = providers._get_local_constants
+    providers._get_local_constants = providers.Constants
     t0 = time.perf_counter()
     try:
         done, i = 0, 0
@@ -549,6 +556,7 @@ def fuzz_service(target: Any, requests: int, *, seed: int = 0, text_model: str |
             if report.requests == before:
                 break  # nothing generated: do not loop forever
     finally:
+        providers._get_local_constants = mined
         report.seconds = round(time.perf_counter() - t0, 3)
         client.close()
     return report

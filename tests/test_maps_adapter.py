@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from nestemb.compat.adapter import (
+from nestemb.maps import (
     Adapter,
     ModelRef,
     adapt_embeddings,
     fit_adapter,
     load_adapter,
+    orthogonal_procrustes,
 )
-from nestemb.compat.procrustes import orthogonal_procrustes
 from nestemb.errors import NestembError
 from nestemb.nesting import Manifest, check_compatible, prefix_view
 
@@ -188,7 +188,7 @@ def test_load_refuses_corrupt_and_foreign(tmp_path, pair):
     w.write_bytes(w.read_bytes()[:-10])
     with pytest.raises(NestembError, match="checksum mismatch"):
         load_adapter(tmp_path / "ad")
-    from nestemb.nesting import save_embeddings
+    from nestemb.folders import save_embeddings
 
     save_embeddings(tmp_path / "emb", X, OLD)
     with pytest.raises(NestembError, match="holds embeddings, not an adapter"):
@@ -266,9 +266,9 @@ def test_adapt_embeddings_speaks_the_target(pair):
     [
         (lambda X, Y: (X, Y[:-1]), {}, "paired rows of the same items: got 300 and 299 rows"),
         (lambda X, Y: (np.where(np.arange(300)[:, None] == 7, np.nan, X), Y), {},
-         "source contain NaN or inf values \\(row 7\\)"),
+         "source contains NaN or inf values \\(row 7\\)"),
         (lambda X, Y: (X, np.where(np.arange(300)[:, None] == 2, np.inf, Y)), {},
-         "target contain NaN or inf values \\(row 2\\)"),
+         "target contains NaN or inf values \\(row 2\\)"),
         (lambda X, Y: (X[:7], Y[:7]), {}, "orthogonal adapter from 8 to 12 dims needs at least "
                                           "8 paired rows, got 7"),
         (lambda X, Y: (X[:8], Y[:8]), {"kind": "affine"}, "needs at least 9 paired rows, got 8"),

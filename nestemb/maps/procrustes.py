@@ -1,8 +1,8 @@
 """The one orthogonal Procrustes of nestemb: the rotation (or, between spaces of different
 widths, the partial isometry) that best maps one set of paired rows onto another.
 
-Adapters (:mod:`nestemb.compat.adapter`) and the space-comparison tools reuse it; nothing else
-solves Procrustes.
+Adapters (:mod:`nestemb.maps.adapter`) and the space-comparison tools
+(:mod:`nestemb.compare.measures`) reuse it; nothing else solves Procrustes.
 """
 
 from __future__ import annotations

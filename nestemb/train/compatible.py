@@ -56,7 +56,7 @@ from torch import nn
 from nestemb.errors import NestembError
 from nestemb.heads import NestedHead
 from nestemb.models.image import ImageModel, ImageModelConfig
-from nestemb.nesting import prefix_view
+from nestemb.nesting import Manifest, prefix_view
 
 UNSEEN = ("synthesise", "drop")
 
@@ -177,11 +177,16 @@ class CompatConfig:
             parts = ["orthogonal"] if self.orthogonal else []
         return "+".join((["simplex"] if self.simplex else []) + parts)
 
+    def _old_manifest(self) -> Manifest:
+        """The old model's manifest (``__post_init__`` refuses an old model without one)."""
+        assert self.old_model is not None and self.old_model.manifest is not None
+        return self.old_model.manifest
+
     def describe(self) -> dict[str, Any]:
         """The setup as JSON-able data, for ``info["compat"]`` and manifests' ``extra``."""
         d: dict[str, Any] = {"method": self.method}
         if self.old_model is not None:
-            man = self.old_model.manifest
+            man = self._old_manifest()
             d["old_model"] = {"model_id": man.model_id, "model_version": man.model_version,
                               "dim": man.dim, "nesting": list(man.nesting)}  # fmt: skip
             d.update(influence=float(self.influence), distill=float(self.distill),
@@ -206,7 +211,7 @@ class CompatConfig:
         old = self.old_model
         if old is None:
             return
-        oc, name = old.config, old.manifest.model_id
+        oc, name = old.config, self._old_manifest().model_id
         if config.dim < oc.dim:
             raise NestembError(
                 f"cannot be compatible with old model {name!r}: the new model is {config.dim}-d, "
@@ -241,7 +246,8 @@ class OrthogonalLayer(nn.Module):
         lin = nn.Linear(dim, dim, bias=False)
         with torch.no_grad():
             lin.weight.copy_(torch.eye(dim))
-        self.linear = nn.utils.parametrizations.orthogonal(lin)
+        nn.utils.parametrizations.orthogonal(lin)  # parametrizes lin in place (returns it)
+        self.linear = lin
 
     def matrix(self) -> torch.Tensor:
         """``Q`` such that ``forward(h) == h @ Q``."""
@@ -317,12 +323,14 @@ class CompatTrainer(nn.Module):
 
     def _old_input(self, model: ImageModel, x: torch.Tensor) -> torch.Tensor:
         """A batch standardized for ``model`` re-standardized for the old model."""
+        assert self.old is not None, "only with an old model"
         a, b = model.config, self.old.config
         return (x * a.std + a.mean - b.mean) / b.std
 
     def _influence_head(self, num_classes: int, images: torch.Tensor, labels: torch.Tensor,
                         batch_size: int) -> NestedHead:  # fmt: skip
         old = self.old
+        assert old is not None, "only with an old model"
         src = old.head
         known = self.config.known_classes()
         head = NestedHead(old.nesting, num_classes, kind="mrl", cosine=src.cosine)
@@ -355,6 +363,7 @@ class CompatTrainer(nn.Module):
                          batch_size: int) -> torch.Tensor:  # fmt: skip
         """Per old prefix, the normalised mean of the old model's prefix views of each class."""
         old = self.old
+        assert old is not None, "only with an old model"
         out = torch.zeros(len(old.nesting), len(classes), old.config.dim)
         for j, c in enumerate(classes):
             idx = torch.nonzero(labels == c).flatten()[:5000]

@@ -7,7 +7,7 @@ vectors into the new space without touching the raw data.
 
 Kinds (:data:`KINDS`):
 
-* ``orthogonal``: orthogonal Procrustes (:func:`~nestemb.compat.procrustes.orthogonal_procrustes`;
+* ``orthogonal``: orthogonal Procrustes (:func:`~nestemb.maps.procrustes.orthogonal_procrustes`;
   widths may differ), optionally slerped towards the raw vector when both widths are equal;
 * ``affine``: least squares with a ridge penalty on the matrix (not on the bias);
 * ``affine`` with ``bias=False``: plain linear least squares ``x W`` (no intercept);
@@ -41,109 +41,28 @@ matches on ``model_id`` alone.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from nestemb.compat.procrustes import orthogonal_procrustes
+from nestemb.checks import positive_float, positive_int
 from nestemb.errors import NestembError
 from nestemb.io import read_npz
-from nestemb.nesting import (
-    Manifest,
-    check_vectors,
-    default_nesting,
-    prefix_view,
-    validate_nesting,
-    weights_version,
-)
+from nestemb.maps.base import WEIGHTS_NAME, FittedMap, ModelRef, resolve_nesting
+from nestemb.maps.procrustes import orthogonal_procrustes
+from nestemb.nesting import Manifest, check_vectors, prefix_view
 
 KINDS = ("orthogonal", "affine", "mlp")
 """The adapter kinds of :func:`fit_adapter`."""
 
-UNKNOWN_VERSION = "unknown"
-"""The ``model_version`` of vectors whose weights nestemb never saw (the Manifest default)."""
-
-WEIGHTS_NAME = "weights.npz"
 _DEFAULT_RIDGE = 1e-4
 _MLP_DEFAULTS = {"hidden": 512, "epochs": 30, "lr": 1e-3, "batch_size": 256}
 SCALINGS = ("center", "standard")
 """Values of ``scaling`` (besides ``None``): per-side centring, or centring and unit variance."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelRef:
-    """Who produced a set of embeddings: model id, weights version, width.
-
-    Example:
-        >>> m = Manifest(model_id="minilm", model_version="ab12", nesting=(8, 16), dim=16)
-        >>> ModelRef.from_manifest(m)
-        ModelRef(model_id='minilm', model_version='ab12', dim=16)
-        >>> ModelRef.from_dict(ModelRef.from_manifest(m).to_dict()) == ModelRef.from_manifest(m)
-        True
-    """
-
-    model_id: str
-    model_version: str
-    dim: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.model_id, str) or not self.model_id:
-            raise NestembError(f"model_id must be a non-empty string, got {self.model_id!r}")
-        if not isinstance(self.model_version, str) or not self.model_version:
-            raise NestembError(
-                f"model_version must be a non-empty string, got {self.model_version!r}"
-            )
-        if (isinstance(self.dim, bool) or not isinstance(self.dim, (int, np.integer))
-                or self.dim < 1):
-            raise NestembError(f"dim must be a positive integer, got {self.dim!r}")
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest) -> "ModelRef":
-        """The reference of the model that wrote ``manifest``."""
-        return cls(manifest.model_id, manifest.model_version, int(manifest.dim))
-
-    @property
-    def unknown(self) -> bool:
-        """True when the weights version is unknown (vectors from outside nestemb)."""
-        return self.model_version == UNKNOWN_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelRef":
-        try:
-            return cls(d["model_id"], d["model_version"], int(d["dim"]))
-        except (KeyError, TypeError, ValueError):
-            raise NestembError(f"not a model reference: {d!r}") from None
-
-    def __str__(self) -> str:
-        return f"{self.model_id!r} (version {self.model_version!r}, {self.dim} dims)"
-
-
-def _as_ref(ref: ModelRef | Manifest | None, what: str) -> ModelRef | None:
-    if ref is None or isinstance(ref, ModelRef):
-        return ref
-    if isinstance(ref, Manifest):
-        return ModelRef.from_manifest(ref)
-    raise NestembError(f"{what} must be a ModelRef or a Manifest, got {type(ref).__name__}")
-
-
-def _same(a: ModelRef, b: ModelRef, trust_unknown: bool) -> bool:
-    """Same model: same id and width, and same version (or either unknown, when trusted)."""
-    if a.model_id != b.model_id or a.dim != b.dim:
-        return False
-    return a.model_version == b.model_version or (trust_unknown and (a.unknown or b.unknown))
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    """The tanh GELU, as ``torch.nn.GELU(approximate="tanh")``: numpy transforms need no torch."""
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def _ridge_affine(
@@ -181,14 +100,15 @@ def _slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     return wa * a + wb * b
 
 
-class Adapter:
+class Adapter(FittedMap):
     """A map from a source model's embedding space into a target model's (see the module
     docstring). Build it with :func:`fit_adapter` or :meth:`fit`; read one with
     :func:`load_adapter`.
 
-    Parameters are those of :func:`fit_adapter`. Learned state: ``weights_`` (arrays by name),
-    ``source_dim_``, ``target_dim_``, ``fit_info_`` (rows, seconds, mean cosine on the fit
-    data at every prefix of the nesting).
+    Parameters are those of :func:`fit_adapter`. Learned state (:class:`FittedMap`):
+    ``weights_`` (arrays by name), ``in_dim_`` (source width), ``out_dim_`` (target width),
+    ``nesting_``, ``source_ref_``, ``target_ref_``, ``version_``, ``fit_info_`` (rows,
+    seconds, mean cosine on the fit data at every prefix of the nesting).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -237,13 +157,19 @@ class Adapter:
         self.trust_unknown = trust_unknown
         self.progress = progress
 
+    KINDS = KINDS
+    NOUN = "adapter"
+    ARTEFACT_KIND = "adapter"
+    NORMALIZE = True
+
+    source_ref_: ModelRef | None
+    target_ref_: ModelRef | None
+
     # ---------------------------------------------------------------------------------- fit
 
     def _check_params(self, d_s: int, d_t: int) -> None:
         """Validate the parameters against the data widths; fills the resolved ``nesting``."""
-        if self.kind not in KINDS:
-            raise NestembError(f"{{param}} must be one of {', '.join(KINDS)}; got {self.kind!r}",
-                               param="kind")
+        self._check_kind()
         if self.scaling is not None:
             if self.scaling not in SCALINGS:
                 raise NestembError(
@@ -291,24 +217,15 @@ class Adapter:
                     f"got {d_s} and {d_t}", param="slerp")
         for name in (*_MLP_DEFAULTS, "threads"):
             v = getattr(self, name)
-            if v is None:
-                continue
-            if self.kind != "mlp":
+            if v is not None and self.kind != "mlp":
                 raise NestembError(f"{{param}} applies to kind 'mlp' only, not {self.kind!r}",
                                    param=name)
-            if name == "lr":
-                ok = (isinstance(v, (int, float)) and not isinstance(v, bool)
-                      and math.isfinite(v) and v > 0)
-            else:
-                ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
-            if not ok:
-                what = "number" if name == "lr" else "integer"
-                raise NestembError(f"{{param}} must be a positive {what}, got {v!r}",
-                                   param=name)
+            check = positive_float if name == "lr" else positive_int
+            check(v, name, allow_none=True)
         refs = []
         for name, ref, d in (("source_ref", self.source_ref, d_s),
                              ("target_ref", self.target_ref, d_t)):
-            ref = _as_ref(ref, name)
+            ref = ModelRef.of(ref, name)
             if ref is not None:
                 if ref.dim != d:
                     raise NestembError(f"{name} {ref} does not match the data's width {d}")
@@ -327,9 +244,7 @@ class Adapter:
         nesting = self.nesting
         if nesting is None and isinstance(self.target_ref, Manifest):
             nesting = self.target_ref.nesting
-        if nesting is None:
-            nesting = default_nesting(d_t, start=8) if d_t > 8 else (d_t,)
-        self.nesting_ = validate_nesting(nesting, full_dim=d_t)
+        self.nesting_ = resolve_nesting(nesting, d_t)
 
     def _min_rows(self, d_s: int, d_t: int) -> int:
         # orthogonal: the cross-covariance must reach full rank; affine/mlp: one row per
@@ -371,18 +286,15 @@ class Adapter:
             xs, ys = (x - mx) / sx, (y - my) / sy
             scalers = {"x_mean": mx, "x_scale": sx, "y_mean": my, "y_scale": sy}
         if self.kind == "orthogonal":
-            self.weights_ = {"W": orthogonal_procrustes(xs, ys).astype(np.float32)}
+            weights = {"W": orthogonal_procrustes(xs, ys)}
         elif self.kind == "affine":
             w, b = _ridge_affine(xs, ys, _DEFAULT_RIDGE if self.ridge is None else self.ridge,
                                  bias=bool(self.bias))
-            self.weights_ = {"W": w.astype(np.float32)}
-            if self.bias:
-                self.weights_["b"] = b.astype(np.float32)
+            weights = {"W": w, "b": b} if self.bias else {"W": w}
         else:
-            self.weights_ = self._fit_mlp(x, y)
-        self.weights_.update({k: v.astype(np.float32) for k, v in scalers.items()})
-        self.source_dim_, self.target_dim_ = d_s, d_t
-        pred = self._apply(x.astype(np.float32))
+            weights = self._fit_mlp(x, y)
+        self._fitted({**weights, **scalers}, d_s, d_t, {})
+        pred = self._forward(x.astype(np.float32))
         self.fit_info_ = {
             "rows": int(len(x)),
             "seconds": round(time.perf_counter() - start, 3),
@@ -395,79 +307,47 @@ class Adapter:
         return self
 
     def _fit_mlp(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-        from nestemb.device import torch_threads
-
-        with torch_threads(self.threads):
-            return self._train_mlp(x, y)
-
-    def _train_mlp(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        """The affine solution plus a residual MLP (:func:`~nestemb.maps.nn.make_module`),
+        trained on the prefix-cosine loss (:class:`~nestemb.losses.PrefixLoss`)."""
         import torch
 
-        from nestemb.progress import progress_bar
+        from nestemb.device import torch_threads
+        from nestemb.losses import PrefixLoss
+        from nestemb.maps.nn import make_module, train_module
 
         p = {k: getattr(self, k) if getattr(self, k) is not None else v
              for k, v in _MLP_DEFAULTS.items()}
         w0, b0 = _ridge_affine(x, y, _DEFAULT_RIDGE if self.ridge is None else self.ridge)
         gen = torch.Generator().manual_seed(int(self.seed))
         torch.manual_seed(int(self.seed))
-        d_s, d_t, h = x.shape[1], y.shape[1], int(p["hidden"])
-        lin = torch.nn.Linear(d_s, d_t)
-        up = torch.nn.Linear(d_s, h)
-        down = torch.nn.Linear(h, d_t)
-        with torch.no_grad():  # start at the affine solution: the MLP only learns the residual
-            lin.weight.copy_(torch.from_numpy(w0.T.astype(np.float32)))
-            lin.bias.copy_(torch.from_numpy(b0.astype(np.float32)))
-            down.weight.zero_()
-            down.bias.zero_()
-        act = torch.nn.GELU(approximate="tanh")
-        params = [*lin.parameters(), *up.parameters(), *down.parameters()]
-        opt = torch.optim.Adam(params, lr=float(p["lr"]))
+        # start at the affine solution: the MLP only learns the residual
+        module = make_module(w0, b0, hidden=int(p["hidden"]))
         xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
-        targets = {m: prefix_view(yt, m) for m in self.nesting_}
-        n, bs, epochs = len(xt), int(p["batch_size"]), int(p["epochs"])
-        with progress_bar(self.progress, info=True) as bar:
-            task = bar.add_task("adapter mlp", total=epochs, info="")
-            for epoch in range(epochs):
-                perm = torch.randperm(n, generator=gen)
-                total = 0.0
-                for a in range(0, n, bs):
-                    idx = perm[a : a + bs]
-                    xb = xt[idx]
-                    pred = lin(xb) + down(act(up(xb)))
-                    # Matryoshka-aware: every prefix of the prediction against the target's
-                    loss = sum(
-                        (1 - (prefix_view(pred, m) * targets[m][idx]).sum(-1)).mean()
-                        for m in self.nesting_
-                    ) / len(self.nesting_)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += loss.item() * len(idx)
-                bar.update(task, completed=epoch + 1, info=f"loss {total / n:.4f}")
-        return {
-            "W": lin.weight.detach().numpy().T.copy(), "b": lin.bias.detach().numpy().copy(),
-            "W1": up.weight.detach().numpy().T.copy(), "b1": up.bias.detach().numpy().copy(),
-            "W2": down.weight.detach().numpy().T.copy(), "b2": down.bias.detach().numpy().copy(),
-        }
+        # Matryoshka-aware: every prefix of the prediction against the target's
+        loss = PrefixLoss(lambda pred, tgt: (1 - (pred * tgt).sum(-1)).mean(), self.nesting_)
+        n, bs = len(xt), int(p["batch_size"])
+        per_epoch = math.ceil(n / bs)
+        perm: list[torch.Tensor] = []
+
+        def step_loss(step: int):
+            if step % per_epoch == 0:
+                perm[:] = [torch.randperm(n, generator=gen)]
+            idx = perm[0][(step % per_epoch) * bs:(step % per_epoch + 1) * bs]
+            value = loss(module(xt[idx]), yt[idx])
+            return value, {"cosine": value}
+
+        with torch_threads(self.threads):
+            train_module(module.parameters(), step_loss, steps=int(p["epochs"]) * per_epoch,
+                         lr=float(p["lr"]), progress=self.progress, label="adapter mlp")
+        return module.export()
 
     # ---------------------------------------------------------------------------- transform
 
-    def _apply(self, x: np.ndarray) -> np.ndarray:
-        """The map on already-normalized rows."""
-        w = self.weights_
-        raw = x
-        if "x_mean" in w:
-            x = (x - w["x_mean"]) / w["x_scale"]
-        out = x @ w["W"]
-        if "b" in w:
-            out = out + w["b"]
-        if "W1" in w:
-            out = out + _gelu(x @ w["W1"] + w["b1"]) @ w["W2"] + w["b2"]
-        if "y_mean" in w:
-            out = out * w["y_scale"] + w["y_mean"]
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        out = super()._forward(x)
         if self.kind == "orthogonal" and self.slerp:
-            out = _slerp(out, raw, float(self.slerp))
-        return np.ascontiguousarray(out, dtype=np.float32)
+            out = _slerp(out, x, float(self.slerp)).astype(np.float32)
+        return out
 
     def check_manifest(self, manifest: Manifest, trust_unknown: bool = False) -> None:
         """Refuse vectors whose ``manifest`` is not the adapter's source model: the target model
@@ -485,7 +365,7 @@ class Adapter:
         self._check_fitted()
         if not isinstance(manifest, Manifest):
             raise NestembError(f"manifest must be a Manifest, got {type(manifest).__name__}")
-        got = ModelRef.from_manifest(manifest)
+        got = ModelRef.of(manifest)
         if got.unknown and not trust_unknown:
             raise NestembError(
                 f"the vectors' manifest names model {got.model_id!r} with an unknown weights "
@@ -496,10 +376,10 @@ class Adapter:
                 "this adapter was fitted without source_ref: it cannot check which model the "
                 "vectors come from; fit it with source_ref, or transform without a manifest"
             )
-        if _same(got, self.source_ref_, trust_unknown):
+        if got.same(self.source_ref_, trust_unknown):
             return
         arrow = f"{self.source_ref_} -> {self.target_ref_ or 'target'}"
-        if self.target_ref_ is not None and _same(got, self.target_ref_, trust_unknown):
+        if self.target_ref_ is not None and got.same(self.target_ref_, trust_unknown):
             raise NestembError(
                 f"wrong direction: these vectors come from the adapter's target model {got}; "
                 f"it maps {arrow}"
@@ -508,38 +388,10 @@ class Adapter:
             f"wrong model: these vectors come from {got}, but the adapter maps {arrow}"
         )
 
-    def transform(self, X: Any, manifest: Manifest | None = None, *,
-                  trust_unknown: bool = False) -> np.ndarray:
-        """Map source-space rows into the target space (rows L2-normalized first; outputs are
-        ``(n, target_dim)`` float32). With the vectors' ``manifest``, their model is checked
-        first (:meth:`check_manifest`); without one only the width is.
-
-        Example: see :class:`Adapter`.
-        """
-        self._check_fitted()
-        if manifest is not None:
-            self.check_manifest(manifest, trust_unknown=trust_unknown)
-        X = check_vectors(X, what="X")
-        if X.shape[1] != self.source_dim_:
-            raise NestembError(
-                f"X has {X.shape[1]} dims, but the adapter maps {self.source_dim_}-dim source "
-                f"vectors (into {self.target_dim_} dims)"
-            )
-        return self._apply(prefix_view(X, X.shape[1]))
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "weights_"):
-            raise NestembError("the adapter is not fitted: call fit first")
-
     # ----------------------------------------------------------------------------- storage
 
-    @property
-    def version_(self) -> str:
-        """Content hash of the weights (and of the kind and slerp), like a model's version."""
-        self._check_fitted()
-        w = dict(self.weights_)
-        w["_kind"] = np.frombuffer(f"{self.kind}|{self.slerp}".encode(), dtype=np.uint8)
-        return weights_version(w)
+    def _version_key(self) -> str:
+        return f"{self.kind}|{self.slerp}"
 
     def manifest(self) -> Manifest:
         """The artefact manifest: ``kind="adapter"``, the target's nesting and width, the
@@ -551,43 +403,21 @@ class Adapter:
             model_id=f"adapter-{self.kind}:{src}->{tgt}",
             model_version=self.version_,
             nesting=self.nesting_,
-            dim=self.target_dim_,
+            dim=self.out_dim_,
             kind="adapter",
             extra={"adapter": {
                 "kind": self.kind,
                 "direction": "source->target",
                 "source": self.source_ref_.to_dict() if self.source_ref_ else None,
                 "target": self.target_ref_.to_dict() if self.target_ref_ else None,
-                "source_dim": self.source_dim_,
-                "target_dim": self.target_dim_,
+                "source_dim": self.in_dim_,
+                "target_dim": self.out_dim_,
                 "params": {k: getattr(self, k) for k in
                            ("ridge", "slerp", "hidden", "epochs", "lr", "batch_size", "seed",
                             "threads", "scaling", "bias", "underdetermined")},
                 "fit": self.fit_info_,
             }},
         )
-
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the adapter directory (``manifest.json`` + ``weights.npz`` with its checksum),
-        atomically. Returns the path.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> X = np.random.default_rng(0).normal(size=(30, 4))
-            >>> a = fit_adapter(X, X[:, :3], kind="affine")
-            >>> out = a.save(pathlib.Path(tempfile.mkdtemp()) / "adapter")
-            >>> np.allclose(load_adapter(out).transform(X), a.transform(X))
-            True
-        """
-        from nestemb.io import atomic_dir, sha256_file
-
-        man = self.manifest()
-        with atomic_dir(path, kind="adapter", overwrite=overwrite) as tmp:
-            with open(tmp / WEIGHTS_NAME, "wb") as f:
-                np.savez(f, **self.weights_)
-            man.sha256 = {WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)}
-            man.save(tmp)
-        return Path(path)
 
 
 def fit_adapter(
@@ -661,14 +491,19 @@ def fit_adapter(
 def load_adapter(path: str | os.PathLike) -> Adapter:
     """Read an adapter directory written by :meth:`Adapter.save`, verifying its checksum.
 
-    Example: see :meth:`Adapter.save`.
+    Example:
+        >>> import tempfile, pathlib
+        >>> X = np.random.default_rng(0).normal(size=(30, 4))
+        >>> a = fit_adapter(X, X[:, :3], kind="affine")
+        >>> out = a.save(pathlib.Path(tempfile.mkdtemp()) / "adapter")
+        >>> np.allclose(load_adapter(out).transform(X), a.transform(X))
+        True
     """
     path = Path(path)
     man = Manifest.open(path, "adapter", "adapter directory")
     info = man.extra.get("adapter")
     if not isinstance(info, dict) or info.get("kind") not in KINDS:
         raise NestembError(f"{path} has no valid adapter description in its manifest")
-    weights = read_npz(path / WEIGHTS_NAME)
     where = f"{path / 'manifest.json'}: extra.adapter"
     params = info.get("params", {})
     if not isinstance(params, dict):
@@ -676,21 +511,17 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     for key in ("source_dim", "target_dim"):
         if not (isinstance(info.get(key), int) and info[key] > 0):
             raise NestembError(f"{where}.{key} must be a positive integer, got {info.get(key)!r}")
-    try:
-        src = ModelRef.from_dict(info["source"]) if info.get("source") else None
-        tgt = ModelRef.from_dict(info["target"]) if info.get("target") else None
-        a = Adapter(info["kind"], source_ref=src, target_ref=tgt, nesting=man.nesting,
-                    trust_unknown=True, **params)
-    except (TypeError, KeyError, AttributeError, NestembError) as e:  # a damaged record
-        raise NestembError(f"{where} is not a valid adapter description: {e}") from None
-    a.source_ref_, a.target_ref_, a.nesting_ = src, tgt, man.nesting
-    a.source_dim_, a.target_dim_ = info["source_dim"], info["target_dim"]
-    a.weights_, a.fit_info_ = weights, info.get("fit", {})
-    if weights.get("W") is None or weights["W"].shape != (a.source_dim_, a.target_dim_):
-        raise NestembError(f"{path / WEIGHTS_NAME} does not hold a {a.source_dim_} x "
-                           f"{a.target_dim_} adapter")
-    if a.version_ != man.model_version:
-        raise NestembError(f"{path}: the weights do not match the manifest's version")
+    src = ModelRef.from_dict(info["source"]) if info.get("source") else None
+    tgt = ModelRef.from_dict(info["target"]) if info.get("target") else None
+    weights = read_npz(path / WEIGHTS_NAME)
+    W = weights.get("W")
+    if W is None or W.shape != (info["source_dim"], info["target_dim"]):
+        raise NestembError(f"{path / WEIGHTS_NAME} does not hold a {info['source_dim']} x "
+                           f"{info['target_dim']} adapter")
+    a = Adapter._read(path, man, weights, {
+        **params, "kind": info["kind"], "source_ref": src, "target_ref": tgt,
+        "nesting": man.nesting, "trust_unknown": True})
+    a.source_ref_, a.target_ref_, a.fit_info_ = src, tgt, info.get("fit", {})
     return a
 
 
@@ -727,7 +558,7 @@ def adapt_embeddings(
         extra={"adapted": {
             "adapter_id": adapter.manifest().model_id,
             "adapter_version": adapter.version_,
-            "source": ModelRef.from_manifest(manifest).to_dict(),
+            "source": ModelRef.of(manifest).to_dict(),
         }},
     )
     return out, man

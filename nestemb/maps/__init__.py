@@ -1,0 +1,29 @@
+"""Maps fitted on frozen vectors: one base, one module, one loss wrapper, one identity record.
+
+- :mod:`~nestemb.maps.base`: :class:`FittedMap` (fit / transform / save / load / identity in
+  the manifest, the scikit-learn ``_BasePCA`` shape), :class:`ModelRef`, the numpy forward pass.
+- :mod:`~nestemb.maps.nn`: the torch side: the PCA start, the module (linear + residual MLP),
+  the schedule and the training loop (losses: :class:`nestemb.losses.PrefixLoss`).
+- :mod:`~nestemb.maps.procrustes`: the one orthogonal Procrustes solver.
+- :mod:`~nestemb.maps.adapter`: :class:`Adapter`, a map from one model's space into another's
+  (orthogonal, affine, MLP; also translation between latent spaces from anchors).
+- :mod:`~nestemb.maps.retrofit`: :class:`Retrofit`, a nesting retrofit that makes every prefix
+  of a frozen embedding a good embedding (formerly the "nesting adaptor").
+
+The text projection recipe (:func:`nestemb.text.train.fit_projection`) is the same module,
+start and loop with text losses.
+"""
+
+from nestemb.maps.adapter import KINDS, Adapter, adapt_embeddings, fit_adapter, load_adapter
+from nestemb.maps.base import UNKNOWN_VERSION, FittedMap, ModelRef
+from nestemb.maps.procrustes import orthogonal_procrustes
+from nestemb.maps.retrofit import (RETROFIT_KINDS, Retrofit, check_source, fit_retrofit,
+                                   load_retrofit, retrofit_embeddings, retrofit_losses,
+                                   save_retrofit_embeddings)
+
+__all__ = [
+    "KINDS", "RETROFIT_KINDS", "UNKNOWN_VERSION", "Adapter", "FittedMap", "ModelRef",
+    "Retrofit", "adapt_embeddings", "check_source", "fit_adapter", "fit_retrofit",
+    "load_adapter", "load_retrofit", "orthogonal_procrustes", "retrofit_embeddings",
+    "retrofit_losses", "save_retrofit_embeddings",
+]
