@@ -57,11 +57,10 @@ def positive_float(value: Any, param: str, *, allow_none: bool = False) -> Any:
     """
     if value is None and allow_none:
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+    is_number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool)  # a string or a flag is not a number, even when float() would take it
+    number = float(value) if is_number else math.nan
+    if not math.isfinite(number) or number <= 0:
         raise NestembError(f"{{param}} must be a positive number, got {value!r}", param=param)
     return number
 

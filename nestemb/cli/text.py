@@ -78,17 +78,10 @@ def eval_retrieval(
     overwrite: bool = _OVERWRITE_OUT,
 ) -> None:
     """nDCG@10 and recall@100 on a BEIR split at every prefix (and layer)."""
-    from nestemb.device import torch_threads
     from nestemb.text.evaluate import run_eval_retrieval
 
-    positive_int(threads, "threads", allow_none=True)
-    check_out_file(out, overwrite)
-    with torch_threads(threads):
-        res = run_eval_retrieval(beir, model, _dims(dims), _ints(layers, "--layers"), split=split,
-                                 batch_size=batch_size, device=device.value, show_progress=True)
-    typer.echo(f"dims {res['dims']}\nndcg@10 {_fmt(res['ndcg10'])}\nrecall@100 "
-               f"{_fmt(res['recall100'])}")
-    write_result(out, res)
+    _evaluate(run_eval_retrieval, beir, model, dims, layers, batch_size, device, threads, out,
+              overwrite, ("ndcg10", "ndcg@10"), ("recall100", "recall@100"), split=split)
 
 
 @text_app.command("eval-sts")
@@ -104,15 +97,25 @@ def eval_sts(
     overwrite: bool = _OVERWRITE_OUT,
 ) -> None:
     """Spearman correlation on an STS-B TSV at every prefix (and layer)."""
-    from nestemb.device import torch_threads
     from nestemb.text.evaluate import run_eval_sts
+
+    _evaluate(run_eval_sts, sts, model, dims, layers, batch_size, device, threads, out,
+              overwrite, ("spearman", "spearman"))
+
+
+def _evaluate(run, data: Path, model: str, dims, layers, batch_size: int, device, threads,
+              out: Path, overwrite: bool, *shown: tuple[str, str], **kw) -> None:
+    """Run one evaluation (``run(data, model, dims, layers, ...)``) under ``--threads``, print
+    the ``shown`` (key, label) rows and write the result file."""
+    from nestemb.device import torch_threads
 
     positive_int(threads, "threads", allow_none=True)
     check_out_file(out, overwrite)
     with torch_threads(threads):
-        res = run_eval_sts(sts, model, _dims(dims), _ints(layers, "--layers"),
-                           batch_size=batch_size, device=device.value, show_progress=True)
-    typer.echo(f"dims {res['dims']}\nspearman {_fmt(res['spearman'])}")
+        res = run(data, model, _dims(dims), _ints(layers, "--layers"), batch_size=batch_size,
+                  device=device.value, show_progress=True, **kw)
+    typer.echo("\n".join([f"dims {res['dims']}"] + [f"{label} {_fmt(res[key])}"
+                                                     for key, label in shown]))
     write_result(out, res)
 
 

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from nestemb.checks import positive_int
 from nestemb.errors import NestembError
 from nestemb.eval.metrics import retrieval_metrics
 from nestemb.eval.retrieval import ndcg_at_k
@@ -141,8 +142,7 @@ def _score(
 
 
 def _check_dim(dim: Any, widths: Sequence[tuple[str, int]]) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise NestembError(f"{{param}} must be a positive integer, got {dim!r}", param="dim")
+    dim = positive_int(dim, "dim")
     for what, width in widths:
         if dim > width:
             raise NestembError(f"{{param}} {dim} is wider than the {what} ({width} dims)",

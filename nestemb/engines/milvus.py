@@ -264,32 +264,18 @@ class MilvusCollection(Collection):
 
 
 def export_milvus(
-    source: Any,
-    client: Any,
-    collection: str,
-    ids: Sequence[Any] | None = None,
-    *,
-    dims: Sequence[int] | None = None,
-    shortlist: Sequence[int] | None = None,
-    nesting: Sequence[int] | None = None,
-    model_id: str = "unknown",
-    model_version: str = "unknown",
-    manifest: Manifest | None = None,
-    payload: Sequence[dict] | None = None,
-    index_type: str = "FLAT",
-    hnsw_m: int = 16,
-    ef_construction: int = 100,
-    index_rerank_fields: bool = True,
-    overwrite: bool = False,
-    batch_size: int = 5000,
+    source: Any, client: Any, collection: str, ids: Sequence[Any] | None = None, **options: Any
 ) -> "MilvusFunnel":
     """Export a fitted :class:`~nestemb.index.FunnelIndex` (or raw ``(n, D)`` vectors with
     ``ids``, ``dims``, ``shortlist`` and the model identity) into the Milvus collection
     ``collection`` through ``client`` (a ``MilvusClient``: milvus-lite ``"./x.db"``, a server, or
     :func:`connect_milvus`); returns a :class:`MilvusFunnel` with the same stage configuration.
 
-    Layout and index choices: see the module docstring (``index_type`` ``"FLAT"`` or
-    ``"HNSW"`` with ``hnsw_m`` / ``ef_construction`` for the first field). ``payload`` (one dict
+    ``options``: those of :meth:`~nestemb.engines.base.Collection.export` (``dims``,
+    ``shortlist``, ``nesting``, ``model_id``, ``model_version``, ``manifest``, ``payload``,
+    ``overwrite``, ``batch_size``, default 5000) and Milvus's layout: ``index_type``
+    (``"FLAT"`` or ``"HNSW"``, with ``hnsw_m`` / ``ef_construction`` for the first field) and
+    ``index_rerank_fields``; see the module docstring. ``payload`` (one dict
     per vector) goes to a JSON field. An existing collection is refused unless
     ``overwrite=True``, and even then only a collection exported by nestemb is replaced.
 
@@ -309,11 +295,8 @@ def export_milvus(
         nestemb.errors.NestembError: milvus collection 'c' already exists (set overwrite to replace it)
         >>> client.close()
     """
-    funnel = MilvusCollection(client, collection).export(
-        source, ids, dims=dims, shortlist=shortlist, nesting=nesting, model_id=model_id,
-        model_version=model_version, manifest=manifest, payload=payload, overwrite=overwrite,
-        batch_size=batch_size, index_type=index_type, hnsw_m=hnsw_m,
-        ef_construction=ef_construction, index_rerank_fields=index_rerank_fields)
+    options.setdefault("batch_size", 5000)
+    funnel = MilvusCollection(client, collection).export(source, ids, **options)
     assert isinstance(funnel, MilvusFunnel)  # the collection's funnel_class
     return funnel
 

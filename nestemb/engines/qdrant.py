@@ -427,29 +427,18 @@ class EdgeCollection(_QdrantCollection):
 
 # --------------------------------------------------------------------- export
 def export_qdrant(
-    source: Any,
-    client: Any,
-    collection: str,
-    ids: Sequence[Any] | None = None,
-    *,
-    dims: Sequence[int] | None = None,
-    shortlist: Sequence[int] | None = None,
-    nesting: Sequence[int] | None = None,
-    model_id: str = "unknown",
-    model_version: str = "unknown",
-    manifest: Manifest | None = None,
-    payload: Sequence[dict] | None = None,
-    quantize: str = "int8",
-    hnsw_m: int = 16,
-    ef_construct: int = 100,
-    overwrite: bool = False,
-    batch_size: int = 256,
+    source: Any, client: Any, collection: str, ids: Sequence[Any] | None = None, **options: Any
 ) -> "QdrantFunnel":
     """Export a fitted :class:`~nestemb.index.FunnelIndex` (or raw ``(n, D)`` vectors with
     ``ids``, ``dims``, ``shortlist`` and the model identity) into the Qdrant collection
     ``collection`` through ``client`` (a ``QdrantClient``: local mode, a server, or a cluster
     from :func:`connect_qdrant`); returns a :class:`QdrantFunnel` searching it with the same
     stage configuration.
+
+    ``options``: those of :meth:`~nestemb.engines.base.Collection.export` (``dims``,
+    ``shortlist``, ``nesting``, ``model_id``, ``model_version``, ``manifest``, ``payload``,
+    ``overwrite``, ``batch_size``, default 256) and Qdrant's layout: ``quantize`` (``"int8"``),
+    ``hnsw_m`` (16), ``ef_construct`` (100).
 
     One named vector per stage prefix (see the module docstring); ``quantize="int8"`` adds
     Qdrant's int8 scalar quantization to the first prefix (``"none"`` to leave it float32);
@@ -471,38 +460,21 @@ def export_qdrant(
         ...
         nestemb.errors.NestembError: qdrant collection 'c' already exists (set overwrite to replace it)
     """
-    funnel = QdrantCollection(client, collection).export(
-        source, ids, dims=dims, shortlist=shortlist, nesting=nesting, model_id=model_id,
-        model_version=model_version, manifest=manifest, payload=payload, overwrite=overwrite,
-        batch_size=batch_size, quantize=quantize, hnsw_m=hnsw_m, ef_construct=ef_construct)
+    options.setdefault("batch_size", 256)
+    funnel = QdrantCollection(client, collection).export(source, ids, **options)
     assert isinstance(funnel, QdrantFunnel)  # the collection's funnel_class
     return funnel
 
 
 def export_qdrant_edge(
-    source: Any,
-    path: str | Path,
-    ids: Sequence[Any] | None = None,
-    *,
-    dims: Sequence[int] | None = None,
-    shortlist: Sequence[int] | None = None,
-    nesting: Sequence[int] | None = None,
-    model_id: str = "unknown",
-    model_version: str = "unknown",
-    manifest: Manifest | None = None,
-    payload: Sequence[dict] | None = None,
-    quantize: str = "int8",
-    hnsw_m: int = 16,
-    ef_construct: int = 100,
-    overwrite: bool = False,
-    batch_size: int = 2048,
-    max_search_threads: int | None = None,
+    source: Any, path: str | Path, ids: Sequence[Any] | None = None,
+    max_search_threads: int | None = None, **options: Any,
 ) -> "QdrantFunnel":
     """Like :func:`export_qdrant`, into a Qdrant Edge shard at the directory ``path``
     (``qdrant-edge-py``: Qdrant's engine in-process; the shard lives in ``path/shard``, the
     collection manifest in ``path/nestemb.json``, marked complete only once every point is
     flushed; the shard is created without a write-ahead log, which an all-or-nothing export does
-    not need). ``max_search_threads=1`` searches on one thread.
+    not need). ``max_search_threads=1`` searches on one thread; ``batch_size`` defaults to 2048.
 
     Example:
         >>> import tempfile, pathlib
@@ -514,10 +486,8 @@ def export_qdrant_edge(
         [0, 1]
         >>> f.close()
     """
-    funnel = EdgeCollection(path, max_search_threads).export(
-        source, ids, dims=dims, shortlist=shortlist, nesting=nesting, model_id=model_id,
-        model_version=model_version, manifest=manifest, payload=payload, overwrite=overwrite,
-        batch_size=batch_size, quantize=quantize, hnsw_m=hnsw_m, ef_construct=ef_construct)
+    options.setdefault("batch_size", 2048)
+    funnel = EdgeCollection(path, max_search_threads).export(source, ids, **options)
     assert isinstance(funnel, QdrantFunnel)  # the collection's funnel_class
     return funnel
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from nestemb.checks import positive_float
 from nestemb.errors import NestembError
 from nestemb.exact import knn_intersection
 from nestemb.index.base import PrefixIndex
@@ -102,14 +103,8 @@ def _confirm_fastest(index, Q, truth, k, feasible: list[dict], repeat: int, fina
 
 
 def _check_budget(max_seconds: Any) -> float:
-    if max_seconds is None:
-        return math.inf
-    if (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float, np.integer,
-                                                                       np.floating))
-            or not max_seconds > 0):
-        raise NestembError(f"{{param}} must be a positive number of seconds, got {max_seconds!r}",
-                           param="max_seconds")
-    return float(max_seconds)
+    seconds = positive_float(max_seconds, "max_seconds", allow_none=True)
+    return math.inf if seconds is None else seconds
 
 
 def tune(

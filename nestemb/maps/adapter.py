@@ -420,30 +420,10 @@ class Adapter(FittedMap):
         )
 
 
-def fit_adapter(
-    source: Any,
-    target: Any,
-    kind: str = "orthogonal",
-    *,
-    source_ref: ModelRef | Manifest | None = None,
-    target_ref: ModelRef | Manifest | None = None,
-    ridge: float | None = None,
-    slerp: float | None = None,
-    nesting: Sequence[int] | None = None,
-    seed: int = 0,
-    hidden: int | None = None,
-    epochs: int | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    threads: int | None = None,
-    trust_unknown: bool = False,
-    progress: bool = False,
-    scaling: str | None = None,
-    bias: bool = True,
-    underdetermined: bool = False,
-) -> Adapter:
+def fit_adapter(source: Any, target: Any, kind: str = "orthogonal", **params: Any) -> Adapter:
     """Fit an adapter mapping ``source``-space rows into the ``target`` space on paired rows
     (row ``r`` of both embeds the same item; widths may differ). Rows are L2-normalized first.
+    ``params`` are those of :class:`Adapter`.
 
     * ``kind="orthogonal"``: Procrustes; needs ``min(d_s, d_t)`` rows. ``slerp`` in ``[0, 1]``
       (equal widths only) moves the output from the rotated vector (0) towards the raw one (1).
@@ -480,12 +460,11 @@ def fit_adapter(
         >>> a.fit_info_["fit_cosine"][4] > 0.99
         True
     """
-    return Adapter(
-        kind, source_ref=source_ref, target_ref=target_ref, nesting=nesting, ridge=ridge,
-        slerp=slerp, hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-        threads=threads, trust_unknown=trust_unknown, progress=progress, scaling=scaling,
-        bias=bias, underdetermined=underdetermined,
-    ).fit(source, target)
+    try:
+        adapter = Adapter(kind, **params)
+    except TypeError as e:  # an option no adapter has
+        raise NestembError(f"fit_adapter: {e}") from None
+    return adapter.fit(source, target)
 
 
 def load_adapter(path: str | os.PathLike) -> Adapter:
