@@ -117,3 +117,20 @@ def check_finite_rows(arr: np.ndarray, param: str, offset: int = 0) -> None:
     if not finite.all():
         raise NestembError(f"{{param}} contains NaN or inf values (row "
                            f"{offset + int(np.argmin(finite))})", param=param)
+
+
+def non_empty_str(value: Any, param: str) -> str:
+    """``value`` when it is a string with something besides blanks; otherwise an error about
+    ``param`` (names, ids, addresses).
+
+    Example:
+        >>> non_empty_str("docs", "collection")
+        'docs'
+        >>> non_empty_str(" ", "model_id")
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: model_id must be a non-empty string, got ' '
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise NestembError(f"{{param}} must be a non-empty string, got {value!r}", param=param)
+    return value

@@ -110,7 +110,7 @@ def test_quickstart_writes_results(cli, data, tmp_path):
         (["--batch-size", "0"], "--batch-size must be a positive integer"),
         (["--head", "ff", "--nesting", "2,4"], "a fixed-size head (ff) trains one size: give one dimension in --nesting"),
         (["--augment", "shift,rotate"], "--augment takes shift, flip or none, got 'rotate'"),
-        (["--model-id", " "], "model_id must be a non-empty string"),
+        (["--model-id", " "], "--model-id must be a non-empty string"),
         (["--holdout", "150"], "holdout of 150 images leaves none of 150 for training"),
     ],
 )

@@ -64,6 +64,7 @@ from nestemb.engines.base import (
     point_key,
     require,
 )
+from nestemb.checks import non_empty_str
 from nestemb.errors import NestembError
 from nestemb.exact import topk
 from nestemb.nesting import Manifest, prefix_view
@@ -99,8 +100,7 @@ def connect_milvus(uri: str, *, token: str = "", timeout: float = 5.0, **kwargs:
         nestemb.errors.NestembError: cannot reach Milvus at 'http://127.0.0.1:9': ...
     """
     pm = require("pymilvus")
-    if not isinstance(uri, str) or not uri.strip():
-        raise NestembError(f"{{param}} must be a non-empty string, got {uri!r}", param="uri")
+    non_empty_str(uri, "uri")
     with _errors(f"cannot reach Milvus at {uri!r}"):
         return pm.MilvusClient(uri=uri, token=token, timeout=timeout, **kwargs)
 
@@ -120,9 +120,7 @@ class MilvusCollection(Collection):
         if not isinstance(client, pm.MilvusClient):
             raise NestembError(f"{{param}} must be a pymilvus.MilvusClient, got "
                                f"{type(client).__name__}", param="client")
-        if not isinstance(collection, str) or not collection.strip():
-            raise NestembError(f"{{param}} must be a non-empty string, got {collection!r}",
-                               param="collection")
+        non_empty_str(collection, "collection")
         self.client, self.name, self.pm = client, collection, pm
         self.where = where or f"milvus collection {collection!r}"
         self._has_payload: bool | None = None

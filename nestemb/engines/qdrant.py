@@ -74,6 +74,7 @@ from nestemb.engines.base import (
     point_key,
     require,
 )
+from nestemb.checks import non_empty_str
 from nestemb.errors import NestembError
 from nestemb.nesting import Manifest, prefix_view
 
@@ -101,8 +102,7 @@ def connect_qdrant(url: str, *, api_key: str | None = None, timeout: float = 5.0
         nestemb.errors.NestembError: cannot reach Qdrant at 'http://127.0.0.1:9': ...
     """
     qc = require("qdrant_client")
-    if not isinstance(url, str) or not url.strip():
-        raise NestembError(f"{{param}} must be a non-empty string, got {url!r}", param="url")
+    non_empty_str(url, "url")
     client = qc.QdrantClient(url=url, api_key=api_key, timeout=max(1, int(np.ceil(timeout))),
                              check_compatibility=False, **kwargs)
     with _errors(f"cannot reach Qdrant at {url!r}"):
@@ -219,9 +219,7 @@ class QdrantCollection(_QdrantCollection):
         if not isinstance(client, qc.QdrantClient):
             raise NestembError(f"{{param}} must be a qdrant_client.QdrantClient, got "
                                f"{type(client).__name__}", param="client")
-        if not isinstance(collection, str) or not collection.strip():
-            raise NestembError(f"{{param}} must be a non-empty string, got {collection!r}",
-                               param="collection")
+        non_empty_str(collection, "collection")
         self.client, self.name, self.models = client, collection, qc.models
         self.where = where or f"qdrant collection {collection!r}"
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nestemb.checks import check_finite_rows, positive_int
+from nestemb.checks import check_finite_rows, non_empty_str, positive_int
 from nestemb.errors import NestembError
 from nestemb.exact import exact_search, topk
 from nestemb.index.persist import INDEX_KIND, read_index, register_index_type, save_index
@@ -151,8 +151,7 @@ class PrefixIndex:
     def _set_identity(self, nesting: Sequence[int] | None, model_id: str, model_version: str) -> None:
         self.nesting = None if nesting is None else validate_nesting(nesting)
         for name, value in (("model_id", model_id), ("model_version", model_version)):
-            if not isinstance(value, str) or not value.strip():
-                raise NestembError(f"{name} must be a non-empty string, got {value!r}")
+            non_empty_str(value, name)
         self.model_id, self.model_version = model_id, model_version
 
     # ----------------------------------------------------------------- subclass hooks

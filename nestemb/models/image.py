@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nestemb.checks import non_empty_str
 from nestemb.errors import NestembError
 from nestemb.heads import NestedHead
 from nestemb.nesting import Manifest, default_nesting, validate_nesting, weights_version
@@ -273,9 +274,7 @@ def check_model_id(model_id: Any) -> str:
         ...
         nestemb.errors.NestembError: model_id must be a non-empty string, got ' '
     """
-    if not isinstance(model_id, str) or not model_id.strip():
-        raise NestembError(f"model_id must be a non-empty string, got {model_id!r}")
-    return model_id
+    return non_empty_str(model_id, "model_id")
 
 
 def build_manifest(
