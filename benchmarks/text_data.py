@@ -55,3 +55,30 @@ def load_encoder(name: str, max_seq_length: int | None = None):
     if max_seq_length is not None:
         enc.model.max_seq_length = min(int(max_seq_length), enc.model.max_seq_length)
     return enc
+
+
+def public_sentences(shared: str | Path = "../shared/data", limit: int | None = None) -> list[str]:
+    """Public text a user has besides their corpus, for fitting maps between two models: the
+    unique sentences of SNLI (dev, test), STS-B (train, dev: its test split is kept for
+    evaluation) and MRPC (train, test), sorted, so that every script hits the same cache entry;
+    ``limit``: a seeded sample of that many (sorted too; encoding 47k sentences with mpnet on
+    two CPU cores takes hours)."""
+    from nestemb.data.pairs import read_mrpc
+
+    root = Path(shared)
+    out: set[str] = set()
+    for split in ("dev", "test"):
+        for side in ("s1", "s2"):
+            out.update(s.strip() for s in (root / "snli" / f"{side}.{split}").read_text(
+                encoding="utf-8").splitlines() if s.strip())
+    for split in ("train", "dev"):
+        for a, b, _ in read_sts(root / "stsb" / f"sts-{split}.csv"):
+            out.update((a, b))
+    for split in ("train", "test"):
+        for a, b, _ in read_mrpc(root / "mrpc" / f"msr_paraphrase_{split}.txt"):
+            out.update((a, b))
+    sents = sorted(out)
+    if limit is not None and limit < len(sents):
+        keep = np.random.default_rng(0).choice(len(sents), limit, replace=False)
+        sents = [sents[i] for i in sorted(keep)]
+    return sents

@@ -217,7 +217,7 @@ def test_adapter_errors(cli, world, tmp_path):
                     "the ids of")
     for extra, match in [
         (["--ridge", "0.1"], "--ridge applies to kinds 'affine' and 'mlp'"),
-        (["--kind", "affine", "--epochs", "3"], "--epochs applies to kind 'mlp' only"),
+        (["--kind", "affine", "--epochs", "3"], "--epochs applies to kind 'mlp' or 'lowrank'"),
         (["--slerp", "0.5"], "--slerp needs equal source and target widths"),
         (["--kind", "mlp", "--batch-size", "0"], "--batch-size must be a positive integer"),
         (["--sample", "500"], f"--sample 500 is larger than the {N_G} paired rows"),

@@ -165,7 +165,7 @@ def test_incompatible_old_model_refused(new_kw, match):
 
 def test_bad_configs_refused():
     old = _model()
-    with pytest.raises(NestembError, match="influence and distill need an old_model"):
+    with pytest.raises(NestembError, match="influence, distill and contrast need an old_model"):
         CompatConfig(distill=1.0)
     with pytest.raises(NestembError, match="distill must be a finite number >= 0"):
         CompatConfig(old_model=old, distill=-1.0)
@@ -177,3 +177,36 @@ def test_bad_configs_refused():
         CompatConfig.bct(bare)
     with pytest.raises(NestembError, match="old_model must be an ImageModel"):
         CompatConfig(old_model=object(), influence=1.0)
+
+
+def test_cross_contrast_rewards_new_vectors_that_find_their_class_among_old_ones():
+    """The contrastive term is the cross-model search itself: new vectors that sit on the old
+    vectors of their own class score lower than the same vectors with the classes shuffled."""
+    old = _model(classes=4)
+    new = _model(dim=16, nesting=(4, 8, 16), classes=4)
+    x, y = _data(classes=4)
+    t = CompatTrainer(CompatConfig(old_model=old, contrast=1.0), new, torch.tensor(x),
+                      torch.tensor(y))
+    rng = np.random.default_rng(0)
+    centres = torch.tensor(rng.normal(size=(4, 8)), dtype=torch.float32)
+    yb = torch.tensor(y[:16])
+    z_old = centres[yb] + 0.05 * torch.randn(16, 8)
+    aligned = torch.cat([z_old + 0.05 * torch.randn(16, 8), torch.randn(16, 8)], dim=1)
+    shuffled = torch.cat([z_old[torch.randperm(16)], torch.randn(16, 8)], dim=1)
+    good, bad = t._cross_contrast(aligned, z_old, yb), t._cross_contrast(shuffled, z_old, yb)
+    assert good.item() < 0.5 * bad.item()
+    # only the old prefixes take part: the new model's extra dimensions are free
+    freed = aligned.clone()
+    freed[:, 8:] = torch.randn(16, 8)
+    assert torch.isclose(t._cross_contrast(freed, z_old, yb), good)
+
+
+def test_contrast_and_temperature_are_checked():
+    old = _model(classes=4)
+    with pytest.raises(NestembError, match="contrast must be a finite number >= 0"):
+        CompatConfig(old_model=old, contrast=-1.0)
+    with pytest.raises(NestembError, match="temperature must be a finite number > 0"):
+        CompatConfig(old_model=old, contrast=1.0, temperature=0.0)
+    with pytest.raises(NestembError, match="need an old_model"):
+        CompatConfig(contrast=1.0)
+    assert CompatConfig(old_model=old, contrast=1.0).describe()["contrast"] == 1.0

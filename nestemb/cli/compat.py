@@ -37,6 +37,7 @@ from nestemb.checks import positive_int
 from nestemb.cli.parse import parse_dims
 from nestemb.compat.matrix import METRICS
 from nestemb.errors import NestembError
+from nestemb.io import article
 from nestemb.maps.adapter import KINDS
 
 adapter_app = typer.Typer(help="Post-hoc adapters between two models' spaces.", no_args_is_help=True)
@@ -49,15 +50,32 @@ IdxSplit = choices("IdxSplit", "train", "t10k")
 # --------------------------------------------------------------------------- shared readers
 
 
-def apply_adapter_dir(adapter: Path, vectors, manifest, trust_unknown: bool):
-    """Load the adapter in ``adapter`` and map ``vectors`` (with their ``manifest``) through it;
-    shared by ``adapter apply`` and ``index search --adapter``. Returns ``(vectors, manifest)``."""
+def apply_adapter_dir(adapters: List[Path], vectors, manifest, trust_unknown: bool,
+                      min_quality: Optional[float] = None, force: bool = False):
+    """Load the adapters in ``adapters`` (one, or a chain v1 -> v2 -> v3 in order) and map
+    ``vectors`` (with their ``manifest``) through them, each behind the quality gate
+    (``--min-quality``, ``--force``); shared by ``adapter apply`` and ``index search
+    --adapter``. A forced pass below the threshold is said on stderr. Returns ``(vectors,
+    manifest)``."""
     import numpy as np
 
-    from nestemb.maps import adapt_embeddings, load_adapter
+    from nestemb.maps import chain_embeddings, load_adapter
 
-    return adapt_embeddings(np.asarray(vectors), manifest, load_adapter(adapter),
-                            trust_unknown=trust_unknown)
+    if force and min_quality is None:
+        raise NestembError("--force applies only with --min-quality")
+    loaded = [load_adapter(a) for a in adapters]
+    out, man = chain_embeddings(np.asarray(vectors), manifest, loaded,
+                                trust_unknown=trust_unknown, min_quality=min_quality,
+                                force=force)
+    for path, hop in zip(adapters, man.extra["adapted"]["chain"]):
+        gate = hop.get("gate")
+        if gate is not None and not gate["passed"]:
+            figure = ("no held-out estimate" if gate["mean"] is None else
+                      f"held-out neighbour agreement {gate['mean']:.3f} (95% interval "
+                      f"{gate['low']:.3f}-{gate['high']:.3f})")
+            typer.echo(f"warning: --force: using adapter {path} with {figure} below "
+                       f"--min-quality {gate['min_quality']:g}", err=True)
+    return out, man
 
 
 def _load(path: Path, what: str, mmap: bool = True):
@@ -341,18 +359,24 @@ def adapter_fit(
     source: Path = typer.Option(..., help="embedding directory of the source model (the vectors to be mapped)"),
     target: Path = typer.Option(..., help="embedding directory of the target model, same items (ids must match)"),
     out: Path = typer.Option(..., help="adapter directory to write"),
-    kind: AdapterKind = typer.Option(AdapterKind.orthogonal, help="orthogonal (Procrustes), affine (ridge least squares) or mlp"),
+    kind: AdapterKind = typer.Option(AdapterKind.orthogonal, help="orthogonal (Procrustes), affine (ridge least squares), mlp (affine + residual MLP), lowrank (low-rank + residual MLP, the Drift-Adapter shape) or cluster (one Procrustes per k-means cluster)"),
     sample: Optional[int] = typer.Option(None, help="fit on a random sample of N paired rows (default: all)"),
     ridge: Optional[float] = typer.Option(None, help="affine/mlp: ridge penalty (default 1e-4)"),
     slerp: Optional[float] = typer.Option(None, help="orthogonal, equal widths: 0 = rotated vector, 1 = raw vector"),
-    hidden: Optional[int] = typer.Option(None, help="mlp: hidden width (default 512)"),
-    epochs: Optional[int] = typer.Option(None, help="mlp: epochs (default 30)"),
-    lr: Optional[float] = typer.Option(None, help="mlp: learning rate (default 1e-3)"),
-    batch_size: Optional[int] = typer.Option(None, help="mlp: batch size (default 256)"),
-    threads: Optional[int] = threads_option("mlp: torch CPU threads (default: torch's)"),
+    hidden: Optional[int] = typer.Option(None, help="mlp/lowrank: hidden width (default 512)"),
+    epochs: Optional[int] = typer.Option(None, help="mlp/lowrank/--matryoshka: epochs (default 30)"),
+    lr: Optional[float] = typer.Option(None, help="mlp/lowrank/--matryoshka: learning rate (default 1e-3)"),
+    batch_size: Optional[int] = typer.Option(None, help="mlp/lowrank/--matryoshka: batch size (default 256)"),
+    threads: Optional[int] = threads_option("mlp/lowrank/--matryoshka: torch CPU threads (default: torch's)"),
+    rank: Optional[int] = typer.Option(None, help="lowrank: rank of the linear part (default 64, at most the narrower width)"),
+    clusters: Optional[int] = typer.Option(None, help="cluster: k-means clusters (default min(8, pairs / (2 x the narrower width)))"),
+    matryoshka: bool = typer.Option(False, help="affine: fine-tune on the cosine of every prefix of the target's nesting (from the ridge solution)"),
+    unpaired: bool = typer.Option(False, help="pair-free: --source and --target embed DIFFERENT items (e.g. the old gallery and new-model vectors of other texts); an orthogonal map from matched k-means clusters refined on mutual nearest neighbours (--clusters: one k instead of a ladder)"),
     seed: int = typer.Option(0, help="seed of --sample and of the mlp"),
     trust_unknown: bool = typer.Option(False, help="accept models whose weights version is 'unknown' (matched by model id alone)"),
     underdetermined: bool = typer.Option(False, help="orthogonal/affine: fit from fewer paired rows than dims (e.g. anchors of a translation; the directions they do not span are mapped arbitrarily)"),
+    holdout: Optional[float] = typer.Option(None, help="first estimate the quality kept on this share of the pairs held out (e.g. 0.2): neighbour agreement@10 with a 95% interval, recorded for --min-quality of apply and index search; the adapter is then fitted on all pairs"),
+    labels: Optional[Path] = typer.Option(None, help="with --holdout: one label per pair (.npy or .txt), to estimate the 1-NN label accuracy retained too"),
     overwrite: bool = typer.Option(False, help="replace an existing adapter directory"),
 ) -> None:
     """Fit an adapter mapping --source vectors into the --target model's space, from paired
@@ -361,53 +385,97 @@ def adapter_fit(
     import numpy as np
 
     from nestemb.maps import fit_adapter
+    from nestemb.maps.gate import format_estimate
 
     positive_int(sample, "sample", allow_none=True)
     check_out_dir(out, overwrite, "adapter")
     s_loaded = _load(source, "--source")
     t_loaded = _load(target, "--target")
-    _same_items([source, target], [s_loaded, t_loaded], "--source and --target")
     X, s_man, _ = s_loaded
     Y, t_man, _ = t_loaded
+    if unpaired:
+        _fit_unpaired(X, Y, s_man, t_man, out, kind=kind, clusters=clusters, seed=seed,
+                      trust_unknown=trust_unknown, overwrite=overwrite,
+                      others={"--sample": sample, "--holdout": holdout, "--labels": labels,
+                              "--rank": rank, "--ridge": ridge, "--hidden": hidden})
+        return
+    _same_items([source, target], [s_loaded, t_loaded], "--source and --target")
     rows = np.arange(len(X))
     if sample is not None:
         if sample > len(X):
             raise NestembError(f"--sample {sample} is larger than the {len(X)} paired rows")
         rows = np.sort(np.random.default_rng(seed).choice(len(X), sample, replace=False))
+    pair_labels = None if labels is None else _read_labels(labels, len(X), "--labels")[rows]
     adapter = fit_adapter(
         np.asarray(X[rows]), np.asarray(Y[rows]), kind.value, source_ref=s_man,
         target_ref=t_man, ridge=ridge, slerp=slerp, hidden=hidden, epochs=epochs, lr=lr,
         batch_size=batch_size, threads=threads, seed=seed, trust_unknown=trust_unknown,
-        underdetermined=underdetermined, progress=kind is AdapterKind.mlp,
+        underdetermined=underdetermined, rank=rank, clusters=clusters, matryoshka=matryoshka,
+        progress=kind in (AdapterKind.mlp, AdapterKind.lowrank) or matryoshka,
+        holdout=holdout, labels=pair_labels,
     )
     adapter.save(out, overwrite=overwrite)
     cos = adapter.fit_info_["fit_cosine"]
     typer.echo(
-        f"fitted an {kind.value} adapter {s_man.model_id} ({X.shape[1]} dims) -> "
+        f"fitted {article(kind.value)} adapter {s_man.model_id} ({X.shape[1]} dims) -> "
         f"{t_man.model_id} ({Y.shape[1]} dims) on {len(rows)} pairs in "
         f"{adapter.fit_info_['seconds']:.1f} s; mean cosine on the fit pairs: "
         + ", ".join(f"{d}: {v:.4f}" for d, v in cos.items())
     )
+    quality = adapter.fit_info_.get("quality")
+    if quality is not None:
+        typer.echo(f"held-out estimate (fitted on {quality['n_fit']} pairs, measured on "
+                   f"{quality['n_holdout']}): {format_estimate(quality)}")
+        if "labels" in quality:
+            typer.echo(f"held-out estimate: {format_estimate(quality, 'labels')}")
+    typer.echo(f"wrote {out}")
+
+
+def _fit_unpaired(X, Y, s_man, t_man, out: Path, *, kind, clusters, seed, trust_unknown,
+                  overwrite, others: dict) -> None:
+    """``adapter fit --unpaired``: the pair-free orthogonal map (no pairs, so no --holdout)."""
+    import numpy as np
+
+    from nestemb.maps import fit_unpaired
+
+    if kind is not AdapterKind.orthogonal:
+        raise NestembError(f"--unpaired fits an orthogonal map, not --kind {kind.value}")
+    for flag, value in others.items():
+        if value is not None:
+            raise NestembError(f"{flag} needs pairs: it does not apply with --unpaired")
+    adapter = fit_unpaired(np.asarray(X), np.asarray(Y), clusters=clusters, seed=seed,
+                           source_ref=s_man, target_ref=t_man, trust_unknown=trust_unknown,
+                           progress=True)
+    adapter.save(out, overwrite=overwrite)
+    info = adapter.fit_info_
+    typer.echo(
+        f"fitted a pair-free orthogonal adapter {s_man.model_id} ({X.shape[1]} dims, "
+        f"{len(X)} rows) -> {t_man.model_id} ({Y.shape[1]} dims, {len(Y)} rows) in "
+        f"{info['seconds']:.1f} s; mean cosine of the final mutual nearest neighbours: "
+        + ", ".join(f"{d}: {v:.4f}" for d, v in info["mnn_cosine"].items()))
     typer.echo(f"wrote {out}")
 
 
 @adapter_app.command("apply")
 def adapter_apply(
-    adapter: Path = typer.Option(..., help="adapter directory (nestemb adapter fit)"),
-    embeddings: Path = typer.Option(..., help="embedding directory of the adapter's source model"),
+    adapter: List[Path] = typer.Option(..., help="adapter directory (nestemb adapter fit); repeat it for a chain v1 -> v2 -> v3, in order"),
+    embeddings: Path = typer.Option(..., help="embedding directory of the (first) adapter's source model"),
     out: Path = typer.Option(..., help="embedding directory to write (in the target model's space)"),
     trust_unknown: bool = typer.Option(False, help="accept embeddings whose weights version is 'unknown' (matched by model id alone)"),
+    min_quality: Optional[float] = typer.Option(None, help="quality gate in [0, 1]: refuse an adapter whose held-out neighbour agreement (mean, from `adapter fit --holdout`) is below it, or that has no estimate"),
+    force: bool = typer.Option(False, help="with --min-quality: use the adapter anyway (with a warning)"),
     overwrite: bool = typer.Option(False, help="replace an existing output directory"),
 ) -> None:
     """Map an embedding directory through an adapter; the output's manifest names the target
     model, so that its indexes accept it. Vectors of the target model (wrong direction) or of
-    any other model are refused."""
+    any other model are refused, and so is an adapter below --min-quality unless --force."""
     from nestemb.folders import save_embeddings
 
     check_out_dir(out, overwrite, "embeddings")
     X, man, ids = _load(embeddings, "--embeddings")
-    Y, out_man = apply_adapter_dir(adapter, X, man, trust_unknown)
-    out_man.extra["adapted"]["adapter_path"] = str(adapter)
+    Y, out_man = apply_adapter_dir(adapter, X, man, trust_unknown, min_quality, force)
+    out_man.extra["adapted"]["adapter_path"] = [str(a) for a in adapter] if len(adapter) > 1 \
+        else str(adapter[0])
     save_embeddings(out, Y, out_man, ids=ids, overwrite=overwrite)
     typer.echo(f"wrote {len(Y)} embeddings of {man.model_id} mapped into {out_man.model_id} "
                f"({out_man.dim} dims, version {out_man.model_version}) to {out}")

@@ -7,7 +7,7 @@ paths before any long work, and turns every bad input into a one-line error (exi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -185,12 +185,18 @@ def search(
     out: Optional[Path] = typer.Option(None, help="write all results as JSON here"),
     overwrite: bool = typer.Option(False, help="replace an existing --out file"),
     show: int = typer.Option(5, help="print the results of the first N queries"),
-    adapter: Optional[Path] = typer.Option(
+    adapter: Optional[List[Path]] = typer.Option(
         None, help="adapter directory (`nestemb adapter fit`) mapping the queries' model into "
-        "the index's model: search an index built by another model without re-encoding it"),
+        "the index's model: search an index built by another model without re-encoding it; "
+        "repeat it for a chain of adapters, in order"),
     trust_unknown: bool = typer.Option(
         False, help="with --adapter: accept queries whose model version is 'unknown' when the "
         "model id matches"),
+    min_quality: Optional[float] = typer.Option(
+        None, help="with --adapter: quality gate in [0, 1]; refuse an adapter whose held-out "
+        "neighbour agreement (mean, from `adapter fit --holdout`) is below it, or that has none"),
+    force: bool = typer.Option(
+        False, help="with --adapter --min-quality: use the adapter anyway (with a warning)"),
     threads: Optional[int] = typer.Option(
         None, help="search threads (default: FAISS's); more than the machine's cores is "
         "clamped to them with a warning"),
@@ -217,12 +223,14 @@ def search(
     index = load_index(index_dir)
     Q, man, qids = _load_emb(queries, "query")
     Q = np.asarray(Q if limit is None else Q[:limit])
-    if adapter is not None:
+    if adapter:
         from nestemb.cli.compat import apply_adapter_dir
 
-        Q, man = apply_adapter_dir(adapter, Q, man, trust_unknown)
-    elif trust_unknown:
-        raise NestembError("--trust-unknown applies only with --adapter")
+        Q, man = apply_adapter_dir(adapter, Q, man, trust_unknown, min_quality, force)
+    elif trust_unknown or min_quality is not None or force:
+        flag = ("--trust-unknown" if trust_unknown else
+                "--min-quality" if min_quality is not None else "--force")
+        raise NestembError(f"{flag} applies only with --adapter")
     elif index.manifest_ is not None and (man.model_id, man.model_version) != (
             index.manifest_.model_id, index.manifest_.model_version):
         from nestemb.nesting import check_compatible

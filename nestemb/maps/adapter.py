@@ -14,7 +14,17 @@ Kinds (:data:`KINDS`):
 * ``mlp``: the affine solution plus a small residual MLP (zero-initialised output layer),
   trained in torch on the CPU with a Matryoshka-aware loss: ``1 - cos`` between the prefix views
   of the prediction and of the target, averaged over the target nesting, so that every prefix of
-  the mapped vector speaks the target's prefix.
+  the mapped vector speaks the target's prefix;
+* ``affine`` with ``matryoshka=True``: the ridge solution fine-tuned (no hidden layer) on that
+  same prefix-cosine loss, so that every prefix of the output, not the full width alone, is
+  fitted;
+* ``lowrank``: the Drift-Adapter shape (Vejendla, EMNLP 2025): a rank-``rank`` linear map
+  ``x U V + b`` (started at the truncated SVD of the ridge solution, trained in factored form)
+  plus a residual MLP, on the prefix-cosine loss; saved as the product ``W = U V``;
+* ``cluster``: piecewise orthogonal: k-means on the source rows, one Procrustes map per cluster
+  (shrunk towards the global Procrustes map when the cluster is small), each row mapped by the
+  map of its nearest centroid; for drift that rotates different regions of the space
+  differently.
 
 **Translation between latent spaces** (relative representations, Maiorca et al. 2023) is the
 same fit on paired *anchors*: ``scaling="center"`` or ``"standard"`` centres (and scales each
@@ -45,7 +55,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Self, Sequence
 
 import numpy as np
 
@@ -56,11 +66,15 @@ from nestemb.maps.base import WEIGHTS_NAME, FittedMap, ModelRef, resolve_nesting
 from nestemb.maps.procrustes import orthogonal_procrustes
 from nestemb.nesting import Manifest, check_vectors, prefix_view
 
-KINDS = ("orthogonal", "affine", "mlp")
+KINDS = ("orthogonal", "affine", "mlp", "lowrank", "cluster")
 """The adapter kinds of :func:`fit_adapter`."""
 
 _DEFAULT_RIDGE = 1e-4
 _MLP_DEFAULTS = {"hidden": 512, "epochs": 30, "lr": 1e-3, "batch_size": 256}
+_TRAINED = ("mlp", "lowrank")  # kinds trained in torch (and affine with matryoshka=True)
+_DEFAULT_RANK = 64
+_MAX_CLUSTERS = 8  # default cap: a few regions; more overfits the per-cluster maps
+_KMEANS_ITERS = 20
 SCALINGS = ("center", "standard")
 """Values of ``scaling`` (besides ``None``): per-side centring, or centring and unit variance."""
 
@@ -100,6 +114,49 @@ def _slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     return wa * a + wb * b
 
 
+def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid (Euclidean, what k-means minimises) of every row."""
+    # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 does not change the argmin
+    return np.argmin((centroids * centroids).sum(axis=1) - 2.0 * (x @ centroids.T), axis=1)
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded k-means (k-means++ start, at most :data:`_KMEANS_ITERS` Lloyd steps): the
+    ``(k, d)`` centroids and each row's cluster. A cluster left empty is restarted at the row
+    farthest from its centroid, so every cluster keeps rows."""
+    rng = np.random.default_rng(seed)
+    sq = np.einsum("ij,ij->i", x, x)
+
+    def dist2(c: np.ndarray) -> np.ndarray:  # squared distance of every row to c, by BLAS
+        return np.maximum(sq - 2.0 * (x @ c) + c @ c, 0.0)
+
+    centroids = np.empty((k, x.shape[1]))
+    centroids[0] = x[rng.integers(len(x))]
+    d2 = dist2(centroids[0])
+    for j in range(1, k):  # k-means++: far rows are likelier starts
+        total = d2.sum()
+        i = rng.choice(len(x), p=d2 / total) if total > 0 else rng.integers(len(x))
+        centroids[j] = x[i]
+        d2 = np.minimum(d2, dist2(centroids[j]))
+    labels = np.full(len(x), -1)
+    for _ in range(_KMEANS_ITERS):
+        new = _nearest(x, centroids)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        onehot = np.zeros((len(x), k))
+        onehot[np.arange(len(x)), labels] = 1.0
+        counts = onehot.sum(axis=0)
+        sums = onehot.T @ x  # every cluster's row sum in one product
+        for j in range(k):
+            if counts[j]:
+                centroids[j] = sums[j] / counts[j]
+            else:  # rare: no vectorised shortcut needed
+                far = int(np.argmax(((x - centroids[labels]) ** 2).sum(axis=1)))
+                centroids[j], labels[far] = x[far], j
+    return centroids, _nearest(x, centroids)  # the assignment transform will make
+
+
 class Adapter(FittedMap):
     """A map from a source model's embedding space into a target model's (see the module
     docstring). Build it with :func:`fit_adapter` or :meth:`fit`; read one with
@@ -116,6 +173,9 @@ class Adapter(FittedMap):
         >>> a = Adapter("orthogonal").fit(X, X @ R)
         >>> np.allclose(a.transform(X[:2]), prefix_view(X[:2] @ R, 4))
         True
+        >>> c = Adapter("cluster", clusters=3).fit(X, X @ R)  # one rotation: every cluster finds it
+        >>> c.weights_["Ws"].shape, np.allclose(c.transform(X), a.transform(X), atol=1e-4)
+        ((3, 4, 4), True)
     """
 
     def __init__(
@@ -138,8 +198,14 @@ class Adapter(FittedMap):
         scaling: str | None = None,
         bias: bool = True,
         underdetermined: bool = False,
+        rank: int | None = None,
+        clusters: int | None = None,
+        matryoshka: bool = False,
     ):
         self.kind = kind
+        self.rank = rank
+        self.clusters = clusters
+        self.matryoshka = matryoshka
         self.scaling = scaling
         self.bias = bias
         self.underdetermined = underdetermined
@@ -170,14 +236,24 @@ class Adapter(FittedMap):
     def _check_params(self, d_s: int, d_t: int) -> None:
         """Validate the parameters against the data widths; fills the resolved ``nesting``."""
         self._check_kind()
+        if not isinstance(self.matryoshka, (bool, np.bool_)):
+            raise NestembError(f"{{param}} must be True or False, got {self.matryoshka!r}",
+                               param="matryoshka")
+        if self.matryoshka and self.kind != "affine":
+            raise NestembError(
+                f"{{param}}=True applies to kind 'affine' only ('mlp' and 'lowrank' always "
+                f"train on the prefix loss), not {self.kind!r}", param="matryoshka")
+        # the kinds fitted in closed form on (optionally scaled) rows
+        linear = self.kind in ("orthogonal", "affine") and not self.matryoshka
         if self.scaling is not None:
             if self.scaling not in SCALINGS:
                 raise NestembError(
                     f"{{param}} must be None or one of {', '.join(SCALINGS)}, got "
                     f"{self.scaling!r}", param="scaling")
-            if self.kind == "mlp":
-                raise NestembError("{param} applies to kinds 'orthogonal' and 'affine', not 'mlp'",
-                                   param="scaling")
+            if not linear:
+                raise NestembError(
+                    "{param} applies to kinds 'orthogonal' and 'affine' (without matryoshka), "
+                    f"not {self._described()}", param="scaling")
         if not isinstance(self.bias, (bool, np.bool_)):
             raise NestembError(f"{{param}} must be True or False, got {self.bias!r}",
                                param="bias")
@@ -188,18 +264,18 @@ class Adapter(FittedMap):
             raise NestembError(f"{{param}} must be True or False, got {self.underdetermined!r}",
                                param="underdetermined")
         if self.underdetermined:
-            if self.kind == "mlp":
+            if not linear:
                 raise NestembError(
-                    "{param} applies to kinds 'orthogonal' and 'affine', not 'mlp'",
-                    param="underdetermined")
+                    "{param} applies to kinds 'orthogonal' and 'affine' (without matryoshka), "
+                    f"not {self._described()}", param="underdetermined")
             if self.ridge is not None and self.ridge == 0:
                 raise NestembError(
                     "{param} must be > 0 for an underdetermined fit: with fewer rows than "
                     "coefficients the unpenalised least squares has no unique solution",
                     param="ridge")
-        if self.kind == "orthogonal" and self.ridge is not None:
-            raise NestembError("{param} applies to kinds 'affine' and 'mlp', not 'orthogonal'",
-                               param="ridge")
+        if self.kind in ("orthogonal", "cluster") and self.ridge is not None:
+            raise NestembError("{param} applies to kinds 'affine' and 'mlp' (and 'lowrank'), "
+                               f"not {self.kind!r}", param="ridge")
         if self.ridge is not None and (not isinstance(self.ridge, (int, float)) or isinstance(
                 self.ridge, bool) or not math.isfinite(self.ridge) or self.ridge < 0):
             raise NestembError(f"{{param}} must be a finite number >= 0, got {self.ridge!r}",
@@ -215,13 +291,23 @@ class Adapter(FittedMap):
                 raise NestembError(
                     f"{{param}} needs equal source and target widths (towards the raw vector), "
                     f"got {d_s} and {d_t}", param="slerp")
+        trained = self.kind in _TRAINED or self.matryoshka
         for name in (*_MLP_DEFAULTS, "threads"):
             v = getattr(self, name)
-            if v is not None and self.kind != "mlp":
-                raise NestembError(f"{{param}} applies to kind 'mlp' only, not {self.kind!r}",
-                                   param=name)
+            if v is not None and name == "hidden" and self.kind not in _TRAINED:
+                raise NestembError(f"{{param}} applies to kind 'mlp' or 'lowrank', not "
+                                   f"{self._described()}", param=name)
+            if v is not None and not trained:
+                raise NestembError(f"{{param}} applies to kind 'mlp' or 'lowrank' (or 'affine' "
+                                   f"with matryoshka=True), not {self.kind!r}", param=name)
             check = positive_float if name == "lr" else positive_int
             check(v, name, allow_none=True)
+        for name, kind in (("rank", "lowrank"), ("clusters", "cluster")):
+            v = getattr(self, name)
+            if v is not None and self.kind != kind:
+                raise NestembError(f"{{param}} applies to kind {kind!r} only, not "
+                                   f"{self.kind!r}", param=name)
+            positive_int(v, name, allow_none=True)
         refs = []
         for name, ref, d in (("source_ref", self.source_ref, d_s),
                              ("target_ref", self.target_ref, d_t)):
@@ -246,13 +332,19 @@ class Adapter(FittedMap):
             nesting = self.target_ref.nesting
         self.nesting_ = resolve_nesting(nesting, d_t)
 
+    def _described(self) -> str:
+        """The kind as errors name it."""
+        return "'affine' with matryoshka=True" if self.matryoshka else repr(self.kind)
+
     def _min_rows(self, d_s: int, d_t: int) -> int:
-        # orthogonal: the cross-covariance must reach full rank; affine/mlp: one row per
-        # coefficient of an output coordinate (matrix row + bias), ridge notwithstanding;
-        # underdetermined fits need two rows (a spread to centre and scale)
+        # orthogonal/cluster: the (global) cross-covariance must reach full rank; affine, mlp,
+        # lowrank: one row per coefficient of an output coordinate (matrix row + bias), ridge
+        # notwithstanding; underdetermined fits need two rows (a spread to centre and scale)
         if self.underdetermined:
             return 2
-        return min(d_s, d_t) if self.kind == "orthogonal" else d_s + int(self.bias)
+        if self.kind in ("orthogonal", "cluster"):
+            return min(d_s, d_t)
+        return d_s + int(self.bias)
 
     def fit(self, source: Any, target: Any) -> "Adapter":
         """Fit on paired rows: ``source[r]`` and ``target[r]`` embed the same item. Returns self."""
@@ -267,15 +359,20 @@ class Adapter(FittedMap):
         self._check_params(d_s, d_t)
         need = self._min_rows(d_s, d_t)
         if len(source) < need:
-            # every kind reads with "an": an orthogonal, an affine, an mlp (em-el-pee)
-            if self.kind == "mlp":  # no fit from fewer rows than coefficients
+            # an orthogonal, an affine, an mlp (em-el-pee); a lowrank, a cluster
+            article = "a" if self.kind in ("lowrank", "cluster") else "an"
+            if self.kind not in ("orthogonal", "affine") or self.matryoshka:
+                # no fit from fewer rows than coefficients
                 raise NestembError(
-                    f"an {self.kind} adapter from {d_s} to {d_t} dims needs at least "
+                    f"{article} {self.kind} adapter from {d_s} to {d_t} dims needs at least "
                     f"{need} paired rows, got {len(source)}")
             raise NestembError(
                 f"an {self.kind} adapter from {d_s} to {d_t} dims needs at least {need} "
                 f"paired rows, got {len(source)} (set {{param}} to fit it from fewer rows, "
                 "e.g. anchors of a translation)", param="underdetermined")
+        if self.clusters is not None and self.clusters > len(source):
+            raise NestembError(f"{{param}} must be at most the number of paired rows "
+                               f"({len(source)}), got {self.clusters}", param="clusters")
         start = time.perf_counter()
         x = prefix_view(source.astype(np.float64), d_s)
         y = prefix_view(target.astype(np.float64), d_t)
@@ -285,14 +382,24 @@ class Adapter(FittedMap):
             (mx, sx), (my, sy) = _scaler(x, self.scaling), _scaler(y, self.scaling)
             xs, ys = (x - mx) / sx, (y - my) / sy
             scalers = {"x_mean": mx, "x_scale": sx, "y_mean": my, "y_scale": sy}
+        info: dict[str, Any] = {}
         if self.kind == "orthogonal":
             weights = {"W": orthogonal_procrustes(xs, ys)}
+        elif self.kind == "affine" and self.matryoshka:
+            weights = self._fit_trained(x, y)
         elif self.kind == "affine":
             w, b = _ridge_affine(xs, ys, _DEFAULT_RIDGE if self.ridge is None else self.ridge,
                                  bias=bool(self.bias))
             weights = {"W": w, "b": b} if self.bias else {"W": w}
+        elif self.kind == "cluster":
+            weights, info = self._fit_cluster(x, y)
+        elif self.kind == "lowrank":
+            # a rank above min(d_s, d_t) adds nothing a full matrix lacks: clipped, not refused
+            info["rank"] = min(_DEFAULT_RANK if self.rank is None else int(self.rank), d_s, d_t)
+            weights = self._fit_trained(x, y, hidden=self._mlp_param("hidden"),
+                                        rank=info["rank"])
         else:
-            weights = self._fit_mlp(x, y)
+            weights = self._fit_trained(x, y, hidden=self._mlp_param("hidden"))
         self._fitted({**weights, **scalers}, d_s, d_t, {})
         pred = self._forward(x.astype(np.float32))
         self.fit_info_ = {
@@ -303,29 +410,39 @@ class Adapter(FittedMap):
                                               prefix_view(y, m)).mean()), 6)
                 for m in self.nesting_
             },
+            **info,
         }
         return self
 
-    def _fit_mlp(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-        """The affine solution plus a residual MLP (:func:`~nestemb.maps.nn.make_module`),
-        trained on the prefix-cosine loss (:class:`~nestemb.losses.PrefixLoss`)."""
+    def _mlp_param(self, name: str) -> int | float:
+        """A training parameter (``hidden``, ``epochs``, ``lr``, ``batch_size``) or its default."""
+        v = getattr(self, name)
+        return _MLP_DEFAULTS[name] if v is None else v
+
+    def _fit_trained(self, x: np.ndarray, y: np.ndarray, hidden: int | float | None = None,
+                     rank: int | None = None) -> dict[str, np.ndarray]:
+        """The ridge solution fine-tuned in torch on the prefix-cosine loss
+        (:class:`~nestemb.losses.PrefixLoss`): plus a residual MLP of ``hidden`` units (mlp,
+        lowrank), with the matrix factored at ``rank`` (lowrank), or alone (affine with
+        ``matryoshka``); the module is :func:`~nestemb.maps.nn.make_module`. The one training
+        loop of the adapters."""
         import torch
 
         from nestemb.device import torch_threads
         from nestemb.losses import PrefixLoss
         from nestemb.maps.nn import make_module, train_module
 
-        p = {k: getattr(self, k) if getattr(self, k) is not None else v
-             for k, v in _MLP_DEFAULTS.items()}
-        w0, b0 = _ridge_affine(x, y, _DEFAULT_RIDGE if self.ridge is None else self.ridge)
+        w0, b0 = _ridge_affine(x, y, _DEFAULT_RIDGE if self.ridge is None else self.ridge,
+                               bias=bool(self.bias))
         gen = torch.Generator().manual_seed(int(self.seed))
         torch.manual_seed(int(self.seed))
-        # start at the affine solution: the MLP only learns the residual
-        module = make_module(w0, b0, hidden=int(p["hidden"]))
+        # start at the affine solution: training only learns what least squares missed
+        module = make_module(w0, b0 if self.bias else None,
+                             hidden=None if hidden is None else int(hidden), rank=rank)
         xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
         # Matryoshka-aware: every prefix of the prediction against the target's
         loss = PrefixLoss(lambda pred, tgt: (1 - (pred * tgt).sum(-1)).mean(), self.nesting_)
-        n, bs = len(xt), int(p["batch_size"])
+        n, bs = len(xt), int(self._mlp_param("batch_size"))
         per_epoch = math.ceil(n / bs)
         perm: list[torch.Tensor] = []
 
@@ -337,13 +454,52 @@ class Adapter(FittedMap):
             return value, {"cosine": value}
 
         with torch_threads(self.threads):
-            train_module(module.parameters(), step_loss, steps=int(p["epochs"]) * per_epoch,
-                         lr=float(p["lr"]), progress=self.progress, label="adapter mlp")
+            train_module(module.parameters(), step_loss,
+                         steps=int(self._mlp_param("epochs")) * per_epoch,
+                         lr=float(self._mlp_param("lr")), progress=self.progress,
+                         label=f"adapter {self.kind}")
         return module.export()
+
+    def _fit_cluster(self, x: np.ndarray, y: np.ndarray
+                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Per-cluster Procrustes: k-means on the (unit) source rows, one map per cluster
+        shrunk towards the global map. Returns the weights and the fit info."""
+        d = min(x.shape[1], y.shape[1])
+        k = (int(self.clusters) if self.clusters is not None
+             else max(1, min(_MAX_CLUSTERS, len(x) // (2 * d))))
+        centroids, labels = _kmeans(x, k, int(self.seed))
+        cross = x.T @ y
+        eye = np.eye(x.shape[1])  # Procrustes of a cross-covariance M: source I gives I'M = M
+        w_global = orthogonal_procrustes(eye, cross)
+        # Shrinkage as a pseudo-count prior: cluster j is fitted on its n_j rows plus d =
+        # min(d_s, d_t) pseudo-rows (the rows a Procrustes fit needs to be determined) drawn
+        # from its own distribution and labelled by the global map, i.e. on the cross-covariance
+        # X_j'Y_j + d/n_j X_j'X_j W. In every direction the cluster's rows weigh
+        # n_j / (n_j + d) against the global map: a large cluster keeps its own rotation, a
+        # small one leans on the global map. A thousandth of a row's worth of the global
+        # cross-covariance decides the directions a cluster's rows do not span at all (and
+        # gives an empty cluster the global map).
+        fallback = cross * (1e-3 / len(x))
+        maps = []
+        for j in range(k):
+            xj, yj = x[labels == j], y[labels == j]
+            own = xj.T @ yj + (d / max(len(xj), 1)) * ((xj.T @ xj) @ w_global)
+            maps.append(orthogonal_procrustes(eye, own + fallback))
+        weights = {"W": w_global, "C": centroids, "Ws": np.stack(maps)}
+        return weights, {"clusters": k,
+                         "cluster_rows": np.bincount(labels, minlength=k).tolist()}
 
     # ---------------------------------------------------------------------------- transform
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "cluster":  # each row through the map of its nearest centroid
+            labels = _nearest(x, self.weights_["C"])
+            maps = self.weights_["Ws"]
+            out = np.empty((len(x), maps.shape[2]), dtype=np.float32)
+            for j in np.unique(labels):
+                rows = labels == j
+                out[rows] = x[rows] @ maps[j]
+            return out
         out = super()._forward(x)
         if self.kind == "orthogonal" and self.slerp:
             out = _slerp(out, x, float(self.slerp)).astype(np.float32)
@@ -391,7 +547,20 @@ class Adapter(FittedMap):
     # ----------------------------------------------------------------------------- storage
 
     def _version_key(self) -> str:
+        # the new kinds' state (rank, clusters, matryoshka) is all in the weights they hash
         return f"{self.kind}|{self.slerp}"
+
+    @classmethod
+    def _read(cls, path: Path, man: Manifest, weights: dict[str, np.ndarray],
+              params: dict[str, Any], check_version: bool = True) -> Self:
+        m = super()._read(path, man, weights, params, check_version)
+        if m.kind == "cluster":  # the arrays its own forward reads
+            c, maps = weights.get("C"), weights.get("Ws")
+            if (c is None or maps is None or c.ndim != 2 or c.shape[1] != m.in_dim_
+                    or maps.shape != (len(c), m.in_dim_, m.out_dim_)):
+                raise NestembError(f"{path / WEIGHTS_NAME} does not hold a cluster adapter's "
+                                   "centroids and per-cluster maps")
+        return m
 
     def manifest(self) -> Manifest:
         """The artefact manifest: ``kind="adapter"``, the target's nesting and width, the
@@ -414,16 +583,25 @@ class Adapter(FittedMap):
                 "target_dim": self.out_dim_,
                 "params": {k: getattr(self, k) for k in
                            ("ridge", "slerp", "hidden", "epochs", "lr", "batch_size", "seed",
-                            "threads", "scaling", "bias", "underdetermined")},
+                            "threads", "scaling", "bias", "underdetermined", "rank",
+                            "clusters", "matryoshka")},
                 "fit": self.fit_info_,
             }},
         )
 
 
-def fit_adapter(source: Any, target: Any, kind: str = "orthogonal", **params: Any) -> Adapter:
+def fit_adapter(source: Any, target: Any, kind: str = "orthogonal", *,
+                holdout: float | None = None, labels: Any = None, **params: Any) -> Adapter:
     """Fit an adapter mapping ``source``-space rows into the ``target`` space on paired rows
     (row ``r`` of both embeds the same item; widths may differ). Rows are L2-normalized first.
     ``params`` are those of :class:`Adapter`.
+
+    ``holdout`` (a share strictly between 0 and 1) first estimates the quality the adapter
+    keeps on rows it was not fitted on (:func:`nestemb.maps.gate.estimate_quality`: neighbour
+    agreement@10 and, with ``labels``, one per row, the 1-NN label accuracy retained, each with
+    a 95% interval), then fits the adapter on *all* rows and records the estimate as
+    ``fit_info_["quality"]`` (saved with it), which the gate of :func:`adapt_embeddings`
+    (``min_quality``) reads.
 
     * ``kind="orthogonal"``: Procrustes; needs ``min(d_s, d_t)`` rows. ``slerp`` in ``[0, 1]``
       (equal widths only) moves the output from the rotated vector (0) towards the raw one (1).
@@ -434,6 +612,17 @@ def fit_adapter(source: Any, target: Any, kind: str = "orthogonal", **params: An
       ``epochs`` (30) with Adam (``lr`` 1e-3, ``batch_size`` 256, seeded by ``seed``) on the
       prefix-cosine loss over ``nesting``, on ``threads`` torch CPU threads (default: torch's
       setting; 1 is often fastest for so small a net on a busy machine); needs ``d_s + 1`` rows.
+    * ``kind="affine"`` with ``matryoshka=True``: the least-squares solution fine-tuned (no
+      hidden layer) on that prefix-cosine loss, with the training options of ``mlp`` but
+      ``hidden``; not with ``scaling`` or ``underdetermined``.
+    * ``kind="lowrank"`` (Drift-Adapter): ``x U V + b`` of rank ``rank`` (64; clipped to
+      ``min(d_s, d_t)``), started at the truncated SVD of the least-squares solution, plus the
+      residual MLP, trained in factored form as ``mlp`` is (same options); saved as ``W = U V``;
+      needs ``d_s + 1`` rows.
+    * ``kind="cluster"``: k-means (seeded by ``seed``) into ``clusters`` regions of the source
+      (default ``min(8, rows // (2 min(d_s, d_t)))``, at least 1; at most the rows), one
+      Procrustes map per region, shrunk towards the global one for small regions; each row
+      takes its nearest centroid's map. Needs ``min(d_s, d_t)`` rows.
 
     ``source_ref``/``target_ref`` (a :class:`ModelRef` or the embeddings' :class:`Manifest`)
     record who produced each side; a target ``Manifest`` also gives the default ``nesting``
@@ -459,16 +648,36 @@ def fit_adapter(source: Any, target: Any, kind: str = "orthogonal", **params: An
         >>> a = fit_adapter(X, X @ A, kind="affine")   # linear, but fitted on unit rows
         >>> a.fit_info_["fit_cosine"][4] > 0.99
         True
+
+    Example (a held-out estimate):
+        >>> q = fit_adapter(X, X @ A, kind="affine", holdout=0.2).fit_info_["quality"]
+        >>> q["agreement"]["mean"] > 0.9, q["n_fit"], q["n_holdout"]
+        (True, 160, 40)
     """
+    from nestemb.maps.gate import estimate_quality
+
     try:
         adapter = Adapter(kind, **params)
     except TypeError as e:  # an option no adapter has
         raise NestembError(f"fit_adapter: {e}") from None
-    return adapter.fit(source, target)
+    quality = None
+    if holdout is not None:
+        # on a copy fitted on part of the rows; the adapter returned sees them all
+        quality = estimate_quality(source, target, adapter, holdout=holdout, labels=labels,
+                                   seed=params.get("seed", 0))
+    elif labels is not None:
+        raise NestembError("{param} serve the held-out estimate only: give a holdout share too",
+                           param="labels")
+    adapter.fit(source, target)
+    if quality is not None:
+        adapter.fit_info_["quality"] = quality
+    return adapter
 
 
 def load_adapter(path: str | os.PathLike) -> Adapter:
     """Read an adapter directory written by :meth:`Adapter.save`, verifying its checksum.
+    ``fit_info_`` comes back as saved, with the held-out ``quality`` estimate of
+    ``fit_adapter(..., holdout=...)`` that the gate of :func:`adapt_embeddings` reads.
 
     Example:
         >>> import tempfile, pathlib
@@ -505,12 +714,18 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
 
 
 def adapt_embeddings(
-    vectors: Any, manifest: Manifest, adapter: Adapter, *, trust_unknown: bool = False
+    vectors: Any, manifest: Manifest, adapter: Adapter, *, trust_unknown: bool = False,
+    min_quality: float | None = None, force: bool = False,
 ) -> tuple[np.ndarray, Manifest]:
     """Map embeddings with their ``manifest`` through ``adapter`` (identity checked) and return
     them with a manifest naming the adapter's *target* model (id, version, nesting), so that
     indexes built from the target model accept them; ``extra["adapted"]`` records the adapter
     and the source. What ``index search --adapter`` and ``adapter apply`` call.
+
+    ``min_quality`` (in [0, 1]) is the quality gate (:func:`nestemb.maps.gate.check_quality`),
+    checked before anything is mapped: an adapter whose recorded held-out neighbour agreement
+    (mean) is below it, or that was fitted without ``holdout``, is refused unless ``force``;
+    the outcome is recorded as ``extra["adapted"]["gate"]``.
 
     Example:
         >>> src = Manifest(model_id="old", model_version="aa", nesting=(4,), dim=4)
@@ -520,8 +735,15 @@ def adapt_embeddings(
         >>> Y, m = adapt_embeddings(X, src, a)
         >>> m.model_id, m.model_version, m.nesting
         ('new', 'bb', (2, 4))
+        >>> adapt_embeddings(X, src, a, min_quality=0.9)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: the adapter was fitted without a held-out estimate: ...
     """
+    from nestemb.maps.gate import check_quality
+
     adapter._check_fitted()
+    gate = check_quality(adapter, min_quality, force=force)
     if adapter.target_ref_ is None:
         raise NestembError(
             "the adapter has no target model identity: fit it with target_ref to produce "
@@ -538,6 +760,7 @@ def adapt_embeddings(
             "adapter_id": adapter.manifest().model_id,
             "adapter_version": adapter.version_,
             "source": ModelRef.of(manifest).to_dict(),
+            **({"gate": gate} if gate is not None else {}),
         }},
     )
     return out, man

@@ -33,11 +33,15 @@ def pca_init(X: Any, center: bool = False) -> tuple[np.ndarray, np.ndarray]:
     return W.astype(np.float32), (-mu @ W).astype(np.float32)
 
 
-def make_module(W0: np.ndarray, b0: np.ndarray | None = None, hidden: int | None = None):
+def make_module(W0: np.ndarray, b0: np.ndarray | None = None, hidden: int | None = None,
+                rank: int | None = None):
     """The one trainable map: ``x @ W + b`` (no ``b`` when ``b0`` is None) plus, with
     ``hidden`` units, a residual MLP ``gelu(x @ W1 + b1) @ W2 + b2`` (tanh GELU) whose output
-    layer starts at zero, so training starts exactly at ``(W0, b0)``. ``export()`` returns the
-    arrays by the names :func:`nestemb.maps.base.forward` reads.
+    layer starts at zero, so training starts exactly at ``(W0, b0)``. With ``rank``, the matrix
+    is trained in factored form ``x @ U @ V`` (``U`` is ``(d_in, rank)``), started at the
+    truncated SVD of ``W0`` split evenly between the factors (the best rank-``rank`` start).
+    ``export()`` returns the arrays by the names :func:`nestemb.maps.base.forward` reads (the
+    product ``U @ V`` as ``W``).
 
     Example:
         >>> import torch
@@ -50,27 +54,44 @@ def make_module(W0: np.ndarray, b0: np.ndarray | None = None, hidden: int | None
         Parameter...
         >>> np.allclose(m(torch.from_numpy(x)).detach().numpy(), forward(m.export(), x), atol=1e-5)
         True
+        >>> low = make_module(np.outer([1.0, 2.0, 0.0], [1.0, -1.0]), rank=1)  # a rank-1 start
+        >>> low.U.shape, np.allclose(low.export()["W"], [[1, -1], [2, -2], [0, 0]], atol=1e-6)
+        (torch.Size([3, 1]), True)
     """
     import torch
 
     class MapModule(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.W = torch.nn.Parameter(torch.from_numpy(np.array(W0, dtype=np.float32)))
+            self.W: torch.nn.Parameter | None = None
+            self.U: torch.nn.Parameter | None = None
+            self.V: torch.nn.Parameter | None = None
+            if rank:
+                u, s, vt = np.linalg.svd(np.asarray(W0, dtype=np.float64), full_matrices=False)
+                r = int(rank)
+                root = np.sqrt(s[:r])  # balanced factors: equal gradient scale on both
+                self.U = torch.nn.Parameter(torch.from_numpy((u[:, :r] * root).astype(np.float32)))
+                self.V = torch.nn.Parameter(
+                    torch.from_numpy((root[:, None] * vt[:r]).astype(np.float32)))
+            else:
+                self.W = torch.nn.Parameter(torch.from_numpy(np.array(W0, dtype=np.float32)))
             self.b = (None if b0 is None
                       else torch.nn.Parameter(torch.from_numpy(np.array(b0, dtype=np.float32))))
             self.up: torch.nn.Linear | None = None
             self.down: torch.nn.Linear | None = None
             if hidden:
-                d_in, d_out = self.W.shape
+                d_in, d_out = np.shape(W0)
                 self.up = torch.nn.Linear(d_in, int(hidden))
                 self.down = torch.nn.Linear(int(hidden), d_out)
                 torch.nn.init.zeros_(self.down.weight)
                 torch.nn.init.zeros_(self.down.bias)
             self.act = torch.nn.GELU(approximate="tanh")
 
+        def matrix(self):
+            return self.W if self.U is None or self.V is None else self.U @ self.V
+
         def forward(self, x):
-            y = x @ self.W
+            y = x @ self.W if self.U is None or self.V is None else (x @ self.U) @ self.V
             if self.b is not None:
                 y = y + self.b
             if self.up is not None:
@@ -78,7 +99,7 @@ def make_module(W0: np.ndarray, b0: np.ndarray | None = None, hidden: int | None
             return y
 
         def export(self) -> dict[str, np.ndarray]:
-            out: dict[str, torch.Tensor] = {"W": self.W}
+            out: dict[str, torch.Tensor] = {"W": self.matrix()}
             if self.b is not None:
                 out["b"] = self.b
             if self.up is not None and self.down is not None:  # set together (hidden)

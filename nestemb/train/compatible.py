@@ -110,7 +110,7 @@ class CompatConfig:
         >>> CompatConfig(influence=1.0)
         Traceback (most recent call last):
         ...
-        nestemb.errors.NestembError: influence and distill need an old_model
+        nestemb.errors.NestembError: influence, distill and contrast need an old_model
         >>> CompatConfig(unseen="ignore")
         Traceback (most recent call last):
         ...
@@ -125,16 +125,21 @@ class CompatConfig:
     simplex_seed: int = 0
     unseen: str = "synthesise"
     old_classes: int | None = None
+    contrast: float = 0.0
+    temperature: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("influence", "distill"):
+        for name in ("influence", "distill", "contrast"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise NestembError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.unseen not in UNSEEN:
             raise NestembError(f"unseen must be one of {UNSEEN}, got {self.unseen!r}")
-        if (self.influence or self.distill) and self.old_model is None:
-            raise NestembError("influence and distill need an old_model")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature > 0):
+            raise NestembError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if (self.influence or self.distill or self.contrast) and self.old_model is None:
+            raise NestembError("influence, distill and contrast need an old_model")
         if self.old_model is not None:
             if not isinstance(self.old_model, ImageModel):
                 raise NestembError(
@@ -144,9 +149,10 @@ class CompatConfig:
                                    "load it with load_image_model or set one with build_manifest")
         if self.old_classes is not None and self.old_classes < 1:
             raise NestembError(f"old_classes must be at least 1, got {self.old_classes}")
-        if not (self.influence or self.distill or self.orthogonal or self.simplex):
+        if not (self.influence or self.distill or self.contrast or self.orthogonal
+                or self.simplex):
             raise NestembError("a CompatConfig must ask for something: influence, distill, "
-                               "orthogonal or simplex")
+                               "contrast, orthogonal or simplex")
 
     @classmethod
     def bct(cls, old_model: ImageModel, influence: float = 1.0, **kw: Any) -> "CompatConfig":
@@ -169,7 +175,7 @@ class CompatConfig:
     @property
     def method(self) -> str:
         """A short name: ``prefix``, ``bct``, ``simplex``, or ``+``-joined parts."""
-        if self.distill:
+        if self.distill or self.contrast:
             parts = ["prefix"]
         elif self.influence:
             parts = ["bct"]
@@ -190,6 +196,7 @@ class CompatConfig:
             d["old_model"] = {"model_id": man.model_id, "model_version": man.model_version,
                               "dim": man.dim, "nesting": list(man.nesting)}  # fmt: skip
             d.update(influence=float(self.influence), distill=float(self.distill),
+                     contrast=float(self.contrast), temperature=float(self.temperature),
                      unseen=self.unseen, old_classes=self.known_classes())  # fmt: skip
         d["orthogonal"] = bool(self.orthogonal)
         if self.simplex:
@@ -396,13 +403,32 @@ class CompatTrainer(nn.Module):
                 b, k, c = logits[keep].shape
                 ce = F.cross_entropy(logits[keep].reshape(b * k, c), y[keep].repeat_interleave(k))
                 total = total + cfg.influence * ce
-        if cfg.distill:
+        if cfg.distill or cfg.contrast:
             with torch.no_grad():
                 z_old = self.old.encoder(self._old_input(model, x))
+        if cfg.distill:
             cos = [(prefix_view(z, m) * prefix_view(z_old, m)).sum(dim=1).mean()
                    for m in self.old.nesting]  # fmt: skip
             total = total + cfg.distill * (1 - torch.stack(cos).mean())
+        if cfg.contrast:
+            total = total + cfg.contrast * self._cross_contrast(z, z_old, y)
         return total
+
+    def _cross_contrast(self, z: torch.Tensor, z_old: torch.Tensor,
+                        y: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Supervised contrastive loss of new queries against the batch's *old* embeddings, at
+        every old prefix: each new vector must rank the old vectors of its own class (its own
+        image included) above the others. This is the cross-model search itself (new queries,
+        old gallery), so it teaches what the compatibility criterion measures, for classes the
+        old model never saw as well (their old vectors are the only reference there is)."""
+        assert self.old is not None, "only with an old model"
+        pos = (y[:, None] == y[None, :]).float()
+        losses = []
+        for m in self.old.nesting:
+            logits = prefix_view(z, m) @ prefix_view(z_old, m).T / self.config.temperature
+            logp = F.log_softmax(logits, dim=1)
+            losses.append(-((logp * pos).sum(dim=1) / pos.sum(dim=1)).mean())
+        return torch.stack(losses).mean()
 
     def export(self, model: ImageModel) -> ImageModel:
         """A copy of ``model`` with the orthogonal layer folded in (for checkpoints)."""
