@@ -202,7 +202,8 @@ def train_cmd(
         "old model's stored gallery (no re-encoding)."),
     compat: Optional[CompatMethod] = typer.Option(
         None, help="prefix (default with --compatible-with): the old classifier on every old "
-        "prefix + distillation + an orthogonal layer; bct: the old classifier on the new "
+        "prefix + distillation + new queries contrasted against the old vectors of their class "
+        "+ an orthogonal layer; bct: the old classifier on the new "
         "features; simplex: a fixed d-simplex classifier (no old model; use it for every model "
         "of a chain)."),
 ) -> None:

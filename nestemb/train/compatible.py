@@ -26,7 +26,19 @@ per-prefix cross-entropy:
   ``simplex_seed`` share it.
 - **Prefix-compatible Matryoshka training** (:meth:`CompatConfig.prefix`): BCT influence plus a
   distillation term, weight ``distill``: ``1 - cos(prefix_view(new(x), m), prefix_view(old(x),
-  m))`` averaged over every old prefix ``m`` on the (augmented) training images; and
+  m))`` averaged over every old prefix ``m`` on the (augmented) training images; a cross-model
+  contrastive term, weight ``contrast`` (default 3 in :meth:`~CompatConfig.prefix`): at every
+  old prefix, a supervised InfoNCE (``temperature`` 0.05) of each new vector against the old
+  vectors of the batch, whose positives are the old vectors of its class. That is the search
+  the criterion measures (new queries, old gallery), and it reaches classes the old classifier
+  never knew. Why it is there (Fashion-MNIST, old model on 5 classes at 32-d, new on 10 at 64-d,
+  the trainer's default schedule, 1-NN top-1 of 2,000 test queries against the 60,000 training
+  images encoded by the old model, at 8/16/32 dims): old/old .703/.771/.789; BCT alone
+  .564/.604/.654 (aligning to the old *classifier* does not place new queries next to old
+  *vectors*, least of all for classes the old model never saw); influence + distillation
+  .687/.723/.751; adding the contrastive term at weight 3 and temperature 0.05 .788/.805/.821,
+  above the old model at every prefix, with new/new .874 at 64-d against .876 for an
+  independently trained model; and
   ``orthogonal=True`` puts a trainable orthogonal layer ``Q`` after the encoder (BT2/OCA style):
   ``z = h Q``. ``Q`` keeps every distance of the encoder's space, so the constrained first
   ``old.dim`` coordinates of ``z`` are a rotation of the encoder's space, not a loss of it, and the
@@ -98,7 +110,8 @@ class CompatConfig:
     """What makes a training run compatible (see the module docstring). Use the constructors
     :meth:`bct`, :meth:`simplex_classifier` and :meth:`prefix`, or set the fields: ``old_model``
     (frozen; needed by ``influence`` and ``distill``), ``influence`` (BCT loss weight),
-    ``distill`` (cosine distillation weight at the old prefixes), ``orthogonal`` (orthogonal layer
+    ``distill`` (cosine distillation weight at the old prefixes), ``contrast`` (cross-model
+    contrastive weight at the old prefixes) and its ``temperature``, ``orthogonal`` (orthogonal layer
     after the encoder), ``simplex`` (fixed d-simplex head), ``simplex_seed``, ``unseen`` (how
     labels the old classifier does not know enter the influence loss: ``"synthesise"`` or
     ``"drop"``), ``old_classes`` (how many classes the old classifier knows, labels ``0..n-1``;
@@ -126,7 +139,7 @@ class CompatConfig:
     unseen: str = "synthesise"
     old_classes: int | None = None
     contrast: float = 0.0
-    temperature: float = 0.1
+    temperature: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("influence", "distill", "contrast"):
@@ -166,11 +179,13 @@ class CompatConfig:
 
     @classmethod
     def prefix(cls, old_model: ImageModel, influence: float = 1.0, distill: float = 1.0,
-               orthogonal: bool = True, **kw: Any) -> "CompatConfig":  # fmt: skip
-        """Prefix-compatible Matryoshka training: influence + distillation on the old prefixes
-        and an orthogonal layer."""
+               contrast: float = 3.0, orthogonal: bool = True,
+               **kw: Any) -> "CompatConfig":  # fmt: skip
+        """Prefix-compatible Matryoshka training: influence, distillation and the cross-model
+        contrastive term on the old prefixes, and an orthogonal layer. The contrastive weight
+        is what makes the criterion pass (see the module docstring for the measurements)."""
         return cls(old_model=old_model, influence=influence, distill=distill,
-                   orthogonal=orthogonal, **kw)  # fmt: skip
+                   contrast=contrast, orthogonal=orthogonal, **kw)  # fmt: skip
 
     @property
     def method(self) -> str:
