@@ -94,14 +94,7 @@ def train_or_load(method: str, i: int, old, x, y, exclude, cache: Path, threads:
 
     step = STEPS[i]
     folder = cache / "models" / method / step.name
-    want = recipe(method, step, old.manifest.model_version if old is not None else None)
-    if (folder / "manifest.json").is_file():
-        model = load_image_model(folder)
-        if model.manifest.extra.get("recipe") == want:
-            return model
     simplex = method == "simplex"
-    cfg = make_model_config("mrl", dim=step.dim, dims=step.nesting, images=x, cosine=True,
-                            width=step.width, num_classes=10 if simplex else step.classes)
     compat = None
     if simplex:
         compat = CompatConfig.simplex_classifier()
@@ -109,6 +102,15 @@ def train_or_load(method: str, i: int, old, x, y, exclude, cache: Path, threads:
         compat = CompatConfig.bct(old)
     elif method == "prefix" and old is not None:
         compat = CompatConfig.prefix(old)
+    want = recipe(method, step, old.manifest.model_version if old is not None else None)
+    if (folder / "manifest.json").is_file():
+        model = load_image_model(folder)
+        # the setup too: a change of a method's defaults retrains its models
+        setup = json.loads(json.dumps(compat.describe())) if compat is not None else None
+        if model.manifest.extra.get("recipe") == want and model.manifest.extra.get("compat") == setup:
+            return model
+    cfg = make_model_config("mrl", dim=step.dim, dims=step.nesting, images=x, cosine=True,
+                            width=step.width, num_classes=10 if simplex else step.classes)
     rows = step_indices(y, step, exclude, seed=i)
     tcfg = ImageTrainConfig(steps=step.steps, holdout=0, seed=i, threads=threads, device="cpu")
     t = time.perf_counter()
