@@ -12,8 +12,8 @@ the one choice made here, the adapter kind.
 
 Methods: ``independent`` (plain Matryoshka models), ``bct`` (old classifier on the new
 features), ``simplex`` (a fixed d-simplex head shared by the chain), ``prefix`` (ours: BCT
-influence + cosine distillation on every old prefix + an orthogonal layer; the extra dims are
-free), and post-hoc adapters between the independent models (``adapter-query``: new queries
+influence + cosine distillation + new vectors contrasted against the old vectors of their class,
+on every old prefix, + an orthogonal layer; the extra dims are free), and post-hoc adapters between the independent models (``adapter-query``: new queries
 mapped into the old space; ``adapter-stored``: the stored old vectors mapped into the new space),
 fitted on 5 % of the gallery. BCT and prefix models are trained against the previous model of
 their own chain (M1 against the independent M0).
