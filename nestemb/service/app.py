@@ -18,22 +18,25 @@ under uvicorn. Layers, outermost first:
 from __future__ import annotations
 
 import codecs
+import collections
 import json
 import logging
 import re
+import shutil
 import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Mapping, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
+                      StrictInt)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nestemb import __version__
@@ -43,8 +46,9 @@ from nestemb.service.auth import ApiKey, find_key
 from nestemb.index.plan import Plan
 from nestemb.service.collection import LiveCollection
 from nestemb.engines import NAME_RE, Mismatch, Unsupported
+from nestemb.service.migration import MIGRATIONS, Conflict, Migration
 from nestemb.service.points import Backend, PointStore, SqlitePoints
-from nestemb.service.store import MissingCollection, Store
+from nestemb.service.store import MissingCollection, Store, shadow_name
 
 log = logging.getLogger("nestemb.service")
 
@@ -137,6 +141,11 @@ FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Scalar = Union[StrictInt, FiniteFloat, Utf8Str, bool, None]
 
 
+ModelName = Optional[Annotated[str, Field(min_length=1, max_length=4096)]]
+MODEL_DOC = ("the model of the vector or text: during a migration 'old' (the default) or 'new', "
+             "or an encoder name or model id of either; otherwise the collection's own")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -169,6 +178,7 @@ class Point(Strict):
     payload: Optional[dict[str, Any]] = Field(None, description="any JSON object (finite "
                                                                 "numbers), at most the server's "
                                                                 "max_payload_bytes")
+    model: ModelName = Field(None, description=MODEL_DOC)
 
 
 class UpsertRequest(Strict):
@@ -193,6 +203,7 @@ class SearchRequest(Strict):
                                           description="recall@10 target in (0, 1]")
     filter: Optional[dict[Utf8Str, Scalar]] = Field(None, description="payload fields that "
                                                                       "must equal these values")
+    model: ModelName = Field(None, description=MODEL_DOC)
 
 
 class BatchSearchRequest(Strict):
@@ -216,6 +227,9 @@ class SearchResponse(BaseModel):
     hits: list[Hit]
     plan: PlanOut
     timing: dict[str, Any]
+    migration: Optional[dict[str, Any]] = Field(
+        None, description="during a migration: its state, the space that answered ('old' or "
+                          "'new'), the backfilled share and the measured map quality")
 
 
 class BatchSearchResponse(BaseModel):
@@ -231,6 +245,7 @@ class CollectionInfo(BaseModel):
     model_id: Optional[str]
     model_version: Optional[str]
     index: dict[str, Any]
+    migration: Optional[dict[str, Any]] = None
 
 
 class PointOut(BaseModel):
@@ -267,6 +282,64 @@ class Health(BaseModel):
                                                          "valid key, or without --api-keys)")
 
 
+class MigrationStart(Strict):
+    encoder: Optional[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        None, description="the new model: one of the server's encoders (it re-encodes the "
+                          "stored texts); or null, and give nesting: the client posts vectors")
+    nesting: Optional[list[json_int(1, 65536)]] = Field(
+        None, max_length=64, description="with client vectors: the new model's prefix dims")
+    model_id: Optional[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        None, description="with client vectors: the new model's id (how requests name it)")
+    text_field: Annotated[str, Field(min_length=1, max_length=256)] = Field(
+        "text", description="payload field holding each point's text (re-encoded by encoder)")
+    sample_size: json_int(10, 1_000_000) = Field(2000, description="points the maps are "
+                                                                   "fitted on")
+    min_quality: Annotated[float, Field(ge=0, le=1, strict=True, allow_inf_nan=False)] = Field(
+        0.5, description="the quality gate: held-out neighbour agreement@10 of the map")
+    force: StrictBool = Field(False, description="map even if the gate refuses")
+    kind: Literal["auto", "orthogonal", "affine", "cluster", "mlp", "lowrank"] = "auto"
+    max_p99_ms: Optional[Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]] = (
+        Field(None, description="search p99 bound of the backfill (default 3x the p99 when it "
+                                "starts)"))
+    batch: json_int(1, 1024) = Field(64, description="texts re-encoded per step")
+
+
+class MigrationFinish(Strict):
+    force: StrictBool = Field(False, description="finish before the backfill is complete "
+                                                 "(mapped vectors become the collection's)")
+
+
+class NewVector(Strict):
+    id: PointId
+    vector: list[FiniteFloat]
+
+
+class VectorsRequest(Strict):
+    points: list[NewVector]
+
+
+class MigrationStatus(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    state: str
+    paused: bool
+    complete: bool
+    backfilled: float
+
+
+class MigrationEnded(BaseModel):
+    name: str
+    ended: str
+    collection: CollectionInfo
+
+
+class Posted(BaseModel):
+    posted: int
+
+
+class Queue(BaseModel):
+    ids: list[PointId]
+
+
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 415, 422)}
 
 
@@ -283,12 +356,15 @@ def _route_scope(method: str, path: str) -> tuple[bool, str | None, str]:
     name, rest = m.group(1), m.group(2) or ""
     if not rest and method in ("PUT", "DELETE", "PATCH"):
         return True, name, "admin"
+    if rest.startswith("/migration") and method != "GET" and rest != "/migration/vectors":
+        return True, name, "admin"  # start, pause, resume, finish, cancel
     write = method in ("PUT", "DELETE", "PATCH") or (method == "POST" and not
                                                      rest.startswith("/search"))
     return True, name, "write" if write else "read"
 
 
-_DENIED = {"read": "read", "write": "write the points of", "admin": "create or drop"}
+_DENIED = {"read": "read", "write": "write the points of",
+           "admin": "create, drop or migrate"}
 
 
 class GuardMiddleware:
@@ -484,6 +560,9 @@ class Service:
         self._stop = threading.Event()
         self._tune_interval = tune_interval
         self._snapshot_at: dict[str, float] = {}
+        self.migrations: dict[str, Migration] = {}
+        self._latency: collections.deque = collections.deque(maxlen=4096)
+        """(monotonic time, ms) of recent searches: the backfill's throttle reads their p99."""
         configs = store.collections()
         if backend is not None:
             self._adopt(configs)
@@ -502,10 +581,60 @@ class Service:
                                      "seconds": round(time.perf_counter() - t, 3)}))
                 if how == "rebuild":  # the next start reads the snapshot instead
                     self.snapshot(name, live, force=True)
+                if cfg.get("migration") and backend is None:
+                    self._open_migration(name, cfg)
+            self._drop_orphans()
         except BaseException:
             self.close_collections()
             raise
         self._tuner = threading.Thread(target=self._tune_loop, name="nestemb-tuner", daemon=True)
+
+    # ----------------------------------------------------------------- migrations
+    def _open_migration(self, name: str, cfg: dict) -> Migration:
+        """The :class:`Migration` of collection ``name`` (its new space read back from the
+        store: snapshot plus newer writes); its worker starts with the service."""
+        shadow_cfg = self.store.shadow_config(name)
+        assert shadow_cfg is not None, "a migration's new space is created with its record"
+        shadow = SqlitePoints(self.store, shadow_name(name), shadow_cfg["nesting"])
+        _memory(shadow).attach(self.store).restore()
+        main = self.collections[name]
+        assert isinstance(main, SqlitePoints)
+        target = cfg["migration"]["target"]["encoder"]
+        mig = Migration(name, self.store, main, shadow, cfg,
+                        save_config=lambda c: self._save_config(name, c),
+                        encode_new=None if target is None else
+                        (lambda texts: self._encode_with(target, texts)),
+                        search_p99=self.search_p99)
+        self.migrations[name] = mig
+        return mig
+
+    def _save_config(self, name: str, cfg: dict) -> None:
+        self.store.update_config(name, cfg)
+        self.configs[name] = cfg
+
+    def _encode_with(self, encoder: str, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.encoder(encoder).encode(texts), dtype=np.float32)
+
+    def _drop_orphans(self) -> None:
+        """Remove the maps and snapshots of migrations that ended (a crash after the commit
+        of a finish or cancel can leave them)."""
+        folder = self.store.data_dir / MIGRATIONS
+        for old in folder.glob("*") if folder.is_dir() else ():
+            if old.name not in self.migrations:
+                shutil.rmtree(old, ignore_errors=True)
+        snaps = self.store.data_dir / "snapshots"
+        for old in snaps.glob("*#new") if snaps.is_dir() else ():
+            if old.name[: -len("#new")] not in self.migrations:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def record_search(self, ms: float) -> None:
+        self._latency.append((time.monotonic(), ms))
+
+    def search_p99(self, window: float = 10.0) -> float | None:
+        """The p99 of the searches of the last ``window`` seconds (None under 20 of them)."""
+        since = time.monotonic() - window
+        recent = [ms for t, ms in list(self._latency) if t >= since]
+        return float(np.percentile(recent, 99)) if len(recent) >= 20 else None
 
     def _adopt(self, configs: dict[str, dict]) -> None:
         """Register the nestemb collections the backend holds that the service does not know
@@ -528,7 +657,15 @@ class Service:
             self.store.create_collection(name, cfg)
             configs[name] = cfg
 
+    def _spaces(self) -> list[tuple[str, PointStore]]:
+        """Every collection, and the new space of every migration."""
+        return [*self.collections.items(),
+                *((m.shadow.name, m.shadow) for m in list(self.migrations.values()))]
+
     def close_collections(self) -> None:
+        for mig in self.migrations.values():
+            mig.stop()
+        self.migrations.clear()
         for live in self.collections.values():
             live.close()
         self.collections.clear()
@@ -539,12 +676,16 @@ class Service:
         """Start the background tuner (once: a second lifespan of the app does not fail)."""
         if self._tuner.ident is None:
             self._tuner.start()
+            for mig in self.migrations.values():
+                mig.start()
 
     def stop(self) -> None:
         self._stop.set()
+        for mig in self.migrations.values():
+            mig.stop()
         if self._tuner.is_alive():
             self._tuner.join(timeout=10)
-        for name, live in list(self.collections.items()):
+        for name, live in self._spaces():
             self.snapshot(name, live, force=True)
         self.close_collections()
         self.store.close()
@@ -572,7 +713,7 @@ class Service:
         """Re-tune a collection whose size changed by > 20 % since its last tuning; snapshot
         collections with new writes (:meth:`snapshot`)."""
         while not self._stop.wait(self._tune_interval):
-            for name, live in list(self.collections.items()):
+            for name, live in self._spaces():
                 if self._stop.is_set():
                     break
                 self.snapshot(name, live)
@@ -803,6 +944,9 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
     async def _nestemb_error(request: Request, exc: NestembError):
         if isinstance(exc, Mismatch):
             return JSONResponse(error_body(409, str(exc), "name"), 409)
+        if isinstance(exc, Conflict):  # a migration's state refuses the request
+            field = json_field(exc)
+            return JSONResponse(error_body(409, exc.render(field), field), 409)
         if isinstance(exc, MissingCollection):  # dropped meanwhile
             return JSONResponse(error_body(404, str(exc), "name"), 404)
         field = json_field(exc)
@@ -869,7 +1013,8 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
         return CollectionInfo(
             name=name, count=len(live), dim=live.dim, nesting=list(live.nesting),
             encoder=cfg.get("encoder"), model_id=cfg.get("model_id"),
-            model_version=cfg.get("model_version"), index=live.index_info())
+            model_version=cfg.get("model_version"), index=live.index_info(),
+            migration=mig.answer("old", []) if (mig := svc.migrations.get(name)) else None)
 
     @app.put("/collections/{name}", responses=ERRORS)
     def create_collection(name: str, body: CollectionCreate) -> CollectionInfo:
@@ -928,7 +1073,12 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
     def drop_collection(name: str) -> Dropped:
         with svc._admin:
             live = svc.get(name)
+            mig = svc.migrations.pop(name, None)
+            if mig is not None:
+                mig.stop()
             with live.write_lock:  # no write of this collection is between commit and memory
+                if mig is not None:
+                    mig.drop_maps()
                 if svc.backend is not None:
                     live.close()
                     svc.backend.drop(name)
@@ -954,31 +1104,67 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
                 raise ApiError(422, f"duplicate id {p.id!r} in the batch", f"points.{i}.id")
             seen.add((type(p.id), p.id))
             _payload_json(p.payload or {}, f"points.{i}.payload", limits.max_payload_bytes)
-        X = np.zeros((len(pts), live.dim), dtype=np.float32)
-        vec_rows = [i for i, p in enumerate(pts) if p.vector is not None]
-        if vec_rows:
-            X[vec_rows] = _vectors([pts[i].vector for i in vec_rows], live.dim,
-                                   [f"points.{i}.vector" for i in vec_rows], MAX_ABS_STORED)
+        mig = svc.migrations.get(name)
+        spaces = [_space(name, mig, p.model, f"points.{i}.model") for i, p in enumerate(pts)]
+        dims = {"old": live.dim, "new": mig.shadow.dim if mig else live.dim}
+        firsts = {"old": live.nesting[0], "new": mig.shadow.nesting[0] if mig else 0}
+        vecs: list[np.ndarray] = [np.zeros(dims[s], np.float32) for s in spaces]
+        for space in ("old", "new"):
+            rows = [i for i, p in enumerate(pts) if p.vector is not None and spaces[i] == space]
+            if rows:
+                X = _vectors([pts[i].vector for i in rows], dims[space],
+                             [f"points.{i}.vector" for i in rows], MAX_ABS_STORED)
+                for i, x in zip(rows, X):
+                    vecs[i] = x
         text_rows = [i for i, p in enumerate(pts) if p.text is not None]
+        new_from_text = None
         if text_rows:
-            X[text_rows] = svc.embed(name, [pts[i].text for i in text_rows],
-                                     [f"points.{i}.text" for i in text_rows])
-        norms = np.linalg.norm(X[:, : live.nesting[0]].astype(np.float64), axis=1)
-        if (norms < MIN_PREFIX_NORM).any():
-            i = int(np.flatnonzero(norms < MIN_PREFIX_NORM)[0])
-            raise ApiError(422, f"vector's first {live.nesting[0]} dims are all zero or nearly "
-                           f"(norm < {MIN_PREFIX_NORM:g}): no direction to compare",
-                           f"points.{i}.vector")
+            bad = next((i for i in text_rows if spaces[i] == "new"), None)
+            if bad is not None:
+                raise ApiError(422, "a text is embedded by both models during a migration: "
+                               "leave model out (or 'old')", f"points.{bad}.model")
+            texts = [pts[i].text for i in text_rows]
+            fields = [f"points.{i}.text" for i in text_rows]
+            for i, x in zip(text_rows, svc.embed(name, texts, fields)):
+                vecs[i] = x
+            if mig is not None and mig.encode_new is not None:
+                new_from_text = mig.encode_new(texts)
+        for i, (v, space) in enumerate(zip(vecs, spaces)):
+            if np.linalg.norm(v[: firsts[space]].astype(np.float64)) < MIN_PREFIX_NORM:
+                raise ApiError(422, f"vector's first {firsts[space]} dims are all zero or "
+                               f"nearly (norm < {MIN_PREFIX_NORM:g}): no direction to compare",
+                               f"points.{i}.vector")
         ids = [p.id for p in pts]
         payloads = [p.payload or {} for p in pts]
         with live.write_lock:
             try:
                 if svc.collections.get(name) is not live:  # dropped while embedding
                     raise MissingCollection(name)
-                live.upsert(ids, X, payloads)  # durable, then visible
+                if svc.migrations.get(name) is not mig:
+                    raise ApiError(409, f"the migration of collection {name!r} started or "
+                                   "ended meanwhile: send the points again", "name")
+                if mig is None:
+                    live.upsert(ids, np.stack(vecs), payloads)  # durable, then visible
+                else:
+                    mig.upsert(ids, vecs, spaces, payloads, new_from_text, text_rows)
             except MissingCollection:
                 raise ApiError(404, f"collection {name!r} does not exist", "name") from None
         return Upserted(upserted=len(ids))
+
+    def _space(name: str, mig: Migration | None, model: str | None, field: str) -> str:
+        """The space (``"old"``/``"new"``) of a request naming ``model``; without a migration
+        only the collection's own model (or ``"old"``) is accepted."""
+        if mig is not None:
+            try:
+                return mig.space_of(model, field)
+            except NestembError as e:
+                raise _field_error(e) from None
+        cfg = svc.config(name)
+        if model is not None and model not in ("old", cfg.get("encoder"), cfg.get("model_id")):
+            raise ApiError(422, f"{field} {model!r} is not the model of collection {name!r} "
+                           f"({cfg.get('encoder') or cfg.get('model_id') or 'vectors only'}), "
+                           "and it is not migrating", field)
+        return "old"
 
     def _parse_id(live: PointStore, raw: str) -> int | str:
         """A path id: the integer if it looks like one and exists; else the string if it
@@ -1020,7 +1206,9 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
         with live.write_lock:
             if svc.collections.get(name) is not live:
                 raise ApiError(404, f"collection {name!r} does not exist", "name")
-            return Deleted(deleted=live.delete(body.ids))
+            mig = svc.migrations.get(name)
+            return Deleted(deleted=live.delete(body.ids) if mig is None
+                           else mig.delete(body.ids))
 
     def _search(name: str, req: SearchRequest, field: str = "") -> SearchResponse:
         live = svc.get(name)
@@ -1033,10 +1221,24 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             raise ApiError(422, "give dims or recall, not both", field + "recall")
         if req.shortlist is not None and req.dims is None:
             raise ApiError(422, "shortlist needs dims", field + "shortlist")
+        mig = svc.migrations.get(name)
+        space = _space(name, mig, req.model, field + "model")
+        if mig is not None:
+            try:
+                mig.searchable(space)
+            except Conflict as e:
+                raise _field_error(e, field, 409) from None
+            live = mig.points_of(space)
         timing: dict[str, Any] = {}
         if req.text is not None:
             t = time.perf_counter()
-            q = svc.embed(name, [req.text], [field + "text"])
+            if space == "new":
+                if mig is None or mig.encode_new is None:
+                    raise ApiError(422, "the new model is not one of this server's encoders: "
+                                   "send its vector", field + "text")
+                q = mig.encode_new([req.text])
+            else:
+                q = svc.embed(name, [req.text], [field + "text"])
             timing["embed_ms"] = round((time.perf_counter() - t) * 1000, 3)
         else:
             q = _vectors([req.vector], live.dim, [field + "vector"])
@@ -1064,8 +1266,10 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             raise _field_error(e, field) from None
         timing["stages"] = stages
         timing["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        svc.record_search(timing["total_ms"])
         return SearchResponse(hits=[Hit(**h) for h in hits[0]], plan=PlanOut(**plan.as_dict()),
-                              timing=timing)
+                              timing=timing,
+                              migration=None if mig is None else mig.answer(space, hits))
 
     @app.post("/collections/{name}/search", responses=ERRORS)
     def search(name: str, body: SearchRequest) -> SearchResponse:
@@ -1082,5 +1286,193 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
         return BatchSearchResponse(results=[_search(name, r, f"searches.{i}.")
                                             for i, r in enumerate(body.searches)])
 
-    return app
+    # -------------------------------------------------------------------- migrations
+    def _migration(name: str) -> Migration:
+        svc.get(name)
+        mig = svc.migrations.get(name)
+        if mig is None:
+            raise ApiError(404, f"collection {name!r} is not migrating (start one with PUT "
+                           f"/collections/{name}/migration)", "name")
+        return mig
 
+    @app.put("/collections/{name}/migration", responses=ERRORS)
+    def start_migration(name: str, body: MigrationStart) -> MigrationStatus:
+        """Start moving collection ``name`` to a new model (see :mod:`nestemb.service.migration`):
+        ``encoder`` (one of the server's) re-encodes the stored texts; or ``nesting`` (and
+        ``model_id``): the client posts the new vectors."""
+        with svc._admin:
+            live = svc.get(name)
+            if svc.backend is not None:
+                raise ApiError(409, f"live migrations need the embedded engine (nestemb serve "
+                               f"--engine sqlite); on {svc.backend.kind} a collection would "
+                               "need a second vector per point beside the first (a named "
+                               "vector or a second field), which this backend does not write "
+                               "yet: export the new vectors into a new collection instead",
+                               "engine")
+            if name in svc.migrations:
+                raise ApiError(409, f"collection {name!r} is already migrating (to "
+                               f"{svc.migrations[name].record['target']['model_id']}): "
+                               "finish or cancel that migration first", "name")
+            cfg = svc.config(name)
+            if (body.encoder is None) == (body.nesting is None):
+                raise ApiError(422, "give encoder (the server re-encodes the stored texts) or "
+                               "nesting (the client posts the new vectors), not both",
+                               "encoder")
+            if body.encoder is not None:
+                if body.encoder not in svc.encoders:
+                    raise ApiError(422, "encoder must be one of this server's encoders: "
+                                   f"{', '.join(sorted(svc.encoders))}", "encoder")
+                try:
+                    enc = svc.encoder(body.encoder)
+                except (NestembError, OSError, ValueError) as e:
+                    raise ApiError(422, f"encoder {body.encoder!r} cannot be loaded: {e}",
+                                   "encoder") from None
+                man = enc.manifest
+                if man.model_version is not None and man.model_version == cfg.get(
+                        "model_version"):
+                    raise ApiError(422, f"collection {name!r} already uses {body.encoder!r} "
+                                   f"(weights version {man.model_version})", "encoder")
+                nesting = list(man.nesting or default_nesting(enc.dim, 8))
+                target = {"encoder": body.encoder, "model_id": man.model_id,
+                          "model_version": man.model_version, "nesting": nesting}
+            else:
+                assert body.nesting is not None
+                if body.nesting[-1] > limits.max_dim:
+                    raise ApiError(422, f"dimension {body.nesting[-1]} exceeds the limit of "
+                                   f"{limits.max_dim}", "nesting")
+                try:
+                    nesting = list(validate_nesting(body.nesting, full_dim=body.nesting[-1]))
+                except NestembError as e:
+                    raise ApiError(422, e.render("nesting"), "nesting") from None
+                if body.model_id is not None and body.model_id in (
+                        cfg.get("model_id"), cfg.get("encoder"), "old"):
+                    raise ApiError(422, f"collection {name!r} already uses {body.model_id!r}",
+                                   "model_id")
+                target = {"encoder": None, "model_id": body.model_id or "new",
+                          "model_version": None, "nesting": nesting}
+            if len(live) == 0:
+                raise ApiError(409, f"collection {name!r} has no points: nothing to migrate "
+                               "(create a collection for the new model)", "name")
+            if body.encoder is not None:
+                mem = _memory(live)
+                assert mem is not None
+                field = body.text_field
+                texts = sum(1 for p in mem.ids() if isinstance(
+                    t := (mem.payload_of(p) or {}).get(field), str) and t.strip())
+                if texts == 0:
+                    raise ApiError(422, f"no stored point has a text in payload field {field!r} "
+                                   f"to re-encode: name the field that holds it, or post the "
+                                   "new vectors (give nesting instead of encoder)", "text_field")
+            p99 = svc.search_p99(60.0)
+            record = {"state": "sampling" if body.encoder else "collecting", "paused": False,
+                      "id": svc.store.sequence() + 1, "started": time.time(), "error": None,
+                      "source": {"encoder": cfg.get("encoder"), "model_id": cfg.get("model_id"),
+                                 "model_version": cfg.get("model_version"),
+                                 "nesting": list(live.nesting)},
+                      "target": target, "text_field": body.text_field,
+                      "sample_size": body.sample_size, "min_quality": body.min_quality,
+                      "force": body.force, "kind": body.kind, "batch": body.batch,
+                      "max_p99_ms": body.max_p99_ms, "baseline_p99_ms": p99, "map": None}
+            new_cfg = {**cfg, "migration": record}
+            with live.write_lock:
+                svc.store.start_migration(name, new_cfg, {"nesting": target["nesting"],
+                                                          "shadow_of": name})
+                svc.configs[name] = new_cfg
+                mig = svc._open_migration(name, new_cfg)
+            mig.start()
+            return MigrationStatus(**mig.status())
+
+    @app.get("/collections/{name}/migration", responses=ERRORS)
+    def migration_status(name: str) -> MigrationStatus:
+        return MigrationStatus(**_migration(name).status())
+
+    @app.post("/collections/{name}/migration/pause", responses=ERRORS)
+    def pause_migration(name: str) -> MigrationStatus:
+        mig = _migration(name)
+        mig.pause(True)
+        return MigrationStatus(**mig.status())
+
+    @app.post("/collections/{name}/migration/resume", responses=ERRORS)
+    def resume_migration(name: str) -> MigrationStatus:
+        mig = _migration(name)
+        mig.pause(False)
+        return MigrationStatus(**mig.status())
+
+    @app.get("/collections/{name}/migration/queue", responses=ERRORS)
+    def migration_queue(name: str, limit: int = 1000) -> Queue:
+        """Ids whose new-model vector is still a mapped one, most retrieved first: what a
+        client posting vectors should send next."""
+        if not 1 <= limit <= 100_000:
+            raise ApiError(422, f"limit must be in 1 ... 100000, got {limit}", "limit")
+        return Queue(ids=_migration(name).queue(limit))
+
+    @app.put("/collections/{name}/migration/vectors", responses=ERRORS)
+    def post_vectors(name: str, body: VectorsRequest) -> Posted:
+        """New-model vectors of stored points (true ones: they replace mapped vectors)."""
+        mig = _migration(name)
+        pts = body.points
+        if not pts:
+            raise ApiError(422, "points must not be empty", "points")
+        if len(pts) > limits.max_batch:
+            raise ApiError(413, f"batch of {len(pts)} points exceeds the limit of "
+                           f"{limits.max_batch}", "points")
+        keys = [(type(p.id), p.id) for p in pts]
+        if len(set(keys)) != len(keys):
+            i = next(j for j, key in enumerate(keys) if key in keys[:j])
+            raise ApiError(422, f"duplicate id {pts[i].id!r} in the batch", f"points.{i}.id")
+        Y = _vectors([p.vector for p in pts], mig.shadow.dim,
+                     [f"points.{i}.vector" for i in range(len(pts))], MAX_ABS_STORED)
+        first = mig.shadow.nesting[0]
+        small = np.linalg.norm(Y[:, :first].astype(np.float64), axis=1) < MIN_PREFIX_NORM
+        if small.any():
+            raise ApiError(422, f"vector's first {first} dims are all zero or nearly",
+                           f"points.{int(np.flatnonzero(small)[0])}.vector")
+        with mig.main.write_lock:
+            if svc.migrations.get(name) is not mig:
+                raise ApiError(409, f"the migration of {name!r} ended meanwhile", "name")
+            return Posted(posted=mig.post_vectors([p.id for p in pts], Y))
+
+    def _end(name: str, how: str, force: bool) -> MigrationEnded:
+        with svc._admin:
+            mig = _migration(name)
+            if how == "finish" and mig.state != "backfilling":
+                raise ApiError(409, f"the migration of {name!r} is {mig.state}: not every "
+                               "point has a new-model vector yet (even forced, a finish "
+                               "waits for the mapping)", "force" if force else "name")
+            if how == "finish" and not force:
+                if mig.mapped:
+                    raise ApiError(409, f"{len(mig.mapped)} points of {name!r} still have a "
+                                   "mapped (not re-encoded) vector: wait for the backfill "
+                                   "(or post their vectors), or force the finish", "force")
+            mig.stop()
+            main, shadow = mig.main, mig.shadow
+            with main.write_lock, shadow.write_lock:
+                if how == "finish":
+                    cfg = mig.finished_config()
+                    svc.store.finish_migration(name, cfg)
+                    mem = _memory(shadow)
+                    assert mem is not None
+                    mem.name = name
+                    svc.collections[name] = SqlitePoints(svc.store, name, mem.nesting, live=mem)
+                    mem.writes = max(mem.writes, 1)  # snapshotted under its new epoch
+                else:
+                    cfg = {k: v for k, v in mig.config.items() if k != "migration"}
+                    svc.store.cancel_migration(name, cfg)
+                svc.configs[name] = cfg
+                del svc.migrations[name]
+                mig.drop_maps()
+            log.info(json.dumps({"event": f"migration_{how}", "name": name}))
+        return MigrationEnded(name=name, ended=how, collection=info(name))
+
+    @app.post("/collections/{name}/migration/finish", responses=ERRORS)
+    def finish_migration(name: str, body: Optional[MigrationFinish] = None) -> MigrationEnded:
+        """Make the new model the collection's model and drop the old vectors (one
+        transaction); before the backfill is complete only with ``force``."""
+        return _end(name, "finish", bool(body and body.force))
+
+    @app.post("/collections/{name}/migration/cancel", responses=ERRORS)
+    def cancel_migration(name: str) -> MigrationEnded:
+        """Drop the new vectors and the migration (one transaction)."""
+        return _end(name, "cancel", False)
+
+    return app

@@ -184,9 +184,10 @@ class LiveCollection:
                 and bool(np.array_equal(prefix_view(x[None], self.dim)[0],
                                         self.index.vectors_[row])))
 
-    def _vector(self, iid: int, row: int) -> np.ndarray:
-        """The vector as given, from its stored view and norm (float64 product, float32)."""
-        return (np.asarray(self.index.vectors_[row], dtype=np.float64) * self._norms[iid]
+    def _vectors(self, iids: Sequence[int], rows: Sequence[int]) -> np.ndarray:
+        """Vectors as given, from their stored views and norms (float64 product, float32)."""
+        norms = np.array([self._norms[i] for i in iids], dtype=np.float64)
+        return (np.asarray(self.index.vectors_[list(rows)], dtype=np.float64) * norms[:, None]
                 ).astype(np.float32)
 
     def _maybe_compact(self) -> None:
@@ -216,7 +217,35 @@ class LiveCollection:
                 return None
             if self.store is not None:
                 return self.store.point(self.name, pid)
-            return self._vector(iid, self.index._id_map()[iid]), self._payloads[iid]
+            return self._vectors([iid], [self.index._id_map()[iid]])[0], self._payloads[iid]
+
+    def ids(self) -> list[Any]:
+        """Every point id, in index order."""
+        with self._lock:
+            return list(self._iid)
+
+    def vectors_of(self, pids: Sequence[Any]) -> np.ndarray:
+        """The vectors of points ``pids`` (all present) as given, float32, in one gather
+        from the index (no SQLite read).
+
+        Example:
+            >>> c = LiveCollection("demo", nesting=(2,))
+            >>> c.upsert(["a", "b"], np.array([[3, 4], [0, 2]], "float32"), [{}, {}])
+            >>> c.vectors_of(["b", "a"]).tolist()
+            [[0.0, 2.0], [3.0, 4.0]]
+        """
+        with self._lock:
+            if not pids:
+                return np.zeros((0, self.dim), np.float32)
+            iids = [self._iid[p] for p in pids]
+            lookup = self.index._id_map()
+            return self._vectors(iids, [lookup[i] for i in iids])
+
+    def payload_of(self, pid: Any) -> dict | None:
+        """The payload of point ``pid``, or None when it is not stored."""
+        with self._lock:
+            iid = self._iid.get(pid)
+            return None if iid is None else self._payloads[iid]
 
     # ------------------------------------------------------------------- search
     def _filter_rows(self, flt: dict) -> np.ndarray:

@@ -104,9 +104,10 @@ class SqlitePoints:
     kind = "sqlite"
     tunable = True
 
-    def __init__(self, store: Store, name: str, nesting: Sequence[int], load: bool = False):
+    def __init__(self, store: Store, name: str, nesting: Sequence[int], load: bool = False,
+                 live: LiveCollection | None = None):
         self.store, self.name = store, name
-        self.live = LiveCollection(name, nesting)
+        self.live = live if live is not None else LiveCollection(name, nesting)
         self.nesting, self.dim = self.live.nesting, self.live.dim
         self.write_lock = self.live.write_lock
         if load:

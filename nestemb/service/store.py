@@ -34,7 +34,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -69,11 +69,28 @@ CREATE TABLE IF NOT EXISTS sequence (
 );
 INSERT OR IGNORE INTO sequence (one, seq) VALUES (0, 0);
 """
-_COLUMNS = (("points", "seq"), ("collections", "epoch"))
+_COLUMNS = (("points", "seq"), ("collections", "epoch"), ("points", "origin"))
 """Columns added after the first schema (``ALTER TABLE`` on an older database): the write
-sequence number of a point's last write, the sequence number a collection was created at."""
+sequence number of a point's last write, the sequence number a collection was created at,
+and how a point's vector was made (:data:`MODEL` or :data:`MAPPED`)."""
+MODEL, MAPPED = 0, 1
+"""A stored vector's ``origin``: made by the collection's model (or posted by its client), or
+computed by a fitted map from another model's vector (during a migration)."""
+SHADOW_SUFFIX = "#new"
+"""A migrating collection's vectors in the new model's space are stored as the collection
+``<name>#new`` (a name no client can give: ``#`` is not allowed in collection names)."""
 SNAPSHOTS = "snapshots"
 """Folder (in the data folder) of the collections' index snapshots."""
+
+
+def shadow_name(collection: str) -> str:
+    """Where the new-model vectors of a migrating collection are stored.
+
+    Example:
+        >>> shadow_name("docs")
+        'docs#new'
+    """
+    return collection + SHADOW_SUFFIX
 
 
 class MissingCollection(NestembError):
@@ -293,6 +310,8 @@ class Store:
             raise self._corrupt(e) from None
         out = {}
         for name, text in rows:
+            if name.endswith(SHADOW_SUFFIX):  # a migration's new space: see shadow_config
+                continue
             where = f"{self.path}: collection {name!r}"
             try:
                 cfg = json.loads(text)
@@ -326,30 +345,110 @@ class Store:
                       [(json.dumps(config), name)])])
 
     def drop_collection(self, name: str) -> None:
-        self._write([("DELETE FROM points WHERE collection = ?", [(name,)]),
-                     ("DELETE FROM removed WHERE collection = ?", [(name,)]),
-                     ("DELETE FROM collections WHERE name = ?", [(name,)])])
+        """Drop a collection with its points (and a migration's new space, if any)."""
+        names = [(name,), (shadow_name(name),)]
+        self._write([("DELETE FROM points WHERE collection = ?", names),
+                     ("DELETE FROM removed WHERE collection = ?", names),
+                     ("DELETE FROM collections WHERE name = ?", names)])
         self._drop_snapshots(name)
+        self._drop_snapshots(shadow_name(name))
+
+    # ------------------------------------------------------------------ migrations
+    def start_migration(self, name: str, config: dict, shadow_config: dict) -> None:
+        """Record ``config`` (with its ``migration``) and create the new space's collection
+        ``shadow_name(name)``, in one transaction."""
+        shadow = shadow_name(name)
+        self._drop_snapshots(shadow)
+        self._write([("DELETE FROM points WHERE collection = ?", [(shadow,)]),
+                     ("DELETE FROM removed WHERE collection = ?", [(shadow,)]),
+                     ("INSERT INTO collections (name, config, epoch) VALUES (?, ?, ?)",
+                      lambda seq: [(shadow, json.dumps(shadow_config), seq)]),
+                     ("UPDATE collections SET config = ? WHERE name = ?",
+                      [(json.dumps(config), name)])], require=name)
+
+    def shadow_config(self, name: str) -> dict | None:
+        """The config of ``name``'s migration space, or None when it has none."""
+        rows = self._read("SELECT config FROM collections WHERE name = ?", (shadow_name(name),))
+        return json.loads(rows[0][0]) if rows else None
+
+    def finish_migration(self, name: str, config: dict) -> None:
+        """One transaction: the old vectors are dropped, the new space's points become the
+        collection's, ``config`` (the new model's) replaces its config and the collection
+        gets a new epoch (its old snapshots are never read again)."""
+        shadow = shadow_name(name)
+        self._write([("DELETE FROM points WHERE collection = ?", [(name,)]),
+                     ("UPDATE points SET collection = ? WHERE collection = ?", [(name, shadow)]),
+                     ("DELETE FROM removed WHERE collection = ?", [(name,), (shadow,)]),
+                     ("DELETE FROM collections WHERE name = ?", [(shadow,)]),
+                     ("UPDATE collections SET config = ?, epoch = ? WHERE name = ?",
+                      lambda seq: [(json.dumps(config), seq, name)])], require=name)
+        self._drop_snapshots(name)
+        self._drop_snapshots(shadow)
+
+    def cancel_migration(self, name: str, config: dict) -> None:
+        """One transaction: the new space is dropped and ``config`` (without the migration)
+        restored."""
+        shadow = shadow_name(name)
+        self._write([("DELETE FROM points WHERE collection = ?", [(shadow,)]),
+                     ("DELETE FROM removed WHERE collection = ?", [(shadow,)]),
+                     ("DELETE FROM collections WHERE name = ?", [(shadow,)]),
+                     ("UPDATE collections SET config = ? WHERE name = ?",
+                      [(json.dumps(config), name)])], require=name)
+        self._drop_snapshots(shadow)
+
+    def mapped_ids(self, collection: str) -> list[int | str]:
+        """Ids of the points of ``collection`` whose stored vector a map computed
+        (origin :data:`MAPPED`)."""
+        rows = self._read("SELECT id FROM points WHERE collection = ? AND origin = ?",
+                          (collection, MAPPED))
+        return [json.loads(r[0]) for r in rows]
 
     # ----------------------------------------------------------------------- points
-    def upsert(self, collection: str, points: list[tuple[int | str, np.ndarray, dict]]) -> None:
+    def upsert(self, collection: str, points: list[tuple[int | str, np.ndarray, dict]],
+               origin: int | Sequence[int] = MODEL) -> None:
         """Insert or replace ``(id, float32 vector, payload)`` rows, all or none; raises
-        :class:`MissingCollection` if ``collection`` is not (or no longer) stored."""
-        self._write([(
-            "INSERT OR REPLACE INTO points (collection, id, vector, payload, seq) "
-            "VALUES (?, ?, ?, ?, ?)",
-            lambda seq: [(collection, id_key(i), np.asarray(v, dtype="<f4").tobytes(),
-                          json.dumps(p), seq) for i, v, p in points],
-        ), ("DELETE FROM removed WHERE collection = ? AND id = ?",
-            [(collection, id_key(i)) for i, _, _ in points])], require=collection)
+        :class:`MissingCollection` if ``collection`` is not (or no longer) stored. ``origin``
+        (one for all, or one per point) says how each vector was made."""
+        self.write([(collection, points, origin)], require=collection)
 
     def delete(self, collection: str, ids: list[int | str]) -> None:
         """Delete points; each leaves a ``removed`` row (its id and sequence number) for a
         snapshot's replay (:meth:`changes`), pruned by :meth:`prune`."""
-        self._write([("DELETE FROM points WHERE collection = ? AND id = ?",
-                      [(collection, id_key(i)) for i in ids]),
-                     ("INSERT OR REPLACE INTO removed (collection, id, seq) VALUES (?, ?, ?)",
-                      lambda seq: [(collection, id_key(i), seq) for i in ids])])
+        self.write(deletes=[(collection, ids)])
+
+    def write(self, upserts: Sequence[tuple[str, list, int | Sequence[int]]] = (),
+              deletes: Sequence[tuple[str, list]] = (), require: str | None = None) -> None:
+        """Upserts ``(collection, points, origin)`` (as :meth:`upsert`) and deletes
+        ``(collection, ids)`` (as :meth:`delete`) in one transaction, all or none (a migrating
+        collection writes both its spaces at once); with ``require``, refused with
+        :class:`MissingCollection` unless that collection is stored.
+
+        Example:
+            >>> import tempfile
+            >>> s = Store(tempfile.mkdtemp())
+            >>> s.create_collection("a", {"nesting": [2]})
+            >>> s.create_collection("b", {"nesting": [3]})
+            >>> s.write([("a", [(1, np.ones(2), {})], MODEL),
+            ...          ("b", [(1, np.ones(3), {})], MAPPED)], require="a")
+            >>> s.mapped_ids("a"), s.mapped_ids("b")
+            ([], [1])
+        """
+        statements: list[tuple[str, Any]] = []
+        for name, pts, how in upserts:
+            hows = [int(how)] * len(pts) if isinstance(how, (int, np.integer)) else list(how)
+            rows = [(name, id_key(i), np.asarray(v, dtype="<f4").tobytes(), json.dumps(p), o)
+                    for (i, v, p), o in zip(pts, hows)]
+            statements += [(
+                "INSERT OR REPLACE INTO points (collection, id, vector, payload, origin, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?)", lambda seq, rows=rows: [(*r, seq) for r in rows],
+            ), ("DELETE FROM removed WHERE collection = ? AND id = ?",
+                [(name, id_key(i)) for i, _, _ in pts])]
+        for name, ids in deletes:
+            keys = [(name, id_key(i)) for i in ids]
+            statements += [("DELETE FROM points WHERE collection = ? AND id = ?", keys),
+                           ("INSERT OR REPLACE INTO removed (collection, id, seq) "
+                            "VALUES (?, ?, ?)", lambda seq, keys=keys: [(*k, seq) for k in keys])]
+        self._write(statements, require=require)
 
     def prune(self, collection: str, seq: int) -> None:
         """Forget deletions up to sequence number ``seq`` (a snapshot holds them)."""
