@@ -39,7 +39,8 @@ def _flags(cmd) -> dict[str, str]:
 
 # idea -> (its one flag, the commands that have it)
 VOCABULARY = {
-    "nesting trained or fitted": ("--nesting", {"image train", "text train", "retrofit fit"}),
+    "nesting trained, fitted or declared": ("--nesting", {"image train", "text train", "retrofit fit",
+                                                          "migrate start"}),
     "funnel stage prefixes": ("--stages", {"index build", "backend export", "backend search"}),
     "evaluated prefixes": ("--dims", {"compat", "text eval-retrieval", "text eval-sts"}),
     "engine kind": ("--engine", {"serve", "backend export", "backend search"}),

@@ -318,3 +318,112 @@ def test_search_page_matches_api_and_numpy(shared_data: Path, tmp_path: Path, br
         browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {  # the whole page
             "width": 1280, "height": int(height), "deviceScaleFactor": 1, "mobile": False})
         assert browser.save_screenshot(str(out / "page.png"))
+
+
+# ----------------------------------------------------------------------------- migration
+def test_page_shows_a_migration_and_searches_the_new_space(tmp_path: Path, browser) -> None:
+    """A collection migrating to a new model (client vectors: the new model is a fixed linear
+    image of the old one): the page's migration panel shows what ``GET .../migration`` says
+    (state, backfilled share as a bar, map and probe agreement) and follows it (2 s polls);
+    with the new model picked, a search is answered by the new space and the page says so."""
+    import httpx
+
+    from harness.server import running_server
+
+    X = np.random.default_rng(0).normal(size=(200, 8))
+    R = np.random.default_rng(1).normal(size=(8, 12))
+    Y = X @ R
+    with running_server(tmp_path / "data") as (url, _), httpx.Client(base_url=url,
+                                                                      timeout=60) as http:
+        assert http.put("/collections/mig", json={"nesting": [4, 8]}).status_code == 200
+        r = http.put("/collections/mig/points", json={"points": [
+            {"id": i, "vector": x.tolist(), "payload": {"n": i}} for i, x in enumerate(X)]})
+        assert r.status_code == 200, r.text
+        r = http.put("/collections/mig/migration", json={
+            "nesting": [6, 12], "model_id": "v2", "sample_size": 60, "kind": "affine"})
+        assert r.status_code == 200, r.text
+
+        # 1. collecting: the panel shows the state, the new model cannot answer yet
+        page = Page(browser, url)
+        page.select_collection("mig")
+        panel = page.by_id("migration")
+        assert panel.is_displayed() and panel.get_attribute("data-state") == "collecting"
+        assert page.by_id("mig-state").text == "collecting"
+        assert page.by_id("mig-models").text.startswith("8-dim vectors → v2")
+        assert page.by_id("mig-map").text == "not fitted yet: sample 0 of 60"
+        assert page.by_id("model-set").is_displayed()
+        assert page.by_id("model-new-name").text == "v2"
+        assert not page.by_id("model-new").is_enabled()
+        assert page.by_id("model-old").is_selected()
+
+        # 2. the sample posted: the maps are fitted, 140 vectors mapped; the panel follows
+        r = http.put("/collections/mig/migration/vectors", json={"points": [
+            {"id": i, "vector": Y[i].tolist()} for i in range(60)]})
+        assert r.status_code == 200, r.text
+        page.wait.until(lambda d: panel.get_attribute("data-state") == "backfilling")
+        page.wait.until(lambda d: page.by_id("model-new").is_enabled())
+        st = http.get("/collections/mig/migration").json()
+        assert st["state"] == "backfilling" and st["mapped"] == 140 and st["backfilled"] == 0.3
+        assert float(panel.get_attribute("data-backfilled")) == st["backfilled"]
+        assert page.by_id("mig-backfilled").text == "30.0 % (60 of 200 re-encoded, 140 mapped)"
+        assert page.by_id("mig-progress").get_attribute("aria-valuenow") == "30.0"
+        bar = browser.execute_script("return [arguments[0].offsetWidth, arguments[1].offsetWidth]",
+                                     page.by_id("mig-bar"), page.by_id("mig-progress"))
+        assert abs(bar[0] / bar[1] - 0.3) < 0.02, bar
+        assert page.by_id("mig-map").text.startswith(f"{st['map']['forward_quality']:.3f} (affine")
+        page.wait.until(lambda d: page.by_id("mig-probe").text != "–")
+        probe = http.get("/collections/mig/migration").json()["probe"]
+        assert page.by_id("mig-probe").text.startswith(f"{probe['agreement']:.3f} (over 60 ")
+
+        # 3. the new model picked: a 12-d query, answered by the new space, as the API answers
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        browser.find_element(By.CSS_SELECTOR, "label[for=model-new]").click()
+        assert page.by_id("model-new").is_selected()
+        assert "12 numbers" in page.by_id("vector-hint").text
+        q = [round(v, 4) for v in Y[7].tolist()]
+        page.by_id("vector").send_keys(json.dumps(q))
+        page.budget("dims")
+        page.slide_to(0)
+        page.set_k(3)
+        page.search()
+        assert not page.by_id("error").is_displayed(), page.by_id("error").text
+        assert page.request() == {"vector": q, "model": "new", "k": 3, "dims": [6, 12]}
+        res = http.post("/collections/mig/search", json=page.request()).json()
+        assert res["migration"]["space"] == "new"
+        assert page.by_id("results").get_attribute("data-space") == "new"
+        assert page.by_id("space").text == "answered by the new model (v2)"
+        assert [h[0] for h in page.hits()] == [h["id"] for h in res["hits"]]
+        assert page.hits()[0][0] == 7
+
+        # ... and the old model again: an 8-d query, answered by the old space
+        browser.find_element(By.CSS_SELECTOR, "label[for=model-old]").click()
+        box = page.by_id("vector")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.DELETE)
+        box.send_keys(json.dumps([round(v, 4) for v in X[7].tolist()]))
+        page.search()
+        assert page.request()["model"] == "old" and page.request()["dims"] == [4, 8]
+        assert page.by_id("results").get_attribute("data-space") == "old"
+        assert page.by_id("space").text == "answered by the old model (8-dim vectors)"
+        assert page.hits()[0][0] == 7
+
+        # 4. every vector posted: complete; finished: the panel goes, the collection is v2's
+        r = http.put("/collections/mig/migration/vectors", json={"points": [
+            {"id": i, "vector": Y[i].tolist()} for i in range(60, 200)]})
+        assert r.status_code == 200, r.text
+        page.wait.until(lambda d: page.by_id("mig-state").text == "backfilling · complete")
+        assert page.by_id("mig-backfilled").text.startswith("100.0 %")
+        out = REPO / "runs" / "service"
+        out.mkdir(parents=True, exist_ok=True)
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {  # the whole page
+            "width": 1280, "height": int(height), "deviceScaleFactor": 1, "mobile": False})
+        assert browser.save_screenshot(str(out / "page-migration.png"))
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        assert http.post("/collections/mig/migration/finish").status_code == 200
+        page.wait.until(lambda d: not panel.is_displayed())
+        page.wait.until(lambda d: "[6, 12]" in page.by_id("info").text)
+        assert not page.by_id("model-set").is_displayed()
+        assert "v2" in page.by_id("info").text

@@ -25,6 +25,7 @@ from nestemb.cli import embed as _embed  # noqa: E402,F401
 from nestemb.cli import image as _image  # noqa: E402,F401
 from nestemb.cli import serve as _serve  # noqa: E402,F401
 from nestemb.cli import index as _index  # noqa: E402,F401
+from nestemb.cli import migrate as _migrate  # noqa: E402,F401
 from nestemb.cli import quickstart as _quickstart  # noqa: E402,F401
 from nestemb.cli import retrofit as _retrofit  # noqa: E402,F401
 from nestemb.cli import text as _text  # noqa: E402,F401

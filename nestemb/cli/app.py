@@ -83,6 +83,21 @@ def threads_option(help: str = THREADS_HELP):
     return typer.Option(None, "--threads", help=help)
 
 
+SERVICE_URL = "http://127.0.0.1:8000"
+API_KEY_ENV = "NESTEMB_API_KEY"
+
+
+def url_option():
+    """The ``--url`` option of every command talking to a running ``nestemb serve``."""
+    return typer.Option(SERVICE_URL, "--url", help="the service's base URL")
+
+
+def api_key_env_option(help: str = "environment variable holding the API key (if any)"):
+    """The ``--api-key-env`` option of every command talking to a running ``nestemb serve``:
+    the name of a variable, so that the key stays off the command line."""
+    return typer.Option(API_KEY_ENV, "--api-key-env", help=help)
+
+
 def check_cpu_device(device: "Device", command: str) -> None:
     """Refuse ``--device cuda`` for a command whose image models run on the cpu only.
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from nestemb.cli.app import app, choices, renamed
+from nestemb.cli.app import api_key_env_option, app, choices, renamed, url_option
 from nestemb.cli.backend import KEY_ENV
 from nestemb.engines import ENGINES, REGISTRY, default_url
 from nestemb.checks import positive_int
@@ -271,7 +271,7 @@ def read_beir_corpus(corpus: Path) -> tuple[list[dict], list[int]]:
 
 @app.command(cls=renamed({"--encoder": "--model", "--batch": "--batch-size"}))
 def upload(
-    url: str = typer.Option("http://127.0.0.1:8000", help="the service's base URL"),
+    url: str = url_option(),
     collection: str = typer.Option(..., help="collection to fill (created with --model if "
                                              "missing)"),
     beir: Path = typer.Option(..., "--beir", help="BEIR folder: its corpus.jsonl is uploaded "
@@ -281,8 +281,7 @@ def upload(
                                 "of one of the server's encoders ('minilm' or one of its "
                                 "--models)"),
     batch_size: int = typer.Option(64, help="points per request"),
-    api_key_env: str = typer.Option("NESTEMB_API_KEY", help="environment variable holding the "
-                                                            "API key (if any)"),
+    api_key_env: str = api_key_env_option(),
 ) -> None:
     """Upload a BEIR corpus into a collection of a running `nestemb serve`.
 

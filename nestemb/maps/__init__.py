@@ -18,7 +18,7 @@ The text projection recipe (:func:`nestemb.text.train.fit_projection`) is the sa
 start and loop with text losses.
 """
 
-from nestemb.maps.adapter import KINDS, Adapter, adapt_embeddings, fit_adapter, load_adapter
+from nestemb.maps.adapter import FIT_KINDS, KINDS, Adapter, adapt_embeddings, fit_adapter, load_adapter
 from nestemb.maps.base import UNKNOWN_VERSION, FittedMap, ModelRef
 from nestemb.maps.chain import AdapterChain, chain_embeddings
 from nestemb.maps.procrustes import orthogonal_procrustes
@@ -28,7 +28,7 @@ from nestemb.maps.retrofit import (RETROFIT_KINDS, Retrofit, check_source, fit_r
 from nestemb.maps.unpaired import fit_unpaired
 
 __all__ = [
-    "KINDS", "RETROFIT_KINDS", "UNKNOWN_VERSION", "Adapter", "AdapterChain", "FittedMap",
+    "FIT_KINDS", "KINDS", "RETROFIT_KINDS", "UNKNOWN_VERSION", "Adapter", "AdapterChain", "FittedMap",
     "ModelRef", "Retrofit", "adapt_embeddings", "chain_embeddings", "check_source",
     "fit_adapter", "fit_retrofit", "fit_unpaired", "load_adapter", "load_retrofit",
     "orthogonal_procrustes", "retrofit_embeddings", "retrofit_losses", "save_retrofit_embeddings",

@@ -68,6 +68,12 @@ from nestemb.nesting import Manifest, check_vectors, prefix_view
 
 KINDS = ("orthogonal", "affine", "mlp", "lowrank", "cluster")
 """The adapter kinds of :func:`fit_adapter`."""
+AUTO_KINDS = ("orthogonal", "affine", "cluster")
+"""The kinds ``fit_adapter(kind="auto")`` fits (fast closed forms; the trained kinds need
+more pairs than a sample usually has to beat them)."""
+FIT_KINDS = ("auto", *KINDS)
+"""Values of ``kind`` in :func:`fit_adapter`: ``"auto"`` or one of :data:`KINDS`."""
+AUTO_HOLDOUT = 0.2
 
 _DEFAULT_RIDGE = 1e-4
 _MLP_DEFAULTS = {"hidden": 512, "epochs": 30, "lr": 1e-3, "batch_size": 256}
@@ -619,6 +625,8 @@ def fit_adapter(source: Any, target: Any, kind: str = "orthogonal", *,
       ``min(d_s, d_t)``), started at the truncated SVD of the least-squares solution, plus the
       residual MLP, trained in factored form as ``mlp`` is (same options); saved as ``W = U V``;
       needs ``d_s + 1`` rows.
+    * ``kind="auto"``: each of :data:`AUTO_KINDS` the pairs can fit, each with a held-out
+      estimate (``holdout``, default 0.2); the highest mean agreement@10 is returned.
     * ``kind="cluster"``: k-means (seeded by ``seed``) into ``clusters`` regions of the source
       (default ``min(8, rows // (2 min(d_s, d_t)))``, at least 1; at most the rows), one
       Procrustes map per region, shrunk towards the global one for small regions; each row
@@ -656,6 +664,9 @@ def fit_adapter(source: Any, target: Any, kind: str = "orthogonal", *,
     """
     from nestemb.maps.gate import estimate_quality
 
+    if kind == "auto":
+        return _fit_best(source, target, AUTO_HOLDOUT if holdout is None else holdout, labels,
+                         params)
     try:
         adapter = Adapter(kind, **params)
     except TypeError as e:  # an option no adapter has
@@ -672,6 +683,25 @@ def fit_adapter(source: Any, target: Any, kind: str = "orthogonal", *,
     if quality is not None:
         adapter.fit_info_["quality"] = quality
     return adapter
+
+
+def _fit_best(source: Any, target: Any, holdout: float, labels: Any, params: dict) -> Adapter:
+    """``fit_adapter(kind="auto")``: each of :data:`AUTO_KINDS` that the pairs can fit, with a
+    held-out estimate; the one of highest mean neighbour agreement@10."""
+    best: Adapter | None = None
+    errors = []
+    for kind in AUTO_KINDS:
+        try:
+            m = fit_adapter(source, target, kind, holdout=holdout, labels=labels, **params)
+        except NestembError as e:  # too few pairs for this kind
+            errors.append(f"{kind}: {e}")
+            continue
+        if best is None or (m.fit_info_["quality"]["agreement"]["mean"]
+                            > best.fit_info_["quality"]["agreement"]["mean"]):
+            best = m
+    if best is None:
+        raise NestembError(f"no adapter kind can be fitted on these pairs ({'; '.join(errors)})")
+    return best
 
 
 def load_adapter(path: str | os.PathLike) -> Adapter:

@@ -53,8 +53,14 @@ _DESCRIBE = {"agreement": "neighbour agreement", "labels": "1-NN label accuracy 
 _BOOT_CELLS = 1 << 22  # bootstrap indices drawn at once: 32 MB of int64
 
 
-def _holdout_size(n: int, holdout: Any, k: int) -> int:
-    """The number of held-out rows of ``n``; errors name ``holdout``."""
+def holdout_size(n: int, holdout: Any, k: int = 10) -> int:
+    """The number of held-out rows of ``n`` pairs (more than ``k``, or an error naming
+    ``holdout``).
+
+    Example:
+        >>> holdout_size(100, 0.2)
+        20
+    """
     is_number = isinstance(holdout, (int, float, np.integer, np.floating)) and not isinstance(
         holdout, (bool, np.bool_))
     if not is_number or not math.isfinite(float(holdout)) or not 0 < float(holdout) < 1:
@@ -155,7 +161,7 @@ def estimate_quality(
     n_boot = positive_int(n_boot, "n_boot")
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
         raise NestembError(f"{{param}} must be an integer, got {seed!r}", param="seed")
-    n_h = _holdout_size(n, holdout, k)
+    n_h = holdout_size(n, holdout, k)
     if labels is not None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != n:

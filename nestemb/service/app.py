@@ -44,6 +44,7 @@ from nestemb.errors import NestembError
 from nestemb.nesting import default_nesting, validate_nesting
 from nestemb.service.auth import ApiKey, find_key
 from nestemb.index.plan import Plan
+from nestemb.maps.adapter import FIT_KINDS
 from nestemb.service.collection import LiveCollection
 from nestemb.engines import NAME_RE, Mismatch, Unsupported
 from nestemb.service.migration import MIGRATIONS, Conflict, Migration
@@ -287,7 +288,7 @@ class MigrationStart(Strict):
         None, description="the new model: one of the server's encoders (it re-encodes the "
                           "stored texts); or null, and give nesting: the client posts vectors")
     nesting: Optional[list[json_int(1, 65536)]] = Field(
-        None, max_length=64, description="with client vectors: the new model's prefix dims")
+        None, min_length=1, max_length=64, description="with client vectors: the new model's prefix dims")
     model_id: Optional[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         None, description="with client vectors: the new model's id (how requests name it)")
     text_field: Annotated[str, Field(min_length=1, max_length=256)] = Field(
@@ -297,7 +298,10 @@ class MigrationStart(Strict):
     min_quality: Annotated[float, Field(ge=0, le=1, strict=True, allow_inf_nan=False)] = Field(
         0.5, description="the quality gate: held-out neighbour agreement@10 of the map")
     force: StrictBool = Field(False, description="map even if the gate refuses")
-    kind: Literal["auto", "orthogonal", "affine", "cluster", "mlp", "lowrank"] = "auto"
+    kind: Literal[FIT_KINDS] = Field("auto", description="the maps' kind (nestemb.maps."  # type: ignore[valid-type]
+                                                         "fit_adapter); auto: the best "
+                                                         "held-out of orthogonal, affine, "
+                                                         "cluster")
     max_p99_ms: Optional[Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]] = (
         Field(None, description="search p99 bound of the backfill (default 3x the p99 when it "
                                 "starts)"))
@@ -875,6 +879,8 @@ def _payload_json(payload: dict, field: str, limit: int) -> None:
 def _error_field(loc: tuple, body: Any, missing: bool) -> str:
     """The request field a validation error is about, as ``a.0.b``: ``loc`` followed through
     the body as sent, leaving out pydantic's union tags (``points.0.id.int`` -> ``points.0.id``)."""
+    if loc[:1] in (("query",), ("path",)) and len(loc) > 1:  # e.g. ?limit=ten
+        return str(loc[1])
     parts: list[str] = []
     cur = body
     items = list(loc[1:] if loc[:1] == ("body",) else loc)
@@ -1138,11 +1144,12 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
         payloads = [p.payload or {} for p in pts]
         with live.write_lock:
             try:
-                if svc.collections.get(name) is not live:  # dropped while embedding
+                if name not in svc.collections:  # dropped while embedding
                     raise MissingCollection(name)
-                if svc.migrations.get(name) is not mig:
-                    raise ApiError(409, f"the migration of collection {name!r} started or "
-                                   "ended meanwhile: send the points again", "name")
+                if svc.migrations.get(name) is not mig or svc.collections[name] is not live:
+                    raise ApiError(409, f"collection {name!r} changed meanwhile (a migration "
+                                   "started or ended, or it was re-created): send the points "
+                                   "again", "name")
                 if mig is None:
                     live.upsert(ids, np.stack(vecs), payloads)  # durable, then visible
                 else:
@@ -1205,6 +1212,9 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             raise ApiError(422, f"duplicate id {body.ids[i]!r} in the batch", f"ids.{i}")
         with live.write_lock:
             if svc.collections.get(name) is not live:
+                if name in svc.collections:  # a finish (its new model) replaced it meanwhile
+                    raise ApiError(409, f"collection {name!r} changed meanwhile (a migration "
+                                   "ended, or it was re-created): send the ids again", "name")
                 raise ApiError(404, f"collection {name!r} does not exist", "name")
             mig = svc.migrations.get(name)
             return Deleted(deleted=live.delete(body.ids) if mig is None
@@ -1363,6 +1373,15 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
                     raise ApiError(422, f"no stored point has a text in payload field {field!r} "
                                    f"to re-encode: name the field that holds it, or post the "
                                    "new vectors (give nesting instead of encoder)", "text_field")
+            from nestemb.maps.gate import holdout_size
+            from nestemb.service.migration import HOLDOUT
+
+            can = min(body.sample_size, texts if body.encoder is not None else len(live))
+            try:  # else the gate could only refuse the map once the sample is collected
+                holdout_size(can, HOLDOUT)
+            except NestembError as e:
+                raise ApiError(422, f"sample_size: a sample of {can} points is too small for "
+                               f"the quality gate ({e})", "sample_size") from None
             p99 = svc.search_p99(60.0)
             record = {"state": "sampling" if body.encoder else "collecting", "paused": False,
                       "id": svc.store.sequence() + 1, "started": time.time(), "error": None,

@@ -142,3 +142,110 @@ class ServiceClient:
             if progress:
                 progress(len(chunk))
         return stored
+
+    # ------------------------------------------------------------------ migrations
+    @staticmethod
+    def _migration_path(name: str, rest: str = "") -> str:
+        """``/collections/{name}/migration{rest}``, the name quoted (a ``?`` or ``/`` in it
+        reaches the server as part of the name, which refuses it)."""
+        from urllib.parse import quote
+
+        return f"/collections/{quote(str(name), safe='')}/migration{rest}"
+
+    def migrate(self, name: str, **body: Any) -> dict:
+        """Start moving collection ``name`` to a new model (``PUT .../migration``, an admin
+        key): ``encoder=`` one of the server's encoders (it re-encodes the stored texts), or
+        ``nesting=`` (and ``model_id=``): the client posts the new vectors
+        (:meth:`post_vectors`); the other keys of the API's ``MigrationStart`` (``text_field``,
+        ``sample_size``, ``min_quality``, ``force``, ``kind``, ``max_p99_ms``, ``batch``) as
+        keywords, None ones left to the server's defaults. Returns the migration's status.
+
+        Example (client vectors: the new model's vectors here are a fixed linear image of the
+        old ones; a few seconds):
+
+            >>> import tempfile
+            >>> import numpy as np
+            >>> from fastapi.testclient import TestClient
+            >>> from nestemb.service import create_app
+            >>> from nestemb.service.migration import wait_for
+            >>> rng = np.random.default_rng(0)
+            >>> X = rng.normal(size=(300, 8)); R = rng.normal(size=(8, 12))
+            >>> with TestClient(create_app(tempfile.mkdtemp())) as http, ServiceClient(http=http) as c:
+            ...     _ = c.create("docs", nesting=[4, 8])
+            ...     _ = c.upsert("docs", [{"id": i, "vector": x.tolist()} for i, x in enumerate(X)])
+            ...     c.migrate("docs", nesting=[6, 12], model_id="v2", sample_size=100)["state"]
+            ...     c.post_vectors("docs", [{"id": i, "vector": (X[i] @ R).tolist()}
+            ...                             for i in range(100)])
+            ...     wait_for(lambda: c.migration("docs")["state"] == "backfilling")
+            ...     hit = c.search("docs", vector=(X[7] @ R).tolist(), model="v2", k=1)
+            ...     hit["hits"][0]["id"], hit["migration"]["space"]
+            ...     todo = c.migration_queue("docs", limit=1000)
+            ...     c.post_vectors("docs", [{"id": i, "vector": (X[i] @ R).tolist()} for i in todo])
+            ...     c.migration("docs")["complete"]
+            ...     c.finish_migration("docs")["collection"]["nesting"]
+            'collecting'
+            {'posted': 100}
+            (7, 'new')
+            {'posted': 200}
+            True
+            [6, 12]
+        """
+        return self._call("PUT", self._migration_path(name),
+                          {k: v for k, v in body.items() if v is not None})
+
+    def migration(self, name: str) -> dict:
+        """The status of the migration of ``name``: ``state`` (``sampling`` or ``collecting``,
+        ``mapping``, ``backfilling``, ``failed``), ``paused``, ``complete``, ``backfilled``
+        (share of true new-model vectors), counts, ``rate_per_s``, ``eta_s``, ``map``
+        (its kind and held-out quality), ``probe`` (measured agreement), search p99. A
+        :class:`ServiceError` 404 (field ``name``) when it is not migrating."""
+        return self._call("GET", self._migration_path(name))
+
+    def pause_migration(self, name: str) -> dict:
+        """Pause the migration's worker (searches and writes go on); returns its status.
+
+        Example (see :meth:`migrate` for a whole migration):
+
+            >>> import tempfile
+            >>> from fastapi.testclient import TestClient
+            >>> from nestemb.service import create_app
+            >>> with TestClient(create_app(tempfile.mkdtemp())) as http, ServiceClient(http=http) as c:
+            ...     _ = c.create("docs", nesting=[2, 4])
+            ...     _ = c.upsert("docs", [{"id": i, "vector": [1, i, 0, 1]} for i in range(60)])
+            ...     _ = c.migrate("docs", nesting=[4, 8], sample_size=60)
+            ...     c.pause_migration("docs")["paused"], c.resume_migration("docs")["paused"]
+            ...     c.cancel_migration("docs")["collection"]["nesting"]
+            ...     try:
+            ...         c.migration("docs")
+            ...     except ServiceError as e:
+            ...         print(e.status, e.field)
+            (True, False)
+            [2, 4]
+            404 name
+        """
+        return self._call("POST", self._migration_path(name, "/pause"))
+
+    def resume_migration(self, name: str) -> dict:
+        """Resume a paused migration; returns its status."""
+        return self._call("POST", self._migration_path(name, "/resume"))
+
+    def finish_migration(self, name: str, force: bool = False) -> dict:
+        """Make the new model the collection's model and drop the old vectors (one
+        transaction); before the backfill is complete only with ``force`` (mapped vectors
+        become the collection's). Returns ``{"name", "ended": "finish", "collection"}``."""
+        return self._call("POST", self._migration_path(name, "/finish"), {"force": force})
+
+    def cancel_migration(self, name: str) -> dict:
+        """Drop the new vectors and the migration (one transaction); the collection keeps
+        its model. Returns ``{"name", "ended": "cancel", "collection"}``."""
+        return self._call("POST", self._migration_path(name, "/cancel"))
+
+    def migration_queue(self, name: str, limit: int = 1000) -> list:
+        """Ids whose new-model vector is still a mapped one, most retrieved first (at most
+        ``limit``): what a client posting vectors sends next."""
+        return self._call("GET", self._migration_path(name, f"/queue?limit={int(limit)}"))["ids"]
+
+    def post_vectors(self, name: str, points: list[dict]) -> dict:
+        """New-model vectors (``{"id", "vector"}``) of stored points: true ones, they replace
+        mapped vectors (``PUT .../migration/vectors``, a write key). Returns ``{"posted": n}``."""
+        return self._call("PUT", self._migration_path(name, "/vectors"), {"points": points})

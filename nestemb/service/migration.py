@@ -10,8 +10,8 @@ them. Every stored vector says how it was made (``origin``: by a model, or by a 
    ``PUT .../migration/vectors``, until ``sample_size`` points have one). The sample's new
    vectors are stored as true ones at once.
 2. *Fit and gate*: the gallery-side map (old -> new) and the reverse one are fitted on the
-   sample (``kind="auto"``: orthogonal, affine and per-cluster Procrustes, the best held-out
-   neighbour agreement@10 wins, :func:`nestemb.maps.fit_adapter` with a holdout share), and the
+   sample (:func:`nestemb.maps.fit_adapter` with a holdout share; ``kind="auto"``: orthogonal,
+   affine and per-cluster Procrustes, the best held-out neighbour agreement@10 wins), and the
    forward map must pass :func:`nestemb.maps.gate.check_quality` (``min_quality``, unless
    ``force``); a refused map ends the migration in ``failed`` (cancel it). Both maps are saved
    under ``<data>/migrations/<name>/`` before the phase advances.
@@ -59,6 +59,7 @@ Example (vectors posted by the client; a few seconds)::
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import shutil
@@ -76,14 +77,12 @@ from nestemb.service.store import MAPPED, MODEL, Store
 
 log = logging.getLogger("nestemb.service")
 
-__all__ = ["AUTO_KINDS", "Conflict", "Migration", "MIGRATIONS", "wait_for"]
+__all__ = ["Conflict", "Migration", "MIGRATIONS", "wait_for"]
 
 MIGRATIONS = "migrations"
 """Folder (in the data folder) of the migrations' fitted maps."""
-AUTO_KINDS = ("orthogonal", "affine", "cluster")
-"""Map kinds ``kind="auto"`` fits on the sample; the best held-out agreement@10 is kept."""
-KINDS = ("auto", *AUTO_KINDS, "mlp", "lowrank")
 HOLDOUT = 0.2
+"""Share of the sample held out to estimate the maps' quality (the gate reads it)."""
 MAP_CHUNK = 4096
 PROBE_QUERIES = 200
 PROBE_GALLERY = 20_000
@@ -109,28 +108,6 @@ def wait_for(ready: Callable[[], bool], timeout: float = 120.0, every: float = 0
         if time.monotonic() > end:
             raise NestembError(f"not ready after {timeout:g} s")
         time.sleep(every)
-
-
-def _fit_map(source: np.ndarray, target: np.ndarray, kind: str, seed: int = 0) -> Any:
-    """The map ``source -> target`` of ``kind`` (``"auto"``: each of :data:`AUTO_KINDS` that
-    the sample can fit; the best held-out agreement@10) with its held-out quality estimate."""
-    from nestemb.maps import fit_adapter
-
-    best, best_q, errors = None, -1.0, []
-    for k in (AUTO_KINDS if kind == "auto" else (kind,)):
-        try:
-            m = fit_adapter(source, target, k, holdout=HOLDOUT, seed=seed)
-        except NestembError as e:  # too few sample points for this kind
-            errors.append(f"{k}: {e}")
-            continue
-        q = m.fit_info_["quality"]["agreement"]["mean"]
-        if q > best_q:
-            best, best_q = m, q
-    if best is None:
-        raise NestembError("no map could be fitted on a sample of "
-                           f"{len(source)} points ({'; '.join(errors)}): raise {{param}}",
-                           param="sample_size")
-    return best
 
 
 class Migration:
@@ -310,7 +287,8 @@ class Migration:
             if reverse is None:
                 raise Conflict(f"the migration of {self.name!r} is {self.state}: its maps are "
                                "not fitted yet, so a new-model point has no old-model vector "
-                               "(send it with model 'old', or wait)", param="model")
+                               "(send it with model 'old', or wait)",
+                               param=f"points.{rows_new[0]}.model")
             X_old[rows_new] = reverse.transform(X_new[rows_new])
             for i in rows_new:
                 o_old[i] = MAPPED
@@ -446,6 +424,7 @@ class Migration:
         if not pids:
             return 0
         assert self.encode_new is not None
+        t = time.perf_counter()
         Y = np.asarray(self.encode_new(texts), dtype=np.float32)
         with self.main.write_lock:
             if self._stop.is_set():
@@ -454,6 +433,9 @@ class Migration:
             if keep:
                 self._store_true([pids[i] for i in keep], Y[keep],
                                  [self.main.live.payload_of(pids[i]) for i in keep])
+        rate = len(keep) / max(time.perf_counter() - t, 1e-6)
+        self.rate = rate if self.rate == 0 else 0.8 * self.rate + 0.2 * rate
+        self._throttle()  # sampling and backfill alike: searches come first
         return len(keep)
 
     def _fit(self) -> None:
@@ -464,10 +446,11 @@ class Migration:
         if not pids:
             raise NestembError("no point has a new-model vector to fit the map on")
         t = time.perf_counter()
-        forward = _fit_map(X, Y, r["kind"])
-        reverse = _fit_map(Y, X, r["kind"])
+        from nestemb.maps import fit_adapter
         from nestemb.maps.gate import check_quality
 
+        forward = fit_adapter(X, Y, r["kind"], holdout=HOLDOUT)
+        reverse = fit_adapter(Y, X, r["kind"], holdout=HOLDOUT)
         gate = check_quality(forward, r["min_quality"], force=r["force"])
         folder = self.maps_dir()
         forward.save(folder / "forward", overwrite=True)
@@ -503,9 +486,8 @@ class Migration:
 
     def queue(self, limit: int) -> list:
         """The next ``limit`` points to backfill: mapped ones, most retrieved first."""
-        mapped = list(self.mapped)
-        mapped.sort(key=lambda p: -self.hits.get(p, 0))
-        return mapped[:limit]
+        hits = self.hits
+        return heapq.nlargest(limit, list(self.mapped), key=lambda p: hits.get(p, 0))
 
     def _backfill(self) -> bool:
         r = self.record
@@ -519,11 +501,7 @@ class Migration:
                 batch.append(p)
         if not batch:
             return False
-        t = time.perf_counter()
-        done = self._encode_and_store(batch)
-        dt = max(time.perf_counter() - t, 1e-6)
-        self.rate = done / dt if self.rate == 0 else 0.8 * self.rate + 0.2 * done / dt
-        self._throttle()
+        self._encode_and_store(batch)
         return True
 
     def _throttle(self) -> None:
