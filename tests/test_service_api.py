@@ -99,7 +99,11 @@ def test_public_endpoints(client):
     assert set(spec["paths"]) == {
         "/healthz", "/collections", "/collections/{name}", "/collections/{name}/points",
         "/collections/{name}/points/{point_id}", "/collections/{name}/points/delete",
-        "/collections/{name}/search", "/collections/{name}/search/batch"}
+        "/collections/{name}/search", "/collections/{name}/search/batch",
+        "/collections/{name}/migration", "/collections/{name}/migration/pause",
+        "/collections/{name}/migration/resume", "/collections/{name}/migration/finish",
+        "/collections/{name}/migration/cancel", "/collections/{name}/migration/queue",
+        "/collections/{name}/migration/vectors"}
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<html" in page.text.lower()
