@@ -494,7 +494,7 @@ def embed_corpus(
         nestemb.errors.NestembError: workers must be at least 1, got 0
     """
     from nestemb.io import write_json, write_marker
-    from nestemb.nesting import Manifest
+    from nestemb.nesting import Manifest, lineage
 
     for name, v in (("workers", workers), ("shard_size", shard_size), ("batch_size", batch_size),
                     ("threads_per_worker", threads_per_worker)):  # fmt: skip
@@ -540,7 +540,7 @@ def embed_corpus(
                         nesting=man.nesting, dim=man.dim, kind=SHARDS_KIND, sha256=sha,
                         extra={"job": spec, "shards": [
                             {k: r[k] for k in ("shard", "start", "stop", "rows")}
-                            for r in done], **origin(corpus)})  # fmt: skip
+                            for r in done], **origin(corpus), **lineage(man)})  # fmt: skip
     manifest.save(out)
     write_json(out / "run.json", {"seconds": seconds, "embedded_rows": embedded, "workers": workers})
     write_marker(out, SHARDS_KIND)

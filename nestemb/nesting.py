@@ -231,6 +231,11 @@ class Manifest:
                                f"digests, got {sha!r}")
         if "extra" in d and not isinstance(d["extra"], dict):
             raise bad("extra", "a JSON object")
+        parent = d.get("extra", {}).get("parent")
+        if parent is not None and not (isinstance(parent, dict) and all(
+                isinstance(parent.get(k), str) and parent[k] for k in ("model_id", "model_version"))):
+            raise NestembError(f"{source}: field 'extra.parent' must name the parent model "
+                               f"(model_id and model_version, non-empty strings), got {parent!r}")
         fields = {f.name for f in dataclasses.fields(cls)}
         try:
             return cls(**{k: v for k, v in d.items() if k in fields})
@@ -343,9 +348,44 @@ def weights_version(weights: Mapping[str, Any] | Sequence[str | os.PathLike]) ->
     return h.hexdigest()[:16]
 
 
+def parent_of(manifest: Manifest) -> tuple[str, str] | None:
+    """``(model_id, model_version)`` of the model whose submodel wrote ``manifest``'s
+    embeddings (``extra.parent``, set by :func:`nestemb.models.elastic.extract`), or ``None``.
+
+    Example:
+        >>> m = Manifest(model_id="cnn-w0.25", model_version="bb", nesting=(4,), dim=4,
+        ...              extra={"parent": {"model_id": "cnn", "model_version": "aa"}})
+        >>> parent_of(m), parent_of(Manifest(model_id="cnn", nesting=(4,), dim=4))
+        (('cnn', 'aa'), None)
+    """
+    p = manifest.extra.get("parent")
+    if isinstance(p, dict) and isinstance(p.get("model_id"), str) and isinstance(p.get("model_version"), str):
+        return p["model_id"], p["model_version"]
+    return None
+
+
+def lineage(manifest: Manifest) -> dict[str, Any]:
+    """What an artefact made from ``manifest``'s model or embeddings copies into its own
+    manifest's ``extra`` so that its identity travels: the parent of a submodel (``{}`` for an
+    ordinary model).
+
+    Example:
+        >>> lineage(Manifest(model_id="cnn-w0.5", nesting=(4,), dim=4, extra={
+        ...     "parent": {"model_id": "cnn", "model_version": "aa"}, "slice": {}}))
+        {'parent': {'model_id': 'cnn', 'model_version': 'aa'}}
+    """
+    p = parent_of(manifest)
+    return {} if p is None else {"parent": {"model_id": p[0], "model_version": p[1]}}
+
+
 def check_compatible(a: Manifest, b: Manifest, what: str = "query and index") -> None:
     """Refuse to compare embeddings from different models (id or weights version) or nestings;
     the message says which of them differs.
+
+    The embeddings of a submodel cut out of an elastic model (``extra.parent``, see
+    :func:`parent_of`) live in their parent's space: they are compared with the parent's, and
+    with those of the parent's other submodels, without an adapter; a submodel of another
+    parent is refused, naming both parents.
 
     Example:
         >>> a = Manifest(model_id="m1", model_version="aa", nesting=(8, 16), dim=16)
@@ -353,7 +393,30 @@ def check_compatible(a: Manifest, b: Manifest, what: str = "query and index") ->
         Traceback (most recent call last):
         ...
         nestemb.errors.NestembError: query and index come from different weights of model 'm1': version 'aa' vs 'bb'
+        >>> sub = Manifest(model_id="m1-w0.5", model_version="cc", nesting=(8, 16), dim=16,
+        ...                extra={"parent": {"model_id": "m1", "model_version": "aa"}})
+        >>> check_compatible(sub, a)                  # a submodel's queries, its parent's index
+        >>> check_compatible(sub, Manifest(model_id="m1", model_version="bb", nesting=(8, 16), dim=16))
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: query and index come from different parents: 'm1-w0.5' (version 'cc') is a submodel of 'm1' (version 'aa'); 'm1' (version 'bb') is a full model, no submodel
     """
+    pa, pb = parent_of(a), parent_of(b)
+    if (pa or pb) and (a.model_id, a.model_version) != (b.model_id, b.model_version):
+        space_a = pa or (a.model_id, a.model_version)
+        space_b = pb or (b.model_id, b.model_version)
+        if space_a != space_b:
+
+            def whose(m: Manifest, p: tuple[str, str] | None) -> str:
+                me = f"{m.model_id!r} (version {m.model_version!r})"
+                if p is None:
+                    return f"{me} is a full model, no submodel"
+                return f"{me} is a submodel of {p[0]!r} (version {p[1]!r})"
+
+            raise NestembError(f"{what} come from different parents: {whose(a, pa)}; {whose(b, pb)}")
+        if a.nesting != b.nesting:
+            raise NestembError(f"{what} have different nestings: {a.nesting} vs {b.nesting}")
+        return
     if a.model_id != b.model_id:
         raise NestembError(
             f"{what} come from different models: {a.model_id!r} (version {a.model_version!r}) "

@@ -49,6 +49,10 @@ VOCABULARY = {
     "neighbours of a loss or measure": ("--neighbours", {"retrofit fit", "compare"}),
     "results per query": ("--k", {"index search", "index tune", "backend search", "compat"}),
     "adapter model folders": ("--target", {"adapter fit"}),
+    "nested encoder widths trained together": ("--widths", {"image train"}),
+    "the encoder width of a submodel": ("--width", {"image extract"}),
+    "the encoder width of each layer (Mix'n'Match)": ("--widths-per-layer", {"image extract"}),
+    "encoder compute as a fraction of the full model's": ("--budget", {"image extract"}),
 }
 RETIRED = {"--backend", "--backend-url", "--backend-key-env", "--key-env", "--encoder",
            "--encoders", "--batch", "--adaptor", "--base-model"}

@@ -97,7 +97,7 @@ def embed(
     done; `nestemb index build` reads it, as does nestemb.folders.load_shards); an interrupted job
     resumes where it stopped.
     """
-    from nestemb.nesting import Manifest
+    from nestemb.nesting import Manifest, lineage
     from nestemb.folders import save_embeddings
 
     positive_int(limit, "limit", allow_none=True)
@@ -155,9 +155,9 @@ def embed(
         X = encoder.encode(items, batch_size=batch_size,
                            progress=counter(update, "encoding", len(items)))
     man = encoder.manifest  # identity of the embeddings = identity of the model's weights
-    manifest = Manifest(
+    manifest = Manifest(  # ... and of its parent, for a submodel of an elastic model
         model_id=man.model_id, model_version=man.model_version, nesting=man.nesting, dim=man.dim,
-        extra={**origin(corpus), "model_path": str(model)},
+        extra={**origin(corpus), "model_path": str(model), **lineage(man)},
     )
     save_embeddings(out, X, manifest, ids=ids, overwrite=overwrite)
     typer.echo(f"wrote {len(X)} embeddings of dim {X.shape[1]} ({man.model_id} "

@@ -1,5 +1,6 @@
-"""CLI for the image area: ``nestemb image train`` and ``nestemb image eval`` (the top-level
-``nestemb quickstart``, which runs both, is :mod:`nestemb.cli.quickstart`).
+"""CLI for the image area: ``nestemb image train``, ``nestemb image eval`` and ``nestemb image
+extract`` (a submodel of an elastic model; the top-level ``nestemb quickstart``, which runs train
+and eval, is :mod:`nestemb.cli.quickstart`).
 
 The commands parse strings (``--nesting``, ``--weights``, ``--augment``) into typed values, build
 :class:`~nestemb.train.image.ImageTrainConfig` and call the library; every input is validated
@@ -82,7 +83,7 @@ def _load_data(data: Optional[Path]):
     return folder, train, test
 
 
-def _prepare(data, dims, dim, head, weights, classifier, **train_kw):
+def _prepare(data, dims, dim, head, weights, classifier, widths=None, **train_kw):
     """Validate every option, then load the data: (model config, train config, folder, train, test)."""
     from nestemb.cli.parse import parse_dims, parse_floats
     from nestemb.errors import NestembError
@@ -94,7 +95,8 @@ def _prepare(data, dims, dim, head, weights, classifier, **train_kw):
         raise NestembError("give --epochs or --steps, not both")
     tcfg = ImageTrainConfig(weights=parse_floats(weights), **train_kw)
     dims_t = parse_dims(dims, "--nesting")
-    kw = dict(dim=dim, dims=dims_t, cosine=classifier == Classifier.cosine)
+    kw = dict(dim=dim, dims=dims_t, cosine=classifier == Classifier.cosine,
+              widths=parse_floats(widths, "--widths"))
     mcfg = make_model_config(head.value, **kw)
     if tcfg.weights is not None:
         check_weights(tcfg.weights, mcfg.nesting)
@@ -175,6 +177,10 @@ def train_cmd(
     weights: Optional[str] = typer.Option(
         None, help="Per-prefix loss weights, one per nesting entry (default 2,1,1,...)."
     ),
+    widths: Optional[str] = typer.Option(
+        None, help="Nested encoder widths trained together (MatFormer-style), ascending fractions "
+        "ending at 1, e.g. 0.125,0.25,0.5,1: each step trains the full width, the smallest and "
+        "one other; cut a submodel out with `nestemb image extract`. Default: an ordinary model."),
     seed: int = typer.Option(0, help="Random seed (weights, split, shuffling, augmentation)."),
     classifier: Classifier = typer.Option(Classifier.linear, help="Heads: linear, or cosine on prefix views."),
     batch_size: int = typer.Option(256, help="Batch size."),
@@ -217,10 +223,16 @@ def train_cmd(
 
     env = env_from_torchrun()  # rank 0 writes the output and prints; the others only train
     positive_int(threads, "threads", allow_none=True)
+    if widths is not None and (compatible_with is not None or compat is not None):
+        raise NestembError("--widths and --compatible-with/--compat do not combine: train the "
+                           "elastic model without them")
+    if widths is not None and env.is_distributed:
+        raise NestembError(f"--widths trains in one process: start it without torchrun "
+                           f"(WORLD_SIZE={env.world_size})")
     check_out_dir(out, overwrite, "image-model")  # before the data set is loaded
     resume_from = _resume_point(out, checkpoints, checkpoint_dir, resume, overwrite)
     mcfg, tcfg, folder, train, _test = _prepare(
-        data, dims, dim, head, weights, classifier, steps=steps, epochs=epochs, seed=seed,
+        data, dims, dim, head, weights, classifier, widths, steps=steps, epochs=epochs, seed=seed,
         batch_size=batch_size, lr=lr, holdout=holdout, augment=parse_augment(augment),
         shift=shift, threads=threads, device=device.value,
     )  # fmt: skip
@@ -228,6 +240,7 @@ def train_cmd(
     console = _console()
     if env.is_main:
         console.print(f"training {head.value} on {folder}: nesting {mcfg.nesting}"
+                      + (f"; widths {mcfg.widths}" if mcfg.widths else "")
                       + (f"; compatible ({compat_cfg.method})" if compat_cfg else "")
                       + (f"; {env.world_size} processes" if env.is_distributed else "")
                       + (f"; resuming from {resume_from}" if resume_from else ""))
@@ -374,3 +387,61 @@ def eval_cmd(
     console = _console()
     print_results(console, ev["dims"], res[head], ev["cascade"], f"{head} on {folder}")
     console.print(calibration_text(ev["calibration"]), soft_wrap=True)
+
+
+@image_app.command("extract")
+def extract_cmd(
+    model: Path = typer.Option(..., help="Elastic model directory (trained with `nestemb image train --widths`)."),
+    out: Path = typer.Option(..., help="Output model directory: an ordinary, smaller model (weights + manifest.json naming the parent)."),
+    width: Optional[float] = typer.Option(None, help="One trained width for every layer, e.g. 0.25."),
+    widths_per_layer: Optional[str] = typer.Option(
+        None, help="One trained width per layer (Mix'n'Match; 5 for a cnn, 2 for an mlp), e.g. "
+        "0.25,0.25,0.5,1,1."),
+    budget: Optional[float] = typer.Option(
+        None, help="Pick the widths per layer for this fraction of the full model's "
+        "multiply-adds, e.g. 0.3: the costliest list within it whose widths never shrink with "
+        "depth."),
+    model_id: Optional[str] = typer.Option(
+        None, help="Readable name for the submodel's manifest (default: the parent's, with the "
+        "width appended)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+) -> None:
+    """Cut a submodel out of an elastic image model: an ordinary model whose embeddings equal
+    the parent's at that width and search the parent's galleries and indexes without an
+    adapter (their manifests name the parent)."""
+    from nestemb.cli.parse import parse_floats
+    from nestemb.models.elastic import extract, mix_n_match, multiply_adds
+    from nestemb.models.image import load_image_model, save_image_model
+
+    given = [flag for flag, v in (("--width", width), ("--widths-per-layer", widths_per_layer),
+                                  ("--budget", budget)) if v is not None]  # fmt: skip
+    if len(given) != 1:
+        raise NestembError(f"give exactly one of --width, --widths-per-layer or --budget (got "
+                           f"{', '.join(given) or 'none'})")
+    check_out_dir(out, overwrite, "image-model")
+    if not model.is_dir():
+        raise NestembError(f"--model: model directory not found: {model}")
+    parent = load_image_model(model)
+    if parent.config.widths is None:
+        raise NestembError(f"--model {model} has no nested widths: train it with "
+                           "`nestemb image train --widths ...` to extract submodels")
+    chosen: object = width
+    if widths_per_layer is not None:
+        chosen = parse_floats(widths_per_layer, "--widths-per-layer")
+    elif budget is not None:
+        chosen = mix_n_match(parent.config, budget)
+    try:
+        sub = extract(parent, chosen, model_id=model_id)
+    except NestembError as e:
+        if e.param == "width" and widths_per_layer is not None:  # the flag the user typed
+            raise NestembError(e.template, param="widths_per_layer") from None
+        raise
+    assert sub.manifest is not None
+    save_image_model(sub, out, sub.manifest.model_id, sub.manifest.extra, overwrite=overwrite)
+    sl = sub.manifest.extra["slice"]
+    full = multiply_adds(parent.config)
+    _console().print(f"saved {out} ({sub.manifest.model_id} version {sub.manifest.model_version}; "
+                     f"widths {', '.join(f'{g:g}' for g in sl['layer_widths'])}, channels "
+                     f"{tuple(sl['channels'])}, {sl['multiply_adds'] / full:.3f} of the full "
+                     f"model's multiply-adds; parent {parent.manifest.model_id} "
+                     f"{parent.manifest.model_version})", soft_wrap=True, highlight=False)

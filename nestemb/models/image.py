@@ -8,11 +8,22 @@ model config in ``extra`` and the sha256 of ``weights``). :func:`load_image_mode
 checksum and the version and returns an :class:`ImageModel` whose :meth:`ImageModel.encode`
 turns uint8 images into raw (un-normalized) full embeddings; take an ``m``-dimensional view with
 :func:`nestemb.nesting.prefix_view`. Loading never changes torch's global thread count.
+
+Nested widths (MatFormer / slimmable style, ``ImageModelConfig.widths``): an elastic model holds
+one set of weights from which every granularity ``g`` in ``widths`` runs the first
+``ceil(g * c)`` units of each layer of ``c`` units (conv channels of the CNN, hidden units of
+the MLP), with batch norm switched per granularity (:class:`SwitchableBatchNorm`), the shared
+projection's matching columns and the same nested heads, so every width writes the same
+``dim``-d space. ``ImageModel.forward(x, width=g)`` (or a per-layer list, Mix'n'Match) runs one;
+:func:`nestemb.models.elastic.extract` cuts one out as an ordinary :class:`ImageModel`. A model
+without ``widths`` is built, trained and saved exactly as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from nestemb.checks import non_empty_str
 from nestemb.errors import NestembError
@@ -32,6 +44,55 @@ HEADS = ("mrl", "mrl-e", "ff")
 ARCHS = ("cnn", "mlp")
 """Encoder architectures: :class:`CNNEncoder` and :class:`MLPEncoder`."""
 DEFAULT_MODEL_ID = "nestemb-cnn"
+DEFAULT_WIDTHS = (0.125, 0.25, 0.5, 1.0)
+"""The granularities of an elastic model when asked for without a list (MatFormer's four)."""
+LAYERS = {"cnn": 5, "mlp": 2}
+"""Sliceable layers of each architecture (conv layers of the CNN, hidden layers of the MLP)."""
+_OPTIONAL = ("widths", "channels")
+"""Config fields left out of the repr and the manifest when ``None``: configs of ordinary
+models read, print and save exactly as before these fields existed."""
+
+
+def check_widths(widths: Any) -> tuple[float, ...]:
+    """The granularities of an elastic model: ascending fractions in ``(0, 1]`` ending at 1 (the
+    full model is always one of them, as the full dimension ends a nesting).
+
+    Example:
+        >>> check_widths([0.25, 0.5, 1])
+        (0.25, 0.5, 1.0)
+        >>> check_widths((0.5, 0.25, 1))
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: widths must be strictly ascending, got (0.5, 0.25, 1.0)
+    """
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        raise NestembError(f"{{param}} must be a list of fractions such as 0.25,0.5,1, got {widths!r}",
+                           param="widths")
+    values = tuple(widths)
+    if not values or not all(isinstance(g, numbers.Real) and not isinstance(g, bool)
+                             and math.isfinite(g) for g in values):  # fmt: skip
+        raise NestembError(f"{{param}} must be a non-empty list of numbers, got {values!r}",
+                           param="widths")
+    out = tuple(float(g) for g in values)
+    if not all(0 < g <= 1 for g in out):
+        raise NestembError(f"{{param}} must lie in (0, 1] (fractions of the full width), got {out}",
+                           param="widths")
+    if any(a >= b for a, b in zip(out, out[1:])):
+        raise NestembError(f"{{param}} must be strictly ascending, got {out}", param="widths")
+    if out[-1] != 1.0:
+        raise NestembError(f"{{param}} must end with 1 (the full model), got {out}", param="widths")
+    return out
+
+
+def units(g: float, c: int) -> int:
+    """Units of a layer of ``c`` at granularity ``g``: ``ceil(g * c)``, at least 1 (robust to
+    float rounding: ``0.1 * 30`` is 3).
+
+    Example:
+        >>> units(0.125, 16), units(0.1, 30), units(0.125, 4)
+        (2, 3, 1)
+    """
+    return max(1, math.ceil(g * c - 1e-9))
 
 
 @dataclasses.dataclass
@@ -42,7 +103,10 @@ class ImageModelConfig:
     ``(dim,)``); ``cosine`` selects cosine classifiers on prefix views; ``mean``/``std`` are the
     pixel statistics (0-1 scale) used to standardize inputs. ``arch`` is the encoder:
     ``"cnn"`` (:class:`CNNEncoder`) or ``"mlp"`` (:class:`MLPEncoder`, for cross-architecture
-    comparisons); ``width`` sizes either.
+    comparisons); ``width`` sizes either, or ``channels`` gives the units of every layer (5
+    for the CNN, 2 for the MLP; what an extracted submodel records). ``widths`` (default
+    ``None``: an ordinary model) makes the model elastic: the granularities trained together,
+    e.g. :data:`DEFAULT_WIDTHS`.
 
     Example:
         >>> ImageModelConfig(dim=8, nesting=(2, 4, 8)).nesting
@@ -63,10 +127,32 @@ class ImageModelConfig:
     mean: float = 0.2860
     std: float = 0.3530
     arch: str = "cnn"
+    widths: tuple[float, ...] | None = None
+    channels: tuple[int, ...] | None = None
+
+    def __repr__(self) -> str:
+        # the dataclass repr, without the optional fields left at None: the repr is part of the
+        # training signature of checkpoints, which stays that of ordinary models
+        parts = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                 if not (f.name in _OPTIONAL and getattr(self, f.name) is None)]
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise NestembError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.widths is not None:
+            self.widths = check_widths(self.widths)
+        if self.channels is not None:
+            ch = self.channels
+            if (isinstance(ch, (str, bytes)) or not hasattr(ch, "__iter__")
+                    or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c > 0
+                               for c in ch)):  # fmt: skip
+                raise NestembError(f"{{param}} must be a list of positive integers, got {ch!r}",
+                                   param="channels")
+            self.channels = tuple(int(c) for c in ch)
+            if len(self.channels) != LAYERS[self.arch]:
+                raise NestembError(f"{{param}} gives {len(self.channels)} layers; the {self.arch} "
+                                   f"has {LAYERS[self.arch]}", param="channels")
         self.nesting = validate_nesting(self.nesting, full_dim=self.dim)
         height, width = (int(v) for v in self.in_hw)
         self.in_hw = (height, width)
@@ -80,6 +166,21 @@ class ImageModelConfig:
             )
         if self.num_classes < 2:
             raise NestembError(f"need at least 2 classes, got {self.num_classes}")
+
+    @property
+    def layer_channels(self) -> tuple[int, ...]:
+        """Units of every sliceable layer of the full model.
+
+        Example:
+            >>> ImageModelConfig(dim=8, nesting=(8,), width=4).layer_channels
+            (4, 8, 8, 16, 16)
+            >>> ImageModelConfig(dim=8, nesting=(8,), width=2, arch="mlp").layer_channels
+            (64, 64)
+        """
+        if self.channels is not None:
+            return self.channels
+        w = int(self.width)
+        return (w, 2 * w, 2 * w, 4 * w, 4 * w) if self.arch == "cnn" else (32 * w, 32 * w)
 
 
 def make_model_config(
@@ -128,14 +229,80 @@ def make_model_config(
     return ImageModelConfig(dim=dim, nesting=nesting, head=head, num_classes=num_classes, **kw)
 
 
-def _conv_bn(i: int, o: int) -> list[nn.Module]:
-    return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+class SwitchableBatchNorm(nn.Module):
+    """One batch norm per granularity of an elastic layer (switchable BN, Yu et al. 2019,
+    "Slimmable neural networks"): ``forward(x, k)`` normalizes with the ``k``-th, sized for the
+    units that granularity keeps.
+
+    Why not one shared batch norm sliced like the weights: a unit's pre-activation sums over
+    the active units of the layer below, so at a smaller width it has a different mean and
+    variance; one set of running statistics would be an average fitting no width, and eval
+    mode (running statistics) would shift every width's features. Per-width statistics and
+    affine parameters cost ``4 * units`` numbers per width, nothing next to the conv weights.
+
+    Example:
+        >>> import torch
+        >>> bn = SwitchableBatchNorm(nn.BatchNorm1d, (2, 4))
+        >>> bn(torch.randn(3, 2), 0).shape, len(bn.bns)
+        (torch.Size([3, 2]), 2)
+    """
+
+    def __init__(self, norm: Callable[[int], nn.Module], sizes: Sequence[int]):
+        super().__init__()
+        self.bns = nn.ModuleList(norm(int(s)) for s in sizes)
+
+    def forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        return self.bns[k](x)
 
 
-class CNNEncoder(nn.Module):
-    """Five 3x3 conv-BN-ReLU layers (widths w, 2w, 2w, 4w, 4w; max-pool after the 1st and 3rd),
-    global average pooling and a linear projection to ``dim``. About 30 s per Fashion-MNIST
-    epoch on 2 CPU threads at ``width=16``.
+def _norm(norm: Callable[[int], nn.Module], widths: tuple[float, ...] | None) -> Callable[[int], nn.Module]:
+    """The batch norm of a layer of ``c`` units: plain, or one per granularity when elastic."""
+    if widths is None:
+        return norm
+    return lambda c: SwitchableBatchNorm(norm, [units(g, c) for g in widths])
+
+
+def _conv_bn(i: int, o: int, norm: Callable[[int], nn.Module] = nn.BatchNorm2d) -> list[nn.Module]:
+    return [nn.Conv2d(i, o, 3, padding=1, bias=False), norm(o), nn.ReLU(inplace=True)]
+
+
+class _SliceableEncoder(nn.Module):
+    """``features`` (a stack of conv or linear layers, each followed by its batch norm) and a
+    linear ``proj``; with ``widths`` every layer runs the first units of its granularity."""
+
+    features: nn.Sequential
+    proj: nn.Linear
+    widths: tuple[float, ...] | None
+    channels: tuple[int, ...]
+
+    def forward(self, x: torch.Tensor, ks: Sequence[int] | None = None) -> torch.Tensor:
+        """Embeddings of ``x``; ``ks`` (elastic models only): the granularity index of each
+        layer (default: the full width)."""
+        if self.widths is None:
+            return self.proj(self.features(x))
+        if ks is None:
+            ks = [len(self.widths) - 1] * len(self.channels)
+        layer = 0
+        for mod in self.features:
+            if isinstance(mod, nn.Conv2d):
+                n = units(self.widths[ks[layer]], mod.out_channels)
+                x = F.conv2d(x, mod.weight[:n, : x.shape[1]], None, mod.stride, mod.padding)
+            elif isinstance(mod, nn.Linear):
+                n = units(self.widths[ks[layer]], mod.out_features)
+                x = F.linear(x, mod.weight[:n, : x.shape[1]])
+            elif isinstance(mod, SwitchableBatchNorm):
+                x = mod(x, ks[layer])
+                layer += 1
+            else:
+                x = mod(x)
+        return F.linear(x, self.proj.weight[:, : x.shape[1]], self.proj.bias)
+
+
+class CNNEncoder(_SliceableEncoder):
+    """Five 3x3 conv-BN-ReLU layers (widths w, 2w, 2w, 4w, 4w, or ``channels``; max-pool after
+    the 1st and 3rd), global average pooling and a linear projection to ``dim``. About 30 s per
+    Fashion-MNIST epoch on 2 CPU threads at ``width=16``. With ``widths`` the model is elastic
+    (see :class:`SwitchableBatchNorm`).
 
     Example:
         >>> import torch
@@ -143,26 +310,27 @@ class CNNEncoder(nn.Module):
         torch.Size([2, 8])
     """
 
-    def __init__(self, dim: int, width: int = 16):
+    def __init__(self, dim: int, width: int = 16, channels: Sequence[int] | None = None,
+                 widths: tuple[float, ...] | None = None):  # fmt: skip
         super().__init__()
         w = width
+        c = tuple(channels) if channels is not None else (w, 2 * w, 2 * w, 4 * w, 4 * w)
+        bn = _norm(nn.BatchNorm2d, widths)
+        self.widths, self.channels = widths, c
         self.features = nn.Sequential(
-            *_conv_bn(1, w), nn.MaxPool2d(2),
-            *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
-            *_conv_bn(2 * w, 4 * w), *_conv_bn(4 * w, 4 * w),
+            *_conv_bn(1, c[0], bn), nn.MaxPool2d(2),
+            *_conv_bn(c[0], c[1], bn), *_conv_bn(c[1], c[2], bn), nn.MaxPool2d(2),
+            *_conv_bn(c[2], c[3], bn), *_conv_bn(c[3], c[4], bn),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )  # fmt: skip
-        self.proj = nn.Linear(4 * w, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.features(x))
+        self.proj = nn.Linear(c[4], dim)
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(_SliceableEncoder):
     """A fully connected encoder: flattened pixels, two Linear-BN-ReLU layers of ``32 * width``
-    units and a linear projection to ``dim`` (``proj``, as in :class:`CNNEncoder`). No
-    convolutions: a different architecture for stitching and comparison experiments, and several
-    times faster to train than the CNN.
+    units (or ``channels``) and a linear projection to ``dim`` (``proj``, as in
+    :class:`CNNEncoder`). No convolutions: a different architecture for stitching and comparison
+    experiments, and several times faster to train than the CNN.
 
     Example:
         >>> import torch
@@ -170,23 +338,26 @@ class MLPEncoder(nn.Module):
         torch.Size([2, 8])
     """
 
-    def __init__(self, dim: int, width: int = 16, in_hw: tuple[int, int] = (28, 28)):
+    def __init__(self, dim: int, width: int = 16, in_hw: tuple[int, int] = (28, 28),
+                 channels: Sequence[int] | None = None,
+                 widths: tuple[float, ...] | None = None):  # fmt: skip
         super().__init__()
-        h = 32 * width
+        h1, h2 = tuple(channels) if channels is not None else (32 * width, 32 * width)
+        bn = _norm(nn.BatchNorm1d, widths)
+        self.widths, self.channels = widths, (h1, h2)
         self.features = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(in_hw[0] * in_hw[1], h, bias=False), nn.BatchNorm1d(h), nn.ReLU(inplace=True),
-            nn.Linear(h, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(inplace=True),
+            nn.Linear(in_hw[0] * in_hw[1], h1, bias=False), bn(h1), nn.ReLU(inplace=True),
+            nn.Linear(h1, h2, bias=False), bn(h2), nn.ReLU(inplace=True),
         )  # fmt: skip
-        self.proj = nn.Linear(h, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.features(x))
+        self.proj = nn.Linear(h2, dim)
 
 
 class ImageModel(nn.Module):
     """Encoder + per-prefix heads. ``forward(x_float)`` returns ``(embedding, logits)`` with
     logits ``(B, K, classes)``; :meth:`encode` and :meth:`predict_proba` take uint8 images.
+    An elastic model (``config.widths``) takes ``width=``: one trained granularity, or one per
+    layer (Mix'n'Match); every width goes through the same projection and heads.
 
     Example:
         >>> import numpy as np
@@ -201,8 +372,9 @@ class ImageModel(nn.Module):
         super().__init__()
         self.config = config
         self.manifest = manifest
-        self.encoder = (MLPEncoder(config.dim, config.width, config.in_hw) if config.arch == "mlp"
-                        else CNNEncoder(config.dim, config.width))
+        self.encoder = (MLPEncoder(config.dim, config.width, config.in_hw, config.channels, config.widths)
+                        if config.arch == "mlp"
+                        else CNNEncoder(config.dim, config.width, config.channels, config.widths))
         kind = "mrl" if config.head == "ff" else config.head
         self.head = NestedHead(config.nesting, config.num_classes, kind=kind, cosine=config.cosine)
 
@@ -215,8 +387,47 @@ class ImageModel(nn.Module):
         x = images.float() if images.dim() == 4 else images.float().unsqueeze(1)
         return (x / 255.0 - self.config.mean) / self.config.std
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.encoder(x)
+    def layer_widths(self, width: Any = None) -> tuple[int, ...] | None:
+        """The granularity index of every layer for ``width``: ``None`` (the full model), a
+        trained granularity of ``config.widths``, or a list of them, one per layer
+        (Mix'n'Match). Returns ``None`` for the full model of an ordinary one; anything else
+        raises naming ``width``.
+
+        Example:
+            >>> m = ImageModel(ImageModelConfig(dim=4, nesting=(4,), width=2, widths=(0.5, 1)))
+            >>> m.layer_widths(0.5), m.layer_widths([0.5, 0.5, 1, 1, 1])
+            ((0, 0, 0, 0, 0), (0, 0, 1, 1, 1))
+            >>> m.layer_widths(0.25)
+            Traceback (most recent call last):
+            ...
+            nestemb.errors.NestembError: width 0.25 is not a trained granularity of this model (widths (0.5, 1.0))
+        """
+        widths, n = self.config.widths, LAYERS[self.config.arch]
+        if width is None:
+            return None if widths is None else (len(widths) - 1,) * n
+        if widths is None:
+            if isinstance(width, numbers.Real) and not isinstance(width, bool) and width == 1:
+                return None
+            raise NestembError(f"this model has no nested widths (train it with widths=...): "
+                               f"{{param}} must be None or 1, got {width!r}", param="width")
+        per_layer = not isinstance(width, (numbers.Real, str, bytes)) and hasattr(width, "__iter__")
+        values = list(width) if per_layer else [width] * n
+        if per_layer and len(values) != n:
+            raise NestembError(f"{{param}} lists {len(values)} per-layer widths; the "
+                               f"{self.config.arch} has {n} layers", param="width")
+        ks = []
+        for g in values:
+            k = next((i for i, w in enumerate(widths)
+                      if isinstance(g, numbers.Real) and not isinstance(g, bool)
+                      and math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-12)), None)  # fmt: skip
+            if k is None:
+                raise NestembError(f"{{param}} {g!r} is not a trained granularity of this model "
+                                   f"(widths {widths})", param="width")
+            ks.append(k)
+        return tuple(ks)
+
+    def forward(self, x: torch.Tensor, width: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder(x, self.layer_widths(width))
         return z, self.head(z)
 
     def _check_images(self, images: Any) -> np.ndarray:
@@ -252,16 +463,19 @@ class ImageModel(nn.Module):
         return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
     def encode(self, images: np.ndarray, batch_size: int = 1024,
-               progress: Callable[[int], None] | None = None) -> np.ndarray:
+               progress: Callable[[int], None] | None = None, width: Any = None) -> np.ndarray:
         """Raw full embeddings, float32 ``(N, dim)``, of uint8 images ``(N, H, W)``;
-        ``progress(n)`` is called after each batch of ``n`` images."""
-        out = self._batches(images, batch_size, self.encoder, progress)
+        ``progress(n)`` is called after each batch of ``n`` images; ``width``: see
+        :meth:`layer_widths`."""
+        ks = self.layer_widths(width)
+        out = self._batches(images, batch_size, lambda x: self.encoder(x, ks), progress)
         return out.reshape(-1, self.config.dim).astype(np.float32, copy=False)
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 1024,
-                      progress: Callable[[int], None] | None = None) -> np.ndarray:
+                      progress: Callable[[int], None] | None = None, width: Any = None) -> np.ndarray:
         """Softmax class probabilities of every prefix head, ``(N, K, classes)``."""
-        out = self._batches(images, batch_size, lambda x: self(x)[1].softmax(dim=-1), progress)
+        self.layer_widths(width)  # a bad width fails before any batch
+        out = self._batches(images, batch_size, lambda x: self(x, width)[1].softmax(dim=-1), progress)
         return out.reshape(-1, len(self.nesting), self.config.num_classes)
 
 
@@ -293,6 +507,11 @@ def build_manifest(
     check_model_id(model_id)
     cfg = dataclasses.asdict(model.config)
     cfg["nesting"], cfg["in_hw"] = list(model.config.nesting), list(model.config.in_hw)
+    for name in _OPTIONAL:  # absent when None: an ordinary model's manifest is as it was
+        if cfg[name] is None:
+            del cfg[name]
+        else:
+            cfg[name] = list(cfg[name])
     return Manifest(
         model_id=model_id,
         model_version=weights_version(model.state_dict()),
@@ -391,13 +610,15 @@ def config_from_manifest(cfg: Any, where: str) -> ImageModelConfig:
             raise NestembError(f"{where}: extra.config.{name} must be {kind}, got {v!r}")
     if "std" in cfg and not cfg["std"] > 0:
         raise NestembError(f"{where}: extra.config.std must be positive, got {cfg['std']!r}")
-    for name, n in (("nesting", None), ("in_hw", 2)):
+    for name, n in (("nesting", None), ("in_hw", 2), ("channels", None)):
         v = cfg.get(name)
         if name in cfg and not (isinstance(v, (list, tuple)) and (n is None or len(v) == n)
                                 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0
                                         for x in v)):  # fmt: skip
             size = "two" if n else "a list of"
             raise NestembError(f"{where}: extra.config.{name} must be {size} positive integers, got {v!r}")
+    if "widths" in cfg and not isinstance(cfg["widths"], list):
+        raise NestembError(f"{where}: extra.config.widths must be a list of fractions, got {cfg['widths']!r}")
     try:
         return ImageModelConfig(**cfg)
     except NestembError as e:
@@ -410,8 +631,16 @@ def _check_state_fits(model: nn.Module, state: Any, where: str) -> None:
     if not isinstance(state, dict):
         raise NestembError(f"{where}: the weights file holds no state dict")
     own = model.state_dict()
+    elastic_weights, elastic_config = (any(".bns." in k for k in d) for d in (state, own))
+    if elastic_weights != elastic_config:
+        has = "hold" if elastic_weights else "lack"
+        says = "has none" if elastic_weights else "names some"
+        raise NestembError(f"{where}: extra.config does not fit the weights (check 'widths'): the "
+                           f"weights {has} per-width batch norms (nested widths), the config {says}")
 
     def field(key: str) -> str:
+        if ".bns." in key:
+            return "widths"
         if key.startswith("encoder.features."):
             return "width"
         if key.startswith("encoder."):

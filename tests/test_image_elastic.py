@@ -1,0 +1,468 @@
+"""Nested widths in the image encoders (MatFormer-style): the extracted submodel equals the
+sliced parent, save/load, training, identity against the parent's gallery, every bad input,
+and ordinary models exactly as before."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nestemb.data.idx import load_idx, write_synthetic_idx
+from nestemb.errors import NestembError
+from nestemb.models.elastic import extract, layer_units, mix_n_match, multiply_adds
+from nestemb.models.image import (ImageModel, ImageModelConfig, build_manifest, load_image_model,
+                                  make_model_config, save_image_model)
+from nestemb.nesting import Manifest, check_compatible, lineage, parent_of, weights_version
+from nestemb.train.image import (ImageTrainConfig, batch_loss, run_signature, sample_widths,
+                                 train_image, width_losses)
+
+WIDTHS = (0.125, 0.25, 0.5, 1.0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_synthetic_idx(tmp_path_factory.mktemp("idx"), n_train=160, n_test=20)
+
+
+def _elastic(arch: str, seed: int = 0, widths=WIDTHS, model_id: str = "parent") -> ImageModel:
+    """A random elastic model with non-trivial batch-norm statistics and affine parameters at
+    every width (so a wrong switch or slice shows), in eval mode, with a manifest."""
+    torch.manual_seed(seed)
+    cfg = ImageModelConfig(dim=8, nesting=(2, 4, 8), width=4 if arch == "cnn" else 1, arch=arch,
+                           widths=widths)  # fmt: skip
+    m = ImageModel(cfg)
+    with torch.no_grad():
+        for name, b in m.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_()
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+        for name, p in m.named_parameters():
+            if ".bns." in name:
+                p.normal_()
+    m.eval()
+    m.manifest = build_manifest(m, model_id)
+    return m
+
+
+def _x(n: int = 6, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------ the submodel equals the slice
+@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+def test_extracted_submodel_equals_the_sliced_parent(arch):
+    parent = _elastic(arch)
+    x = _x()
+    images = np.random.default_rng(0).integers(0, 255, (5, 28, 28), dtype=np.uint8)
+    mix = (0.25, 0.25, 0.5, 1.0, 1.0) if arch == "cnn" else (0.25, 1.0)
+    with torch.no_grad():
+        for width in (*WIDTHS, mix):
+            sub = extract(parent, width)
+            assert sub.config.widths is None and not sub.training
+            assert sub.config.channels == layer_units(parent.config, parent.layer_widths(width))
+            z, logits = sub(x)
+            pz, plogits = parent(x, width=width)
+            assert torch.equal(z, pz) and torch.equal(logits, plogits), width
+            np.testing.assert_array_equal(sub.encode(images), parent.encode(images, width=width))
+            # the submodel holds only its own slice, and its own copy of it
+            n_sub = sum(p.numel() for p in sub.encoder.parameters())
+            n_full = sum(p.numel() for p in parent.encoder.parameters() if p.ndim > 1)
+            assert n_sub <= n_full + parent.config.dim + 2 * sum(parent.config.layer_channels)
+            assert all(not p.is_set_to(q) and p.data_ptr() != q.data_ptr()
+                       for p in sub.parameters() for q in parent.parameters())
+    # widths really differ (a forward that ignored the width would pass the above)
+    with torch.no_grad():
+        assert not torch.equal(parent(x, width=0.25)[0], parent(x)[0])
+    assert extract(parent, 1.0).config.channels == parent.config.layer_channels
+
+
+def test_mlp_width_matches_a_hand_written_reference():
+    """An independent reference for one width: the slices and the width's batch norms by hand."""
+    parent = _elastic("mlp")
+    g, k = 0.25, 1
+    f = parent.encoder.features
+    lin1, bn1, lin2, bn2 = f[1], f[2].bns[k], f[4], f[5].bns[k]
+    u = 8  # ceil(0.25 * 32)
+    x = _x(4)
+    with torch.no_grad():
+        h = torch.nn.functional.batch_norm(x.flatten(1) @ lin1.weight[:u].T, bn1.running_mean,
+                                           bn1.running_var, bn1.weight, bn1.bias, eps=bn1.eps).relu()  # fmt: skip
+        h = torch.nn.functional.batch_norm(h @ lin2.weight[:u, :u].T, bn2.running_mean,
+                                           bn2.running_var, bn2.weight, bn2.bias, eps=bn2.eps).relu()  # fmt: skip
+        ref = h @ parent.encoder.proj.weight[:, :u].T + parent.encoder.proj.bias
+        torch.testing.assert_close(parent(x, width=g)[0], ref)
+        # the same heads read every width
+        torch.testing.assert_close(parent(x, width=g)[1], parent.head(ref))
+
+
+def test_multiply_adds_and_mix_n_match():
+    cfg = _elastic("cnn").config
+    full = multiply_adds(cfg)
+    costs = [multiply_adds(cfg, layer_units(cfg, (k,) * 5)) / full for k in range(4)]
+    assert costs == sorted(costs) and costs[-1] == 1.0 and costs[1] < 0.1
+    for budget in (0.05, 0.2, 0.3, 0.5, 0.8, 1.0):
+        widths = mix_n_match(cfg, budget)
+        ks = [WIDTHS.index(g) for g in widths]
+        assert ks == sorted(ks)  # granularities never shrink with depth
+        cost = multiply_adds(cfg, layer_units(cfg, ks)) / full
+        assert cost <= budget
+        # nothing monotone and dearer fits the budget
+        import itertools
+
+        assert all(multiply_adds(cfg, layer_units(cfg, c)) / full <= cost
+                   or multiply_adds(cfg, layer_units(cfg, c)) / full > budget
+                   for c in itertools.combinations_with_replacement(range(4), 5))
+        sub = extract(_elastic("cnn"), widths)
+        assert sub.manifest.extra["slice"]["cost"] == pytest.approx(cost, abs=1e-6)
+    assert mix_n_match(cfg, 1.0) == (1.0,) * 5
+
+
+# ------------------------------------------------------------------ save and load
+def test_save_load_roundtrip_of_elastic_and_extracted_models(tmp_path):
+    parent = _elastic("cnn")
+    save_image_model(parent, tmp_path / "p", model_id="parent")
+    man = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert man["extra"]["config"]["widths"] == list(WIDTHS)
+    assert "channels" not in man["extra"]["config"]
+    loaded = load_image_model(tmp_path / "p")
+    assert loaded.config == parent.config
+    x = _x()
+    with torch.no_grad():
+        for g in WIDTHS:
+            assert torch.equal(loaded(x, width=g)[0], parent(x, width=g)[0])
+    sub = extract(loaded, 0.25)
+    assert sub.manifest.model_id == "parent-w0.25"
+    save_image_model(sub, tmp_path / "s", sub.manifest.model_id, sub.manifest.extra)
+    back = load_image_model(tmp_path / "s")
+    assert back.config.widths is None and back.config.channels == (1, 2, 2, 4, 4)
+    assert back.manifest.model_version == weights_version(sub.state_dict())
+    assert back.manifest.model_version != loaded.manifest.model_version
+    assert parent_of(back.manifest) == ("parent", loaded.manifest.model_version)
+    assert back.manifest.extra["slice"]["layer_widths"] == [0.25] * 5
+    with torch.no_grad():
+        assert torch.equal(back(x)[0], loaded(x, width=0.25)[0])
+    # two widths, two versions; the same width twice, one version
+    assert extract(loaded, 0.5).manifest.model_version not in (back.manifest.model_version,
+                                                                loaded.manifest.model_version)
+    assert extract(loaded, 0.25).manifest.model_version == back.manifest.model_version
+
+
+def test_a_manifest_whose_config_lies_about_widths_is_refused(tmp_path):
+    save_image_model(_elastic("mlp"), tmp_path / "p", model_id="parent")
+    path = tmp_path / "p" / "manifest.json"
+    man = json.loads(path.read_text())
+    del man["extra"]["config"]["widths"]
+    path.write_text(json.dumps(man))
+    with pytest.raises(NestembError, match="check 'widths'"):
+        load_image_model(tmp_path / "p")
+    man["extra"]["config"]["widths"] = "0.5,1"
+    path.write_text(json.dumps(man))
+    with pytest.raises(NestembError, match="extra.config.widths must be a list"):
+        load_image_model(tmp_path / "p")
+    man["extra"]["config"]["widths"] = [0.5, 0.25, 1]
+    path.write_text(json.dumps(man))
+    with pytest.raises(NestembError, match="bad extra.config: widths must be strictly ascending"):
+        load_image_model(tmp_path / "p")
+
+
+# ------------------------------------------------------------------ training
+def test_sandwich_sampling():
+    gen = torch.Generator().manual_seed(0)
+    seen = {sample_widths(WIDTHS, gen) for _ in range(50)}
+    assert seen == {(1.0, 0.125, 0.25), (1.0, 0.125, 0.5)}
+    assert sample_widths((0.5, 1.0), gen) == (1.0, 0.5) and sample_widths((1.0,), gen) == (1.0,)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+def test_training_lowers_the_loss_at_every_width(data, arch):
+    x, y = load_idx(data)
+    cfg = make_model_config("mrl", dim=8, dims=(2, 4, 8), images=x, arch=arch,
+                            width=4 if arch == "cnn" else 1, widths=WIDTHS)  # fmt: skip
+    tcfg = ImageTrainConfig(steps=16, holdout=20, batch_size=32, lr=1e-2, seed=1, device="cpu")
+    model, info = train_image(cfg, x, y, tcfg, progress=False)
+    assert info["widths"] == list(WIDTHS) and set(info["width_losses"]) == {"0.125", "0.25", "0.5", "1"}
+    for g, hist in info["width_losses"].items():
+        seen = [v for v in hist if v is not None]
+        assert seen[-1] < seen[0], (g, hist)
+    torch.manual_seed(tcfg.seed)
+    init = ImageModel(cfg).eval()  # the trainer's initial weights (same seed)
+    xt, yt = model.preprocess(torch.from_numpy(x[:80].copy())), torch.from_numpy(y[:80].astype(np.int64))
+    w = torch.tensor([2.0, 1.0, 1.0])
+    with torch.no_grad():
+        before = width_losses(init, xt, yt, w, WIDTHS)
+        after = width_losses(model, xt, yt, w, WIDTHS)
+        assert torch.equal(batch_loss(model, xt, yt, w, widths=WIDTHS), after.sum())
+    # in eval mode (running statistics) too; the CNN's smallest widths (1 or 2 channels a layer
+    # here) learn too slowly in these few steps to be held to it, its full width is
+    assert (after < before).all() if arch == "mlp" else after[-1] < before[-1], (before, after)
+    # the elastic run is recorded: checkpoint signature, manifest
+    sig = run_signature(cfg, x, y, tcfg)
+    assert sig["widths"] == list(WIDTHS) and "widths=(0.125" in sig["model"]
+    assert build_manifest(model).extra["config"]["widths"] == list(WIDTHS)
+
+
+def test_elastic_training_resumes_exactly_and_refuses_other_widths(data, tmp_path):
+    x, y = load_idx(data)
+    cfg = make_model_config("mrl", dim=8, dims=(4, 8), images=x, arch="mlp", width=1, widths=WIDTHS)
+    tcfg = ImageTrainConfig(epochs=3, holdout=20, batch_size=70, seed=2, device="cpu")
+    full, info = train_image(cfg, x, y, tcfg, progress=False, checkpoint_dir=tmp_path / "ck")
+    resumed, info2 = train_image(cfg, x, y, tcfg, progress=False, resume_from=tmp_path / "ck" / "epoch-1")
+    assert weights_version(full.state_dict()) == weights_version(resumed.state_dict())
+    assert info2["width_losses"] == info["width_losses"]
+    other = make_model_config("mrl", dim=8, dims=(4, 8), images=x, arch="mlp", width=1,
+                              widths=(0.5, 1.0))  # fmt: skip
+    with pytest.raises(NestembError, match="different run: widths"):
+        train_image(other, x, y, tcfg, progress=False, resume_from=tmp_path / "ck" / "epoch-1")
+    loaded = load_image_model(tmp_path / "ck" / "epoch-3")
+    assert loaded.config.widths == WIDTHS
+
+
+# ------------------------------------------------------------------ identity
+def _man(model_id, version, parent=None):
+    extra = {"parent": {"model_id": parent[0], "model_version": parent[1]}} if parent else {}
+    return Manifest(model_id=model_id, model_version=version, nesting=(4, 8), dim=8, extra=extra)
+
+
+def test_check_compatible_accepts_the_parents_space_only():
+    full = _man("cnn", "aa")
+    sub = _man("cnn-w0.25", "s1", parent=("cnn", "aa"))
+    sibling = _man("cnn-w0.5", "s2", parent=("cnn", "aa"))
+    for a, b in ((sub, full), (full, sub), (sub, sibling), (sub, sub)):
+        check_compatible(a, b)
+    stranger = _man("cnn-w0.25", "s3", parent=("cnn", "bb"))
+    with pytest.raises(NestembError, match=r"different parents: 'cnn-w0.25' \(version 's3'\) is a "
+                       r"submodel of 'cnn' \(version 'bb'\); 'cnn' \(version 'aa'\) is a full model"):
+        check_compatible(stranger, full)
+    with pytest.raises(NestembError, match=r"submodel of 'cnn' \(version 'bb'\); .* submodel of "
+                       r"'cnn' \(version 'aa'\)"):
+        check_compatible(stranger, sub)
+    with pytest.raises(NestembError, match="different nestings"):
+        check_compatible(sub, Manifest(model_id="cnn", model_version="aa", nesting=(8,), dim=8))
+    # ordinary manifests: exactly the old answers
+    with pytest.raises(NestembError, match="come from different models: 'cnn'"):
+        check_compatible(full, _man("other", "aa"))
+    with pytest.raises(NestembError, match="different weights of model 'cnn'"):
+        check_compatible(full, _man("cnn", "bb"))
+    assert lineage(full) == {} and lineage(sub) == {"parent": {"model_id": "cnn", "model_version": "aa"}}
+    bad = {**sub.to_dict(), "extra": {"parent": {"model_id": "cnn"}}}
+    with pytest.raises(NestembError, match="field 'extra.parent' must name the parent model"):
+        Manifest.from_dict(bad, "q/manifest.json")
+
+
+def test_submodel_queries_search_the_parents_index_from_the_cli(cli, tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (60, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    for name, seed in (("p", 0), ("other", 1)):
+        save_image_model(_elastic("mlp", seed=seed), tmp_path / name, model_id="parent")
+        sub = extract(load_image_model(tmp_path / name), 0.25)
+        save_image_model(sub, tmp_path / f"{name}-sub", sub.manifest.model_id, sub.manifest.extra)
+        r = cli("embed", "--model", tmp_path / f"{name}-sub", "--images", tmp_path / "x.npy",
+                "--out", tmp_path / f"q-{name}")  # fmt: skip
+        assert r.code == 0, r
+    r = cli("embed", "--model", tmp_path / "p", "--images", tmp_path / "x.npy", "--out", tmp_path / "g")
+    assert r.code == 0, r
+    q = Manifest.load(tmp_path / "q-p")  # the parent travels with the embeddings
+    assert q.model_id == "parent-w0.25" and parent_of(q) == parent_of(load_image_model(tmp_path / "p-sub").manifest)
+    r = cli("index", "build", "--embeddings", tmp_path / "g", "--out", tmp_path / "idx", "--stages", "4,8")
+    assert r.code == 0, r
+    r = cli("index", "search", tmp_path / "idx", "--queries", tmp_path / "q-p", "--k", "3",
+            "--out", tmp_path / "res.json")  # fmt: skip
+    assert r.code == 0, r
+    r = cli("index", "search", tmp_path / "idx", "--queries", tmp_path / "q-other", "--k", "3")
+    assert r.code == 2 and "different parents" in r.err and "submodel of 'parent'" in r.err, r
+    # the library search takes the same decision
+    from nestemb.folders import load_embeddings
+    from nestemb.index import load_index
+
+    index = load_index(tmp_path / "idx")
+    Q, man = load_embeddings(tmp_path / "q-p")[:2]
+    assert index.search(Q, k=3, manifest=man)[1].shape == (60, 3)
+    Q, man = load_embeddings(tmp_path / "q-other")[:2]
+    with pytest.raises(NestembError, match="different parents"):
+        index.search(Q, k=3, manifest=man)
+
+
+# ------------------------------------------------------------------ bad input (library)
+@pytest.mark.parametrize("widths, match", [
+    ((0.5, 0.25, 1.0), "widths must be strictly ascending"),
+    ((0.25, 0.5), "widths must end with 1"),
+    ((0.0, 1.0), r"widths must lie in \(0, 1\]"),
+    ((0.5, 1.5), r"widths must lie in \(0, 1\]"),
+    ((), "widths must be a non-empty list"),
+    ((float("nan"), 1.0), "widths must be a non-empty list of numbers"),
+    ((True, 1.0), "widths must be a non-empty list of numbers"),
+    ("0.5,1", "widths must be a list of fractions"),
+    (0.5, "widths must be a list of fractions"),
+])
+def test_bad_widths_name_the_parameter(widths, match):
+    with pytest.raises(NestembError, match=match) as e:
+        ImageModelConfig(dim=8, nesting=(8,), widths=widths)
+    assert e.value.param == "widths"
+
+
+def test_bad_channels_name_the_parameter():
+    for channels, match in (((4, 4), "channels gives 2 layers; the cnn has 5"),
+                            ((4, 0, 4, 4, 4), "channels must be a list of positive integers")):
+        with pytest.raises(NestembError, match=match) as e:
+            ImageModelConfig(dim=8, nesting=(8,), channels=channels)
+        assert e.value.param == "channels"
+
+
+def test_bad_extraction_and_widths_name_the_parameter():
+    parent = _elastic("cnn")
+    cases = [
+        (lambda: extract(parent, 0.3), "width", "width 0.3 is not a trained granularity of this "
+                                                r"model \(widths \(0.125, 0.25, 0.5, 1.0\)\)"),
+        (lambda: extract(parent, [0.25, 0.5]), "width", "width lists 2 per-layer widths; the cnn has 5 layers"),
+        (lambda: extract(parent, [0.25] * 4 + [0.3]), "width", "width 0.3 is not a trained"),
+        (lambda: extract(parent, "0.25"), "width", "is not a trained granularity"),
+        (lambda: extract(parent, True), "width", "is not a trained granularity"),
+        (lambda: parent(_x(2), width=0.75), "width", "not a trained granularity"),
+        (lambda: parent.encode(np.zeros((1, 28, 28), np.uint8), width=2), "width", "not a trained"),
+        (lambda: mix_n_match(parent.config, 0.0), "budget", "budget must be a positive fraction"),
+        (lambda: mix_n_match(parent.config, float("inf")), "budget", "budget must be a positive"),
+        (lambda: mix_n_match(parent.config, 0.001), "budget", "below the smallest width's cost"),
+        (lambda: extract(parent, 0.25, model_id=" "), "model_id", "model_id must be a non-empty string"),
+    ]
+    plain = ImageModel(ImageModelConfig(dim=8, nesting=(8,), width=2)).eval()
+    plain.manifest = build_manifest(plain)
+    cases += [
+        (lambda: extract(plain, 0.5), "width", "this model has no nested widths"),
+        (lambda: plain(_x(2), width=0.5), "width", "this model has no nested widths"),
+        (lambda: mix_n_match(plain.config, 0.5), "widths", "needs an elastic model"),
+    ]
+    bare = _elastic("mlp")
+    bare.manifest = None
+    cases.append((lambda: extract(bare, 0.5), "model", "the model has no manifest"))
+    stale = _elastic("mlp")
+    with torch.no_grad():
+        stale.encoder.proj.bias.add_(1.0)
+    cases.append((lambda: extract(stale, 0.5), "model", "no longer matches its weights"))
+    for fn, param, match in cases:
+        with pytest.raises(NestembError, match=match) as e:
+            fn()
+        assert e.value.param == param, (match, e.value.param)
+    # the plain model's full width, spelled 1, is the model itself
+    with torch.no_grad():
+        assert torch.equal(plain(_x(2), width=1.0)[0], plain(_x(2))[0])
+
+
+def test_elastic_training_refuses_compat_and_torchrun(monkeypatch):
+    from nestemb.train.compatible import CompatConfig
+
+    x, y = np.zeros((40, 28, 28), np.uint8), np.arange(40) % 10
+    cfg = make_model_config("mrl", dim=8, width=2, widths=(0.5, 1.0))
+    with pytest.raises(NestembError, match="widths and compatible training") as e:
+        train_image(cfg, x, y, ImageTrainConfig(steps=1, device="cpu"), progress=False,
+                    compat=CompatConfig.simplex_classifier())
+    assert e.value.param == "widths"
+
+
+# ------------------------------------------------------------------ ordinary models as before
+# weights versions written by the code before nested widths existed (torch 2.13.0, CPU), for
+# ImageModel(ImageModelConfig(dim=8, nesting=(2, 8), width=2, arch=...)) after manual_seed(0),
+# and after train_image(make_model_config("mrl", dim=8, width=2, arch=...), 64 random images,
+# ImageTrainConfig(steps=3, batch_size=32, device="cpu"))
+BEFORE = {"cnn": ("3b73981012231a9c", "3ab37d1f688dcd69"), "mlp": ("f9f689ca71c3cc7b", "aeec331897c6bd45")}
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+def test_a_model_without_widths_is_exactly_as_before(arch):
+    torch.manual_seed(0)
+    cfg = ImageModelConfig(dim=8, nesting=(2, 8), width=2, arch=arch)
+    plain = ImageModel(cfg)
+    assert repr(cfg) == ("ImageModelConfig(dim=8, nesting=(2, 8), head='mrl', cosine=False, width=2, "
+                         f"num_classes=10, in_hw=(28, 28), mean=0.286, std=0.353, arch='{arch}')")
+    assert not any(".bns." in k for k in plain.state_dict())
+    assert set(build_manifest(plain).extra["config"]) == {"dim", "nesting", "head", "cosine", "width",
+                                                          "num_classes", "in_hw", "mean", "std", "arch"}
+    x = np.random.default_rng(0).integers(0, 255, (64, 28, 28), dtype=np.uint8)
+    y = np.arange(64) % 10
+    tcfg = ImageTrainConfig(steps=3, batch_size=32, device="cpu")
+    assert "widths" not in run_signature(make_model_config("mrl", dim=8, width=2, arch=arch), x, y, tcfg)
+    if torch.__version__.split("+")[0] == "2.13.0":
+        trained, _ = train_image(make_model_config("mrl", dim=8, width=2, arch=arch), x, y, tcfg,
+                                 progress=False)  # fmt: skip
+        assert (weights_version(plain.state_dict()), weights_version(trained.state_dict())) == BEFORE[arch]
+    # an elastic model starts from the same weights (batch norms aside) for the same seed
+    torch.manual_seed(0)
+    elastic = ImageModel(ImageModelConfig(dim=8, nesting=(2, 8), width=2, arch=arch, widths=(0.5, 1.0)))
+    ref = plain.state_dict()
+    for k, v in elastic.state_dict().items():
+        if ".bns." not in k:
+            assert torch.equal(v, ref[k]), k
+
+
+# ------------------------------------------------------------------ CLI
+def _one_line_error(r, match):
+    assert r.code == 2, r
+    assert "Traceback" not in r.err and r.err.strip().count("\n") == 0, r.err
+    assert match in r.err, r.err
+
+
+def test_cli_train_and_extract(cli, data, tmp_path):
+    out = tmp_path / "m"
+    r = cli("image", "train", "--data", data, "--out", out, "--steps", "2", "--dim", "8",
+            "--nesting", "4,8", "--widths", "0.25,0.5,1", "--batch-size", "16", "--device", "cpu",
+            "--no-checkpoints", "--model-id", "shop")  # fmt: skip
+    assert r.code == 0, r
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["extra"]["config"]["widths"] == [0.25, 0.5, 1.0]
+    assert man["extra"]["training"]["widths"] == [0.25, 0.5, 1.0]
+    r = cli("image", "extract", "--model", out, "--width", "0.25", "--out", tmp_path / "s")
+    assert r.code == 0, r
+    sub = load_image_model(tmp_path / "s")
+    assert sub.manifest.model_id == "shop-w0.25" and parent_of(sub.manifest) == ("shop", man["model_version"])
+    assert sub.manifest.extra["split"] == man["extra"]["split"]  # image eval calibrates as the parent
+    parent = load_image_model(out)
+    images = np.random.default_rng(0).integers(0, 255, (4, 28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(sub.encode(images), parent.encode(images, width=0.25))
+    r = cli("image", "extract", "--model", out, "--widths-per-layer", "0.25,0.25,0.5,1,1",
+            "--out", tmp_path / "mix", "--model-id", "shop-mix")  # fmt: skip
+    assert r.code == 0, r
+    mix = load_image_model(tmp_path / "mix")
+    np.testing.assert_array_equal(mix.encode(images), parent.encode(images, width=(0.25, 0.25, 0.5, 1, 1)))
+    assert mix.manifest.model_id == "shop-mix"
+    r = cli("image", "extract", "--model", out, "--budget", "0.5", "--out", tmp_path / "b")
+    assert r.code == 0 and "of the full model's multiply-adds" in r.out, r
+    assert load_image_model(tmp_path / "b").manifest.extra["slice"]["cost"] <= 0.5
+
+    # every bad input: exit 2, one line naming the option, nothing written
+    bad = tmp_path / "bad"
+    for argv, match in [
+        ([], "give exactly one of --width, --widths-per-layer or --budget (got none)"),
+        (["--width", "0.25", "--budget", "0.5"], "give exactly one of --width, --widths-per-layer or --budget (got --width, --budget)"),
+        (["--width", "0.3"], "--width 0.3 is not a trained granularity of this model (widths (0.25, 0.5, 1.0))"),
+        (["--widths-per-layer", "0.25,0.5"], "--widths-per-layer lists 2 per-layer widths; the cnn has 5 layers"),
+        (["--widths-per-layer", "0.25,0.25,0.25,0.25,0.3"], "--widths-per-layer 0.3 is not a trained granularity"),
+        (["--widths-per-layer", "0.25,x"], "--widths-per-layer must be comma-separated numbers"),
+        (["--budget", "0"], "--budget must be a positive fraction"),
+        (["--budget", "0.0001"], "--budget 0.0001 is below the smallest width's cost"),
+        (["--width", "0.25", "--model-id", " "], "--model-id must be a non-empty string"),
+    ]:
+        _one_line_error(cli("image", "extract", "--model", out, "--out", bad, *argv), match)
+        assert not bad.exists()
+    r = cli("image", "extract", "--model", out, "--width", "x", "--out", bad)
+    assert r.code == 2 and "--width" in r.err
+    _one_line_error(cli("image", "extract", "--model", tmp_path / "s", "--width", "0.5", "--out", bad),
+                    "has no nested widths: train it with `nestemb image train --widths ...`")
+    _one_line_error(cli("image", "extract", "--model", tmp_path / "nothing", "--width", "0.5", "--out", bad),
+                    "--model: model directory not found")
+    _one_line_error(cli("image", "extract", "--model", out, "--width", "0.5", "--out", tmp_path / "s"),
+                    "already exists")
+    assert not bad.exists()
+    for widths, match in [("0.5,0.25,1", "--widths must be strictly ascending"),
+                          ("0.25,0.5", "--widths must end with 1"),
+                          ("0.5,x", "--widths must be comma-separated numbers"),
+                          ("0,1", "--widths must lie in (0, 1]")]:
+        r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--widths", widths)
+        _one_line_error(r, match)
+        assert not bad.exists()
+    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--widths", "0.5,1",
+            "--compat", "simplex")  # fmt: skip
+    _one_line_error(r, "--widths and --compatible-with/--compat do not combine")
+    assert not bad.exists()
