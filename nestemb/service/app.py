@@ -1474,6 +1474,9 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
                     mem.name = name
                     svc.collections[name] = SqlitePoints(svc.store, name, mem.nesting, live=mem)
                     mem.writes = max(mem.writes, 1)  # snapshotted under its new epoch
+                    # the old vectors' memory is never snapshotted again (a tuner pass that
+                    # still holds it would save it as the new epoch's index)
+                    _memory(main).store = None
                 else:
                     cfg = {k: v for k, v in mig.config.items() if k != "migration"}
                     svc.store.cancel_migration(name, cfg)

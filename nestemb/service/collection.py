@@ -372,11 +372,11 @@ class LiveCollection:
         JSON that names it), so a crash leaves the previous snapshot. None when empty."""
         from nestemb.io import write_json
 
-        store = self.store
         with self.write_lock, self._lock:  # no write of this collection between commit and memory
-            seq, epoch = store.sequence(), store.epoch(self.name)
-            if self.index is None:
+            store = self.store  # read under the lock: a memory detached meanwhile is not saved
+            if store is None or self.index is None:
                 return None
+            seq, epoch = store.sequence(), store.epoch(self.name)
             index = self.index.copy()  # written outside the locks
             meta = {"seq": seq, "epoch": epoch, "index": f"index-{seq}",
                     "pids": list(self._pids),

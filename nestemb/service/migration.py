@@ -417,7 +417,9 @@ class Migration:
 
     def _encode_and_store(self, pids: list) -> int:
         """Encode the texts of ``pids`` with the new model and store them as true vectors
-        (skipping points deleted or rewritten meanwhile); returns how many were stored."""
+        (skipping points deleted or rewritten meanwhile, and points that got a true vector
+        meanwhile: a client's new-model vector is never replaced by an encoding started before
+        it was written); returns how many were stored."""
         texts = [self._text(p) for p in pids]
         pids = [p for p, t in zip(pids, texts) if t is not None]
         texts = [t for t in texts if t is not None]
@@ -429,7 +431,8 @@ class Migration:
         with self.main.write_lock:
             if self._stop.is_set():
                 return 0
-            keep = [i for i, p in enumerate(pids) if self._text(p) == texts[i]]
+            keep = [i for i, p in enumerate(pids) if self._text(p) == texts[i] and (
+                p in self.mapped or self.shadow.live.payload_of(p) is None)]
             if keep:
                 self._store_true([pids[i] for i in keep], Y[keep],
                                  [self.main.live.payload_of(pids[i]) for i in keep])

@@ -278,6 +278,23 @@ class Model:
 
 
 # ----------------------------------------------------------------------------- the clients
+def send(http: Any, method: str, path: str, body: Any) -> tuple[str, Any]:
+    """One request on an ``httpx.Client``, classified for the acknowledged / in-flight
+    accounting: ``("acked", response)`` for a 200; ``("refused", None)`` when the connection
+    could not be opened (nothing was sent: no effect); ``("answered", response)`` for any other
+    answer; ``("in_flight", None)`` when no answer came (killed mid-request: its effect may or
+    may not be there)."""
+    import httpx
+
+    try:
+        r = http.request(method, path, json=body)
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        return "refused", None
+    except httpx.HTTPError:
+        return "in_flight", None
+    return ("acked" if r.status_code == 200 else "answered"), r
+
+
 class Gate:
     """Lets clients run only while the server is up; the killer waits for all of them to
     be parked before restarting and checking."""
@@ -371,23 +388,17 @@ class Client(threading.Thread):
 
     # ------------------------------------------------------------------ operations
     def _send(self, http, method: str, path: str, body: Any) -> str:
-        import httpx
-
-        try:
-            r = http.request(method, path, json=body)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            with self.model.lock:
-                self.c.requests_refused += 1
-            return "refused"
-        except httpx.HTTPError:
-            with self.model.lock:
-                self.c.requests_in_flight += 1
-            return "in_flight"
-        if r.status_code == 200:
-            return "acked"
+        outcome, r = send(http, method, path, body)
+        if outcome == "acked":
+            return outcome
         with self.model.lock:
+            if outcome == "refused":
+                self.c.requests_refused += 1
+                return outcome
+            self.c.requests_in_flight += 1  # any other answer: counted as in flight too
+            if outcome == "in_flight":
+                return outcome
             self.c.http_errors += 1
-            self.c.requests_in_flight += 1
             if len(self.c.error_samples) < 20:
                 self.c.error_samples.append({"method": method, "path": path,
                                              "status": r.status_code, "body": r.text[:300]})
