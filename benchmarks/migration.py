@@ -69,7 +69,7 @@ RESULTS = REPO / "docs" / "results" / "migration"
 NAME, REINDEX = "scifact", "reindex"
 CHECKPOINTS = (0.25, 0.5, 0.75, 1.0)
 PAIRS = {
-    "mpnet": {"model": "all-mpnet-base-v2", "max_len": 128, "mode": "client"},
+    "mpnet": {"model": "mpnet", "max_len": 128, "mode": "client"},
     "trained": {"model": "runs/minilm-cpu", "max_len": None, "mode": "encoder"},
 }
 
@@ -80,8 +80,8 @@ def log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- load
 def _client(url: str, queries: dict, threads: int, seed: int, stop, phase, out: str) -> None:
-    """One load process: ``threads`` clients searching until ``stop``; after ``phase`` is set,
-    odd threads search with the new model. Writes ``(t, ms, status, space)`` rows to ``out``."""
+    """One load process: ``threads`` clients searching until ``stop``; at ``phase`` 1 (mapped)
+    odd threads search with the new model, at 2 (before the finish) all of them. Writes ``(t, ms, status, space)`` rows to ``out``."""
     import httpx
 
     rows: list = []
@@ -92,7 +92,7 @@ def _client(url: str, queries: dict, threads: int, seed: int, stop, phase, out: 
         mine = []
         with httpx.Client(base_url=url, timeout=60) as h:
             while not stop.is_set():
-                new = phase.value == 1 and t % 2 == 1
+                new = phase.value == 2 or (phase.value == 1 and t % 2 == 1)
                 Q = queries["new" if new else "old"]
                 q = Q[int(rng.integers(len(Q)))]
                 body = {"vector": q.tolist(), "k": 10, "model": "new" if new else "old"}
@@ -176,9 +176,11 @@ def stored_bytes(data_dir: Path) -> dict:
     try:
         rows = db.execute("SELECT collection, COUNT(*), SUM(LENGTH(vector)) FROM points "
                           "GROUP BY collection").fetchall()
+        free = db.execute("PRAGMA freelist_count").fetchone()[0] * \
+            db.execute("PRAGMA page_size").fetchone()[0]
     finally:
         db.close()
-    return {"db_files": files, "maps": maps,
+    return {"db_files": files, "free_pages_bytes": free, "maps": maps,
             "vectors": {r[0]: {"points": r[1], "bytes": r[2]} for r in rows}}
 
 
@@ -246,7 +248,11 @@ def run_pair(key: str, args, sf, train_q: list[str]) -> dict:
         out["old_ndcg_during"], during_tops = ndcg(c, NAME, Qo, sf, "old")
         out["old_tops_unchanged"] = during_tops == before_tops
 
+        evals = 0.0
+
         def point() -> None:
+            nonlocal evals
+            t = time.time()
             s = c.migration(NAME)
             v, _ = ndcg(c, NAME, Qn, sf, "new")
             out["curve"].append({"backfilled": s["backfilled"], "ndcg10": v,
@@ -254,6 +260,7 @@ def run_pair(key: str, args, sf, train_q: list[str]) -> dict:
                                  "t": round(time.time() - ev["migration_start"], 1)})
             log(f"{key}: backfilled {s['backfilled']:.3f}: new-model nDCG@10 {v:.4f}, "
                 f"probe {s['probe']}")
+            evals += time.time() - t
 
         point()
         for target in CHECKPOINTS:
@@ -271,6 +278,8 @@ def run_pair(key: str, args, sf, train_q: list[str]) -> dict:
                 c.pause_migration(NAME)
             point()
         ev["complete"] = time.time()
+        out["eval_seconds"] = round(evals, 1)
+        out["time_to_complete_s"] = round(ev["complete"] - ev["migration_start"] - evals, 1)
         c.resume_migration(NAME)
         # a fresh re-index of the same texts by the new model, beside it
         if spec["mode"] == "client":
@@ -288,6 +297,8 @@ def run_pair(key: str, args, sf, train_q: list[str]) -> dict:
         _, mig_tops = ndcg(c, NAME, Qn, sf, "new", exact=True)
         out["top10_equal_queries"] = sum(a == b for a, b in zip(mig_tops, re_tops))
         out["bytes"]["complete"] = stored_bytes(data_dir)
+        load.phase.value = 2  # every client on the new model before the old vectors go
+        time.sleep(2)
         t = time.time()
         ended = c.finish_migration(NAME)
         ev["finished"] = time.time()
@@ -363,7 +374,7 @@ def plot(results: dict, folder: Path) -> None:
 def table(results: dict) -> str:
     lines = ["| pair | mode | re-index nDCG@10 | right after mapping | 25 % | 50 % | 75 % | "
              "100 % | old model before / during | top-10 = re-index | p99 before / during "
-             "(ratio) | errors | start -> finish |",
+             "(ratio) | errors start -> finish | start -> complete |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results.values():
         c, re = r["curve"], r["reindex_ndcg"]
@@ -374,16 +385,18 @@ def table(results: dict) -> str:
             f"| {r['pair']} | {r['mode']} | {re:.4f} | {' | '.join(cells)} | "
             f"{r['old_ndcg_before']:.4f} / {r['old_ndcg_during']:.4f} | "
             f"{r['top10_equal_queries']}/{r['n_queries']} | {lat['before']['p99_ms']} / "
-            f"{lat['during']['p99_ms']} ms ({r['p99_ratio']}x) | {lat['all_errors']} | "
-            f"{r['time_to_finish_s']} s |")
-    lines += ["", "Stored bytes (SQLite files; vectors' logical bytes per collection):", "",
+            f"{lat['during']['p99_ms']} ms ({r['p99_ratio']}x) | {lat['during']['errors']} | "
+            f"{r['time_to_complete_s']} s |")
+    lines += ["", "Stored bytes (SQLite files, of which free pages SQLite reuses; the vectors' "
+              "logical bytes):", "",
               "| pair | before | during (mapped) | complete | after finish |", "|---|---|---|---|---|"]
     for r in results.values():
         b = r["bytes"]
 
         def fmt(x: dict) -> str:
             v = sum(c["bytes"] or 0 for c in x["vectors"].values())
-            return f"{x['db_files'] / 2**20:.1f} MiB files, {v / 2**20:.1f} MiB vectors"
+            return (f"{x['db_files'] / 2**20:.1f} MiB files ({x['free_pages_bytes'] / 2**20:.1f} "
+                    f"free), {v / 2**20:.1f} MiB vectors")
 
         lines.append(f"| {r['pair']} | {fmt(b['before'])} | {fmt(b['during'])} | "
                      f"{fmt(b['complete'])} | {fmt(b['after'])} |")

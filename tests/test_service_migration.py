@@ -270,7 +270,13 @@ def test_encoder_migration_equals_reindex_and_survives_restart(models, tmp_path)
         after = answers(http, "c", QUERIES)
         assert ids_of(after) == ids_of(reference)
         assert search(http, "c", text=QUERIES[0])["migration"] is None
-        assert_error(http.post("/collections/c/search", json={"text": "the cat", "model": "a"}),
+        # the previous model's clients are told its vectors are gone; the new model's clients
+        # (who named it 'new' during the migration) go on; an unknown model is a 422
+        for model in ("a", "old"):
+            assert_error(http.post("/collections/c/search",
+                                   json={"text": "the cat", "model": model}), 409, "model")
+        assert ids_of(answers(http, "c", QUERIES, model="new")) == ids_of(reference)
+        assert_error(http.post("/collections/c/search", json={"text": "the cat", "model": "z"}),
                      422, "model")
         assert_error(http.get("/collections/c/migration"), 404, "name")
 

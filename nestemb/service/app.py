@@ -1159,19 +1159,27 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
         return Upserted(upserted=len(ids))
 
     def _space(name: str, mig: Migration | None, model: str | None, field: str) -> str:
-        """The space (``"old"``/``"new"``) of a request naming ``model``; without a migration
-        only the collection's own model (or ``"old"``) is accepted."""
+        """The space (``"old"``/``"new"``) of a request naming ``model``. Without a migration
+        the collection's own model is accepted (its encoder or model id; ``"old"`` too, unless
+        a migration finished: then ``"new"`` is, so that the new model's clients go on through
+        the finish, and the previous model is refused with 409: its vectors are gone)."""
         if mig is not None:
             try:
                 return mig.space_of(model, field)
             except NestembError as e:
                 raise _field_error(e) from None
         cfg = svc.config(name)
-        if model is not None and model not in ("old", cfg.get("encoder"), cfg.get("model_id")):
-            raise ApiError(422, f"{field} {model!r} is not the model of collection {name!r} "
-                           f"({cfg.get('encoder') or cfg.get('model_id') or 'vectors only'}), "
-                           "and it is not migrating", field)
-        return "old"
+        was = cfg.get("migrated_from")
+        own = (cfg.get("encoder"), cfg.get("model_id"), "new" if was else "old")
+        if model is None or model in own:
+            return "old"
+        mine = cfg.get("encoder") or cfg.get("model_id") or "vectors only"
+        if was and model in ("old", was.get("encoder"), was.get("model_id")):
+            raise ApiError(409, f"{field} {model!r}: collection {name!r} finished its migration "
+                           f"to {mine!r}; the previous model's vectors are gone: embed with "
+                           f"{mine!r} (or name 'new')", field)
+        raise ApiError(422, f"{field} {model!r} is not the model of collection {name!r} "
+                       f"({mine}), and it is not migrating", field)
 
     def _parse_id(live: PointStore, raw: str) -> int | str:
         """A path id: the integer if it looks like one and exists; else the string if it

@@ -384,6 +384,7 @@ class Store:
                       lambda seq: [(json.dumps(config), seq, name)])], require=name)
         self._drop_snapshots(name)
         self._drop_snapshots(shadow)
+        self.checkpoint()
 
     def cancel_migration(self, name: str, config: dict) -> None:
         """One transaction: the new space is dropped and ``config`` (without the migration)
@@ -395,6 +396,17 @@ class Store:
                      ("UPDATE collections SET config = ? WHERE name = ?",
                       [(json.dumps(config), name)])], require=name)
         self._drop_snapshots(shadow)
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Move the WAL into the database and truncate it (after a migration ends, the WAL
+        holds a copy of every page it rewrote); the freed pages are reused by later writes.
+        Skipped while a reader holds an old snapshot of the database (SQLite answers busy)."""
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass
 
     def mapped_ids(self, collection: str) -> list[int | str]:
         """Ids of the points of ``collection`` whose stored vector a map computed
