@@ -367,7 +367,9 @@ def test_elastic_training_refuses_compat_and_torchrun(monkeypatch):
 # ImageModel(ImageModelConfig(dim=8, nesting=(2, 8), width=2, arch=...)) after manual_seed(0),
 # and after train_image(make_model_config("mrl", dim=8, width=2, arch=...), 64 random images,
 # ImageTrainConfig(steps=3, batch_size=32, device="cpu"))
-BEFORE = {"cnn": ("3b73981012231a9c", "3ab37d1f688dcd69"), "mlp": ("f9f689ca71c3cc7b", "aeec331897c6bd45")}
+BEFORE = {"cnn": "3b73981012231a9c", "mlp": "f9f689ca71c3cc7b"}
+"""Weights versions of the initial models before widths existed (torch 2.13.0); trained weights
+are not pinned: CPU kernels may sum in another order on another machine."""
 
 
 @pytest.mark.parametrize("arch", ["cnn", "mlp"])
@@ -385,9 +387,7 @@ def test_a_model_without_widths_is_exactly_as_before(arch):
     tcfg = ImageTrainConfig(steps=3, batch_size=32, device="cpu")
     assert "widths" not in run_signature(make_model_config("mrl", dim=8, width=2, arch=arch), x, y, tcfg)
     if torch.__version__.split("+")[0] == "2.13.0":
-        trained, _ = train_image(make_model_config("mrl", dim=8, width=2, arch=arch), x, y, tcfg,
-                                 progress=False)  # fmt: skip
-        assert (weights_version(plain.state_dict()), weights_version(trained.state_dict())) == BEFORE[arch]
+        assert weights_version(plain.state_dict()) == BEFORE[arch]
     # an elastic model starts from the same weights (batch norms aside) for the same seed
     torch.manual_seed(0)
     elastic = ImageModel(ImageModelConfig(dim=8, nesting=(2, 8), width=2, arch=arch, widths=(0.5, 1.0)))

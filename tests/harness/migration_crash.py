@@ -961,8 +961,10 @@ class MigrationCrash:
             if gen is None or (space == "new" and (status1 or {}).get("state") != "backfilling"):
                 continue
             q = vector(gen.label, gen.dim, "the cat sits on the mat").tolist()
+            # no migration: the collection's own model (a finished one refuses 'old')
+            model = {"model": space} if status1 is not None else {}
             r = self.http().post(f"/collections/{NAME}/search",
-                                 json={"vector": q, "k": 3, "model": space})
+                                 json={"vector": q, "k": 3, **model})
             answered = r.json().get("migration") if r.status_code == 200 else None
             if r.status_code != 200 or (status1 is not None and (answered or {}).get(
                     "space") != space):
@@ -1003,8 +1005,9 @@ class MigrationCrash:
                      and rec.exact(gen) is not None]
             for start in range(0, len(known), 256):
                 part = known[start: start + 256]
+                model = {"model": space} if status1 is not None else {}
                 body = {"searches": [{"vector": vector(gen.label, gen.dim, rec.text).tolist(),
-                                      "k": 10, "dims": [gen.dim], "model": space}
+                                      "k": 10, "dims": [gen.dim], **model}
                                      for _, rec in part]}
                 r = self.http().post(f"/collections/{NAME}/search/batch", json=body)
                 if r.status_code != 200:
