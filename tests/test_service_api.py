@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from nestemb.index import synthetic_matryoshka
 from nestemb.service import Limits, create_app
-from harness.server import (call_asgi, db_rows, dir_listing, running_server,
+from harness.server import (assert_error, call_asgi, db_rows, dir_listing, running_server,
                                      stop_server)
 
 SMALL = Limits(max_body_bytes=64_000, max_batch=8, max_k=50, max_payload_bytes=200,
@@ -32,15 +32,6 @@ JSON_HEADERS = {"content-type": "application/json"}
 def vec(i: int, dim: int = 16) -> list[float]:
     """A deterministic vector with a non-zero first prefix."""
     return [float(((i * 7 + j * 3) % 11) - 5 + (j == 0)) for j in range(dim)]
-
-
-def assert_error(r, status: int, field: str, message: str = "") -> None:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"status", "message", "field"}, body
-    assert body["error"]["status"] == status
-    assert body["error"]["field"] == field, body
-    assert message.lower() in body["error"]["message"].lower(), body
 
 
 def memory_state(client: TestClient) -> dict:

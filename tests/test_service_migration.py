@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from harness.server import db_rows, dir_listing
+from harness.server import assert_error, db_rows, dir_listing
 from nestemb.service import create_app
 from nestemb.service.auth import ApiKey
 from nestemb.service.migration import MIGRATIONS, wait_for
@@ -62,15 +62,6 @@ def models(tmp_path_factory) -> dict[str, str]:
 
 def serve(data: Path, models: dict | None = None, **kw: Any) -> TestClient:
     return TestClient(create_app(data, encoders=models, tune_interval=3600, **kw))
-
-
-def assert_error(r, status: int, field: str, message: str = "") -> None:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"status", "message", "field"}, body
-    assert body["error"]["status"] == status
-    assert body["error"]["field"] == field, body
-    assert message.lower() in body["error"]["message"].lower(), body
 
 
 def ok(r) -> dict:

@@ -845,6 +845,29 @@ def _vectors(rows: list[list[float]], dim: int, fields: list[str],
     return X.astype(np.float32)
 
 
+def _check_batch(items: list, field: str, limit: int) -> None:
+    """A request's list: not empty (422) and at most ``limit`` long (413), naming ``field``."""
+    if not items:
+        raise ApiError(422, f"{field} must not be empty", field)
+    if len(items) > limit:
+        raise ApiError(413, f"batch of {len(items)} {field} exceeds the limit of {limit}", field)
+
+
+def _check_unique_ids(ids: list, field: str) -> None:
+    """Refuse a batch naming one id twice (``5`` and ``"5"`` differ), at its second place."""
+    keys = [(type(i), i) for i in ids]
+    if len(set(keys)) != len(keys):
+        j = next(j for j, key in enumerate(keys) if key in keys[:j])
+        raise ApiError(422, f"duplicate id {ids[j]!r} in the batch", field.format(j))
+
+
+def _check_direction(v: np.ndarray, first: int, field: str) -> None:
+    """A stored vector needs a first prefix of norm >= ``MIN_PREFIX_NORM``."""
+    if np.linalg.norm(v[:first].astype(np.float64)) < MIN_PREFIX_NORM:
+        raise ApiError(422, f"vector's first {first} dims are all zero or nearly (norm < "
+                       f"{MIN_PREFIX_NORM:g}): no direction to compare", field)
+
+
 def _depth(value: Any) -> int:
     """Nesting depth of a JSON value (a scalar: 0), without recursion."""
     deepest, stack = 0, [(value, 0)]
@@ -1097,11 +1120,7 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
     def upsert_points(name: str, body: UpsertRequest) -> Upserted:
         live = svc.get(name)
         pts = body.points
-        if not pts:
-            raise ApiError(422, "points must not be empty", "points")
-        if len(pts) > limits.max_batch:
-            raise ApiError(413, f"batch of {len(pts)} points exceeds the limit of "
-                           f"{limits.max_batch}", "points")
+        _check_batch(pts, "points", limits.max_batch)
         seen: set = set()
         for i, p in enumerate(pts):
             if (p.vector is None) == (p.text is None):
@@ -1136,10 +1155,7 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             if mig is not None and mig.encode_new is not None:
                 new_from_text = mig.encode_new(texts)
         for i, (v, space) in enumerate(zip(vecs, spaces)):
-            if np.linalg.norm(v[: firsts[space]].astype(np.float64)) < MIN_PREFIX_NORM:
-                raise ApiError(422, f"vector's first {firsts[space]} dims are all zero or "
-                               f"nearly (norm < {MIN_PREFIX_NORM:g}): no direction to compare",
-                               f"points.{i}.vector")
+            _check_direction(v, firsts[space], f"points.{i}.vector")
         ids = [p.id for p in pts]
         payloads = [p.payload or {} for p in pts]
         with live.write_lock:
@@ -1209,15 +1225,8 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
     @app.post("/collections/{name}/points/delete", responses=ERRORS)
     def delete_points(name: str, body: DeleteRequest) -> Deleted:
         live = svc.get(name)
-        if not body.ids:
-            raise ApiError(422, "ids must not be empty", "ids")
-        if len(body.ids) > limits.max_batch:
-            raise ApiError(413, f"batch of {len(body.ids)} ids exceeds the limit of "
-                           f"{limits.max_batch}", "ids")
-        keys = [(type(i), i) for i in body.ids]
-        if len(set(keys)) != len(keys):
-            i = next(j for j, key in enumerate(keys) if key in keys[:j])
-            raise ApiError(422, f"duplicate id {body.ids[i]!r} in the batch", f"ids.{i}")
+        _check_batch(body.ids, "ids", limits.max_batch)
+        _check_unique_ids(body.ids, "ids.{}")
         with live.write_lock:
             if svc.collections.get(name) is not live:
                 if name in svc.collections:  # a finish (its new model) replaced it meanwhile
@@ -1296,11 +1305,7 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
     @app.post("/collections/{name}/search/batch", responses=ERRORS)
     def search_batch(name: str, body: BatchSearchRequest) -> BatchSearchResponse:
         svc.get(name)
-        if not body.searches:
-            raise ApiError(422, "searches must not be empty", "searches")
-        if len(body.searches) > limits.max_queries:
-            raise ApiError(413, f"batch of {len(body.searches)} searches exceeds the limit of "
-                           f"{limits.max_queries}", "searches")
+        _check_batch(body.searches, "searches", limits.max_queries)
         return BatchSearchResponse(results=[_search(name, r, f"searches.{i}.")
                                             for i, r in enumerate(body.searches)])
 
@@ -1438,22 +1443,12 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
         """New-model vectors of stored points (true ones: they replace mapped vectors)."""
         mig = _migration(name)
         pts = body.points
-        if not pts:
-            raise ApiError(422, "points must not be empty", "points")
-        if len(pts) > limits.max_batch:
-            raise ApiError(413, f"batch of {len(pts)} points exceeds the limit of "
-                           f"{limits.max_batch}", "points")
-        keys = [(type(p.id), p.id) for p in pts]
-        if len(set(keys)) != len(keys):
-            i = next(j for j, key in enumerate(keys) if key in keys[:j])
-            raise ApiError(422, f"duplicate id {pts[i].id!r} in the batch", f"points.{i}.id")
+        _check_batch(pts, "points", limits.max_batch)
+        _check_unique_ids([p.id for p in pts], "points.{}.id")
         Y = _vectors([p.vector for p in pts], mig.shadow.dim,
                      [f"points.{i}.vector" for i in range(len(pts))], MAX_ABS_STORED)
-        first = mig.shadow.nesting[0]
-        small = np.linalg.norm(Y[:, :first].astype(np.float64), axis=1) < MIN_PREFIX_NORM
-        if small.any():
-            raise ApiError(422, f"vector's first {first} dims are all zero or nearly",
-                           f"points.{int(np.flatnonzero(small)[0])}.vector")
+        for i, y in enumerate(Y):
+            _check_direction(y, mig.shadow.nesting[0], f"points.{i}.vector")
         with mig.main.write_lock:
             if svc.migrations.get(name) is not mig:
                 raise ApiError(409, f"the migration of {name!r} ended meanwhile", "name")

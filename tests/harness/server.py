@@ -560,3 +560,14 @@ def fuzz_service(target: Any, requests: int, *, seed: int = 0, text_model: str |
         report.seconds = round(time.perf_counter() - t0, 3)
         client.close()
     return report
+
+
+def assert_error(r: Any, status: int, field: str, message: str = "") -> None:
+    """An HTTP answer is the service's JSON error: ``status``, the ``field`` it names, and a
+    message containing ``message`` (case aside)."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"status", "message", "field"}, body
+    assert body["error"]["status"] == status
+    assert body["error"]["field"] == field, body
+    assert message.lower() in body["error"]["message"].lower(), body
