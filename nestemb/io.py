@@ -17,7 +17,7 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from nestemb.errors import NestembError
 
@@ -35,6 +35,23 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def sha256_texts(texts: Iterable[str]) -> str:
+    """Hex sha256 of a list of texts, each UTF-8 and length-prefixed (so ``["a b"]`` and
+    ``["a", "b"]`` differ): the texts' identity in the text-embedding cache's keys and in a
+    text corpus's manifest.
+
+    Example:
+        >>> sha256_texts(["a", "b"])[:16], sha256_texts(["a b"]) != sha256_texts(["a", "b"])
+        ('cf6ab613e3942391', True)
+    """
+    h = hashlib.sha256()
+    for t in texts:
+        data = str(t).encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
     return h.hexdigest()
 
 

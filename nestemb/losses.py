@@ -7,6 +7,8 @@ per-prefix cross-entropy of classification heads.
   MLP adapters all train through it.
 - :func:`info_nce`: InfoNCE with in-batch negatives (+ optional hard negatives).
 - :func:`matryoshka_cross_entropy`: per-prefix logits of the image heads.
+- :func:`cosine_distance`: ``1 - cos`` of unit rows, the inner loss of every prefix-cosine
+  term (adapters, compatible-training distillation, elastic widths' self-distillation).
 
 (Text-only losses, CoSENT and the distillation terms, live in :mod:`nestemb.text.losses`.)
 """
@@ -45,6 +47,17 @@ def check_weights(weights: Sequence[float] | None, nesting: Sequence[int]) -> tu
     if any(not (x >= 0 and x < float("inf")) for x in w) or not any(w):
         raise NestembError(f"prefix weights must be finite, >= 0 and not all zero, got {w}")
     return w
+
+
+def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos`` between matching rows of two batches of unit vectors (the
+    :func:`~nestemb.nesting.prefix_view` views :class:`PrefixLoss` hands its inner loss).
+
+    Example:
+        >>> cosine_distance(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+        tensor(0.5000)
+    """
+    return (1 - (pred * target).sum(-1)).mean()
 
 
 def matryoshka_cross_entropy(
@@ -101,7 +114,7 @@ class PrefixLoss:
     keyword arguments of a call go to ``inner``.
 
     Example:
-        >>> cos = PrefixLoss(lambda p, t: (1 - (p * t).sum(-1)).mean(), dims=(1, 2))
+        >>> cos = PrefixLoss(cosine_distance, dims=(1, 2))
         >>> p, t = torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, -1.0]])
         >>> float(cos(p, t))  # prefix 1: cosine 1, loss 0; prefix 2: cosine 0, loss 1
         0.5

@@ -12,14 +12,18 @@ import torch
 
 from nestemb.data.idx import load_idx, write_synthetic_idx
 from nestemb.errors import NestembError
-from nestemb.models.elastic import extract, layer_units, mix_n_match, multiply_adds
-from nestemb.models.image import (ImageModel, ImageModelConfig, build_manifest, load_image_model,
-                                  make_model_config, save_image_model)
-from nestemb.nesting import Manifest, check_compatible, lineage, parent_of, weights_version
+from nestemb.models.elastic import (batch_norms, extract, layer_units, mix_n_match, multiply_adds,
+                                    recalibrate)
+from nestemb.models.image import (ARCHS, ImageModel, ImageModelConfig, build_manifest,
+                                  config_from_manifest, load_image_model, make_model_config,
+                                  save_image_model)
+from nestemb.nesting import Manifest, check_compatible, lineage, parent_of, prefix_view, weights_version
 from nestemb.train.image import (ImageTrainConfig, batch_loss, run_signature, sample_widths,
                                  train_image, width_losses)
 
 WIDTHS = (0.125, 0.25, 0.5, 1.0)
+TINY_WIDTH = {"cnn": 4, "mlp": 1, "vit": 2}  # vit: 8-d tokens (4 heads of 2), feed-forward 32
+MIX = {"cnn": (0.25, 0.25, 0.5, 1.0, 1.0), "mlp": (0.25, 1.0), "vit": (0.125, 0.5, 0.5, 1.0)}
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +33,10 @@ def data(tmp_path_factory):
 
 def _elastic(arch: str, seed: int = 0, widths=WIDTHS, model_id: str = "parent") -> ImageModel:
     """A random elastic model with non-trivial batch-norm statistics and affine parameters at
-    every width (so a wrong switch or slice shows), in eval mode, with a manifest."""
+    every width (layer norms and biases for the ViT), so a wrong switch or slice shows, in eval
+    mode, with a manifest."""
     torch.manual_seed(seed)
-    cfg = ImageModelConfig(dim=8, nesting=(2, 4, 8), width=4 if arch == "cnn" else 1, arch=arch,
-                           widths=widths)  # fmt: skip
+    cfg = ImageModelConfig(dim=8, nesting=(2, 4, 8), width=TINY_WIDTH[arch], arch=arch, widths=widths)
     m = ImageModel(cfg)
     with torch.no_grad():
         for name, b in m.named_buffers():
@@ -41,7 +45,7 @@ def _elastic(arch: str, seed: int = 0, widths=WIDTHS, model_id: str = "parent") 
             elif name.endswith("running_var"):
                 b.uniform_(0.5, 2.0)
         for name, p in m.named_parameters():
-            if ".bns." in name:
+            if ".bns." in name or ".norm" in name or (arch == "vit" and name.endswith("bias")):
                 p.normal_()
     m.eval()
     m.manifest = build_manifest(m, model_id)
@@ -53,12 +57,12 @@ def _x(n: int = 6, seed: int = 0) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ the submodel equals the slice
-@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+@pytest.mark.parametrize("arch", ["cnn", "mlp", "vit"])
 def test_extracted_submodel_equals_the_sliced_parent(arch):
     parent = _elastic(arch)
     x = _x()
     images = np.random.default_rng(0).integers(0, 255, (5, 28, 28), dtype=np.uint8)
-    mix = (0.25, 0.25, 0.5, 1.0, 1.0) if arch == "cnn" else (0.25, 1.0)
+    mix = MIX[arch]
     with torch.no_grad():
         for width in (*WIDTHS, mix):
             sub = extract(parent, width)
@@ -70,8 +74,12 @@ def test_extracted_submodel_equals_the_sliced_parent(arch):
             np.testing.assert_array_equal(sub.encode(images), parent.encode(images, width=width))
             # the submodel holds only its own slice, and its own copy of it
             n_sub = sum(p.numel() for p in sub.encoder.parameters())
-            n_full = sum(p.numel() for p in parent.encoder.parameters() if p.ndim > 1)
-            assert n_sub <= n_full + parent.config.dim + 2 * sum(parent.config.layer_channels)
+            if arch == "vit":  # only the feed-forward layers shrink: d + 1 (fc1) and d (fc2) a unit
+                d, cut = 4 * TINY_WIDTH[arch], sum(parent.config.layer_channels) - sum(sub.config.channels)
+                assert n_sub == sum(p.numel() for p in parent.encoder.parameters()) - (2 * d + 1) * cut
+            else:
+                n_full = sum(p.numel() for p in parent.encoder.parameters() if p.ndim > 1)
+                assert n_sub <= n_full + parent.config.dim + 2 * sum(parent.config.layer_channels)
             assert all(not p.is_set_to(q) and p.data_ptr() != q.data_ptr()
                        for p in sub.parameters() for q in parent.parameters())
     # widths really differ (a forward that ignored the width would pass the above)
@@ -422,14 +430,15 @@ def test_cli_train_and_extract(cli, data, tmp_path):
     images = np.random.default_rng(0).integers(0, 255, (4, 28, 28), dtype=np.uint8)
     np.testing.assert_array_equal(sub.encode(images), parent.encode(images, width=0.25))
     r = cli("image", "extract", "--model", out, "--widths-per-layer", "0.25,0.25,0.5,1,1",
-            "--out", tmp_path / "mix", "--model-id", "shop-mix")  # fmt: skip
+            "--out", tmp_path / "mix", "--model-id", "shop-mix", "--calibrate", "0")  # fmt: skip
     assert r.code == 0, r
     mix = load_image_model(tmp_path / "mix")
     np.testing.assert_array_equal(mix.encode(images), parent.encode(images, width=(0.25, 0.25, 0.5, 1, 1)))
     assert mix.manifest.model_id == "shop-mix"
     r = cli("image", "extract", "--model", out, "--budget", "0.5", "--out", tmp_path / "b")
     assert r.code == 0 and "of the full model's multiply-adds" in r.out, r
-    assert load_image_model(tmp_path / "b").manifest.extra["slice"]["cost"] <= 0.5
+    b = load_image_model(tmp_path / "b").manifest.extra["slice"]
+    assert b["cost"] <= 0.5 and ("calibration" in b) == (len(set(b["layer_widths"])) > 1)
 
     # every bad input: exit 2, one line naming the option, nothing written
     bad = tmp_path / "bad"
@@ -466,3 +475,309 @@ def test_cli_train_and_extract(cli, data, tmp_path):
             "--compat", "simplex")  # fmt: skip
     _one_line_error(r, "--widths and --compatible-with/--compat do not combine")
     assert not bad.exists()
+
+
+# ------------------------------------------------------------------ the ViT (MatFormer FFNs)
+def test_vit_forward_shapes_and_tokens():
+    for hw in ((28, 28), (30, 26)):  # 30x26 is padded to 32x28: 8 x 7 tokens
+        m = ImageModel(ImageModelConfig(dim=8, nesting=(4, 8), width=2, arch="vit", in_hw=hw)).eval()
+        assert m.encoder.pos.shape == (1, 49 if hw == (28, 28) else 56, 8)
+        z, logits = m(torch.zeros(3, 1, *hw))
+        assert z.shape == (3, 8) and logits.shape == (3, 2, 10)
+        assert m.encode(np.zeros((2, *hw), np.uint8)).shape == (2, 8)
+    cfg = ImageModelConfig(dim=8, nesting=(8,), arch="vit")  # the defaults: width 16
+    enc = ImageModel(cfg).encoder
+    assert enc.patch.out_channels == 64 and len(enc.blocks) == 4 == len(cfg.layer_channels)
+    assert cfg.layer_channels == (256,) * 4 and enc.blocks[0].heads == 4
+    assert not batch_norms(ImageModel(cfg))
+
+
+def test_vit_width_matches_a_hand_written_reference():
+    """An independent reference for a per-block list of widths: attention written out as
+    softmax(Q K^T / sqrt(d_head)) V, each block's feed-forward sliced by hand."""
+    parent = _elastic("vit")
+    enc, x = parent.encoder, _x(3)
+    mix = (0.25, 0.5, 1.0, 0.125)
+    d, heads = 8, 4
+    ln = torch.nn.functional.layer_norm
+    with torch.no_grad():
+        t = enc.patch(x).flatten(2).transpose(1, 2) + enc.pos
+        for g, blk in zip(mix, enc.blocks):
+            n = int(np.ceil(g * 32))
+            h = ln(t, (d,), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
+            q, k, v = (h @ blk.qkv.weight.T + blk.qkv.bias).split(d, dim=-1)
+            split = lambda a: a.reshape(3, -1, heads, d // heads).transpose(1, 2)  # noqa: E731
+            a = torch.softmax(split(q) @ split(k).transpose(-1, -2) / np.sqrt(d // heads), -1) @ split(v)
+            t = t + a.transpose(1, 2).reshape(3, -1, d) @ blk.out.weight.T + blk.out.bias
+            h = ln(t, (d,), blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
+            h = torch.nn.functional.gelu(h @ blk.fc1.weight[:n].T + blk.fc1.bias[:n])
+            t = t + h @ blk.fc2.weight[:, :n].T + blk.fc2.bias
+        ref = ln(t, (d,), enc.norm.weight, enc.norm.bias, enc.norm.eps).mean(1) @ enc.proj.weight.T + enc.proj.bias
+        torch.testing.assert_close(parent(x, width=mix)[0], ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(parent(x, width=mix)[1], parent.head(ref), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(parent(x, width=0.125)[0], parent(x)[0])
+
+
+def test_vit_multiply_adds_by_hand_and_mix_n_match():
+    # 8x8 images: T = 4 tokens of d = 8 (width 2), feed-forward 32 a block, dim 8
+    cfg = ImageModelConfig(dim=8, nesting=(8,), width=2, arch="vit", in_hw=(8, 8), widths=(0.25, 0.5, 1))
+    patch = 4 * 16 * 8                         # T patches of 4x4 pixels to d
+    attention = 4 * 8 * 3 * 8 + 4 * 8 * 8 + 2 * 4 * 4 * 8   # qkv, out, Q K^T and A V
+    ffn = lambda h: 2 * 4 * 8 * h  # noqa: E731
+    assert multiply_adds(cfg) == patch + 4 * (attention + ffn(32)) + 8 * 8
+    assert multiply_adds(cfg, (8, 16, 32, 32)) == patch + 4 * attention + ffn(8 + 16 + 64) + 64
+    assert layer_units(cfg, (0, 1, 2, 2)) == (8, 16, 32, 32)
+    full = multiply_adds(cfg)
+    import itertools
+
+    for budget in (0.7, 0.8, 0.9, 1.0):
+        widths = mix_n_match(cfg, budget)
+        ks = [cfg.widths.index(g) for g in widths]
+        cost = multiply_adds(cfg, layer_units(cfg, ks)) / full
+        assert ks == sorted(ks) and cost <= budget
+        monotone = list(itertools.combinations_with_replacement(range(3), 4))
+        costs = {c: multiply_adds(cfg, layer_units(cfg, c)) / full for c in monotone}
+        assert all(v <= cost or v > budget for v in costs.values())
+        # of the lists costing the same, the one closest to uniform
+        assert all(c[-1] - c[0] >= ks[-1] - ks[0] for c, v in costs.items() if v == cost)
+    # 0.5 0.5 0.5 1 and 0.25 0.25 1 1 cost the same (10 eighths); the first is closer to uniform
+    assert multiply_adds(cfg, layer_units(cfg, (1, 1, 1, 2))) == multiply_adds(cfg, layer_units(cfg, (0, 0, 2, 2)))
+    b = multiply_adds(cfg, layer_units(cfg, (1, 1, 1, 2))) / full
+    assert mix_n_match(cfg, b) == (0.5, 0.5, 0.5, 1.0)
+    smallest = multiply_adds(cfg, layer_units(cfg, (0,) * 4)) / full
+    with pytest.raises(NestembError, match="below the smallest width's cost") as e:
+        mix_n_match(cfg, smallest * 0.99)
+    assert e.value.param == "budget"
+    sub = extract(_elastic("vit"), mix_n_match(_elastic("vit").config, 0.9))
+    assert sub.manifest.extra["slice"]["cost"] <= 0.9
+
+
+@pytest.mark.parametrize("widths", [None, WIDTHS])
+def test_vit_save_load_roundtrip(tmp_path, widths):
+    torch.manual_seed(3)
+    m = ImageModel(ImageModelConfig(dim=8, nesting=(4, 8), width=2, arch="vit", widths=widths)).eval()
+    save_image_model(m, tmp_path / "v", model_id="vit")
+    man = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    assert man["extra"]["config"]["arch"] == "vit" and ("widths" in man["extra"]["config"]) == bool(widths)
+    assert config_from_manifest(man["extra"]["config"], "m") == m.config
+    back = load_image_model(tmp_path / "v")
+    assert back.config == m.config and back.manifest.model_version == weights_version(m.state_dict())
+    x = _x(3)
+    with torch.no_grad():
+        for g in widths or (None,):
+            assert torch.equal(back(x, width=g)[0], m(x, width=g)[0])
+    if widths:
+        sub = extract(back, [0.125, 0.25, 0.5, 1.0])
+        save_image_model(sub, tmp_path / "s", sub.manifest.model_id, sub.manifest.extra)
+        small = load_image_model(tmp_path / "s")
+        assert small.config.channels == (4, 8, 16, 32) and small.config.arch == "vit"
+        assert parent_of(small.manifest) == ("vit", back.manifest.model_version)
+        with torch.no_grad():
+            assert torch.equal(small(x)[0], back(x, width=[0.125, 0.25, 0.5, 1.0])[0])
+    # a manifest naming another architecture than its weights: one line naming arch
+    man["extra"]["config"]["arch"] = "cnn"
+    (tmp_path / "v" / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(NestembError, match=r"\(check 'arch'\): the weights hold the encoder parts "
+                       r"\['blocks', 'norm', 'patch', 'pos', 'proj'\], the config's cnn has \['features', 'proj'\]"):
+        load_image_model(tmp_path / "v")
+
+
+def test_vit_bad_widths_name_the_parameter():
+    parent = _elastic("vit")
+    for fn, match in [
+        (lambda: extract(parent, 0.3), "width 0.3 is not a trained granularity"),
+        (lambda: extract(parent, [0.25, 0.5, 1.0]), "width lists 3 per-layer widths; the vit has 4 layers"),
+        (lambda: extract(parent, [0.25] * 5), "width lists 5 per-layer widths; the vit has 4 layers"),
+        (lambda: parent(_x(2), width=[0.25, 0.5, 1.0, 0.75]), "width 0.75 is not a trained"),
+    ]:
+        with pytest.raises(NestembError, match=match) as e:
+            fn()
+        assert e.value.param == "width"
+    with pytest.raises(NestembError, match="channels gives 5 layers; the vit has 4") as e:
+        ImageModelConfig(dim=8, nesting=(8,), arch="vit", channels=(4,) * 5)
+    assert e.value.param == "channels"
+
+
+def test_vit_trains_at_every_width(data):
+    x, y = load_idx(data)
+    cfg = make_model_config("mrl", dim=8, dims=(4, 8), images=x, arch="vit", width=2, widths=(0.25, 1.0))
+    # the training loop unchanged (model(x, width=g)); a ViT needs more steps than the CNN here
+    tcfg = ImageTrainConfig(steps=60, holdout=20, batch_size=32, lr=1e-2, seed=1, device="cpu", augment=())
+    model, info = train_image(cfg, x, y, tcfg, progress=False)
+    assert set(info["width_losses"]) == {"0.25", "1"}
+    torch.manual_seed(tcfg.seed)
+    init = ImageModel(cfg).eval()
+    xt, yt = model.preprocess(torch.from_numpy(x[:80].copy())), torch.from_numpy(y[:80].astype(np.int64))
+    with torch.no_grad():
+        before, after = (width_losses(m, xt, yt, torch.tensor([2.0, 1.0]), (1.0, 0.25)) for m in (init, model))
+    assert (after < before).all(), (before, after)
+    assert build_manifest(model).extra["config"]["arch"] == "vit"
+
+
+# ------------------------------------------------------------------ batch-norm recalibration
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+def test_recalibrate_sets_the_first_batch_norm_to_the_images_statistics(arch):
+    m = _elastic(arch, widths=None)
+    images = _images(40)
+    first, lin = (m.encoder.features[1], m.encoder.features[0]) if arch == "cnn" else \
+        (m.encoder.features[2], m.encoder.features[1])
+    x = m.preprocess(torch.from_numpy(images))
+    with torch.no_grad():  # the first batch norm's input, by hand, in numpy
+        h = (lin(x) if arch == "cnn" else x.flatten(1) @ lin.weight.T).numpy().astype(np.float64)
+    axes = (0, 2, 3) if arch == "cnn" else (0,)
+    state = torch.random.get_rng_state()
+    assert recalibrate(m, images, batch_size=64) is m
+    assert torch.equal(torch.random.get_rng_state(), state) and not m.training
+    assert all(bn.momentum == 0.1 for bn in batch_norms(m))
+    np.testing.assert_allclose(first.running_mean.numpy(), h.mean(axis=axes), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(first.running_var.numpy(), h.var(axis=axes, ddof=1), rtol=1e-4, atol=1e-5)
+    # two equal batches: the mean of their statistics (for the mean: the overall mean)
+    recalibrate(m, images, batch_size=20)
+    halves = [h[:20], h[20:]]
+    np.testing.assert_allclose(first.running_mean.numpy(), h.mean(axis=axes), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(first.running_var.numpy(), np.mean([a.var(axis=axes, ddof=1) for a in halves], 0),
+                               rtol=1e-4, atol=1e-5)
+    # 41 images in batches of at most 20: 14 + 14 + 13 (each weighs the same), never a batch of
+    # one (which a batch norm cannot take in train mode): 3 images in batches of 2 are one batch
+    recalibrate(m, _images(41), batch_size=20)
+    assert int(first.num_batches_tracked) == 3
+    recalibrate(m, _images(3), batch_size=2)
+    assert int(first.num_batches_tracked) == 1
+
+
+def test_recalibrate_touches_only_the_batch_norms_of_its_width():
+    m = _elastic("mlp")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    recalibrate(m, _images(30), width=0.25)
+    changed = {k for k, v in m.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".bns.1." in k for k in changed)  # 0.25 is the second granularity
+    assert not any(".weight" in k or ".bias" in k for k in changed)  # statistics only
+
+
+def test_recalibrated_submodel_and_its_manifest():
+    parent = _elastic("cnn")
+    images = _images(50)
+    plain = extract(parent, MIX["cnn"])
+    sub = extract(parent, MIX["cnn"], calibration=images, batch_size=25)
+    cal = sub.manifest.extra["slice"]["calibration"]
+    assert cal == {"images": 50, "batch_size": 25, "uncalibrated_version": plain.manifest.model_version}
+    assert sub.manifest.model_version != plain.manifest.model_version
+    assert parent_of(sub.manifest) == parent_of(plain.manifest)
+    again = recalibrate(extract(parent, MIX["cnn"]), images, batch_size=25)
+    assert weights_version(again.state_dict()) == sub.manifest.model_version
+    with torch.no_grad():
+        x = _x(4)
+        assert not torch.equal(sub(x)[0], parent(x, width=MIX["cnn"])[0])
+        # only running statistics differ from the plain slice
+        for k, v in sub.state_dict().items():
+            if not k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                assert torch.equal(v, plain.state_dict()[k]), k
+    # the ViT has no batch norm: recalibration leaves it as sliced, and records nothing
+    vit = _elastic("vit")
+    vsub = extract(vit, MIX["vit"], calibration=images)
+    assert "calibration" not in vsub.manifest.extra["slice"]
+    assert vsub.manifest.model_version == extract(vit, MIX["vit"]).manifest.model_version
+    before = weights_version(vsub.state_dict())
+    assert weights_version(recalibrate(vsub, images).state_dict()) == before
+
+
+def test_recalibrate_bad_input_names_the_parameter():
+    m = _elastic("mlp")
+    before = weights_version(m.state_dict())
+    for fn, param, match in [
+        (lambda: recalibrate(m, _images(1)), "calibration", "needs at least 2 images"),
+        (lambda: recalibrate(m, np.zeros((4, 10, 10), np.uint8)), "calibration", "must have shape"),
+        (lambda: recalibrate(m, np.zeros((4, 28, 28), np.float32)), "calibration", "must be uint8"),
+        (lambda: recalibrate(m, _images(4), width=0.3), "width", "not a trained granularity"),
+        (lambda: recalibrate(m, _images(4), batch_size=0), "batch_size", "batch_size must be"),
+        (lambda: recalibrate("model", _images(4)), "model", "must be an ImageModel"),
+        (lambda: extract(m, MIX["mlp"], calibration=_images(1)), "calibration", "at least 2 images"),
+    ]:
+        with pytest.raises(NestembError, match=match) as e:
+            fn()
+        assert e.value.param == param, (match, e.value.param)
+    assert weights_version(m.state_dict()) == before  # nothing changed
+
+
+def test_cli_arch_choices_are_the_library_archs():
+    from nestemb.cli import image
+
+    assert [a.value for a in image.Arch] == list(ARCHS)
+
+
+def test_cli_vit_and_calibration(cli, data, tmp_path):
+    images = _images(4)
+    for arch in ("vit", "mlp"):
+        out = tmp_path / arch
+        r = cli("image", "train", "--data", data, "--out", out, "--steps", "2", "--dim", "8",
+                "--nesting", "4,8", "--widths", "0.25,0.5,1", "--batch-size", "16", "--device", "cpu",
+                "--no-checkpoints", "--arch", arch, "--model-id", arch)  # fmt: skip
+        assert r.code == 0, r
+        assert load_image_model(out).config.arch == arch
+    parent = load_image_model(tmp_path / "vit")
+    # a vit's mixed widths need no recalibration: the submodel is the slice
+    r = cli("image", "extract", "--model", tmp_path / "vit", "--widths-per-layer", "0.25,0.5,0.5,1",
+            "--out", tmp_path / "vs")  # fmt: skip
+    assert r.code == 0 and "recalibrated" not in r.out, r
+    vs = load_image_model(tmp_path / "vs")
+    np.testing.assert_array_equal(vs.encode(images), parent.encode(images, width=(0.25, 0.5, 0.5, 1)))
+    _one_line_error(cli("image", "extract", "--model", tmp_path / "vit", "--width", "0.5", "--calibrate", "10",
+                        "--out", tmp_path / "bad"), "--calibrate: the vit has no batch norm")
+    _one_line_error(cli("image", "extract", "--model", tmp_path / "vit", "--widths-per-layer", "0.25,0.5,1",
+                        "--out", tmp_path / "bad"), "--widths-per-layer lists 3 per-layer widths; the vit has 4 layers")
+    # an mlp's mixed widths are recalibrated by default on its training split
+    r = cli("image", "extract", "--model", tmp_path / "mlp", "--widths-per-layer", "0.25,1", "--out", tmp_path / "ms")
+    assert r.code == 0 and "batch norms recalibrated on" in r.out, r
+    ms = load_image_model(tmp_path / "ms")
+    cal = ms.manifest.extra["slice"]["calibration"]
+    split = load_image_model(tmp_path / "mlp").manifest.extra["split"]
+    assert cal["images"] == split["n"] - split["holdout"] and cal["data"] == str(data) and cal["seed"] == split["seed"]
+    r = cli("image", "extract", "--model", tmp_path / "mlp", "--widths-per-layer", "0.25,1", "--calibrate", "0",
+            "--out", tmp_path / "m0")  # fmt: skip
+    assert r.code == 0, r
+    m0 = load_image_model(tmp_path / "m0")
+    assert "calibration" not in m0.manifest.extra["slice"]
+    assert cal["uncalibrated_version"] == m0.manifest.model_version != ms.manifest.model_version
+    # a uniform width is not recalibrated unless asked
+    r = cli("image", "extract", "--model", tmp_path / "mlp", "--width", "0.5", "--out", tmp_path / "u")
+    assert r.code == 0 and "calibration" not in load_image_model(tmp_path / "u").manifest.extra["slice"]
+    r = cli("image", "extract", "--model", tmp_path / "mlp", "--width", "0.5", "--calibrate", "30",
+            "--out", tmp_path / "u30")  # fmt: skip
+    assert r.code == 0 and load_image_model(tmp_path / "u30").manifest.extra["slice"]["calibration"]["images"] == 30
+    bad = tmp_path / "bad"
+    for argv, match in [
+        (["--calibrate", "-1"], "--calibrate must be a number of images (0: none), got -1"),
+        (["--calibrate", "30", "--data", tmp_path / "nothing"], "--data folder not found"),
+    ]:
+        _one_line_error(cli("image", "extract", "--model", tmp_path / "mlp", "--width", "0.5", "--out", bad, *argv),
+                        match)
+        assert not bad.exists()
+    other = write_synthetic_idx(tmp_path / "other", n_train=50, n_test=10)
+    _one_line_error(cli("image", "extract", "--model", tmp_path / "mlp", "--width", "0.5", "--calibrate", "30",
+                        "--data", other, "--out", bad), "training images; the model's split was drawn from 160")
+    assert not bad.exists()
+
+
+def test_width_distillation_pulls_the_small_widths_onto_the_full_width(data):
+    """In-place distillation (``width_distill``) places a small width's embedding where the full
+    width puts the same image: at every prefix their cosine agreement is higher than without
+    it, from the same seed and data."""
+    x, y = load_idx(data)
+    cfg = make_model_config("mrl", dim=8, dims=(2, 4, 8), images=x, arch="mlp", width=1, widths=WIDTHS)
+    agree = {}
+    for w in (0.0, 10.0):
+        tcfg = ImageTrainConfig(steps=40, holdout=20, batch_size=32, lr=1e-2, seed=1, device="cpu",
+                                width_distill=w)
+        model, info = train_image(cfg, x, y, tcfg, progress=False)
+        assert info["width_distill"] == w
+        small, full = model.encode(x, width=0.125), model.encode(x)
+        agree[w] = [float(np.mean(np.sum(prefix_view(small, m) * prefix_view(full, m), axis=1)))
+                    for m in (2, 4, 8)]
+    assert all(a > b + 0.01 for a, b in zip(agree[10.0], agree[0.0])), agree
+    with pytest.raises(NestembError) as e:
+        ImageTrainConfig(width_distill=-1)
+    assert e.value.param == "width_distill"

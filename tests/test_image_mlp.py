@@ -26,8 +26,8 @@ def test_mlp_model_trains_saves_and_loads(tmp_path):
 
 
 def test_arch_is_validated():
-    with pytest.raises(NestembError, match="arch must be one of cnn, mlp, got 'vit'"):
-        make_model_config("mrl", dim=8, arch="vit")
+    with pytest.raises(NestembError, match="arch must be one of cnn, mlp, vit, got 'resnet'"):
+        make_model_config("mrl", dim=8, arch="resnet")
 
 
 def test_manifest_arch_checked(tmp_path):

@@ -33,11 +33,14 @@ _DATA_HELP = (
 )
 _AUGMENT_HELP = "Comma list of shift (random shifts of --shift pixels) and flip (horizontal), or none."
 _STEPS_HELP = "Optimizer steps (default: 10 epochs, but at least 1500 steps on small data sets)."
+CALIBRATION_IMAGES = 2000
+"""Training images ``image extract`` recalibrates a mixed-width submodel's batch norms on."""
 
 
 # nestemb.models.image.HEADS (importing it loads torch, too slow for `nestemb --help`; a test
 # holds the two equal)
 Head = choices("Head", "mrl", "mrl-e", "ff")
+Arch = choices("Arch", "cnn", "mlp", "vit")  # nestemb.models.image.ARCHS (a test holds them equal)
 Classifier = choices("Classifier", "linear", "cosine")
 CompatMethod = choices("CompatMethod", "prefix", "bct", "simplex")
 
@@ -83,7 +86,7 @@ def _load_data(data: Optional[Path]):
     return folder, train, test
 
 
-def _prepare(data, dims, dim, head, weights, classifier, widths=None, **train_kw):
+def _prepare(data, dims, dim, head, weights, classifier, widths=None, arch="cnn", **train_kw):
     """Validate every option, then load the data: (model config, train config, folder, train, test)."""
     from nestemb.cli.parse import parse_dims, parse_floats
     from nestemb.errors import NestembError
@@ -96,7 +99,7 @@ def _prepare(data, dims, dim, head, weights, classifier, widths=None, **train_kw
     tcfg = ImageTrainConfig(weights=parse_floats(weights), **train_kw)
     dims_t = parse_dims(dims, "--nesting")
     kw = dict(dim=dim, dims=dims_t, cosine=classifier == Classifier.cosine,
-              widths=parse_floats(widths, "--widths"))
+              widths=parse_floats(widths, "--widths"), arch=arch)
     mcfg = make_model_config(head.value, **kw)
     if tcfg.weights is not None:
         check_weights(tcfg.weights, mcfg.nesting)
@@ -174,6 +177,10 @@ def train_cmd(
     ),
     dim: int = typer.Option(256, help="Embedding (encoder output) dimension."),
     head: Head = typer.Option(Head.mrl, help="mrl (a head per prefix), mrl-e (weight-tied) or ff."),
+    arch: Arch = typer.Option(
+        Arch.cnn, help="Encoder: cnn (5 conv layers), mlp (2 hidden layers of 512) or vit (a small "
+        "vision transformer: 4x4 patches, 4 blocks of 64-d tokens, 4 heads; with --widths its "
+        "feed-forward layers nest, MatFormer-style)."),
     weights: Optional[str] = typer.Option(
         None, help="Per-prefix loss weights, one per nesting entry (default 2,1,1,...)."
     ),
@@ -181,6 +188,10 @@ def train_cmd(
         None, help="Nested encoder widths trained together (MatFormer-style), ascending fractions "
         "ending at 1, e.g. 0.125,0.25,0.5,1: each step trains the full width, the smallest and "
         "one other; cut a submodel out with `nestemb image extract`. Default: an ordinary model."),
+    width_distill: float = typer.Option(
+        0.0, help="With --widths: weight of the smaller widths' in-place distillation to the full "
+        "width (prefix cosine). Helps a submodel's queries search the full model's gallery "
+        "(10 measured best on the MLP); 0 = off."),
     seed: int = typer.Option(0, help="Random seed (weights, split, shuffling, augmentation)."),
     classifier: Classifier = typer.Option(Classifier.linear, help="Heads: linear, or cosine on prefix views."),
     batch_size: int = typer.Option(256, help="Batch size."),
@@ -229,17 +240,19 @@ def train_cmd(
     if widths is not None and env.is_distributed:
         raise NestembError(f"--widths trains in one process: start it without torchrun "
                            f"(WORLD_SIZE={env.world_size})")
+    if width_distill and widths is None:
+        raise NestembError("--width-distill applies only with --widths")
     check_out_dir(out, overwrite, "image-model")  # before the data set is loaded
     resume_from = _resume_point(out, checkpoints, checkpoint_dir, resume, overwrite)
     mcfg, tcfg, folder, train, _test = _prepare(
-        data, dims, dim, head, weights, classifier, widths, steps=steps, epochs=epochs, seed=seed,
+        data, dims, dim, head, weights, classifier, widths, arch.value, steps=steps, epochs=epochs, seed=seed,
         batch_size=batch_size, lr=lr, holdout=holdout, augment=parse_augment(augment),
-        shift=shift, threads=threads, device=device.value,
+        shift=shift, threads=threads, device=device.value, width_distill=width_distill,
     )  # fmt: skip
     compat_cfg = _compat_config(compatible_with, compat, mcfg)
     console = _console()
     if env.is_main:
-        console.print(f"training {head.value} on {folder}: nesting {mcfg.nesting}"
+        console.print(f"training {head.value} {arch.value} on {folder}: nesting {mcfg.nesting}"
                       + (f"; widths {mcfg.widths}" if mcfg.widths else "")
                       + (f"; compatible ({compat_cfg.method})" if compat_cfg else "")
                       + (f"; {env.world_size} processes" if env.is_distributed else "")
@@ -395,8 +408,8 @@ def extract_cmd(
     out: Path = typer.Option(..., help="Output model directory: an ordinary, smaller model (weights + manifest.json naming the parent)."),
     width: Optional[float] = typer.Option(None, help="One trained width for every layer, e.g. 0.25."),
     widths_per_layer: Optional[str] = typer.Option(
-        None, help="One trained width per layer (Mix'n'Match; 5 for a cnn, 2 for an mlp), e.g. "
-        "0.25,0.25,0.5,1,1."),
+        None, help="One trained width per layer (Mix'n'Match; 5 for a cnn, 2 for an mlp, 4 for a "
+        "vit: one per block), e.g. 0.25,0.25,0.5,1,1."),
     budget: Optional[float] = typer.Option(
         None, help="Pick the widths per layer for this fraction of the full model's "
         "multiply-adds, e.g. 0.3: the costliest list within it whose widths never shrink with "
@@ -404,20 +417,33 @@ def extract_cmd(
     model_id: Optional[str] = typer.Option(
         None, help="Readable name for the submodel's manifest (default: the parent's, with the "
         "width appended)."),
+    calibrate: Optional[int] = typer.Option(
+        None, help="Re-estimate the submodel's batch-norm statistics on this many of the parent's "
+        f"training images (0: none). Default: {CALIBRATION_IMAGES} for mixed widths per layer "
+        "(their batch norms were trained inside uniform widths), none for one width (trained "
+        "as such) and for a vit (no batch norm)."),
+    data: Optional[Path] = typer.Option(
+        None, help="With --calibrate: the parent's IDX training data (default: the folder its "
+        "manifest records, else as for `image train`)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
     """Cut a submodel out of an elastic image model: an ordinary model whose embeddings equal
-    the parent's at that width and search the parent's galleries and indexes without an
-    adapter (their manifests name the parent)."""
+    the parent's at that width (unless recalibrated, see --calibrate) and search the parent's
+    galleries and indexes without an adapter (their manifests name the parent)."""
     from nestemb.cli.parse import parse_floats
-    from nestemb.models.elastic import extract, mix_n_match, multiply_adds
-    from nestemb.models.image import load_image_model, save_image_model
+    from nestemb.models.elastic import batch_norms, extract, mix_n_match, multiply_adds
+    from nestemb.models.image import check_model_id, load_image_model, save_image_model
 
     given = [flag for flag, v in (("--width", width), ("--widths-per-layer", widths_per_layer),
                                   ("--budget", budget)) if v is not None]  # fmt: skip
     if len(given) != 1:
         raise NestembError(f"give exactly one of --width, --widths-per-layer or --budget (got "
                            f"{', '.join(given) or 'none'})")
+    if calibrate is not None and calibrate < 0:
+        raise NestembError(f"{{param}} must be a number of images (0: none), got {calibrate}",
+                           param="calibrate")
+    if model_id is not None:
+        check_model_id(model_id)  # before the data is read
     check_out_dir(out, overwrite, "image-model")
     if not model.is_dir():
         raise NestembError(f"--model: model directory not found: {model}")
@@ -431,17 +457,63 @@ def extract_cmd(
     elif budget is not None:
         chosen = mix_n_match(parent.config, budget)
     try:
-        sub = extract(parent, chosen, model_id=model_id)
+        ks = parent.layer_widths(chosen)
     except NestembError as e:
         if e.param == "width" and widths_per_layer is not None:  # the flag the user typed
             raise NestembError(e.template, param="widths_per_layer") from None
         raise
+    has_bn = bool(batch_norms(parent))
+    if calibrate and not has_bn:
+        raise NestembError(f"{{param}}: the {parent.config.arch} has no batch norm (its layer norms "
+                           "keep no statistics): there is nothing to recalibrate", param="calibrate")
+    mixed = ks is not None and len(set(ks)) > 1
+    n_calib = calibrate if calibrate is not None else (CALIBRATION_IMAGES if mixed and has_bn else 0)
+    images, source = _calibration_images(parent, data, n_calib) if n_calib else (None, {})
+    sub = extract(parent, chosen, model_id=model_id, calibration=images)
     assert sub.manifest is not None
-    save_image_model(sub, out, sub.manifest.model_id, sub.manifest.extra, overwrite=overwrite)
     sl = sub.manifest.extra["slice"]
+    if "calibration" in sl:
+        sl["calibration"].update(source)
+    save_image_model(sub, out, sub.manifest.model_id, sub.manifest.extra, overwrite=overwrite)
     full = multiply_adds(parent.config)
+    calibrated = (f"; batch norms recalibrated on {sl['calibration']['images']} training images"
+                  if "calibration" in sl else "")  # fmt: skip
     _console().print(f"saved {out} ({sub.manifest.model_id} version {sub.manifest.model_version}; "
                      f"widths {', '.join(f'{g:g}' for g in sl['layer_widths'])}, channels "
                      f"{tuple(sl['channels'])}, {sl['multiply_adds'] / full:.3f} of the full "
-                     f"model's multiply-adds; parent {parent.manifest.model_id} "
+                     f"model's multiply-adds{calibrated}; parent {parent.manifest.model_id} "
                      f"{parent.manifest.model_version})", soft_wrap=True, highlight=False)
+
+
+def _calibration_images(parent, data: Optional[Path], n: int):
+    """``n`` of the images ``parent`` trained on, for :func:`nestemb.models.elastic.recalibrate`:
+    a seeded draw (the split's seed) from its recorded training split, hold-out left out (it
+    calibrates the cascade), from ``data`` or the folder its manifest records; and where they
+    came from (recorded in the submodel's manifest)."""
+    import numpy as np
+
+    from nestemb.data.split import split_holdout
+
+    extra = parent.manifest.extra
+    recorded = extra.get("data")
+    if data is None and recorded is not None and not Path(recorded).is_dir():
+        raise NestembError(f"--calibrate needs the parent's training images and the folder it "
+                           f"trained on is gone ({recorded}): give --data, or --calibrate 0 to "
+                           "extract without recalibration")
+    folder, train, _test = _load_data(data if data is not None else recorded)
+    images = train[0]
+    if tuple(images.shape[1:]) != parent.config.in_hw:
+        raise NestembError(f"{{param}} {folder} holds {images.shape[1:]} images, the model takes "
+                           f"{parent.config.in_hw}", param="data")
+    split = extra.get("split") or {}
+    seed, idx = int(split.get("seed", 0)), np.arange(len(images))
+    if split:
+        if int(split.get("n", len(images))) != len(images):
+            raise NestembError(f"{{param}} {folder} holds {len(images)} training images; the "
+                               f"model's split was drawn from {split['n']}: give the data it "
+                               "trained on", param="data")
+        idx = split_holdout(len(images), int(split["holdout"]), seed)[0]
+    pick = np.sort(np.random.default_rng(seed).choice(idx, size=min(n, len(idx)), replace=False))
+    source = {"data": str(folder), "seed": seed,
+              "from": "the training split (hold-out left out)" if split else "the training images"}
+    return images[pick], source

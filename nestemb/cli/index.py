@@ -13,7 +13,8 @@ import typer
 
 from nestemb.cli.app import (app, check_out_dir, check_out_file, choices, given_options,
                              moved_argument, renamed, search_result, write_result)
-from nestemb.cli.parse import parse_ints
+from nestemb.cli.embed import Split
+from nestemb.cli.parse import parse_floats, parse_ints
 from nestemb.checks import positive_int
 from nestemb.errors import NestembError
 from nestemb.index.funnel import FULL_DTYPES
@@ -176,10 +177,121 @@ def build(
         )
 
 
+# --------------------------------------------------------------------------- query images
+MODEL_OPTIONS = {"images": "--images", "data": "--data", "split": "--split"}
+"""Options that give the query images of ``--model`` (``index search`` and ``index tune``)."""
+SEARCH_MODEL_OPTIONS = {**MODEL_OPTIONS, "width": "--width",
+                        "widths_per_layer": "--widths-per-layer", "recall": "--recall",
+                        "latency_ms": "--latency-ms"}
+ADAPTER_OPTIONS = {"adapter": "--adapter", "trust_unknown": "--trust-unknown",
+                   "min_quality": "--min-quality", "force": "--force"}
+
+
+def _one_query_source(ctx: typer.Context, queries, model, model_options: dict[str, str],
+                      query_options: dict[str, str]) -> None:
+    """Exactly one of --queries (an embedding directory) and --model (an image model that
+    encodes --images or --data); options of the other source are refused by name."""
+    if (queries is None) == (model is None):
+        raise NestembError("give exactly one of --queries (a query embedding directory) or "
+                           "--model (an image model, with --images or --data)")
+    foreign = given_options(ctx, model_options if model is None else query_options)
+    if foreign:
+        where = "--model" if model is None else "--queries"
+        raise NestembError(f"{', '.join(foreign)} {'applies' if len(foreign) == 1 else 'apply'} "
+                           f"only with {where}")
+
+
+def _query_images(data: Optional[Path], images: Optional[Path], split):
+    """The query images of --model: a uint8 .npy (--images) or an IDX split (--data, --split),
+    read by the one image reader of `nestemb embed`."""
+    from nestemb.cli.embed import _read_images
+
+    given = [flag for flag, v in (("--images", images), ("--data", data)) if v is not None]
+    if len(given) != 1:
+        raise NestembError(f"--model encodes query images: give exactly one of --images or "
+                           f"--data (got {', '.join(given) or 'none'})")
+    return _read_images(data, images, split)[0]
+
+
+def _image_model(path: Path, index, elastic: bool):
+    """The image model of --model, checked against the index (its vectors' model, or that
+    model's submodel) and, with ``elastic``, to have nested widths."""
+    from nestemb.bulk import model_kind
+    from nestemb.models.image import load_image_model
+    from nestemb.nesting import check_compatible
+
+    if not path.is_dir():
+        raise NestembError(f"{{param}}: model directory not found: {path}", param="model")
+    try:
+        if model_kind(str(path)) != "image":
+            raise NestembError(f"{path} is a text model: this option takes an image model")
+        model = load_image_model(path)
+    except NestembError as e:
+        raise NestembError(str(e), param="model") from None
+    if elastic and model.config.widths is None:
+        raise NestembError(f"{{param}} {path} has no nested widths: an encoder width needs an "
+                           "elastic model (`nestemb image train --widths ...`)", param="model")
+    try:
+        check_compatible(model.manifest, index.manifest, what="model and index")
+    except NestembError as e:
+        raise NestembError(f"{{param}} {path}: {e}: build the index from this model's "
+                           "embeddings (`nestemb embed`, `nestemb index build`)",
+                           param="model") from None
+    return model
+
+
+def _width_flag(e: NestembError, widths_per_layer) -> NestembError:
+    """A library error about ``width`` named as the flag the user typed."""
+    if e.param == "width" and widths_per_layer is not None:
+        return NestembError(e.template, param="widths_per_layer")
+    return e
+
+
+def _plan_text(plan) -> str:
+    from nestemb.index.plan import width_text
+
+    text = (f"stages {','.join(map(str, plan.dims))}, shortlist "
+            f"{','.join(map(str, plan.shortlist)) or 'none'}")
+    if plan.width is not None:
+        text = f"width {width_text(plan.width)}, {text}"
+    if plan.source == "width-table":
+        text += (f" (from the width table: recall {plan.expected_recall:.4f}, "
+                 f"{plan.expected_ms:.3f} ms a query)")
+    return text
+
+
 @index_app.command("search")
 def search(
+    ctx: typer.Context,
     index_dir: Path = typer.Argument(..., help="index directory"),
-    queries: Path = typer.Option(..., help="query embedding directory (same model and version)"),
+    queries: Optional[Path] = typer.Option(
+        None, help="query embedding directory (same model and version); or give --model"),
+    model: Optional[Path] = typer.Option(
+        None, help="image model directory that encodes the query images (--images or --data): "
+        "the index's model, a submodel of it, or, for --width / --recall / --latency-ms, the "
+        "elastic model itself"),
+    images: Optional[Path] = typer.Option(None, help="with --model: query images, uint8 .npy (N, H, W)"),
+    data: Optional[Path] = typer.Option(None, help="with --model: query images from an IDX folder"),
+    split: Split = typer.Option(Split.t10k, help="IDX split of --data (default t10k, held out)"),
+    width: Optional[float] = typer.Option(
+        None, help="with an elastic --model: encode the queries at this trained width, e.g. 0.25 "
+        "(with --recall / --latency-ms: choose among this width's plans only)"),
+    widths_per_layer: Optional[str] = typer.Option(
+        None, help="with an elastic --model: one trained width per layer (Mix'n'Match), e.g. "
+        "0.25,0.5"),
+    recall: Optional[float] = typer.Option(
+        None, help="with --model: recall@k target; the plan (width, stages, shortlist) is the "
+        "fastest of the index's width table (`nestemb index tune --model`) whose conservative "
+        "recall meets it"),
+    latency_ms: Optional[float] = typer.Option(
+        None, help="with --model: latency budget per query in ms (encoding + search), from the "
+        "width table; alone, the most accurate plan within it"),
+    dims: Optional[str] = typer.Option(
+        None, "--stages", help="search plan of a funnel index: stage prefixes, e.g. 8,64 "
+        "(default: the index's own configuration)"),
+    shortlist: Optional[str] = typer.Option(
+        None, help="with --stages: candidates kept after each stage but the last (default "
+        "max(200, 4k))"),
     k: int = typer.Option(10, "-k", "--k", help="results per query"),
     limit: Optional[int] = typer.Option(None, help="search only the first N queries"),
     out: Optional[Path] = typer.Option(None, help="write all results as JSON here"),
@@ -202,14 +314,30 @@ def search(
         "clamped to them with a warning"),
 ) -> None:
     """Search an index with the queries of an embedding directory (of the index's model, or of
-    another model through --adapter)."""
+    another model through --adapter), or with query images encoded by --model.
+
+    With an elastic --model, --width encodes the queries at a smaller width (its embeddings
+    search the full model's index), and --recall / --latency-ms choose the width, stages and
+    shortlist from the index's width table (`nestemb index tune INDEX --model ...`): the
+    fastest plan whose conservative recall@k meets --recall within --latency-ms. The chosen
+    plan is printed.
+    """
     import numpy as np
 
     from nestemb.index import load_index
+    from nestemb.index.plan import Plan, choose_plan, search_with_plan, width_key, width_text
 
     positive_int(limit, "limit", allow_none=True)
     if show < 0:
         raise NestembError(f"--show must be >= 0, got {show}")
+    _one_query_source(ctx, queries, model, SEARCH_MODEL_OPTIONS, ADAPTER_OPTIONS)
+    if width is not None and widths_per_layer is not None:
+        raise NestembError("give --width or --widths-per-layer, not both")
+    if dims is not None and (recall is not None or latency_ms is not None):
+        raise NestembError("give --stages (a plan) or --recall / --latency-ms (the plan chosen "
+                           "from the width table), not both")
+    if shortlist is not None and dims is None:
+        raise NestembError("{param} needs --stages", param="shortlist")
     if threads is not None:
         from nestemb.index import set_search_threads
 
@@ -221,32 +349,91 @@ def search(
     if out is not None:
         check_out_file(out, overwrite)
     index = load_index(index_dir)
-    Q, man, qids = _load_emb(queries, "query")
-    Q = np.asarray(Q if limit is None else Q[:limit])
-    if adapter:
-        from nestemb.cli.compat import apply_adapter_dir
+    if (dims is not None or recall is not None or latency_ms is not None) and not hasattr(
+            index, "search_plan"):
+        flag = "--stages" if dims is not None else "--recall / --latency-ms"
+        raise NestembError(f"{flag} choose a plan of stage dims and shortlists, which a funnel "
+                           f"index runs; {index_dir} holds a {type(index).__name__}")
+    plan = None
+    if model is not None:
+        from nestemb.nesting import Manifest, lineage
 
-        Q, man = apply_adapter_dir(adapter, Q, man, trust_unknown, min_quality, force)
-    elif trust_unknown or min_quality is not None or force:
-        flag = ("--trust-unknown" if trust_unknown else
-                "--min-quality" if min_quality is not None else "--force")
-        raise NestembError(f"{flag} applies only with --adapter")
-    elif index.manifest_ is not None and (man.model_id, man.model_version) != (
-            index.manifest_.model_id, index.manifest_.model_version):
-        from nestemb.nesting import check_compatible
-
+        chosen = width if widths_per_layer is None else parse_floats(widths_per_layer,
+                                                                     "--widths-per-layer")
+        choosing = recall is not None or latency_ms is not None
+        encoder = _image_model(model, index, elastic=chosen is not None or choosing)
         try:
-            check_compatible(man, index.manifest_, what="queries and index")
+            encoder.layer_widths(chosen)  # a width the model does not have, before any work
         except NestembError as e:
-            raise NestembError(f"{e}; encode the queries with the index's model, or give "
-                               "--adapter (fit one with `nestemb adapter fit`)") from None
-    tuned_k = (index.tuning_ or {}).get("k")
-    if isinstance(tuned_k, int) and k > tuned_k:
-        typer.echo(f"warning: -k {k} is above the k={tuned_k} this index was tuned for "
-                   f"(recall@{tuned_k} {index.tuning_.get('recall', float('nan')):.3f}); "
-                   f"run `nestemb index tune {index_dir} -k {k} ...` for this k", err=True)
-    scores, ids = index.search(Q, k=k, manifest=man)
-    qids = qids[: len(Q)] if qids is not None else list(range(len(Q)))
+            raise _width_flag(e, widths_per_layer) from None
+        if choosing:
+            from nestemb.index.tune import width_table
+
+            table = width_table(index, encoder)
+            if table is None:
+                raise NestembError(
+                    f"{{param}}: {index_dir} has no width table to choose a plan from: measure "
+                    f"one with `nestemb index tune {index_dir} --model {model} --images ...`",
+                    param="recall" if recall is not None else "latency_ms")
+            if k > table["k"]:
+                raise NestembError(f"{{param}} {k} is above the k={table['k']} the width table "
+                                   f"was measured for: measure it with `nestemb index tune "
+                                   f"{index_dir} --model {model} -k {k} ...`", param="k")
+            try:
+                plan = choose_plan(table["rows"], recall=recall, latency_ms=latency_ms,
+                                   width=chosen, k=table["k"])
+            except NestembError as e:
+                raise _width_flag(e, widths_per_layer) from None
+            chosen = plan.width
+        items = _query_images(data, images, split)
+        items = items if limit is None else items[:limit]
+        from nestemb.progress import counter, progress_stages
+
+        with progress_stages() as update:
+            Q = encoder.encode(items, progress=counter(update, "encoding", len(items)),
+                               width=chosen)
+        em = encoder.manifest
+        man = Manifest(model_id=em.model_id, model_version=em.model_version, nesting=em.nesting,
+                       dim=em.dim, extra=lineage(em))
+        qids = list(range(len(Q)))
+    else:
+        Q, man, qids = _load_emb(queries, "query")
+        Q = np.asarray(Q if limit is None else Q[:limit])
+        if adapter:
+            from nestemb.cli.compat import apply_adapter_dir
+
+            Q, man = apply_adapter_dir(adapter, Q, man, trust_unknown, min_quality, force)
+        elif trust_unknown or min_quality is not None or force:
+            flag = ("--trust-unknown" if trust_unknown else
+                    "--min-quality" if min_quality is not None else "--force")
+            raise NestembError(f"{flag} applies only with --adapter")
+        elif index.manifest_ is not None and (man.model_id, man.model_version) != (
+                index.manifest_.model_id, index.manifest_.model_version):
+            from nestemb.nesting import check_compatible
+
+            try:
+                check_compatible(man, index.manifest_, what="queries and index")
+            except NestembError as e:
+                raise NestembError(f"{e}; encode the queries with the index's model, or give "
+                                   "--adapter (fit one with `nestemb adapter fit`)") from None
+        qids = qids[: len(Q)] if qids is not None else list(range(len(Q)))
+        chosen = None
+    if dims is not None:
+        plan = Plan.check(parse_ints(dims, "--stages"), parse_ints(shortlist, "--shortlist"),
+                          index.manifest.nesting, k)
+        plan.width = None if chosen is None else width_key(chosen)
+    if plan is None:
+        tuned_k = (index.tuning_ or {}).get("k")
+        if isinstance(tuned_k, int) and k > tuned_k:
+            typer.echo(f"warning: -k {k} is above the k={tuned_k} this index was tuned for "
+                       f"(recall@{tuned_k} {index.tuning_.get('recall', float('nan')):.3f}); "
+                       f"run `nestemb index tune {index_dir} -k {k} ...` for this k", err=True)
+        scores, ids = index.search(Q, k=k, manifest=man)
+        if chosen is not None:
+            typer.echo(f"queries encoded at width {width_text(chosen)}; plan: the index's own")
+    else:
+        scores, ids, _ = search_with_plan(index, Q, k, plan, manifest=man)
+        typer.echo(f"plan: {_plan_text(plan)}")
     for i in range(min(show, len(Q))):
         hits = ", ".join(f"{h} ({s:.3f})" for h, s in zip(ids[i].tolist(), scores[i].tolist()))
         typer.echo(f"{qids[i]}: {hits}")
@@ -257,11 +444,27 @@ def search(
 DEFAULT_TUNE_SECONDS = 600.0
 """``index tune`` stops measuring new configurations after this many seconds by default."""
 
+TUNE_MODEL_OPTIONS = {**MODEL_OPTIONS, "budgets": "--budgets"}
+TUNE_QUERY_OPTIONS = {"recall": "--recall"}
+
 
 @index_app.command("tune")
 def tune_cmd(
+    ctx: typer.Context,
     index_dir: Path = typer.Argument(..., help="index directory"),
-    queries: Path = typer.Option(..., help="sample query embedding directory (same model and version)"),
+    queries: Optional[Path] = typer.Option(
+        None, help="sample query embedding directory (same model and version): tune the "
+        "index's configuration; or give --model"),
+    model: Optional[Path] = typer.Option(
+        None, help="the elastic image model whose embeddings the index holds: measure the "
+        "width table (recall@k and latency of every encoder width x stages x shortlist on the "
+        "query images --images / --data) that `index search --recall / --latency-ms` choose from"),
+    images: Optional[Path] = typer.Option(None, help="with --model: query images, uint8 .npy (N, H, W), held out from the gallery"),
+    data: Optional[Path] = typer.Option(None, help="with --model: query images from an IDX folder"),
+    split: Split = typer.Option(Split.t10k, help="IDX split of --data (default t10k, held out)"),
+    budgets: Optional[str] = typer.Option(
+        None, help="with --model: also measure the Mix'n'Match widths per layer picked for these "
+        "fractions of the full model's multiply-adds, e.g. 0.3,0.6"),
     recall: float = typer.Option(0.99, help="recall@k target (agreement with exact search)"),
     k: int = typer.Option(10, "-k", "--k", help="k of recall@k"),
     max_queries: int = typer.Option(200, help="queries used for measuring"),
@@ -272,7 +475,8 @@ def tune_cmd(
     out: Optional[Path] = typer.Option(None, help="write the tuned index here (default: update INDEX_DIR in place)"),
     overwrite: bool = typer.Option(False, help="replace an existing --out index"),
 ) -> None:
-    """Pick the fastest configuration meeting the recall target and save it with the index.
+    """Pick the fastest configuration meeting the recall target and save it with the index;
+    with --model, measure the index's width table instead.
 
     Progress shows the configurations measured out of those the grid can still reach, and an
     estimate of the time left; --max-seconds bounds the whole walk.
@@ -281,6 +485,7 @@ def tune_cmd(
 
     from nestemb.index import load_index, tune
 
+    _one_query_source(ctx, queries, model, TUNE_MODEL_OPTIONS, TUNE_QUERY_OPTIONS)
     positive_int(max_queries, "max_queries", allow_none=True)
     positive_int(max_candidates, "max_candidates", allow_none=True)
     if out is not None:
@@ -288,6 +493,10 @@ def tune_cmd(
     else:
         check_out_dir(index_dir, overwrite=True, kind="index")  # rewritten in place: writable before the work
     index = load_index(index_dir)
+    if model is not None:
+        _tune_widths(index, index_dir, model, images, data, split, budgets, k, max_queries,
+                     max_candidates, max_seconds, out, overwrite)
+        return
     Q, man, _ = _load_emb(queries, "query")
     before = index.get_params()
     from nestemb.progress import progress_bar
@@ -320,3 +529,54 @@ def tune_cmd(
     changed = [f"{n} {before[n]} -> {after[n]}" for n in after if before[n] != after[n]]
     typer.echo(f"changed: {'; '.join(changed)}" if changed else "configuration unchanged")
     typer.echo(f"tuned for k={k}: searches with a larger k may not meet the target")
+
+
+def _tune_widths(index, index_dir: Path, model: Path, images, data, split, budgets, k: int,
+                 max_queries: int, max_candidates: int, max_seconds: float, out, overwrite) -> None:
+    """``index tune --model``: measure the width table, save it with the index, print its
+    Pareto front (the rows no faster row matches in conservative recall)."""
+    from nestemb.index.plan import width_text
+    from nestemb.index.tune import tune_widths
+    from nestemb.plotting import pareto_front
+    from nestemb.progress import progress_bar
+
+    if not hasattr(index, "search_plan"):
+        raise NestembError(f"--model measures plans of stage dims and shortlists, which a funnel "
+                           f"index runs; {index_dir} holds a {type(index).__name__}")
+    fractions = parse_floats(budgets, "--budgets") or ()
+    encoder = _image_model(model, index, elastic=True)
+    items = _query_images(data, images, split)
+    with progress_bar(info=True) as bar:
+        task = bar.add_task("widths and plans timed", total=None, info="")
+
+        def report(done: int, total: int, eta_s: float) -> None:
+            bar.update(task, completed=done, total=total,
+                       info=f"about {eta_s:.0f} s left (budget {max_seconds:g} s)")
+
+        try:
+            table = tune_widths(index, encoder, items, k=k, budgets=fractions,
+                                max_queries=max_queries, max_candidates=max_candidates,
+                                max_seconds=max_seconds, progress=report)
+        except NestembError as e:
+            if e.param == "budget":
+                raise NestembError(e.template, param="budgets") from None
+            raise
+    index.save(index_dir if out is None else out, overwrite=out is None or overwrite)
+    rows = table["rows"]
+    typer.echo(f"width table of {len(rows)} plans: recall@{k} against what the full model finds "
+               f"({table['n_queries']} query images), latency = encoding + search, one query "
+               f"at a time ({table['seconds']:.1f} s)")
+    if not table["complete"]:
+        typer.echo(f"time budget of {max_seconds:g} s spent: plans not timed were left out "
+                   "(raise --max-seconds to measure them)")
+    front = pareto_front([(r["recall_low"], -r["latency_ms"]) for r in rows])
+    typer.echo(f"{'width':>16} {'stages':>8} {'shortlist':>9} {'recall':>7} {'conserv.':>8} "
+               f"{'ms':>8} {'encode':>8} {'cost':>6}")
+    for i in sorted(front, key=lambda i: rows[i]["latency_ms"]):
+        r = rows[i]
+        typer.echo(f"{width_text(r['width']):>16} {','.join(map(str, r['dims'])):>8} "
+                   f"{','.join(map(str, r['shortlist'])) or '-':>9} {r['recall']:7.4f} "
+                   f"{r['recall_low']:8.4f} {r['latency_ms']:8.3f} {r['encode_ms']:8.3f} "
+                   f"{r['cost']:6.3f}")
+    typer.echo(f"saved with the index ({index_dir if out is None else out}): `nestemb index "
+               f"search ... --model {model} --recall R --latency-ms MS` chooses from it")

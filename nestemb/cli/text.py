@@ -1,4 +1,4 @@
-"""CLI commands for the text area: ``nestemb text train | eval-retrieval | eval-sts``.
+"""CLI commands for the text area: ``nestemb text train | extract | eval-retrieval | eval-sts``.
 
 The commands only translate flags (comma lists, enums) into the typed library calls of
 :mod:`nestemb.text.train` and :mod:`nestemb.text.evaluate`; every check lives there.
@@ -11,8 +11,8 @@ from typing import List, Optional
 
 import typer
 
-from nestemb.cli.app import (Device, app, check_out_file, device_option, renamed, threads_option,
-                             write_result)
+from nestemb.cli.app import (Device, app, check_out_dir, check_out_file, device_option, renamed,
+                             threads_option, write_result)
 from nestemb.checks import positive_int
 from nestemb.errors import NestembError
 from nestemb.text.train import RECIPE_DEFAULTS, DistillSource, TextRecipe as Recipe
@@ -144,6 +144,11 @@ def train(
     self_distill_weight: float = typer.Option(0.0, help="KL of earlier exits toward the last (layer mode)"),
     hard_negatives: bool = typer.Option(True, help="mine one hard negative per BEIR pair with the base"),
     max_seq_length: Optional[int] = typer.Option(None, help="truncate texts to this many tokens"),
+    widths: Optional[str] = typer.Option(
+        None, help="nested feed-forward widths trained together (MatFormer-style), ascending "
+        "fractions ending at 1, e.g. 0.125,0.25,0.5,1: each step trains the full width, the "
+        "smallest and one other; needs the finetune recipe (auto picks it); cut a submodel out "
+        "with `nestemb text extract`. Default: the full width only"),
     device: Device = _DEVICE,
     threads: Optional[int] = _THREADS,
     overwrite: bool = typer.Option(False, help="replace an existing --out folder"),
@@ -167,6 +172,7 @@ def train(
         distill_weight=distill_weight, distill_source=distill_source.value,
         self_distill_weight=self_distill_weight, hard_negatives=hard_negatives,
         max_seq_length=max_seq_length, device=device.value,
+        widths=parse_floats(widths, "--widths"),
     )
     resolve_device(cfg.device)  # an unavailable device fails before any data is read
     if not (beir or sts or nli or pairs):
@@ -186,6 +192,45 @@ def train(
                "nli": [str(p) for p in nli], "pairs": [str(p) for p in pairs]},
         config=info["config"], stats={k: v for k, v in info.items() if k != "config"})
     man = save_text_model(enc, out, enc.manifest, overwrite=overwrite)
-    typer.echo(f"{info['recipe']} recipe on {info['device']}: {info['steps']} steps, "
-               f"{info['prep_s']:.1f}s encoding + {info['train_loop_s']:.1f}s training; "
+    typer.echo(f"{info['recipe']} recipe on {info['device']}: {info['steps']} steps"
+               + (f" at widths {', '.join(f'{g:g}' for g in info['widths'])}" if "widths" in info else "")
+               + f", {info['prep_s']:.1f}s encoding + {info['train_loop_s']:.1f}s training; "
                f"saved {out} (model {man.model_id} version {man.model_version})")
+
+
+@text_app.command("extract")
+def extract_cmd(
+    model: str = typer.Option(..., help="Elastic text model folder (trained with `nestemb text train --widths`)."),
+    out: Path = typer.Option(..., help="Output model folder: an ordinary, smaller sentence-transformers model (manifest.json naming the parent)."),
+    width: float = typer.Option(..., help="One trained width of the model, e.g. 0.25."),
+    model_id: Optional[str] = typer.Option(
+        None, help="Readable name for the submodel's manifest (default: the parent's, with the "
+        "width appended)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Cut a submodel out of an elastic text encoder: an ordinary sentence-transformers model
+    with narrower feed-forward blocks whose embeddings equal the parent's at that width and
+    search the parent's galleries and indexes without an adapter (their manifests name the
+    parent)."""
+    from nestemb.text.elastic import extract
+    from nestemb.text.encoder import load_text_model, save_text_model
+    from nestemb.text.ffn import multiply_adds
+
+    check_out_dir(out, overwrite, "text-model")
+    parent = load_text_model(model)
+    if parent.widths is None:
+        raise NestembError(f"--model {model} has no nested widths: train it with "
+                           "`nestemb text train --widths ...` to extract submodels")
+    try:
+        sub = extract(parent, width, model_id=model_id)
+    except NestembError as e:
+        if e.param == "encoder":  # the library's parameter is the model the user named
+            raise NestembError(e.template, param="model") from None
+        raise
+    man = save_text_model(sub, out, sub.manifest, overwrite=overwrite)
+    sl = man.extra["slice"]
+    typer.echo(f"saved {out} ({man.model_id} version {man.model_version}; width {sl['width']:g}, "
+               f"feed-forward {sl['intermediate_size']} of {sl['parent_intermediate_size']} units, "
+               f"{sl['multiply_adds'] / multiply_adds(parent.model):.3f} of the full model's "
+               f"multiply-adds per token; parent {parent.manifest.model_id} "
+               f"{parent.manifest.model_version})")

@@ -1,4 +1,5 @@
-"""Readers for BEIR retrieval folders: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``.
+"""Readers (and the one writer) for BEIR retrieval folders: ``corpus.jsonl``, ``queries.jsonl``,
+``qrels/<split>.tsv``.
 
 Every problem in a folder (a missing file, a bad JSON line, a qrels row naming an unknown id, an
 empty split) raises :class:`~nestemb.errors.NestembError` naming the file and the line.
@@ -10,6 +11,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Iterable, Mapping
 
 from nestemb.data.textfile import read_lines
 from nestemb.errors import NestembError
@@ -231,3 +233,40 @@ def beir_corpus_texts(directory: str | os.PathLike) -> list[str]:
         ['x']
     """
     return [r.body for r in read_corpus(Path(directory) / "corpus.jsonl", "BEIR corpus")]
+
+
+def write_beir(
+    directory: str | os.PathLike,
+    corpus: Iterable[tuple[str, str, str]],
+    queries: Iterable[tuple[str, str]],
+    qrels: Mapping[str, Mapping[str, int]],
+    split: str = "test",
+) -> None:
+    """Write a BEIR folder that :func:`load_beir` reads: ``corpus.jsonl`` from (id, title,
+    text) rows, ``queries.jsonl`` from (id, text) rows, ``qrels/<split>.tsv`` with its header
+    line. UTF-8, one JSON object a line, ids as given (the caller checks them; the reader
+    checks them again). Writes into ``directory`` as it is: wrap the call in
+    :func:`nestemb.io.atomic_dir` for an all-or-nothing folder.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> write_beir(d, [("d1", "Café", "a body")], [("q1", "claim")], {"q1": {"d1": 1}})
+        >>> data = load_beir(d)
+        >>> data.corpus, data.queries, data.qrels
+        ({'d1': 'Café a body'}, {'q1': 'claim'}, {'q1': {'d1': 1}})
+    """
+    directory = Path(directory)
+    (directory / "qrels").mkdir(parents=True, exist_ok=True)
+    with open(directory / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for doc_id, title, text in corpus:
+            f.write(json.dumps({"_id": doc_id, "title": title, "text": text},
+                               ensure_ascii=False) + "\n")
+    with open(directory / "queries.jsonl", "w", encoding="utf-8") as f:
+        for query_id, text in queries:
+            f.write(json.dumps({"_id": query_id, "text": text}, ensure_ascii=False) + "\n")
+    with open(directory / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for query_id, docs in qrels.items():
+            for doc_id, score in docs.items():
+                f.write(f"{query_id}\t{doc_id}\t{int(score)}\n")

@@ -12,6 +12,13 @@ what the benchmark compares against). The fastest few candidates that meet the t
 again (each keeps its best pass, so one noisy pass cannot crown a slower configuration); the
 fastest is applied and recorded with :meth:`~nestemb.index.PrefixIndex.set_tuning` (saved in the
 manifest by ``index.save``).
+
+:func:`tune_widths` measures the other table a request's plan is chosen from: for the queries of
+an elastic image model, recall@k and latency (encoding at each width plus the search) of every
+(width, stage dims, shortlist) of :func:`~nestemb.index.plan.plan_grid`, against what the full
+model would have found; :func:`~nestemb.index.plan.choose_plan` picks from it. The table is kept
+in the same tuning record (``tuning_["width_plans"]``, read back by :func:`width_table`), and
+survives a later :func:`tune` that leaves the index's search structures as they were.
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from nestemb.checks import positive_float
+from nestemb.checks import positive_float, positive_int
 from nestemb.errors import NestembError
 from nestemb.exact import knn_intersection
 from nestemb.index.base import PrefixIndex
+from nestemb.index.plan import check_recall, plan_grid, width_key, width_text
 from nestemb.nesting import Manifest, check_compatible, check_vectors
 
 
@@ -82,12 +90,24 @@ def measure(
         found[i] = index.search(Q[i], k)[1]
 
     latency = best_pass_ms(search_one, len(Q), repeat)
-    found_ids = np.concatenate(found)
+    recall, recall_low = recall_stats(np.concatenate(found), truth)
+    return {"recall": recall, "latency_ms": latency, "recall_low": recall_low}
+
+
+def recall_stats(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """``(recall, recall_low)`` of the ids ``found`` against ``truth`` (both ``(queries, k)``):
+    recall@k (:func:`~nestemb.exact.knn_intersection`) and its conservative estimate, the mean
+    over queries less :data:`RECALL_Z` standard errors (0 floor; a single query counts one
+    whole standard error).
+
+    Example:
+        >>> recall_stats(np.array([[1, 2], [3, 4]]), np.array([[1, 2], [3, 5]]))
+        (0.75, 0.25)
+    """
     per_query = np.array([len(set(f.tolist()) & set(t.tolist())) / max(1, len(t))
-                          for f, t in zip(found_ids, truth)])
+                          for f, t in zip(found, truth)])
     se = per_query.std(ddof=1) / np.sqrt(len(per_query)) if len(per_query) > 1 else 1.0
-    return {"recall": knn_intersection(found_ids, truth), "latency_ms": latency,
-            "recall_low": float(max(0.0, per_query.mean() - RECALL_Z * se))}
+    return knn_intersection(found, truth), float(max(0.0, per_query.mean() - RECALL_Z * se))
 
 
 def _confirm_fastest(index, Q, truth, k, feasible: list[dict], repeat: int, finalists: int = 4,
@@ -141,7 +161,10 @@ def tune(
     The result is applied and recorded through ``index.set_tuning`` and returned: a dict with
     ``params``, ``recall``, ``latency_ms``, ``target``, ``met``, ``k``, ``n_queries``,
     ``candidates`` (every measured configuration), ``grid_size`` (configurations in the grid),
-    ``complete`` (whether the walk ended before the budget), ``seconds`` and ``max_seconds``.
+    ``complete`` (whether the walk ended before the budget), ``seconds`` and ``max_seconds``;
+    and ``width_plans``, the width table of :func:`tune_widths` recorded before, when the chosen
+    configuration keeps the index's search structures (:func:`search_structure`) it was
+    measured on (otherwise it no longer describes the index and is dropped).
 
     Example:
         >>> from nestemb.index import FunnelIndex, knn_intersection, synthetic_matryoshka, tune
@@ -163,9 +186,7 @@ def tune(
     deadline = t0 + budget
     if len(index) == 0:
         raise NestembError(f"{type(index).__name__} is empty: add vectors before tuning")
-    if (isinstance(recall, bool) or not isinstance(recall, (int, float, np.floating))
-            or not 0.0 < recall <= 1.0):
-        raise NestembError(f"{{param}} target must be in (0, 1], got {recall}", param="recall")
+    check_recall(recall)
     if manifest is not None:
         check_compatible(manifest, index.manifest, what="queries and index")
     if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 1:
@@ -179,6 +200,7 @@ def tune(
     grid_size = sum(map(len, groups))
     reachable = grid_size  # configurations the walk may still measure, those done included
     before = index.get_params()
+    width_plans = (getattr(index, "tuning_", None) or {}).get(WIDTH_PLANS)
     results: list[dict[str, Any]] = []
     complete = True
     try:
@@ -226,5 +248,294 @@ def tune(
         "seconds": time.perf_counter() - t0,
         "max_seconds": None if math.isinf(budget) else budget,
     }
+    if width_plans is not None:  # still true of the index when its search structures are
+        index.set_params(**best["params"])
+        if width_plans.get("structure") == search_structure(index):
+            result[WIDTH_PLANS] = width_plans
     index.set_tuning(result)
     return result
+
+
+WIDTH_PLANS = "width_plans"
+"""The key of the width table (:func:`tune_widths`) in an index's tuning record."""
+
+
+def search_structure(index: Any) -> list:
+    """What a plan's results and latency depend on besides its stage dims and shortlist: the
+    index's search structures (first-stage prefix and storage, graph, int8 rescoring, storage of
+    the full vectors) and ``ef_search``, as a JSON list (a width table records it, and holds
+    only while the index keeps it).
+
+    Example:
+        >>> from nestemb.index import FunnelIndex
+        >>> search_structure(FunnelIndex(dims=(8, 32), shortlist=(40,)))
+        [8, 'float32', 'flat', 32, 40, 0.0, None, None, 'float32', 64]
+    """
+    import json
+
+    return json.loads(json.dumps([*index._structure(), getattr(index, "ef_search", None)]))
+
+
+def _check_width_model(index: Any, model: Any) -> None:
+    """Refuse a model that cannot give a width table for ``index``, naming ``model``."""
+    from nestemb.models.image import ImageModel
+
+    if not isinstance(model, ImageModel):
+        raise NestembError(f"{{param}} must be an image model, got {type(model).__name__}",
+                           param="model")
+    if model.config.widths is None:
+        raise NestembError("{param} has no nested widths (an elastic model is trained with "
+                           "widths=..., `nestemb image train --widths`): there is no encoder "
+                           "width to choose", param="model")
+    if model.manifest is None:
+        raise NestembError("{param} has no manifest (model id and weights version): load it "
+                           "with load_image_model", param="model")
+    try:
+        check_compatible(model.manifest, index.manifest, what="model and index")
+    except NestembError as e:
+        raise NestembError(f"{{param}}: {e}: the index holds the vectors of another model",
+                           param="model") from None
+
+
+def tune_widths(
+    index: Any,
+    model: Any,
+    images: Any,
+    k: int = 10,
+    *,
+    budgets: Iterable[float] = (),
+    max_queries: int = 200,
+    timing_queries: int = 50,
+    repeat: int = 3,
+    max_candidates: int = 8192,
+    max_seconds: float | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Measure the width table of a :class:`~nestemb.index.FunnelIndex` built from an elastic
+    image ``model``'s embeddings, record it in the index's tuning record (``tuning_``, under
+    ``"width_plans"``; saved by ``index.save``) and return it.
+
+    The truth is what the full model would have found: the exact full-dimension top-``k`` of
+    the full model's embeddings of the query ``images`` (uint8 ``(N, H, W)``, held out from the
+    gallery; the first ``max_queries``). For every trained width of ``model`` (and the
+    per-layer widths :func:`~nestemb.models.elastic.mix_n_match` picks for each of ``budgets``,
+    fractions of the full model's multiply-adds) the queries are encoded at that width and
+    every plan of :func:`~nestemb.index.plan.plan_grid` is run
+    (:meth:`~nestemb.index.FunnelIndex.search_plan`, the index unchanged): a row holds its
+    ``recall`` (recall@k against the truth) and ``recall_low`` (less :data:`RECALL_Z` standard
+    errors over the queries, the figure :func:`~nestemb.index.plan.choose_plan` holds to a
+    target). Along a group's growing shortlists the walk of a width stops at the first that
+    finds, for every query, what the exact plan finds at that width (larger ones find the
+    same, slower).
+
+    Latency is ``encode_ms`` (one query image at a time at that width, the best of ``repeat``
+    passes over ``timing_queries`` images, :func:`best_pass_ms`) plus ``search_ms`` (one query
+    at a time under the plan, timed the same way, once per plan: the search does not depend on
+    the encoder width): ``latency_ms``. Once ``max_seconds`` is spent no further plan is timed
+    and the rows of untimed plans are left out (``complete`` is then False).
+
+    Returns a dict: ``k``, ``model_id`` / ``model_version`` (the full model's), ``n_queries``,
+    ``timing_queries``, ``widths`` (measured, a per-layer list for a Mix'n'Match budget),
+    ``budgets``, ``structure`` (:func:`search_structure`), ``rows`` (by latency; each with
+    ``width``, ``cost`` (fraction of the full model's multiply-adds), ``dims``, ``shortlist``,
+    ``recall``, ``recall_low``, ``encode_ms``, ``search_ms``, ``latency_ms``), ``complete``,
+    ``seconds``. Bad input names its parameter: ``index`` (not a funnel, empty), ``model``
+    (not elastic, no manifest, or not the index's model), ``images``, ``k``, ``budgets``.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from nestemb.index import FunnelIndex
+        >>> from nestemb.index.plan import choose_plan
+        >>> from nestemb.models.image import ImageModel, ImageModelConfig, build_manifest
+        >>> _ = torch.manual_seed(0)
+        >>> model = ImageModel(ImageModelConfig(dim=8, nesting=(4, 8), width=1, arch="mlp",
+        ...                                     widths=(0.5, 1))).eval()
+        >>> model.manifest = build_manifest(model, "demo")
+        >>> rng = np.random.default_rng(0)
+        >>> gallery = rng.integers(0, 255, (200, 28, 28), dtype=np.uint8)
+        >>> index = FunnelIndex(dims=(4, 8), shortlist=(50,), nesting=(4, 8), model_id="demo",
+        ...                     model_version=model.manifest.model_version)
+        >>> _ = index.add(model.encode(gallery))
+        >>> queries = rng.integers(0, 255, (20, 28, 28), dtype=np.uint8)
+        >>> table = tune_widths(index, model, queries, k=5, timing_queries=5, repeat=1)
+        >>> exact = [r for r in table["rows"] if r["width"] == 1.0 and r["dims"] == [8]]
+        >>> exact[0]["recall"], table["widths"], index.tuning_["width_plans"] is table
+        (1.0, [0.5, 1.0], True)
+        >>> choose_plan(table["rows"], recall=1.0).width
+        1.0
+    """
+    t0 = time.perf_counter()
+    deadline = t0 + _check_budget(max_seconds)
+    from nestemb.models.elastic import layer_units, mix_n_match, multiply_adds
+
+    if not hasattr(index, "search_plan"):
+        raise NestembError(f"{{param}}: a width table is measured on a FunnelIndex (stage dims "
+                           f"and shortlists), not on {type(index).__name__}", param="index")
+    if len(index) == 0:
+        raise NestembError(f"{{param}}: {type(index).__name__} is empty: add vectors before "
+                           "tuning", param="index")
+    _check_width_model(index, model)
+    for name, value in (("max_queries", max_queries), ("timing_queries", timing_queries),
+                        ("repeat", repeat), ("max_candidates", max_candidates)):
+        positive_int(value, name)
+    imgs = np.asarray(images)
+    if imgs.ndim == 0 or len(imgs) == 0:
+        raise NestembError("{param}: no query images", param="images")
+    imgs = imgs[:max_queries]
+    cfg = model.config
+    widths: list[float | tuple[float, ...]] = [float(g) for g in cfg.widths]
+    for budget in budgets:
+        w = width_key(mix_n_match(cfg, budget))
+        if w not in widths:
+            widths.append(w)
+    Q = model.encode(imgs)  # the full model: the truth is what it would have found
+    truth = index.search_exact(Q, k)[1]  # also validates k
+    k = int(k)
+    full_cost = multiply_adds(cfg)
+    grid = plan_grid(index, k, max_candidates=max_candidates)
+    rows: list[dict[str, Any]] = []
+    for w in widths:
+        Qw = Q if w == 1.0 else model.encode(imgs, width=w)
+        cost = multiply_adds(cfg, layer_units(cfg, model.layer_widths(w))) / full_cost
+        exact: list[set] | None = None
+        for group in grid:
+            for plan in group:
+                rows_found = index.search_plan(Qw, k, plan["dims"], plan["shortlist"])[1]
+                found = index._rows_to_ids(rows_found)
+                recall, recall_low = recall_stats(found, truth)
+                rows.append({"width": list(w) if isinstance(w, tuple) else w,
+                             "cost": round(cost, 6), "dims": list(plan["dims"]),
+                             "shortlist": list(plan["shortlist"]), "recall": recall,
+                             "recall_low": recall_low})
+                sets = [set(f.tolist()) for f in found]
+                if exact is None:
+                    exact = sets  # the first group is the exact plan
+                elif sets == exact:
+                    break
+    plans = list(dict.fromkeys((tuple(r["dims"]), tuple(r["shortlist"])) for r in rows))
+    total, done = len(widths) + len(plans), 0
+    n_t = min(timing_queries, len(imgs))
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            now = time.perf_counter()
+            progress(done, total, min((now - t0) / done * (total - done), max(0.0, deadline - now)))
+
+    def encode_one(w: Any) -> Callable[[int], Any]:
+        return lambda i: model.encode(imgs[i : i + 1], width=w)
+
+    def search_one(dims: tuple, shortlist: tuple) -> Callable[[int], Any]:
+        return lambda i: index.search_plan(Q[i : i + 1], k, dims, shortlist)
+
+    encode_ms: dict[str, float] = {}
+    for w in widths:
+        encode_ms[width_text(w)] = best_pass_ms(encode_one(w), n_t, repeat)
+        step()
+    search_ms: dict[tuple, float] = {}
+    complete = True
+    for dims, shortlist in plans:
+        if search_ms and time.perf_counter() >= deadline:
+            complete = False
+            break
+        search_ms[(dims, shortlist)] = best_pass_ms(search_one(dims, shortlist), n_t, repeat)
+        step()
+    timed = []
+    for r in rows:
+        ms = search_ms.get((tuple(r["dims"]), tuple(r["shortlist"])))
+        if ms is not None:
+            enc = encode_ms[width_text(r["width"])]
+            timed.append({**r, "encode_ms": enc, "search_ms": ms, "latency_ms": enc + ms})
+    timed.sort(key=lambda r: (r["latency_ms"], -r["recall_low"]))
+    man = model.manifest
+    table = {
+        "k": k, "model_id": man.model_id, "model_version": man.model_version,
+        "n_queries": int(len(imgs)), "timing_queries": int(n_t),
+        "widths": [list(w) if isinstance(w, tuple) else w for w in widths],
+        "budgets": [float(b) for b in budgets], "structure": search_structure(index),
+        "rows": timed, "complete": complete, "seconds": time.perf_counter() - t0,
+    }
+    record = dict(index.tuning_) if index.tuning_ else {"params": index.get_params()}
+    record[WIDTH_PLANS] = table
+    index.set_tuning(record)
+    return table
+
+
+def width_table(index: Any, model: Any = None) -> dict[str, Any] | None:
+    """The width table recorded on ``index`` by :func:`tune_widths` (checked field by field, as
+    a saved manifest may have been edited), or ``None`` when it has none. With ``model``, a
+    table measured with another model (or weights) is refused naming ``model``; a table whose
+    index has changed its search structures since is refused too.
+
+    Example:
+        >>> from nestemb.index import FunnelIndex, synthetic_matryoshka
+        >>> idx = FunnelIndex(dims=(8, 32), shortlist=(40,)).add(synthetic_matryoshka(100, 32))
+        >>> width_table(idx) is None
+        True
+        >>> bad = {"model_id": "m", "model_version": "v1", "k": 0}
+        >>> _ = idx.set_tuning({"params": {}, "width_plans": bad})
+        >>> width_table(idx)
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: index tuning record: width_plans.k must be a positive integer, got 0
+    """
+    table = (index.tuning_ or {}).get(WIDTH_PLANS)
+    if table is None:
+        return None
+    _check_table(table)
+    if table["structure"] != search_structure(index):
+        raise NestembError("the index's width table was measured on other search structures "
+                           "(first stage, storage): measure it again (tune_widths, `nestemb index "
+                           "tune --model`)")
+    if model is not None and model.manifest is not None and (
+            model.manifest.model_id, model.manifest.model_version) != (
+            table["model_id"], table["model_version"]):
+        raise NestembError(
+            f"{{param}}: the index's width table was measured with model {table['model_id']!r} "
+            f"(version {table['model_version']!r}), not {model.manifest.model_id!r} (version "
+            f"{model.manifest.model_version!r}): measure it with this model", param="model")
+    return table
+
+
+def _check_table(table: Any) -> None:
+    """Refuse a width table with a missing or mistyped field, naming it."""
+    where = "index tuning record: width_plans"
+
+    def bad(field: str, want: str, got: Any) -> NestembError:
+        return NestembError(f"{where}{field} must be {want}, got {got!r}"[:300])
+
+    def number(v: Any, lo: float, hi: float = math.inf) -> bool:
+        return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and lo <= v <= hi)
+
+    if not isinstance(table, dict):
+        raise bad("", "a JSON object", table)
+    for name in ("model_id", "model_version"):
+        if not isinstance(table.get(name), str):
+            raise bad(f".{name}", "a string", table.get(name))
+    k = table.get("k")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise bad(".k", "a positive integer", k)
+    if not isinstance(table.get("structure"), list):
+        raise bad(".structure", "a list", table.get("structure"))
+    if not isinstance(table.get("rows"), list):
+        raise bad(".rows", "a list", table.get("rows"))
+    for i, r in enumerate(table["rows"]):
+        at = f".rows.{i}"
+        if not isinstance(r, dict):
+            raise bad(at, "a JSON object", r)
+        try:
+            width_key(r.get("width"))
+        except NestembError:
+            raise bad(f"{at}.width", "a fraction or one per layer", r.get("width")) from None
+        for name in ("dims", "shortlist"):
+            v = r.get(name)
+            if not isinstance(v, list) or not all(type(d) is int and d > 0 for d in v):
+                raise bad(f"{at}.{name}", "a list of positive integers", v)
+        if not r["dims"] or len(r["shortlist"]) != len(r["dims"]) - 1:
+            raise bad(f"{at}.shortlist", "one size per stage but the last", r["shortlist"])
+        for name, hi in (("recall", 1.0), ("recall_low", 1.0), ("latency_ms", math.inf)):
+            if not number(r.get(name), 0.0, hi):
+                raise bad(f"{at}.{name}", "a number in [0, 1]" if hi == 1.0 else
+                          "a non-negative number", r.get(name))

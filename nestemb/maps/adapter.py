@@ -435,7 +435,7 @@ class Adapter(FittedMap):
         import torch
 
         from nestemb.device import torch_threads
-        from nestemb.losses import PrefixLoss
+        from nestemb.losses import PrefixLoss, cosine_distance
         from nestemb.maps.nn import make_module, train_module
 
         w0, b0 = _ridge_affine(x, y, _DEFAULT_RIDGE if self.ridge is None else self.ridge,
@@ -447,7 +447,7 @@ class Adapter(FittedMap):
                              hidden=None if hidden is None else int(hidden), rank=rank)
         xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
         # Matryoshka-aware: every prefix of the prediction against the target's
-        loss = PrefixLoss(lambda pred, tgt: (1 - (pred * tgt).sum(-1)).mean(), self.nesting_)
+        loss = PrefixLoss(cosine_distance, self.nesting_)
         n, bs = len(xt), int(self._mlp_param("batch_size"))
         per_epoch = math.ceil(n / bs)
         perm: list[torch.Tensor] = []

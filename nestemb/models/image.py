@@ -1,5 +1,5 @@
-"""A compact CNN (or MLP) image encoder with nested (Matryoshka) classification heads, and its on-disk
-format.
+"""A compact CNN (or MLP, or small ViT) image encoder with nested (Matryoshka) classification heads,
+and its on-disk format.
 
 A saved image model is a directory with ``weights`` (a torch state dict) and ``manifest.json``
 (``kind="image-model"``, a readable ``model_id``, ``model_version`` = the content hash of the
@@ -12,9 +12,10 @@ turns uint8 images into raw (un-normalized) full embeddings; take an ``m``-dimen
 Nested widths (MatFormer / slimmable style, ``ImageModelConfig.widths``): an elastic model holds
 one set of weights from which every granularity ``g`` in ``widths`` runs the first
 ``ceil(g * c)`` units of each layer of ``c`` units (conv channels of the CNN, hidden units of
-the MLP), with batch norm switched per granularity (:class:`SwitchableBatchNorm`), the shared
-projection's matching columns and the same nested heads, so every width writes the same
-``dim``-d space. ``ImageModel.forward(x, width=g)`` (or a per-layer list, Mix'n'Match) runs one;
+the MLP, feed-forward hidden units of each ViT block), with batch norm switched per granularity
+(:class:`SwitchableBatchNorm`; the ViT has layer norms only), the shared projection's matching
+columns and the same nested heads, so every width writes the same ``dim``-d space.
+``ImageModel.forward(x, width=g)`` (or a per-layer list, Mix'n'Match) runs one;
 :func:`nestemb.models.elastic.extract` cuts one out as an ordinary :class:`ImageModel`. A model
 without ``widths`` is built, trained and saved exactly as before.
 """
@@ -41,13 +42,16 @@ from nestemb.nesting import Manifest, default_nesting, validate_nesting, weights
 KIND = "image-model"
 WEIGHTS_NAME = "weights"
 HEADS = ("mrl", "mrl-e", "ff")
-ARCHS = ("cnn", "mlp")
-"""Encoder architectures: :class:`CNNEncoder` and :class:`MLPEncoder`."""
+ARCHS = ("cnn", "mlp", "vit")
+"""Encoder architectures: :class:`CNNEncoder`, :class:`MLPEncoder` and :class:`ViTEncoder`."""
 DEFAULT_MODEL_ID = "nestemb-cnn"
 DEFAULT_WIDTHS = (0.125, 0.25, 0.5, 1.0)
 """The granularities of an elastic model when asked for without a list (MatFormer's four)."""
-LAYERS = {"cnn": 5, "mlp": 2}
-"""Sliceable layers of each architecture (conv layers of the CNN, hidden layers of the MLP)."""
+VIT_PATCH, VIT_DEPTH, VIT_HEADS = 4, 4, 4
+"""The ViT's patch size (28x28 images: 7x7 = 49 tokens), transformer blocks and attention heads."""
+LAYERS = {"cnn": 5, "mlp": 2, "vit": VIT_DEPTH}
+"""Sliceable layers of each architecture (conv layers of the CNN, hidden layers of the MLP,
+feed-forward hidden layers of the ViT's blocks)."""
 _OPTIONAL = ("widths", "channels")
 """Config fields left out of the repr and the manifest when ``None``: configs of ordinary
 models read, print and save exactly as before these fields existed."""
@@ -95,6 +99,26 @@ def units(g: float, c: int) -> int:
     return max(1, math.ceil(g * c - 1e-9))
 
 
+def sample_widths(widths: Sequence[float], gen: torch.Generator) -> tuple[float, ...]:
+    """The granularities one training step of an elastic model trains (the sandwich rule): the
+    full width, the smallest, and one of the others drawn from ``gen`` (drawn only when there
+    are others, so two granularities use no random numbers). Shared by the image trainer
+    (:mod:`nestemb.train.image`) and the text trainer (:mod:`nestemb.text.train`).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> sample_widths((0.25, 1.0), g), len(sample_widths((0.125, 0.25, 0.5, 1.0), g))
+        ((1.0, 0.25), 3)
+        >>> sample_widths((1.0,), g)
+        (1.0,)
+    """
+    widths = tuple(widths)
+    picked: tuple[float, ...] = (widths[-1],) if len(widths) == 1 else (widths[-1], widths[0])
+    if len(widths) > 2:
+        picked += (widths[1 + int(torch.randint(len(widths) - 2, (1,), generator=gen))],)
+    return picked
+
+
 @dataclasses.dataclass
 class ImageModelConfig:
     """Architecture of an :class:`ImageModel` (everything needed to rebuild it).
@@ -102,9 +126,12 @@ class ImageModelConfig:
     ``head`` is ``"mrl"``, ``"mrl-e"`` or ``"ff"`` (fixed feature: a single-prefix nesting
     ``(dim,)``); ``cosine`` selects cosine classifiers on prefix views; ``mean``/``std`` are the
     pixel statistics (0-1 scale) used to standardize inputs. ``arch`` is the encoder:
-    ``"cnn"`` (:class:`CNNEncoder`) or ``"mlp"`` (:class:`MLPEncoder`, for cross-architecture
-    comparisons); ``width`` sizes either, or ``channels`` gives the units of every layer (5
-    for the CNN, 2 for the MLP; what an extracted submodel records). ``widths`` (default
+    ``"cnn"`` (:class:`CNNEncoder`), ``"mlp"`` (:class:`MLPEncoder`, for cross-architecture
+    comparisons) or ``"vit"`` (:class:`ViTEncoder`); ``width`` sizes each (the CNN's last
+    layers and the ViT's tokens have ``4 * width`` units), or ``channels`` gives the units of
+    every sliceable layer (5 conv layers for the CNN, 2 hidden layers for the MLP, the
+    feed-forward hidden layer of each of the ViT's 4 blocks; what an extracted submodel
+    records). ``widths`` (default
     ``None``: an ordinary model) makes the model elastic: the granularities trained together,
     e.g. :data:`DEFAULT_WIDTHS`.
 
@@ -176,10 +203,14 @@ class ImageModelConfig:
             (4, 8, 8, 16, 16)
             >>> ImageModelConfig(dim=8, nesting=(8,), width=2, arch="mlp").layer_channels
             (64, 64)
+            >>> ImageModelConfig(dim=8, nesting=(8,), width=2, arch="vit").layer_channels
+            (32, 32, 32, 32)
         """
         if self.channels is not None:
             return self.channels
         w = int(self.width)
+        if self.arch == "vit":
+            return (16 * w,) * VIT_DEPTH  # feed-forward hidden: 4x the token width 4 * w
         return (w, 2 * w, 2 * w, 4 * w, 4 * w) if self.arch == "cnn" else (32 * w, 32 * w)
 
 
@@ -353,11 +384,98 @@ class MLPEncoder(_SliceableEncoder):
         self.proj = nn.Linear(h2, dim)
 
 
+def vit_tokens(in_hw: Sequence[int]) -> int:
+    """Tokens of the ViT for images of ``in_hw``: one per :data:`VIT_PATCH`-square patch (the
+    image is zero-padded at the bottom and right up to a multiple of the patch).
+
+    Example:
+        >>> vit_tokens((28, 28)), vit_tokens((30, 28))
+        (49, 56)
+    """
+    h, w = (int(v) for v in in_hw)
+    return -(-h // VIT_PATCH) * -(-w // VIT_PATCH)
+
+
+class ViTBlock(nn.Module):
+    """A pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + ffn(norm2(x))`` with
+    ``ffn = fc2(gelu(fc1(.)))``. ``forward(x, n)`` runs the first ``n`` hidden units of the
+    feed-forward layer (rows of ``fc1``, columns of ``fc2``; MatFormer), attention at full size.
+
+    Example:
+        >>> import torch
+        >>> ViTBlock(8, 32, heads=2)(torch.zeros(2, 5, 8), 16).shape
+        torch.Size([2, 5, 8])
+    """
+
+    def __init__(self, d: int, hidden: int, heads: int = VIT_HEADS):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, hidden)
+        self.fc2 = nn.Linear(hidden, d)
+
+    def forward(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        x = x + self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
+        n = self.fc1.out_features if n is None else n
+        # one code path for every width: the full model's slice is the whole weight
+        h = F.gelu(F.linear(self.norm2(x), self.fc1.weight[:n], self.fc1.bias[:n]))
+        return x + F.linear(h, self.fc2.weight[:, :n], self.fc2.bias)
+
+
+class ViTEncoder(nn.Module):
+    """A small vision transformer: :data:`VIT_PATCH`-square patches embedded to tokens of
+    ``4 * width`` (a strided conv) plus learned positions, :data:`VIT_DEPTH` pre-norm blocks
+    (:class:`ViTBlock`, :data:`VIT_HEADS` heads, feed-forward hidden ``16 * width`` = 4x the
+    token width, or ``channels``), a final layer norm, mean pooling over the tokens and a
+    linear projection to ``dim`` (``proj``, as in :class:`CNNEncoder`). With ``widths`` the
+    model is elastic as in MatFormer: granularity ``g`` runs the first ``ceil(g * c)`` hidden
+    units of each block's feed-forward layer; the patch embedding, attention, layer norms and
+    ``proj`` are shared at full size (no batch norm, so nothing is switched per width).
+    ``width=16`` (the default): 64-d tokens, 49 of them for 28x28 images.
+
+    Example:
+        >>> import torch
+        >>> ViTEncoder(dim=8, width=2)(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(self, dim: int, width: int = 16, in_hw: tuple[int, int] = (28, 28),
+                 channels: Sequence[int] | None = None,
+                 widths: tuple[float, ...] | None = None):  # fmt: skip
+        super().__init__()
+        d = 4 * width
+        hidden = tuple(channels) if channels is not None else (16 * width,) * VIT_DEPTH
+        self.widths, self.channels = widths, hidden
+        self.patch = nn.Conv2d(1, d, VIT_PATCH, stride=VIT_PATCH)
+        self.pos = nn.Parameter(torch.zeros(1, vit_tokens(in_hw), d))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.blocks = nn.ModuleList(ViTBlock(d, c) for c in hidden)
+        self.norm = nn.LayerNorm(d)
+        self.proj = nn.Linear(d, dim)
+
+    def forward(self, x: torch.Tensor, ks: Sequence[int] | None = None) -> torch.Tensor:
+        """Embeddings of ``x``; ``ks`` (elastic models only): the granularity index of each
+        block's feed-forward layer (default: the full width)."""
+        pad_h, pad_w = -x.shape[-2] % VIT_PATCH, -x.shape[-1] % VIT_PATCH
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        for i, (block, c) in enumerate(zip(self.blocks, self.channels)):
+            x = block(x, c if ks is None or self.widths is None else units(self.widths[ks[i]], c))
+        return self.proj(self.norm(x).mean(dim=1))
+
+
 class ImageModel(nn.Module):
     """Encoder + per-prefix heads. ``forward(x_float)`` returns ``(embedding, logits)`` with
     logits ``(B, K, classes)``; :meth:`encode` and :meth:`predict_proba` take uint8 images.
     An elastic model (``config.widths``) takes ``width=``: one trained granularity, or one per
-    layer (Mix'n'Match); every width goes through the same projection and heads.
+    layer (Mix'n'Match; for the ViT, one per block); every width goes through the same
+    projection and heads.
 
     Example:
         >>> import numpy as np
@@ -372,9 +490,13 @@ class ImageModel(nn.Module):
         super().__init__()
         self.config = config
         self.manifest = manifest
-        self.encoder = (MLPEncoder(config.dim, config.width, config.in_hw, config.channels, config.widths)
-                        if config.arch == "mlp"
-                        else CNNEncoder(config.dim, config.width, config.channels, config.widths))
+        self.encoder: CNNEncoder | MLPEncoder | ViTEncoder
+        if config.arch == "vit":
+            self.encoder = ViTEncoder(config.dim, config.width, config.in_hw, config.channels, config.widths)
+        elif config.arch == "mlp":
+            self.encoder = MLPEncoder(config.dim, config.width, config.in_hw, config.channels, config.widths)
+        else:
+            self.encoder = CNNEncoder(config.dim, config.width, config.channels, config.widths)
         kind = "mrl" if config.head == "ff" else config.head
         self.head = NestedHead(config.nesting, config.num_classes, kind=kind, cosine=config.cosine)
 
@@ -625,12 +747,17 @@ def config_from_manifest(cfg: Any, where: str) -> ImageModelConfig:
         raise NestembError(f"{where}: bad extra.config: {e}") from None
 
 
-def _check_state_fits(model: nn.Module, state: Any, where: str) -> None:
+def _check_state_fits(model: ImageModel, state: Any, where: str) -> None:
     """Weights that do not fit the model built from the manifest's config: one line naming the
     config field that most likely differs."""
     if not isinstance(state, dict):
         raise NestembError(f"{where}: the weights file holds no state dict")
     own = model.state_dict()
+    parts = [{k.split(".")[1] for k in d if k.startswith("encoder.")} for d in (state, own)]
+    if parts[0] != parts[1]:  # e.g. a ViT's blocks where the config builds a CNN's features
+        raise NestembError(f"{where}: extra.config does not fit the weights (check 'arch'): the "
+                           f"weights hold the encoder parts {sorted(parts[0])}, the config's "
+                           f"{model.config.arch} has {sorted(parts[1])}")
     elastic_weights, elastic_config = (any(".bns." in k for k in d) for d in (state, own))
     if elastic_weights != elastic_config:
         has = "hold" if elastic_weights else "lack"
@@ -641,10 +768,10 @@ def _check_state_fits(model: nn.Module, state: Any, where: str) -> None:
     def field(key: str) -> str:
         if ".bns." in key:
             return "widths"
-        if key.startswith("encoder.features."):
-            return "width"
-        if key.startswith("encoder."):
+        if key.startswith("encoder.proj."):
             return "dim"
+        if key.startswith("encoder."):
+            return "width"
         return "num_classes" if key in own and key in state else "cosine"
 
     for key in own:

@@ -205,6 +205,10 @@ class SearchRequest(Strict):
     filter: Optional[dict[Utf8Str, Scalar]] = Field(None, description="payload fields that "
                                                                       "must equal these values")
     model: ModelName = Field(None, description=MODEL_DOC)
+    width: Optional[FiniteFloat] = Field(
+        None, gt=0, le=1, description="with text: the feed-forward width to encode it at, one of "
+                                      "the encoder's trained widths (e.g. 0.25); its vectors "
+                                      "share the full model's space")
 
 
 class BatchSearchRequest(Strict):
@@ -222,6 +226,9 @@ class PlanOut(BaseModel):
     shortlist: list[int]
     source: str
     expected_recall: Optional[float]
+    width: Optional[float] = Field(None, exclude_if=lambda v: v is None,
+                                   description="the encoder width the query text ran at "
+                                               "(only when the request named one)")
 
 
 class SearchResponse(BaseModel):
@@ -616,8 +623,9 @@ class Service:
         self.store.update_config(name, cfg)
         self.configs[name] = cfg
 
-    def _encode_with(self, encoder: str, texts: list[str]) -> np.ndarray:
-        return np.asarray(self.encoder(encoder).encode(texts), dtype=np.float32)
+    def _encode_with(self, encoder: str, texts: list[str], width: float | None = None,
+                     field: str = "width") -> np.ndarray:
+        return encode_at(self.encoder(encoder), texts, width, field)
 
     def _drop_orphans(self) -> None:
         """Remove the maps and snapshots of migrations that ended (a crash after the commit
@@ -763,9 +771,11 @@ class Service:
             raise ApiError(404, f"collection {name!r} does not exist", "name")
         return cfg
 
-    def embed(self, name: str, texts: list[str], fields: list[str]) -> np.ndarray:
+    def embed(self, name: str, texts: list[str], fields: list[str], width: float | None = None,
+              width_field: str = "width") -> np.ndarray:
         """Embed ``texts`` (``fields[i]`` names text ``i`` in errors) with the collection's
-        encoder, after checking every text."""
+        encoder, after checking every text; at feed-forward ``width`` (one of the encoder's
+        trained widths, :func:`encode_at`; ``width_field`` names it in errors)."""
         cfg = self.config(name)
         spec = cfg.get("encoder")
         if spec is None:
@@ -792,7 +802,24 @@ class Service:
             raise ApiError(409, f"the encoder {spec!r} now has weights version {have}, "
                            f"collection {name!r} was built with {want}: new texts would not "
                            "be comparable with its stored vectors", "encoder")
-        return np.asarray(enc.encode(texts), dtype=np.float32)
+        return encode_at(enc, texts, width, width_field)
+
+
+def encode_at(enc: Any, texts: list[str], width: float | None, field: str = "width") -> np.ndarray:
+    """``enc.encode(texts, width=width)`` as float32, for a request: a ``width`` must be one of
+    the encoder's trained widths (an untrained slice of a plain model would not answer from the
+    collection's space), else 422 naming ``field``."""
+    if width is not None:
+        if enc.widths is None:
+            raise ApiError(422, f"{field}: the encoder was trained without nested widths; "
+                           "leave width out", field)
+        try:
+            from nestemb.text.ffn import check_width
+
+            check_width(width, enc.widths)
+        except NestembError as e:
+            raise ApiError(422, e.render(field), field) from None
+    return np.asarray(enc.encode(texts, width=width), dtype=np.float32)
 
 
 def check_encoders(encoders: Mapping[str, str | Path] | None) -> dict[str, str]:
@@ -1244,6 +1271,9 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             raise ApiError(422, f"k must be in 1 ... {limits.max_k}, got {req.k}", field + "k")
         if (req.vector is None) == (req.text is None):
             raise ApiError(422, "give exactly one of vector and text", field + "vector")
+        if req.width is not None and req.text is None:
+            raise ApiError(422, f"{field}width: a vector query has nothing to encode; width "
+                           "needs text", field + "width")
         if req.recall is not None and req.dims is not None:
             raise ApiError(422, "give dims or recall, not both", field + "recall")
         if req.shortlist is not None and req.dims is None:
@@ -1263,9 +1293,13 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
                 if mig is None or mig.encode_new is None:
                     raise ApiError(422, "the new model is not one of this server's encoders: "
                                    "send its vector", field + "text")
-                q = mig.encode_new([req.text])
+                if req.width is None:
+                    q = mig.encode_new([req.text])
+                else:
+                    q = svc._encode_with(svc.config(name)["migration"]["target"]["encoder"],
+                                         [req.text], req.width, field + "width")
             else:
-                q = svc.embed(name, [req.text], [field + "text"])
+                q = svc.embed(name, [req.text], [field + "text"], req.width, field + "width")
             timing["embed_ms"] = round((time.perf_counter() - t) * 1000, 3)
         else:
             q = _vectors([req.vector], live.dim, [field + "vector"])
@@ -1294,7 +1328,8 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
         timing["stages"] = stages
         timing["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         svc.record_search(timing["total_ms"])
-        return SearchResponse(hits=[Hit(**h) for h in hits[0]], plan=PlanOut(**plan.as_dict()),
+        plan_out = PlanOut(**{**plan.as_dict(), "width": req.width})
+        return SearchResponse(hits=[Hit(**h) for h in hits[0]], plan=plan_out,
                               timing=timing,
                               migration=None if mig is None else mig.answer(space, hits))
 

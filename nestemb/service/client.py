@@ -22,7 +22,7 @@ Example (an in-process app here; give a running ``nestemb serve``'s URL instead,
 
 (A text collection names one of the server's encoders: ``c.create("sci", encoder="minilm")``,
 then ``c.search("sci", text="nested embeddings", k=5, dims=[64, 384])``: MiniLM's nesting is
-32, 64, 128, 256, 384.)
+32, 64, 128, 256, 384; an encoder trained with nested widths also takes ``width=0.25``.)
 """
 
 from __future__ import annotations
@@ -123,7 +123,12 @@ class ServiceClient:
     def get(self, name: str, point_id: int | str) -> dict:
         return self._call("GET", f"/collections/{name}/points/{point_id}")
 
-    def search(self, name: str, **request: Any) -> dict:
+    def search(self, name: str, *, width: float | None = None, **request: Any) -> dict:
+        """One search (the fields of ``SearchRequest``: ``vector`` or ``text``, ``k``, ``dims``,
+        ``recall``, ...); ``width``: encode ``text`` at that trained feed-forward width of the
+        collection's encoder (the answer's ``plan.width`` echoes it)."""
+        if width is not None:
+            request["width"] = width
         return self._call("POST", f"/collections/{name}/search", request)
 
     def upload(self, name: str, points: Sequence[dict], batch: int = 64,

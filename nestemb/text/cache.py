@@ -9,7 +9,6 @@ version (:func:`nestemb.nesting.weights_version`) and a sha256 of the texts, so 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -17,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from nestemb.errors import NestembError
-from nestemb.io import atomic_file
+from nestemb.io import atomic_file, sha256_texts
 
 
 def cache_key(model_id: str, model_version: str, texts: Sequence[str]) -> str:
@@ -29,13 +28,8 @@ def cache_key(model_id: str, model_version: str, texts: Sequence[str]) -> str:
         >>> cache_key("m", "v", ["a", "b"]) != cache_key("m", "v", ["a b"])
         True
     """
-    h = hashlib.sha256()
-    for t in texts:
-        data = str(t).encode("utf-8")
-        h.update(len(data).to_bytes(8, "little"))  # length-prefixed: ["a b"] != ["a", "b"]
-        h.update(data)
     safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)
-    return f"{safe_id}-{model_version}-{len(texts)}-{h.hexdigest()[:16]}"
+    return f"{safe_id}-{model_version}-{len(texts)}-{sha256_texts(texts)[:16]}"
 
 
 def encode_cached(encoder, texts: Sequence[str], cache_dir: str | os.PathLike,

@@ -7,6 +7,11 @@ knows the valid prefixes and loading refuses modified weights. A model's identit
 content: ``model_version`` is :func:`nestemb.nesting.weights_version` of its weight files, for
 saved models, the bundled MiniLM and plain folders alike. Embeddings returned here are *raw full*
 vectors; take a prefix with :func:`nestemb.nesting.prefix_view`.
+
+Encoders also run at a feed-forward *width* (``encode(texts, width=0.25)``, see
+:mod:`nestemb.text.ffn`): a model trained with nested widths (``extra.widths`` in its manifest,
+from ``TextTrainConfig.widths``) runs any of its trained widths; any other BERT-style model any
+fraction in ``(0, 1]`` (an untrained slice, for measurement).
 """
 
 from __future__ import annotations
@@ -219,6 +224,8 @@ class TextEncoder:
 
     Use :func:`load_text_model` to build one. ``encode`` returns raw full embeddings
     (float32, ``(N, dim)``); ``encode_layers`` the same pooled from earlier layers (exits).
+    Both take ``width=``: the feed-forward width to run (:mod:`nestemb.text.ffn`; ``widths``
+    lists an elastic model's trained widths, ``None`` for any other model).
 
     Example:
         >>> import tempfile, pathlib
@@ -231,6 +238,8 @@ class TextEncoder:
         >>> import numpy as np  # the last exit is what encode returns
         >>> bool(np.allclose(enc.encode_layers(["the cat sits"], [1, 2])[2], x[:1], atol=1e-5))
         True
+        >>> enc.widths, enc.encode(["the cat sits"], width=0.5).shape   # an untrained slice
+        (None, (1, 32))
     """
 
     def __init__(self, model, manifest: Manifest, path: Path | None = None):
@@ -245,6 +254,13 @@ class TextEncoder:
     @property
     def n_layers(self) -> int:
         return int(self.model[0].auto_model.config.num_hidden_layers)
+
+    @property
+    def widths(self) -> tuple[float, ...] | None:
+        """The feed-forward widths the model was trained at (``extra.widths`` of its manifest),
+        or ``None`` for a model trained without nested widths."""
+        w = self.manifest.extra.get("widths")
+        return None if w is None else tuple(float(g) for g in w)
 
     @property
     def device(self):
@@ -264,18 +280,24 @@ class TextEncoder:
         layers: Sequence[int] | None = None,
         batch_size: int = 64,
         progress: Callable[[int], None] | None = None,
+        *,
+        width: float | None = None,
     ) -> dict[int, np.ndarray]:
         """Embeddings pooled from each layer in ``layers`` (default: the last), one forward per
-        batch. Returns ``{layer: float32 (N, dim)}``; ``progress(n)`` is called per batch."""
+        batch, at feed-forward ``width`` (``None``: the full model). Returns
+        ``{layer: float32 (N, dim)}``; ``progress(n)`` is called per batch."""
         import torch
+
+        from nestemb.text.ffn import check_width, ffn_width
 
         texts = [str(t) for t in texts]
         layers = check_layers(layers, self.n_layers) or (self.n_layers,)
+        g = check_width(width, self.widths)
         out = {la: np.zeros((len(texts), self.dim), dtype=np.float32) for la in layers}
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), ffn_width(self.model, g):
                 for idx, batch in self._batches(texts, batch_size):
                     embs = forward_exits(self.model, batch, layers)
                     for la in layers:
@@ -291,11 +313,17 @@ class TextEncoder:
         texts: Sequence[str],
         batch_size: int = 64,
         progress: Callable[[int], None] | None = None,
+        *,
+        width: float | None = None,
     ) -> np.ndarray:
-        """Raw full embeddings, float32 ``(N, dim)``, in the order of ``texts``."""
+        """Raw full embeddings, float32 ``(N, dim)``, in the order of ``texts``, at feed-forward
+        ``width`` (``None``: the full model; see :attr:`widths`)."""
         if len(texts) == 0:
+            from nestemb.text.ffn import check_width
+
+            check_width(width, self.widths)  # a bad width fails with or without texts
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.encode_layers(texts, None, batch_size, progress)[self.n_layers]
+        return self.encode_layers(texts, None, batch_size, progress, width=width)[self.n_layers]
 
 
 def tokenize(model, texts: Sequence[str]) -> dict:
@@ -408,7 +436,24 @@ def load_text_model(path_or_name: str | os.PathLike, device: str | None = "cpu")
         )
     elif manifest.dim != dim:
         raise NestembError(f"{path / MANIFEST_NAME} says dim {manifest.dim}, the model has {dim}")
+    if manifest.extra.get("widths") is not None:
+        _check_manifest_widths(path, manifest, model)
     return TextEncoder(model, manifest, path)
+
+
+def _check_manifest_widths(path: Path, manifest: Manifest, model) -> None:
+    """An elastic model's ``extra.widths`` must be valid widths of a model with feed-forward
+    blocks to run them in."""
+    from nestemb.models.image import check_widths
+    from nestemb.text.ffn import ffn_blocks
+
+    try:
+        check_widths(manifest.extra["widths"])
+    except NestembError as e:
+        raise NestembError(f"{path / MANIFEST_NAME}: extra.{e.render('widths')}") from None
+    if not ffn_blocks(model):
+        raise NestembError(f"{path / MANIFEST_NAME} lists nested widths, but the model has no "
+                           "BERT-style feed-forward blocks to run them")
 
 
 def _verify_weights(path: Path, manifest: Manifest) -> None:

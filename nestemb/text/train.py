@@ -12,7 +12,13 @@
   vectors, and appended to the model as a
   sentence-transformers ``Dense`` module (identity activation, no bias), so the saved folder
   loads anywhere.
-- ``"finetune"`` (the GPU recipe): every weight of the encoder is trained.
+- ``"finetune"`` (the GPU recipe): every weight of the encoder is trained. With ``widths``
+  (MatFormer-style nested feed-forward widths, :mod:`nestemb.text.ffn`) every step computes the
+  step's whole loss at the sandwich of :func:`~nestemb.models.image.sample_widths` (the full
+  width, the smallest and one other at random, on the same batch, the same prefixes and exits)
+  and sums them; the saved manifest lists the widths (``extra.widths``), so the model encodes at
+  any of them (``encode(texts, width=g)``) and :func:`nestemb.text.elastic.extract` cuts one
+  out as an ordinary smaller model.
 
 Each step of both: one contrastive batch (anchor, positive[, hard negative]) from the pair
 sources, per prefix, with in-batch negatives; one CoSENT batch from graded sources (when any);
@@ -41,7 +47,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -89,7 +95,10 @@ class TextTrainConfig:
     ``hard_negatives``: mine one per BEIR pair with the base, among its ranks
     ``hard_negative_ranks``. ``orthogonal_weight``: projection only, keeps ``W W^T`` near ``I``.
     ``max_seq_length``: truncate texts to this many tokens (``None``: the model's own limit).
-    ``device``: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    ``device``: ``"cpu"``, ``"cuda"`` or ``"auto"``. ``widths``: nested feed-forward widths
+    trained together (ascending fractions ending at 1, e.g.
+    :data:`~nestemb.models.image.DEFAULT_WIDTHS`; finetune only, and ``"auto"`` then means
+    finetune; ``None``: the encoder at its full width only, as before).
 
     Example:
         >>> TextTrainConfig(recipe="projection").resolve("cpu").steps
@@ -98,6 +107,8 @@ class TextTrainConfig:
         Traceback (most recent call last):
         ...
         nestemb.errors.NestembError: steps must be at least 1, got 0
+        >>> TextTrainConfig(widths=(0.25, 0.5, 1)).resolve("cpu").recipe   # widths train weights
+        'finetune'
     """
 
     recipe: str = "auto"
@@ -121,6 +132,7 @@ class TextTrainConfig:
     orthogonal_weight: float = 1.0
     max_seq_length: int | None = None
     device: str = "auto"
+    widths: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         from nestemb.nesting import validate_nesting
@@ -170,13 +182,21 @@ class TextTrainConfig:
              f"{{param}} must be at least 2, got {self.distill_batch_size}")
         need(self.max_seq_length is None or self.max_seq_length >= 1, "max_seq_length",
              f"{{param}} must be at least 1, got {self.max_seq_length}")
+        if self.widths is not None:
+            from nestemb.models.image import check_widths
+
+            self.widths = check_widths(self.widths)
+            need(self.recipe != "projection", "widths",
+                 "{param} (nested feed-forward widths) need recipe='finetune': the projection "
+                 "recipe keeps the encoder frozen")
 
     def resolve(self, device: str) -> "TextTrainConfig":
         """A copy with the recipe chosen for ``device`` (the resolved torch device) and every
         ``None`` default filled from :data:`RECIPE_DEFAULTS`."""
         recipe = self.recipe
         if recipe == "auto":
-            recipe = "finetune" if str(device).startswith("cuda") else "projection"
+            cuda = str(device).startswith("cuda")
+            recipe = "finetune" if cuda or self.widths is not None else "projection"
         fill = {k: v for k, v in RECIPE_DEFAULTS[recipe].items() if getattr(self, k) is None}
         return dataclasses.replace(self, recipe=recipe, device=device, **fill)
 
@@ -360,7 +380,8 @@ def train_text(
     ``base`` ("minilm" or a sentence-transformers folder) is loaded on ``config.device``,
     unless ``encoder`` (a loaded :class:`~nestemb.text.encoder.TextEncoder`) is given: it is then
     trained in place. The trained encoder's manifest gets ``model_id`` (default: the base's id
-    + ``"-nested"``), the trained nesting and a ``model_version`` from its weights. ``info`` holds the resolved config, the recipe and the times (``prep_s``:
+    + ``"-nested"``), the trained nesting, the trained ``widths`` (``extra.widths``, when
+    ``config.widths`` is set) and a ``model_version`` from its weights. ``info`` holds the resolved config, the recipe and the times (``prep_s``:
     base encoding and mining; ``train_loop_s``; ``wall_s``). Save with
     :func:`~nestemb.text.encoder.save_text_model`.
 
@@ -418,6 +439,13 @@ def train_text(
         layers = layers + (encoder.n_layers,)
     if not data.pair_sources and not data.graded:
         raise NestembError("the training data hold no pairs (give BEIR, NLI, pair or STS data)")
+    if cfg.widths is not None:
+        from nestemb.text.ffn import ffn_blocks
+
+        if not ffn_blocks(encoder.model):
+            raise NestembError("{param} need a BERT-style encoder (intermediate.dense and "
+                               "output.dense in every layer); this model has no such blocks",
+                               param="widths")
     if contrastive_loss is not None and cfg.recipe != "finetune":
         raise NestembError("contrastive_loss replaces a loss of the finetune recipe only")
     if cfg.max_seq_length:
@@ -439,26 +467,36 @@ def train_text(
         data = mine_hard_negatives(data, base_embeddings, cfg.hard_negative_ranks, cfg.seed)
     exits = _exits(cfg, dims, layers, encoder)
     t_train = time.perf_counter()
-    train = _train_projection if cfg.recipe == "projection" else _train_finetune
-    losses = train(encoder, data, cfg, exits, base_embeddings, rng, contrastive_loss, progress,
-                   env=env)
+    width_history: dict[float, list[float]] = {}  # per-width step losses (with widths)
+    if cfg.recipe == "projection":
+        losses = _train_projection(encoder, data, cfg, exits, base_embeddings, rng,
+                                   contrastive_loss, progress, env=env)
+    else:
+        losses = _train_finetune(encoder, data, cfg, exits, base_embeddings, rng,
+                                 contrastive_loss, progress, env=env, width_history=width_history)
     from nestemb.nesting import Manifest, weights_version
     from nestemb.text.encoder import TEXT_MODEL_KIND
 
     # identity from content: in memory from the tensors; save_text_model re-derives it from the
     # weight files it writes
+    extra: dict[str, Any] = {
+        "base": {"model_id": encoder.manifest.model_id,
+                 "model_version": encoder.manifest.model_version},
+        "recipe": cfg.recipe, "layers": list(layers) if layers else None}
+    if cfg.widths is not None:
+        extra["widths"] = list(cfg.widths)
     encoder.manifest = Manifest(
         model_id=model_id or f"{encoder.manifest.model_id}-nested",
         model_version=weights_version(encoder.model.state_dict()),
-        nesting=dims, dim=encoder.dim, kind=TEXT_MODEL_KIND, extra={
-            "base": {"model_id": encoder.manifest.model_id,
-                     "model_version": encoder.manifest.model_version},
-            "recipe": cfg.recipe, "layers": list(layers) if layers else None})
+        nesting=dims, dim=encoder.dim, kind=TEXT_MODEL_KIND, extra=extra)
     end = time.perf_counter()
+    cfg_json = _jsonable(dataclasses.asdict(cfg))
+    if cfg.widths is None:
+        del cfg_json["widths"]  # the config of a run without widths reads as before they existed
     info = {
         "recipe": cfg.recipe,
         "device": device,
-        "config": _jsonable(dataclasses.asdict(cfg)),
+        "config": cfg_json,
         "wall_s": end - t0,
         "train_loop_s": end - t_train,
         "prep_s": t_train - t0,
@@ -467,6 +505,11 @@ def train_text(
         "final_loss": float(np.mean(losses[-10:])) if losses else math.nan,
         "world_size": env.world_size,
     }
+    if cfg.widths is not None:
+        info["widths"] = list(cfg.widths)
+        info["width_sampling"] = "sandwich: the full width, the smallest and one other at random per step"
+        info["width_final_loss"] = {f"{g:g}": float(np.mean(v[-10:]))
+                                    for g, v in sorted(width_history.items())}
     return encoder, info
 
 
@@ -550,14 +593,20 @@ def _exits(cfg: TextTrainConfig, dims, layers, encoder):
 
 
 def _train_finetune(encoder, data, cfg, exits, base, rng, contrastive_loss, progress,
-                    env=None) -> list:  # fmt: skip
+                    env=None, width_history: dict[float, list[float]] | None = None) -> list:  # fmt: skip
     """Every weight of the encoder; one forward per text group feeds every prefix and exit
     (under ``torchrun``: per process, its shard of the group, gathered; see
-    :func:`gathered_exits`)."""
+    :func:`gathered_exits`). With ``cfg.widths`` each step's batches are drawn once and its
+    loss is computed (and back-propagated) at every width of the sandwich
+    (:func:`~nestemb.models.image.sample_widths`, drawn from a generator of its own, the same on
+    every process), whose losses are appended to ``width_history``; the step's loss is their
+    sum."""
     import torch
 
     from nestemb import distributed as dist
+    from nestemb.models.image import sample_widths
     from nestemb.text.encoder import tokenize
+    from nestemb.text.ffn import ffn_width
     from nestemb.text.losses import MatryoshkaTextLoss
 
     loss_fn = MatryoshkaTextLoss(exits, cfg.temperature, cfg.self_distill_weight)
@@ -579,12 +628,10 @@ def _train_finetune(encoder, data, cfg, exits, base, rng, contrastive_loss, prog
     def teacher(texts):
         return torch.from_numpy(base(texts)).to(model.device)
 
-    model.train()
-    losses = []
-    for step in range(cfg.steps):
+    def step_loss(cols, gb, texts):
+        """The loss of one step's batches (pairs ``cols``, graded ``gb``, pool ``texts``)."""
         total = torch.zeros((), device=model.device)
-        if pair_iters:
-            cols = list(zip(*next(pair_iters[rng.choices(range(len(sizes)), weights=sizes)[0]])))
+        if cols is not None:
             if contrastive_loss is not None:
                 total = total + contrastive_loss(model, [tokenize(model, c) for c in cols])
             else:
@@ -594,18 +641,41 @@ def _train_finetune(encoder, data, cfg, exits, base, rng, contrastive_loss, prog
                     student = {la: torch.cat([e[la] for e in embs], 0) for la in exit_layers}
                     total = total + cfg.distill_weight * loss_fn.distill(
                         student, teacher([t for c in cols for t in c]))
-        if graded_iter is not None and cfg.cosent_weight > 0:
-            gb = next(graded_iter)
+        if gb is not None:
             e1 = gathered_exits(model, [g[0] for g in gb], exit_layers, env)
             e2 = gathered_exits(model, [g[1] for g in gb], exit_layers, env)
             sc = torch.tensor([g[2] for g in gb], device=model.device)
             total = total + cfg.cosent_weight * loss_fn.cosent(e1, e2, sc)
-        if pool_iter is not None:
-            texts = next(pool_iter)
+        if texts is not None:
             student = gathered_exits(model, texts, exit_layers, env)
             total = total + cfg.distill_weight * loss_fn.distill(student, teacher(texts))
+        return total
+
+    gen = torch.Generator().manual_seed(cfg.seed) if cfg.widths is not None else None
+    model.train()
+    losses = []
+    for step in range(cfg.steps):
+        # the step's batches, drawn before any forward: every width of the sandwich sees them
+        cols = gb = texts = None
+        if pair_iters:
+            cols = list(zip(*next(pair_iters[rng.choices(range(len(sizes)), weights=sizes)[0]])))
+        if graded_iter is not None and cfg.cosent_weight > 0:
+            gb = next(graded_iter)
+        if pool_iter is not None:
+            texts = next(pool_iter)
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        if gen is None:
+            total = step_loss(cols, gb, texts)
+            total.backward()
+        else:
+            total = torch.zeros((), device=model.device)
+            for g in sample_widths(cfg.widths, gen):
+                with ffn_width(model, g):
+                    part = step_loss(cols, gb, texts)
+                part.backward()  # one width's graph at a time
+                total = total + part.detach()
+                if width_history is not None:
+                    width_history.setdefault(g, []).append(float(part.detach()))
         dist.average_gradients(model.parameters(), env or dist.DistEnv())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nestemb.errors import NestembError
+from nestemb.losses import PrefixLoss, cosine_distance
 from nestemb.heads import NestedHead
 from nestemb.models.image import ImageModel, ImageModelConfig
 from nestemb.nesting import Manifest, prefix_view
@@ -422,9 +423,7 @@ class CompatTrainer(nn.Module):
             with torch.no_grad():
                 z_old = self.old.encoder(self._old_input(model, x))
         if cfg.distill:
-            cos = [(prefix_view(z, m) * prefix_view(z_old, m)).sum(dim=1).mean()
-                   for m in self.old.nesting]  # fmt: skip
-            total = total + cfg.distill * (1 - torch.stack(cos).mean())
+            total = total + cfg.distill * PrefixLoss(cosine_distance, self.old.nesting)(z, z_old)
         if cfg.contrast:
             total = total + cfg.contrast * self._cross_contrast(z, z_old, y)
         return total

@@ -57,8 +57,9 @@ import torch
 from nestemb.data.split import holdout_size, split_holdout
 from nestemb.checks import positive_float, positive_int
 from nestemb.errors import NestembError
-from nestemb.losses import check_weights, matryoshka_cross_entropy
-from nestemb.models.image import ImageModel, ImageModelConfig, check_model_id, write_model_files
+from nestemb.losses import PrefixLoss, check_weights, cosine_distance, matryoshka_cross_entropy
+from nestemb.models.image import (ImageModel, ImageModelConfig, check_model_id, sample_widths,
+                                  write_model_files)
 from nestemb.progress import progress_bar
 from nestemb.device import resolve_device, torch_threads
 from nestemb import distributed as dist
@@ -82,7 +83,9 @@ class ImageTrainConfig:
     weights (default :func:`default_weights`). ``holdout``: training images kept aside for
     cascade calibration (``None``: :func:`~nestemb.data.split.holdout_size` of the set).
     ``augment``: any of ``"shift"`` (random shifts of up to ``shift`` pixels) and ``"flip"``
-    (random horizontal flips). ``threads``: torch CPU threads during the call (``None``: as is).
+    (random horizontal flips). ``width_distill``: with nested widths, the weight of the smaller
+    widths' in-place distillation to the full width (:func:`width_losses`; ignored otherwise).
+    ``threads``: torch CPU threads during the call (``None``: as is).
 
     Example:
         >>> ImageTrainConfig().schedule(55000)      # (epochs, steps per epoch, total steps)
@@ -111,6 +114,7 @@ class ImageTrainConfig:
     augment: tuple[str, ...] = ("shift",)
     shift: int = 2
     label_smoothing: float = 0.0
+    width_distill: float = 0.0
     threads: int | None = None
     device: str = "auto"
 
@@ -124,6 +128,8 @@ class ImageTrainConfig:
             raise NestembError(f"{{param}} must be >= 0, got {self.weight_decay}", param="weight_decay")
         if self.holdout is not None and self.holdout < 0:
             raise NestembError(f"{{param}} must be >= 0, got {self.holdout}", param="holdout")
+        if not (isinstance(self.width_distill, (int, float)) and self.width_distill >= 0):
+            raise NestembError(f"{{param}} must be >= 0, got {self.width_distill!r}", param="width_distill")
         if not 0 <= self.label_smoothing < 1:
             raise NestembError(f"{{param}} must lie in [0, 1), got {self.label_smoothing}",
                                param="label_smoothing")
@@ -197,35 +203,24 @@ def augment_batch(
     return x
 
 
-def sample_widths(widths: Sequence[float], gen: torch.Generator) -> tuple[float, ...]:
-    """The granularities one training step of an elastic model trains (the sandwich rule): the
-    full width, the smallest, and one of the others drawn from ``gen`` (drawn only when there
-    are others, so two granularities use no random numbers).
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> sample_widths((0.25, 1.0), g), len(sample_widths((0.125, 0.25, 0.5, 1.0), g))
-        ((1.0, 0.25), 3)
-        >>> sample_widths((1.0,), g)
-        (1.0,)
-    """
-    widths = tuple(widths)
-    picked: tuple[float, ...] = (widths[-1],) if len(widths) == 1 else (widths[-1], widths[0])
-    if len(widths) > 2:
-        picked += (widths[1 + int(torch.randint(len(widths) - 2, (1,), generator=gen))],)
-    return picked
-
-
 def width_losses(
-    model: torch.nn.Module,
+    model: ImageModel,
     x: torch.Tensor,
     y: torch.Tensor,
     weights: torch.Tensor,
     widths: Sequence[float],
     label_smoothing: float = 0.0,
+    distill: float = 0.0,
 ) -> torch.Tensor:
     """The Matryoshka loss of an elastic ``model`` at each of ``widths`` on one batch (same
     heads for every width): a tensor ``(len(widths),)``; :func:`batch_loss` sums it.
+
+    With ``distill`` > 0 every width after the first (the full one, as :func:`sample_widths`
+    lists it) also pays ``distill`` times the prefix-cosine distance of its embedding to the
+    first width's, detached (in-place distillation, at every prefix of the nesting): the
+    smaller widths then place each image where the full width does, which is what searching
+    the full model's gallery with a submodel's queries needs; class labels alone only pull them
+    into the same class regions.
 
     Example:
         >>> from nestemb.models.image import ImageModel, ImageModelConfig
@@ -236,10 +231,14 @@ def width_losses(
     """
     device = weights.device
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    out = []
+    out, teacher = [], None
     for g in widths:
-        _z, logits = model(x, width=g)
+        z, logits = model(x, width=g)
         loss, _per = matryoshka_cross_entropy(logits, y, weights, label_smoothing)
+        if teacher is None:
+            teacher = z.detach()
+        elif distill:
+            loss = loss + distill * PrefixLoss(cosine_distance, model.nesting)(z, teacher)
         out.append(loss)
     return torch.stack(out)
 
@@ -252,11 +251,13 @@ def batch_loss(
     label_smoothing: float = 0.0,
     env: dist.DistEnv | None = None,
     widths: Sequence[float] | None = None,
+    distill: float = 0.0,
 ) -> torch.Tensor:
     """The training loss of one *global* batch ``x`` (preprocessed, augmented) with labels
     ``y``: :func:`~nestemb.losses.matryoshka_cross_entropy` over the per-prefix heads. With
     ``widths`` (an elastic model, one process; see :func:`sample_widths`), the sum of the
-    losses at those widths (:func:`width_losses`).
+    losses at those widths (:func:`width_losses`, with in-place distillation weight
+    ``distill``).
 
     Across processes (``env`` from :func:`nestemb.distributed.init_distributed`, ``net``
     wrapped by :func:`nestemb.distributed.wrap_ddp`) each process forwards only its shard of
@@ -274,7 +275,8 @@ def batch_loss(
     if widths is not None:
         if env.is_distributed:
             raise NestembError("nested widths train in one process", param="widths")
-        return width_losses(net, x, y, weights, widths, label_smoothing).sum()
+        assert isinstance(net, ImageModel), "one process: the model itself, not a DDP wrapper"
+        return width_losses(net, x, y, weights, widths, label_smoothing, distill).sum()
     device = weights.device
     sizes = dist.shard_sizes(len(x), env.world_size)
     part = x[dist.shard_slice(len(x), env)] if env.is_distributed else x
@@ -416,7 +418,8 @@ def train_image(
                         x = augment_batch(model.preprocess(x_all[idx]), gen, config.augment, config.shift)
                         if widths is not None:  # the sandwich of widths, one process
                             picked = sample_widths(widths, gen)
-                            per_width = width_losses(model, x, y_all[idx], w, picked, config.label_smoothing)
+                            per_width = width_losses(model, x, y_all[idx], w, picked, config.label_smoothing,
+                                                     config.width_distill)
                             loss = per_width.sum()
                             for g, v in zip(picked, per_width.tolist()):
                                 w_sum[g] = w_sum.get(g, 0.0) + v * len(idx)
@@ -481,6 +484,7 @@ def train_image(
         info["widths"] = list(widths)
         info["width_sampling"] = "sandwich: the full width, the smallest and one other at random per step"
         info["width_losses"] = width_history
+        info["width_distill"] = config.width_distill
     if state is not None:
         info["resumed_from"] = str(resume_from)
     return model, info

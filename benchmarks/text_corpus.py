@@ -1,0 +1,111 @@
+"""The real text corpus of issue 24: build it, and measure what encoding it costs on this machine.
+
+    bash scripts/install-text-corpus.sh          # the Debian packages (root; apt-get)
+    python benchmarks/text_corpus.py build       # -> runs/text_corpus (BEIR folder + manifest)
+    python benchmarks/text_corpus.py rate --model minilm
+    python benchmarks/text_corpus.py rate --model mpnet
+
+``build`` is :func:`nestemb.data.text_corpus.build_text_corpus` (sources, filters, queries and
+their relevance are documented there) and prints the counts. ``rate`` encodes a seeded sample of
+the corpus's passages (``--n``, 1,000; the encoder sorts them by length and batches them,
+``--batch`` 64) with ``--threads`` torch threads (2), after one warm-up batch, and reports
+passages per second and the hours the whole corpus would take at that rate; it writes
+``runs/text_corpus_rate/<model>-L<tokens>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nestemb.data.beir import read_corpus  # noqa: E402
+from nestemb.data.text_corpus import N_QUERIES, SOURCES, build_text_corpus  # noqa: E402
+from nestemb.io import write_json  # noqa: E402
+
+OUT = Path("runs/text_corpus")
+RATE_OUT = Path("runs/text_corpus_rate")
+
+
+def build(a: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    man = build_text_corpus(a.out, a.sources.split(","), a.queries, a.seed, overwrite=a.overwrite,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+    counts = man["counts"]
+    print(json.dumps({"corpus": counts["corpus"], "queries": counts["queries"],
+                      "by_source": counts["by_source"], "dropped": counts["dropped"],
+                      "corpus.jsonl sha256": man["sha256"]["corpus.jsonl"],
+                      "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
+    return 0
+
+
+def rate(a: argparse.Namespace) -> int:
+    from nestemb.device import torch_threads
+    from nestemb.text.encoder import load_text_model
+
+    records = read_corpus(Path(a.corpus) / "corpus.jsonl")
+    rng = np.random.default_rng(a.seed)
+    pick = np.sort(rng.choice(len(records), size=min(a.n, len(records)), replace=False))
+    texts = [records[i].body for i in pick]
+    enc = load_text_model(a.model)
+    if a.max_seq_length:
+        enc.model.max_seq_length = min(a.max_seq_length, enc.model.max_seq_length)
+    tokens = enc.model.max_seq_length
+    lengths = [len(enc.model.tokenizer(t, truncation=True, max_length=tokens)["input_ids"])
+               for t in texts]
+    with torch_threads(a.threads):
+        enc.encode(sorted(texts, key=len)[-a.batch:], batch_size=a.batch)  # warm-up
+        t0 = time.perf_counter()
+        enc.encode(texts, batch_size=a.batch)
+        seconds = time.perf_counter() - t0
+    per_s = len(texts) / seconds
+    result = {
+        "model": enc.manifest.model_id, "model_version": enc.manifest.model_version,
+        "max_seq_length": tokens, "passages": len(texts), "batch_size": a.batch,
+        "threads": a.threads, "seconds": round(seconds, 2),
+        "passages_per_s": round(per_s, 1),
+        "tokens_mean": round(float(np.mean(lengths)), 1),
+        "tokens_p90": int(np.percentile(lengths, 90)),
+        "truncated": int(sum(n >= tokens for n in lengths)),
+        "corpus_passages": len(records),
+        "corpus_hours": round(len(records) / per_s / 3600, 2),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus visible",
+    }
+    print(json.dumps(result, indent=2))
+    write_json(RATE_OUT / f"{enc.manifest.model_id}-L{tokens}.json", result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build the corpus folder")
+    b.add_argument("--out", type=Path, default=OUT)
+    b.add_argument("--sources", default=",".join(SOURCES),
+                   help=f"comma-separated, from {','.join(SOURCES)}")
+    b.add_argument("--queries", type=int, default=N_QUERIES)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--overwrite", action="store_true")
+    r = sub.add_parser("rate", help="encoding throughput on a sample of the corpus")
+    r.add_argument("--model", default="minilm", help="minilm, mpnet, or a model folder")
+    r.add_argument("--corpus", type=Path, default=OUT)
+    r.add_argument("--n", type=int, default=1000)
+    r.add_argument("--batch", type=int, default=64)
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--max-seq-length", type=int, default=None,
+                   help="cap the model's truncation length (tokens)")
+    r.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    return build(a) if a.command == "build" else rate(a)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
