@@ -475,6 +475,12 @@ def test_cli_train_and_extract(cli, data, tmp_path):
             "--compat", "simplex")  # fmt: skip
     _one_line_error(r, "--widths and --compatible-with/--compat do not combine")
     assert not bad.exists()
+    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--width-distill", "10")
+    _one_line_error(r, "--width-distill applies only with --widths")
+    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--widths", "0.5,1",
+            "--width-distill", "-1")  # fmt: skip
+    _one_line_error(r, "--width-distill must be >= 0, got -1.0")
+    assert not bad.exists()
 
 
 # ------------------------------------------------------------------ the ViT (MatFormer FFNs)
