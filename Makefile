@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nestemb-installed
 OUT    ?= runs/quickstart
 
-.PHONY: demo test lint data venv clean mpnet browser text-corpus
+.PHONY: demo test lint data venv clean mpnet browser dictionaries text-corpus
 
 venv: $(STAMP)
 
@@ -37,6 +37,18 @@ browser:
 	  else echo "chromium not installed (needs root + apt): the page test will skip"; fi; \
 	fi
 
+# Debian's WordNet and GCIDE for the test of the installed dictionaries (best effort, like
+# browser: where they cannot be installed, that one test skips and says why).
+dictionaries:
+	@if [ ! -f /usr/share/wordnet/data.noun ] || [ ! -f /usr/share/dictd/gcide.dict.dz ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing wordnet-base + dict-gcide for the dictionary test"; \
+	    apt-get install -y -q wordnet-base dict-gcide >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wordnet-base dict-gcide >/dev/null 2>&1; } || \
+	    echo "wordnet-base / dict-gcide could not be installed: the dictionary test will skip"; \
+	  else echo "wordnet-base / dict-gcide not installed (needs root + apt): the dictionary test will skip"; fi; \
+	fi
+
 # The linters first (an import cycle, an upward import or an untyped core function fails here),
 # then the suite.
 lint: $(STAMP)
@@ -44,7 +56,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-test: $(STAMP) browser lint
+test: $(STAMP) browser dictionaries lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 # Optional: all-mpnet-base-v2 for the upgrade benchmarks (not needed by demo or test).

@@ -359,7 +359,7 @@ def test_install_script_lists_the_packages():
 @pytest.mark.skipif(not (Path("/usr/share/wordnet/data.noun").is_file()
                          and Path("/usr/share/dictd/gcide.dict.dz").is_file()),
                     reason="wordnet-base and dict-gcide are not installed "
-                           "(bash scripts/install-text-corpus.sh)")
+                           "(make test installs them as root: `make dictionaries`)")
 def test_installed_wordnet_and_gcide():
     wn = SOURCES["wordnet"].read()
     assert len(wn) == 117659                                  # WordNet 3.0's synsets

@@ -215,6 +215,23 @@ def width_text(width: Any) -> str:
     return f"{w:g}" if isinstance(w, float) else ",".join(f"{g:g}" for g in w)
 
 
+def first_stage_prefixes(index: Any, nesting: Sequence[int]) -> list[int]:
+    """The first-stage prefixes a tuner tries on a funnel ``index`` whose vectors have
+    ``nesting``: only the graph's prefix over an HNSW first stage (any other prefix would be a
+    scan), else every prefix shorter than the full dimension.
+
+    Example:
+        >>> from nestemb.index import FunnelIndex, synthetic_matryoshka
+        >>> first_stage_prefixes(FunnelIndex(dims=(8, 32), shortlist=(40,)).add(synthetic_matryoshka(100, 32)),
+        ...                      (4, 8, 16, 32))
+        [4, 8, 16]
+    """
+    D = nesting[-1]
+    if index.first_stage == "hnsw" and index.dims[0] < D:
+        return [index.dims[0]]
+    return [d for d in nesting if d < D]
+
+
 def plan_grid(index: Any, k: int = 10, *, max_candidates: int = 8192) -> list[list[dict]]:
     """The plans a tuner measures on a :class:`~nestemb.index.FunnelIndex` without changing it
     (:meth:`~nestemb.index.FunnelIndex.search_plan` runs each): first the exact plan (the
@@ -238,8 +255,7 @@ def plan_grid(index: Any, k: int = 10, *, max_candidates: int = 8192) -> list[li
     lists = doubling(k, top)
     if not lists or lists[-1] < top:
         lists.append(top)
-    prefixes = ([index.dims[0]] if index.first_stage == "hnsw" and index.dims[0] < D
-                else [d for d in nesting if d < D])
+    prefixes = first_stage_prefixes(index, nesting)
     groups: list[list[dict]] = [[{"dims": (D,), "shortlist": ()}]]
     groups += [[{"dims": (d0, D), "shortlist": (s,)} for s in lists] for d0 in prefixes]
     return groups

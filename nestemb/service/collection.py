@@ -32,7 +32,7 @@ import numpy as np
 
 from nestemb.errors import NestembError
 from nestemb.index.funnel import FunnelIndex
-from nestemb.index.plan import DEFAULT_SHORTLIST, Plan
+from nestemb.index.plan import DEFAULT_SHORTLIST, Plan, first_stage_prefixes
 from nestemb.index.tune import tune as tune_index
 from nestemb.nesting import prefix_view
 
@@ -283,8 +283,7 @@ class LiveCollection:
         shorter prefix (only the graph's prefix on an HNSW first stage)."""
         n, D = len(self), self.dim
         index = self.index
-        prefixes = ([index.dims[0]] if index.first_stage == "hnsw" and index.dims[0] < D
-                    else [d for d in self.nesting[:-1]])
+        prefixes = first_stage_prefixes(index, self.nesting)
         lists = [s for s in (40, 80, 160, 320, 640, 1280, 2560) if s < n]  # >= 4k
         return [[{"dims": (d0, D), "shortlist": (s,)} for s in lists] for d0 in prefixes]
 
