@@ -57,7 +57,8 @@ class _PlainProgress(_NoProgress):
 
     def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
         tid = len(self.tasks)
-        self.tasks[tid] = {"description": description, "total": total, "done": 0.0,
+        done = float(fields.pop("completed", 0.0))  # a resumed job starts part-way (rich's name)
+        self.tasks[tid] = {"description": description, "total": total, "done": done,
                            "start": time.monotonic(), "shown_at": -1.0, "shown_pct": -1, **fields}
         return tid
 

@@ -58,6 +58,25 @@ def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
 
 
+ELASTIC_WIDTHS = (0.25, 0.5, 1.0)
+
+
+@pytest.fixture(scope="session")
+def elastic_model(tmp_path_factory, tiny_model) -> Path:
+    """The tiny text model with trained widths :data:`ELASTIC_WIDTHS` recorded in its manifest
+    (``extra.widths``, as ``TextTrainConfig.widths`` writes it); its slices are untrained, which
+    is all the service's tests need: it must encode at the width asked for."""
+    from nestemb.text.encoder import load_text_model, save_text_model
+
+    enc = load_text_model(tiny_model)
+    man = enc.manifest
+    man.extra["widths"] = list(ELASTIC_WIDTHS)
+    out = tmp_path_factory.mktemp("elastic") / "model"
+    save_text_model(enc, out, man)
+    assert load_text_model(out).widths == ELASTIC_WIDTHS
+    return out
+
+
 @pytest.fixture(scope="session")
 def matryoshka_data():
     """``make(n, n_queries)`` -> ``(X, Q, exact_search(X, Q, 10))``: synthetic 64-d Matryoshka

@@ -226,7 +226,7 @@ def test_tune_widths_names_what_is_wrong(setup):
         (lambda: tune_widths(index, load_image_model(tmp / "plain"), queries), "model", "no nested widths"),
         (lambda: tune_widths(index, load_image_model(tmp / "other"), queries), "model",
          "different weights of model 'elastic'"),
-        (lambda: tune_widths(index, model, queries[:0]), "images", "no query images"),
+        (lambda: tune_widths(index, model, queries[:0]), "queries", "no queries"),
         (lambda: tune_widths(index, model, queries, budgets=(0.001,)), "budget", "below the smallest"),
         (lambda: tune_widths(index, model, queries, max_queries=0), "max_queries", "positive integer"),
     ]

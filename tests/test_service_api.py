@@ -90,7 +90,7 @@ def test_public_endpoints(client):
     assert set(spec["paths"]) == {
         "/healthz", "/collections", "/collections/{name}", "/collections/{name}/points",
         "/collections/{name}/points/{point_id}", "/collections/{name}/points/delete",
-        "/collections/{name}/search", "/collections/{name}/search/batch",
+        "/collections/{name}/search", "/collections/{name}/search/batch", "/collections/{name}/widths",
         "/collections/{name}/migration", "/collections/{name}/migration/pause",
         "/collections/{name}/migration/resume", "/collections/{name}/migration/finish",
         "/collections/{name}/migration/cancel", "/collections/{name}/migration/queue",

@@ -20,6 +20,7 @@ OPERATIONS = {
     "DELETE /collections/{name}", "PUT /collections/{name}/points",
     "GET /collections/{name}/points/{point_id}", "POST /collections/{name}/points/delete",
     "POST /collections/{name}/search", "POST /collections/{name}/search/batch",
+    "POST /collections/{name}/widths",
     "PUT /collections/{name}/migration", "GET /collections/{name}/migration",
     "POST /collections/{name}/migration/pause", "POST /collections/{name}/migration/resume",
     "POST /collections/{name}/migration/finish", "POST /collections/{name}/migration/cancel",
@@ -27,7 +28,7 @@ OPERATIONS = {
 """Every operation of the spec (the migration routes are mostly refused here: a collection the
 fuzzer fills rarely has the points a migration needs; tests/test_service_migration.py runs
 them)."""
-FUZZ_REQUESTS = 800  # enough for each data route to reach real data at least 3 times
+FUZZ_REQUESTS = 900  # enough for each data route to reach real data at least 3 times
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ changes nothing."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,29 +12,14 @@ from fastapi.testclient import TestClient
 
 from nestemb.service import Limits, create_app
 from nestemb.service.client import ServiceClient, ServiceError
-from nestemb.text.encoder import load_text_model, save_text_model
+from nestemb.text.encoder import load_text_model
 from harness.server import assert_error, db_rows, dir_listing
 
-WIDTHS = (0.25, 0.5, 1.0)
 TEXTS = ["the cat sits on the mat", "a dog runs in the park", "protein binds the cell",
          "gene study shows cancer risk", "a man plays guitar", "the woman eats food",
          "red car drives fast", "patients risk increase"]
 QUERIES = ["what cell protein", "dog runs fast", "the big red car"]
 LIMITS = Limits(max_k=50, max_queries=4)
-
-
-@pytest.fixture(scope="module")
-def elastic_model(tmp_path_factory, tiny_model) -> Path:
-    """The tiny text model with trained widths recorded in its manifest (``extra.widths``, as
-    ``TextTrainConfig.widths`` writes it); its slices are untrained, which is all these
-    tests need: the service must encode at the width asked for."""
-    enc = load_text_model(tiny_model)
-    man = enc.manifest
-    man.extra["widths"] = list(WIDTHS)
-    out = tmp_path_factory.mktemp("elastic") / "model"
-    save_text_model(enc, out, man)
-    assert load_text_model(out).widths == WIDTHS
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -81,3 +81,50 @@ def test_mpnet_loads_offline_and_has_768_dims():
     x = enc.encode(["a cat sits on the mat", "a feline rests on a rug", "stock prices fell"])
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     assert x[0] @ x[1] > x[0] @ x[2] + 0.2
+
+
+def test_sharded_encoding_resumes_at_the_first_missing_shard(tiny, tmp_path, monkeypatch):
+    texts = [f"text number {i} about cats" for i in range(7)]
+    whole = tiny.encode(texts)
+    real = tiny.encode
+    calls = []
+
+    def dies_on_the_second_shard(batch, *a, **k):
+        calls.append(list(batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the session ends mid-run
+        return real(batch, *a, **k)
+
+    monkeypatch.setattr(tiny, "encode", dies_on_the_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        encode_cached(tiny, texts, tmp_path, progress=False, shard_size=3)
+    assert not list(tmp_path.glob("*.npy"))  # no entry until every shard is there
+    (parts,) = tmp_path.glob("*.parts")
+    assert [p.name for p in sorted(parts.iterdir())] == ["000000.npy"]
+
+    calls.clear()
+    monkeypatch.setattr(tiny, "encode", lambda batch, *a, **k: calls.append(list(batch))
+                        or real(batch, *a, **k))
+    x = encode_cached(tiny, texts, tmp_path, progress=False, shard_size=3, mmap=True)
+    assert calls == [texts[3:6], texts[6:]]  # the first shard was not encoded again
+    assert isinstance(x, np.memmap) and not x.flags.writeable
+    np.testing.assert_allclose(x, whole, atol=1e-6)
+    assert not list(tmp_path.glob("*.parts"))
+    # the sharded entry is the same cache entry an unsharded call reads
+    monkeypatch.setattr(tiny, "encode", lambda *a, **k: pytest.fail("encoded again"))
+    np.testing.assert_array_equal(encode_cached(tiny, texts, tmp_path, progress=False), x)
+
+
+def test_a_stale_shard_of_the_wrong_shape_is_encoded_again(tiny, tmp_path):
+    texts = ["a b", "c d", "e f"]
+    stem = cache_key(tiny.manifest.model_id,
+                     f"{tiny.manifest.model_version}-L{tiny.model.max_seq_length}", texts)
+    parts = tmp_path / f"{stem}.parts"
+    parts.mkdir()
+    np.save(parts / "000000.npy", np.zeros((5, 2), dtype=np.float32))
+    (parts / "000001.npy").write_bytes(b"torn")
+    x = encode_cached(tiny, texts, tmp_path, progress=False, shard_size=2)
+    np.testing.assert_allclose(x, tiny.encode(texts), atol=1e-6)
+    assert (tmp_path / f"{stem}.npy").is_file() and not parts.exists()
+    with pytest.raises(NestembError, match="shard_size must be at least 1"):
+        encode_cached(tiny, ["z"], tmp_path, progress=False, shard_size=0)

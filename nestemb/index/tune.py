@@ -276,20 +276,25 @@ def search_structure(index: Any) -> list:
     return json.loads(json.dumps([*index._structure(), getattr(index, "ef_search", None)]))
 
 
-def _check_width_model(index: Any, model: Any) -> None:
-    """Refuse a model that cannot give a width table for ``index``, naming ``model``."""
+def _check_width_model(index: Any, model: Any, same_model: bool = True) -> None:
+    """Refuse a model that cannot give a width table for ``index``, naming ``model``: it must
+    be an elastic image model or text encoder (``widths`` trained, a manifest), of the index's
+    vectors (unless ``same_model`` is False: the caller checked that itself)."""
     from nestemb.models.image import ImageModel
+    from nestemb.text.encoder import TextEncoder
 
-    if not isinstance(model, ImageModel):
-        raise NestembError(f"{{param}} must be an image model, got {type(model).__name__}",
-                           param="model")
-    if model.config.widths is None:
+    if not isinstance(model, (ImageModel, TextEncoder)):
+        raise NestembError(f"{{param}} must be an image model or a text encoder, got "
+                           f"{type(model).__name__}", param="model")
+    if model.widths is None:
         raise NestembError("{param} has no nested widths (an elastic model is trained with "
-                           "widths=..., `nestemb image train --widths`): there is no encoder "
-                           "width to choose", param="model")
+                           "widths=..., `nestemb image train --widths`, `nestemb text train "
+                           "--widths`): there is no encoder width to choose", param="model")
     if model.manifest is None:
         raise NestembError("{param} has no manifest (model id and weights version): load it "
                            "with load_image_model", param="model")
+    if not same_model:
+        return
     try:
         check_compatible(model.manifest, index.manifest, what="model and index")
     except NestembError as e:
@@ -297,10 +302,27 @@ def _check_width_model(index: Any, model: Any) -> None:
                            param="model") from None
 
 
+def _width_cost(model: Any, width: float | tuple[float, ...]) -> float:
+    """Multiply-adds of ``model`` at ``width`` as a fraction of the full model's: an image
+    model's every layer (:func:`nestemb.models.elastic.multiply_adds`), a text encoder's
+    linear layers per token (:func:`nestemb.text.ffn.multiply_adds`)."""
+    from nestemb.models.image import ImageModel
+
+    if isinstance(model, ImageModel):
+        from nestemb.models.elastic import layer_units, multiply_adds
+
+        cfg = model.config
+        return multiply_adds(cfg, layer_units(cfg, model.layer_widths(width))) / multiply_adds(cfg)
+    from nestemb.text import ffn
+
+    assert isinstance(width, float)  # a text encoder has no per-layer widths
+    return ffn.multiply_adds(model.model, width) / ffn.multiply_adds(model.model)
+
+
 def tune_widths(
     index: Any,
     model: Any,
-    images: Any,
+    queries: Any,
     k: int = 10,
     *,
     budgets: Iterable[float] = (),
@@ -310,16 +332,19 @@ def tune_widths(
     max_candidates: int = 8192,
     max_seconds: float | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    check_model: bool = True,
 ) -> dict[str, Any]:
     """Measure the width table of a :class:`~nestemb.index.FunnelIndex` built from an elastic
-    image ``model``'s embeddings, record it in the index's tuning record (``tuning_``, under
-    ``"width_plans"``; saved by ``index.save``) and return it.
+    ``model``'s embeddings (an image model or a text encoder trained with nested widths), record
+    it in the index's tuning record (``tuning_``, under ``"width_plans"``; saved by
+    ``index.save``) and return it.
 
     The truth is what the full model would have found: the exact full-dimension top-``k`` of
-    the full model's embeddings of the query ``images`` (uint8 ``(N, H, W)``, held out from the
-    gallery; the first ``max_queries``). For every trained width of ``model`` (and the
-    per-layer widths :func:`~nestemb.models.elastic.mix_n_match` picks for each of ``budgets``,
-    fractions of the full model's multiply-adds) the queries are encoded at that width and
+    the full model's embeddings of the ``queries`` (uint8 images ``(N, H, W)`` or texts, held
+    out from the gallery; the first ``max_queries``). For every trained width of ``model`` (and,
+    for an image model, the per-layer widths :func:`~nestemb.models.elastic.mix_n_match` picks
+    for each of ``budgets``, fractions of the full model's multiply-adds) the queries are
+    encoded at that width and
     every plan of :func:`~nestemb.index.plan.plan_grid` is run
     (:meth:`~nestemb.index.FunnelIndex.search_plan`, the index unchanged): a row holds its
     ``recall`` (recall@k against the truth) and ``recall_low`` (less :data:`RECALL_Z` standard
@@ -328,8 +353,8 @@ def tune_widths(
     finds, for every query, what the exact plan finds at that width (larger ones find the
     same, slower).
 
-    Latency is ``encode_ms`` (one query image at a time at that width, the best of ``repeat``
-    passes over ``timing_queries`` images, :func:`best_pass_ms`) plus ``search_ms`` (one query
+    Latency is ``encode_ms`` (one query at a time at that width, the best of ``repeat``
+    passes over ``timing_queries`` queries, :func:`best_pass_ms`) plus ``search_ms`` (one query
     at a time under the plan, timed the same way, once per plan: the search does not depend on
     the encoder width): ``latency_ms``. Once ``max_seconds`` is spent no further plan is timed
     and the rows of untimed plans are left out (``complete`` is then False).
@@ -340,7 +365,9 @@ def tune_widths(
     ``width``, ``cost`` (fraction of the full model's multiply-adds), ``dims``, ``shortlist``,
     ``recall``, ``recall_low``, ``encode_ms``, ``search_ms``, ``latency_ms``), ``complete``,
     ``seconds``. Bad input names its parameter: ``index`` (not a funnel, empty), ``model``
-    (not elastic, no manifest, or not the index's model), ``images``, ``k``, ``budgets``.
+    (not elastic, no manifest, or not the index's model: ``check_model=False`` skips that last
+    check for a caller that made it itself, e.g. the service, whose indexes hold no model id),
+    ``queries``, ``k``, ``budgets``.
 
     Example:
         >>> import numpy as np, torch
@@ -366,7 +393,7 @@ def tune_widths(
     """
     t0 = time.perf_counter()
     deadline = t0 + _check_budget(max_seconds)
-    from nestemb.models.elastic import layer_units, mix_n_match, multiply_adds
+    from nestemb.models.image import ImageModel
 
     if not hasattr(index, "search_plan"):
         raise NestembError(f"{{param}}: a width table is measured on a FunnelIndex (stage dims "
@@ -374,29 +401,34 @@ def tune_widths(
     if len(index) == 0:
         raise NestembError(f"{{param}}: {type(index).__name__} is empty: add vectors before "
                            "tuning", param="index")
-    _check_width_model(index, model)
+    _check_width_model(index, model, check_model)
     for name, value in (("max_queries", max_queries), ("timing_queries", timing_queries),
                         ("repeat", repeat), ("max_candidates", max_candidates)):
         positive_int(value, name)
-    imgs = np.asarray(images)
-    if imgs.ndim == 0 or len(imgs) == 0:
-        raise NestembError("{param}: no query images", param="images")
-    imgs = imgs[:max_queries]
-    cfg = model.config
-    widths: list[float | tuple[float, ...]] = [float(g) for g in cfg.widths]
+    items = queries if isinstance(queries, list) else np.asarray(queries)
+    if getattr(items, "ndim", 1) == 0 or len(items) == 0:
+        raise NestembError("{param}: no queries", param="queries")
+    items = items[:max_queries]
+    widths: list[float | tuple[float, ...]] = [float(g) for g in model.widths]
+    budgets = list(budgets)
+    if budgets and not isinstance(model, ImageModel):
+        raise NestembError("{param}: Mix'n'Match budgets (a width per layer) are for image "
+                           "models; a text encoder is measured at its trained widths",
+                           param="budgets")
     for budget in budgets:
-        w = width_key(mix_n_match(cfg, budget))
+        from nestemb.models.elastic import mix_n_match
+
+        w = width_key(mix_n_match(model.config, budget))
         if w not in widths:
             widths.append(w)
-    Q = model.encode(imgs)  # the full model: the truth is what it would have found
+    Q = model.encode(items)  # the full model: the truth is what it would have found
     truth = index.search_exact(Q, k)[1]  # also validates k
     k = int(k)
-    full_cost = multiply_adds(cfg)
     grid = plan_grid(index, k, max_candidates=max_candidates)
     rows: list[dict[str, Any]] = []
     for w in widths:
-        Qw = Q if w == 1.0 else model.encode(imgs, width=w)
-        cost = multiply_adds(cfg, layer_units(cfg, model.layer_widths(w))) / full_cost
+        Qw = Q if w == 1.0 else model.encode(items, width=w)
+        cost = _width_cost(model, w)
         exact: list[set] | None = None
         for group in grid:
             for plan in group:
@@ -414,7 +446,7 @@ def tune_widths(
                     break
     plans = list(dict.fromkeys((tuple(r["dims"]), tuple(r["shortlist"])) for r in rows))
     total, done = len(widths) + len(plans), 0
-    n_t = min(timing_queries, len(imgs))
+    n_t = min(timing_queries, len(items))
 
     def step() -> None:
         nonlocal done
@@ -424,7 +456,7 @@ def tune_widths(
             progress(done, total, min((now - t0) / done * (total - done), max(0.0, deadline - now)))
 
     def encode_one(w: Any) -> Callable[[int], Any]:
-        return lambda i: model.encode(imgs[i : i + 1], width=w)
+        return lambda i: model.encode(items[i : i + 1], width=w)
 
     def search_one(dims: tuple, shortlist: tuple) -> Callable[[int], Any]:
         return lambda i: index.search_plan(Q[i : i + 1], k, dims, shortlist)
@@ -451,7 +483,7 @@ def tune_widths(
     man = model.manifest
     table = {
         "k": k, "model_id": man.model_id, "model_version": man.model_version,
-        "n_queries": int(len(imgs)), "timing_queries": int(n_t),
+        "n_queries": int(len(items)), "timing_queries": int(n_t),
         "widths": [list(w) if isinstance(w, tuple) else w for w in widths],
         "budgets": [float(b) for b in budgets], "structure": search_structure(index),
         "rows": timed, "complete": complete, "seconds": time.perf_counter() - t0,
@@ -483,7 +515,7 @@ def width_table(index: Any, model: Any = None) -> dict[str, Any] | None:
     table = (index.tuning_ or {}).get(WIDTH_PLANS)
     if table is None:
         return None
-    _check_table(table)
+    check_width_table(table)
     if table["structure"] != search_structure(index):
         raise NestembError("the index's width table was measured on other search structures "
                            "(first stage, storage): measure it again (tune_widths, `nestemb index "
@@ -498,8 +530,17 @@ def width_table(index: Any, model: Any = None) -> dict[str, Any] | None:
     return table
 
 
-def _check_table(table: Any) -> None:
-    """Refuse a width table with a missing or mistyped field, naming it."""
+def check_width_table(table: Any) -> None:
+    """Refuse a width table (:func:`tune_widths`) with a missing or mistyped field, naming it
+    (a saved one may have been edited).
+
+    Example:
+        >>> check_width_table({"model_id": "m", "model_version": "v", "k": 10, "structure": [],
+        ...                    "rows": [{"width": 0.5, "dims": [8], "shortlist": [1]}]})
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: index tuning record: width_plans.rows.0.shortlist must be one size per stage but the last, got [1]
+    """
     where = "index tuning record: width_plans"
 
     def bad(field: str, want: str, got: Any) -> NestembError:

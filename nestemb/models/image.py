@@ -504,6 +504,12 @@ class ImageModel(nn.Module):
     def nesting(self) -> tuple[int, ...]:
         return self.config.nesting
 
+    @property
+    def widths(self) -> tuple[float, ...] | None:
+        """The trained granularities (``config.widths``), or ``None`` for an ordinary model:
+        the one attribute elastic image models and text encoders share."""
+        return self.config.widths
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, H, W)`` (or ``(B, 1, H, W)``) to standardized float ``(B, 1, H, W)``."""
         x = images.float() if images.dim() == 4 else images.float().unsqueeze(1)

@@ -43,7 +43,7 @@ from nestemb import __version__
 from nestemb.errors import NestembError
 from nestemb.nesting import default_nesting, validate_nesting
 from nestemb.service.auth import ApiKey, find_key
-from nestemb.index.plan import Plan
+from nestemb.index.plan import Plan, choose_plan
 from nestemb.maps.adapter import FIT_KINDS
 from nestemb.service.collection import LiveCollection
 from nestemb.engines import NAME_RE, Mismatch, Unsupported
@@ -209,6 +209,22 @@ class SearchRequest(Strict):
         None, gt=0, le=1, description="with text: the feed-forward width to encode it at, one of "
                                       "the encoder's trained widths (e.g. 0.25); its vectors "
                                       "share the full model's space")
+    latency_ms: Optional[FiniteFloat] = Field(
+        None, gt=0, description="with text, on a collection whose width table was measured "
+                                "(POST /collections/{name}/widths): the latency budget of "
+                                "encoding plus search; the planner picks width, dims and "
+                                "shortlist (with recall: the fastest plan meeting it)")
+
+
+class WidthTuneRequest(Strict):
+    queries: list[Utf8Str] = Field(..., min_length=1, max_length=1000,
+                                   description="held-out query texts, as users send them")
+    k: json_int(1, 1000) = Field(10, description="recall@k is measured")
+    timing_queries: json_int(1, 1000) = Field(50, description="queries timed one at a time")
+    repeat: json_int(1, 10) = Field(3, description="timing passes (the best counts)")
+    max_seconds: Optional[Annotated[float, Field(gt=0, le=3600, strict=True,
+                                                 allow_inf_nan=False)]] = Field(
+        30.0, description="stop timing further plans after this long (seconds)")
 
 
 class BatchSearchRequest(Strict):
@@ -228,7 +244,10 @@ class PlanOut(BaseModel):
     expected_recall: Optional[float]
     width: Optional[float] = Field(None, exclude_if=lambda v: v is None,
                                    description="the encoder width the query text ran at "
-                                               "(only when the request named one)")
+                                               "(when the request or the planner named one)")
+    expected_ms: Optional[float] = Field(None, exclude_if=lambda v: v is None,
+                                         description="the width table's latency of the plan "
+                                                     "(encoding + search)")
 
 
 class SearchResponse(BaseModel):
@@ -776,16 +795,27 @@ class Service:
         """Embed ``texts`` (``fields[i]`` names text ``i`` in errors) with the collection's
         encoder, after checking every text; at feed-forward ``width`` (one of the encoder's
         trained widths, :func:`encode_at`; ``width_field`` names it in errors)."""
-        cfg = self.config(name)
-        spec = cfg.get("encoder")
-        if spec is None:
-            raise ApiError(422, f"collection {name!r} has no encoder: send vectors", fields[0])
+        enc = self.collection_encoder(name, fields[0])
+        self.check_texts(texts, fields)
+        return encode_at(enc, texts, width, width_field)
+
+    def check_texts(self, texts: list[str], fields: list[str]) -> None:
+        """Refuse an empty or over-long text, naming its field."""
         for t, field in zip(texts, fields):
             if not t.strip():
                 raise ApiError(422, "text must not be empty", field)
             if len(t) > self.limits.max_text_chars:
                 raise ApiError(413, f"text of {len(t)} characters exceeds the limit of "
                                f"{self.limits.max_text_chars}", field)
+
+    def collection_encoder(self, name: str, field: str) -> Any:
+        """The loaded encoder of collection ``name``, with the weights its vectors were made
+        with; 422 naming ``field`` for a collection without one, 409 naming ``encoder`` for an
+        encoder this server no longer has or has with other weights."""
+        cfg = self.config(name)
+        spec = cfg.get("encoder")
+        if spec is None:
+            raise ApiError(422, f"collection {name!r} has no encoder: send vectors", field)
         known = self.encoder_name(spec)
         if known is None:
             as_name = spec if NAME_RE.fullmatch(spec) else "NAME"
@@ -802,7 +832,7 @@ class Service:
             raise ApiError(409, f"the encoder {spec!r} now has weights version {have}, "
                            f"collection {name!r} was built with {want}: new texts would not "
                            "be comparable with its stored vectors", "encoder")
-        return encode_at(enc, texts, width, width_field)
+        return enc
 
 
 def encode_at(enc: Any, texts: list[str], width: float | None, field: str = "width") -> np.ndarray:
@@ -1286,6 +1316,8 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
             except Conflict as e:
                 raise _field_error(e, field, 409) from None
             live = mig.points_of(space)
+        width_plan = _width_plan(name, live, req, field)
+        width = req.width if width_plan is None else width_plan.width
         timing: dict[str, Any] = {}
         if req.text is not None:
             t = time.perf_counter()
@@ -1293,20 +1325,22 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
                 if mig is None or mig.encode_new is None:
                     raise ApiError(422, "the new model is not one of this server's encoders: "
                                    "send its vector", field + "text")
-                if req.width is None:
+                if width is None:
                     q = mig.encode_new([req.text])
                 else:
                     q = svc._encode_with(svc.config(name)["migration"]["target"]["encoder"],
-                                         [req.text], req.width, field + "width")
+                                         [req.text], width, field + "width")
             else:
-                q = svc.embed(name, [req.text], [field + "text"], req.width, field + "width")
+                q = svc.embed(name, [req.text], [field + "text"], width, field + "width")
             timing["embed_ms"] = round((time.perf_counter() - t) * 1000, 3)
         else:
             q = _vectors([req.vector], live.dim, [field + "vector"])
         if not q[0, : live.nesting[0]].any():
             raise ApiError(422, f"query's first {live.nesting[0]} dims are all zero",
                            field + "vector")
-        if req.recall is not None:
+        if width_plan is not None:
+            plan = width_plan
+        elif req.recall is not None:
             if not 0 < req.recall <= 1:
                 raise ApiError(422, f"recall must be in (0, 1], got {req.recall}",
                                field + "recall")
@@ -1328,10 +1362,66 @@ def create_app(data_dir: str | Path, *, api_keys: list[ApiKey] | None = None,
         timing["stages"] = stages
         timing["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         svc.record_search(timing["total_ms"])
-        plan_out = PlanOut(**{**plan.as_dict(), "width": req.width})
+        plan_out = PlanOut(**{**plan.as_dict(), "width": width})
         return SearchResponse(hits=[Hit(**h) for h in hits[0]], plan=plan_out,
                               timing=timing,
                               migration=None if mig is None else mig.answer(space, hits))
+
+    def _width_plan(name: str, live: Any, req: SearchRequest, field: str) -> Plan | None:
+        """The planner's (width, dims, shortlist) from the collection's width table
+        (:func:`~nestemb.index.plan.choose_plan`): for a text query with ``latency_ms``, or with
+        ``recall`` once a table is measured (``width`` narrows the choice). ``None``: the
+        request is planned as before (dims, the tuned recall plans, the default)."""
+        if req.latency_ms is None and (req.recall is None or req.text is None):
+            return None
+        if req.latency_ms is not None:
+            if req.text is None:
+                raise ApiError(422, "latency_ms: the budget covers encoding the query, so it "
+                               "needs text (a vector query names dims or recall)",
+                               field + "latency_ms")
+            if req.dims is not None:
+                raise ApiError(422, "give dims or latency_ms, not both", field + "latency_ms")
+        table = live.width_table()
+        if table is None:
+            if req.latency_ms is None:
+                return None  # a recall target alone: the tuned plans of a fixed encoder
+            raise ApiError(409, f"latency_ms: collection {name!r} has no width table: measure "
+                           f"it with POST /collections/{name}/widths (held-out query texts; "
+                           "its encoder must be trained with nested widths)", field + "latency_ms")
+        rows = [r for r in table["rows"] if all(s >= req.k for s in r["shortlist"])]
+        try:
+            return choose_plan(rows, recall=req.recall, latency_ms=req.latency_ms,
+                               width=req.width, k=table["k"])
+        except NestembError as e:
+            raise _field_error(e, field) from None
+
+    @app.post("/collections/{name}/widths", responses=ERRORS)
+    def tune_widths(name: str, body: WidthTuneRequest) -> dict[str, Any]:
+        """Measure the collection's width table: ``queries`` (held-out texts) encoded at each
+        trained width of its encoder, every plan's recall@k against what the full model finds,
+        latency = encoding + search (:func:`nestemb.index.tune.tune_widths`). Searches naming
+        ``latency_ms`` (or ``recall``, with text) are then planned from it."""
+        live = svc.get(name)
+        fields = [f"queries.{i}" for i in range(len(body.queries))]
+        enc = svc.collection_encoder(name, "queries")
+        svc.check_texts(body.queries, fields)
+        if 0 < len(live) < body.k:
+            raise ApiError(422, f"k={body.k} is more than the collection's {len(live)} points",
+                           "k")
+        if enc.widths is None:
+            raise ApiError(409, f"collection {name!r}'s encoder was trained without nested "
+                           "widths: there is no encoder width to plan (train one with "
+                           "`nestemb text train --widths`)", "encoder")
+        try:
+            return live.tune_widths(enc, body.queries, k=body.k,
+                                    timing_queries=body.timing_queries, repeat=body.repeat,
+                                    max_seconds=body.max_seconds)
+        except Unsupported as e:  # a backend: no plans of its own
+            raise _field_error(e) from None
+        except NestembError as e:
+            if e.param == "index":  # emptied, or replaced while measured
+                raise ApiError(409, e.render("name"), "name") from None
+            raise _field_error(e) from None
 
     @app.post("/collections/{name}/search", responses=ERRORS)
     def search(name: str, body: SearchRequest) -> SearchResponse:

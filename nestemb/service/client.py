@@ -125,11 +125,20 @@ class ServiceClient:
 
     def search(self, name: str, *, width: float | None = None, **request: Any) -> dict:
         """One search (the fields of ``SearchRequest``: ``vector`` or ``text``, ``k``, ``dims``,
-        ``recall``, ...); ``width``: encode ``text`` at that trained feed-forward width of the
-        collection's encoder (the answer's ``plan.width`` echoes it)."""
+        ``recall``, ``latency_ms``, ...); ``width``: encode ``text`` at that trained
+        feed-forward width of the collection's encoder (the answer's ``plan.width`` echoes it).
+        With ``latency_ms`` (or ``recall``) on a collection with a width table
+        (:meth:`tune_widths`), the server picks the width, dims and shortlist."""
         if width is not None:
             request["width"] = width
         return self._call("POST", f"/collections/{name}/search", request)
+
+    def tune_widths(self, name: str, queries: Sequence[str], **options: Any) -> dict:
+        """Measure collection ``name``'s width table on held-out query texts (``options``:
+        ``k``, ``timing_queries``, ``repeat``, ``max_seconds``); returns the table, whose
+        ``rows`` the server plans ``latency_ms`` searches from."""
+        return self._call("POST", f"/collections/{name}/widths",
+                          {"queries": list(queries), **options})
 
     def upload(self, name: str, points: Sequence[dict], batch: int = 64,
                progress: Callable[[int], None] | None = None) -> int:

@@ -33,7 +33,9 @@ import numpy as np
 from nestemb.errors import NestembError
 from nestemb.index.funnel import FunnelIndex
 from nestemb.index.plan import DEFAULT_SHORTLIST, Plan, first_stage_prefixes
+from nestemb.index.tune import check_width_table, search_structure
 from nestemb.index.tune import tune as tune_index
+from nestemb.index.tune import tune_widths as tune_index_widths
 from nestemb.nesting import prefix_view
 
 log = logging.getLogger("nestemb.service")
@@ -96,6 +98,8 @@ class LiveCollection:
         self._norms: list[float | None] = []  # index id -> norm of the vector as given
         self._postings: dict[tuple, set[int]] = {}  # (field, value key) -> index ids
         self.tuning: Tuning | None = None
+        self.width_plans: dict | None = None
+        """The width table :meth:`tune_widths` measured (kept by snapshots)."""
         self.writes = 0
         """Writes applied since the last snapshot."""
 
@@ -353,6 +357,43 @@ class LiveCollection:
                     return Plan(tuple(c["dims"]), tuple(c["shortlist"]), "tuned", c["recall10"])
         return Plan((self.dim,), (), "exact", 1.0)
 
+    def tune_widths(self, encoder: Any, texts: Sequence[str], k: int = TUNE_K,
+                    **options: Any) -> dict:
+        """Measure the collection's width table (:func:`nestemb.index.tune.tune_widths`): held-out
+        query ``texts`` encoded by the elastic ``encoder`` at each trained width, every plan's
+        recall@``k`` against what the full model finds, latency = encoding + search. Each search
+        runs under the collection's lock (writes interleave); the table is kept in the index's
+        collection (:attr:`width_plans`, written by the next snapshot); ``count`` records the
+        points it was measured at. ``options`` go to ``tune_widths`` (``timing_queries``,
+        ``repeat``, ``max_seconds``)."""
+        with self._lock:
+            if self.index is None:
+                raise NestembError("{param}: the collection is empty: add points before "
+                                   "measuring its width table", param="index")
+            view = _LockedIndex(self)
+        # the service checked the encoder's weights against the collection's (its indexes
+        # hold no model id)
+        table = tune_index_widths(view, encoder, list(texts), k, check_model=False, **options)
+        with self._lock:
+            if self.index is not view._index:
+                raise NestembError("{param}: the collection changed while its width table "
+                                   "was measured: measure it again", param="index")
+            table["count"] = len(self)
+            self.width_plans = table
+            self.writes += 1  # a snapshot is due: it keeps the table
+        return table
+
+    def width_table(self) -> dict | None:
+        """The width table :meth:`tune_widths` measured, or ``None``: never measured, or
+        measured on search structures the index has changed since (a flat first stage the
+        collection outgrew)."""
+        with self._lock:
+            table = self.width_plans
+            if table is None or self.index is None \
+                    or table["structure"] != search_structure(self.index):
+                return None
+            return table
+
     def default_plan(self) -> Plan:
         """The collection default: the tuned plan for recall@10 0.99."""
         plan = self.plan_for_recall(0.99)
@@ -381,7 +422,8 @@ class LiveCollection:
                     "pids": list(self._pids),
                     "payloads": list(self._payloads), "norms": list(self._norms),
                     "count": len(self),
-                    "tuning": None if self.tuning is None else vars(self.tuning)}
+                    "tuning": None if self.tuning is None else vars(self.tuning),
+                    "width_plans": self.width_plans}
             self.writes = 0
         folder = store.snapshot_dir(self.name)
         path = folder / meta["index"]
@@ -441,12 +483,42 @@ class LiveCollection:
             raise NestembError("its points do not match its index")
         if meta.get("tuning") is not None:  # re-tuned in the background as the size changes
             self.tuning = Tuning(**meta["tuning"])
+        if meta.get("width_plans") is not None:
+            check_width_table(meta["width_plans"])
+            self.width_plans = meta["width_plans"]
         up_ids, X, up_pays, gone = store.changes(self.name, meta["seq"], self.dim)
         if gone:
             self.delete(gone)
         if up_ids:
             self.upsert(up_ids, X, up_pays)
         self.writes = len(gone) + len(up_ids)
+
+
+class _LockedIndex:
+    """The collection's index as :func:`nestemb.index.tune.tune_widths` sees it: every method
+    call runs under the collection's lock (so writes interleave with a long measurement), and
+    stops with an error if the collection's index was replaced meanwhile."""
+
+    def __init__(self, live: LiveCollection):
+        self._live, self._index = live, live.index
+
+    def __len__(self) -> int:
+        with self._live._lock:
+            return len(self._index)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._index, name)
+        if not callable(value):
+            return value
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._live._lock:
+                if self._live.index is not self._index:
+                    raise NestembError("{param}: the collection changed while its width table "
+                                       "was measured: measure it again", param="index")
+                return value(*args, **kwargs)
+
+        return locked
 
 
 class _TuneView:

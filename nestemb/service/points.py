@@ -84,6 +84,10 @@ class PointStore(Protocol):
 
     def default_plan(self) -> Plan: ...
 
+    def tune_widths(self, encoder: Any, texts: Sequence[str], **options: Any) -> dict: ...
+
+    def width_table(self) -> dict | None: ...
+
     def index_info(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
@@ -145,13 +149,20 @@ class SqlitePoints:
     def default_plan(self) -> Plan:
         return self.live.default_plan()
 
+    def tune_widths(self, encoder: Any, texts: Sequence[str], **options: Any) -> dict:
+        return self.live.tune_widths(encoder, texts, **options)
+
+    def width_table(self) -> dict | None:
+        return self.live.width_table()
+
     def index_info(self) -> dict[str, Any]:
         t = self.live.tuning
         return {"kind": "funnel: exact scan of the first stage prefix, re-rank on longer "
                         "prefixes", "backend": "sqlite",
                 "default_plan": self.default_plan().as_dict(),
                 "tuning": None if t is None else {"count": t.count, "seconds": t.seconds,
-                                                  "configs": t.configs}}
+                                                  "configs": t.configs},
+                "width_table": self.live.width_table()}
 
     def close(self) -> None:
         """The store is closed by the service."""
@@ -197,6 +208,13 @@ class EnginePoints:
                           "backend (they need the embedded store's tuning): give dims and "
                           "shortlist instead")
 
+    def tune_widths(self, encoder: Any, texts: Sequence[str], **options: Any) -> dict:
+        raise Unsupported("queries", f"width tables are not measured on the {self.kind} backend "
+                          "(they need the embedded store's plans): name width and dims instead")
+
+    def width_table(self) -> dict | None:
+        return None
+
     def default_plan(self) -> Plan:
         extra = self.col.extra
         return Plan(tuple(extra["dims"]), tuple(extra["shortlist"]), "default:collection",
@@ -207,7 +225,8 @@ class EnginePoints:
                         "on longer stored prefixes (dims + shortlist plans only)",
                 "backend": self.kind, "url": self.engine.url,
                 "stored_dims": list(self.col.stored),
-                "default_plan": self.default_plan().as_dict(), "tuning": None}
+                "default_plan": self.default_plan().as_dict(), "tuning": None,
+                "width_table": None}
 
     def search(self, Q: np.ndarray, k: int, plan: Plan, flt: dict | None = None
                ) -> tuple[list[list[dict]], list[dict]]:
