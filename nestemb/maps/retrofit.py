@@ -8,7 +8,10 @@ the full input ``x``. It needs no access to the encoder: vectors computed elsewh
 library) work the same way.
 
 The map is ``f(x) = x @ W + b`` (``kind="linear"``) or that plus a small residual MLP
-(``kind="mlp"``). ``W`` starts as the PCA rotation of the training embeddings, so training starts
+(``kind="mlp"``), or a rotation ``f(x) = x @ R`` (``kind="rotation"``: the linear map is trained,
+then replaced by the rotation that best reproduces it on the training rows, so every full-width
+cosine of the output is exactly the input's: an index that re-ranks on the full output returns
+exactly the raw vectors' neighbours, and only its shorter prefixes change). ``W`` starts as the PCA rotation of the training embeddings, so training starts
 from the PCA baseline (already far better than truncation) and the losses only improve on it.
 The default start is the *uncentered* rotation (``center=False``): a rotation keeps every
 full-width cosine exactly, so the full view starts with the input's quality (centering changes
@@ -57,7 +60,7 @@ ARTEFACT_KIND = "nesting-retrofit"
 """The ``kind`` in the manifest of a saved retrofit directory."""
 LEGACY_KIND = "nesting-adaptor"
 """The ``kind`` retrofits were saved with before the rename (still loaded)."""
-RETROFIT_KINDS = ("linear", "mlp")
+RETROFIT_KINDS = ("linear", "mlp", "rotation")
 """Values of :class:`Retrofit`'s ``kind``."""
 MIN_ROWS = 16
 """Fewest rows of ``X`` a fit accepts (the losses compare rows within a batch)."""
@@ -80,8 +83,10 @@ class Retrofit(FittedMap):
     Use :func:`fit_retrofit` (or ``Retrofit(...).fit(X)``) to fit one.
 
     Parameters:
-        kind: ``"linear"`` (``x @ W + b``) or ``"mlp"`` (the linear map plus a residual MLP
-            with ``hidden`` units whose output layer starts at zero).
+        kind: ``"linear"`` (``x @ W + b``), ``"mlp"`` (the linear map plus a residual MLP
+            with ``hidden`` units whose output layer starts at zero) or ``"rotation"`` (the
+            trained linear map replaced by its closest rotation on the training rows, no
+            offset: full-width cosines are kept exactly; ``center`` must stay False).
         nesting: prefix sizes the losses look at; default doubling from 8 to the width.
         source_ref: identity of the input model (a Manifest or :class:`ModelRef`); the output
             manifest names it, and :meth:`transform` refuses vectors of another model.
@@ -183,6 +188,9 @@ class Retrofit(FittedMap):
                 raise NestembError(f"{{param}}[{key!r}] must be a number >= 0, got {value!r}",
                                    param="weights")
             w[key] = float(value)
+        if self.kind == "rotation" and self.center:
+            raise NestembError("{param}=True shifts the vectors, which a rotation cannot: "
+                               "leave center off with kind='rotation'", param="center")
         return resolve_nesting(self.nesting, d), w
 
     # ------------------------------------------------------------------ fit
@@ -223,6 +231,13 @@ class Retrofit(FittedMap):
         threads = self.threads or (1 if batch * d < 1 << 20 else None)
         with torch_threads(threads):
             state, last = self._train(X, P, nbr, nbr_sim, W0, b0, nesting, w, batch, steps)
+        if self.kind == "rotation":
+            from nestemb.maps.base import forward
+            from nestemb.maps.procrustes import orthogonal_procrustes
+
+            # the rotation that best reproduces the trained map on the training rows
+            R = orthogonal_procrustes(X, forward(state, X))
+            state = {"W": R.astype(np.float32), "b": np.zeros(d, dtype=np.float32)}
         self.nesting_, self.source_ref_ = nesting, source
         self._fitted(state, d, d, {
             "rows": int(n), "rows_used": int(n_used), "pairs": 0 if P is None else len(P[0]),
