@@ -72,7 +72,8 @@ NESTEMB = search_plot.NESTEMB_METHODS
 DEFAULT_MODEL = {"fmnist1024": "runs/search1024/model"}
 # run order without --families: the families the targets compare come first, so a run cut
 # short (then continued with --resume) has them
-DEFAULT_ORDER = ("faiss-flat", "faiss-hnsw/", "funnel-hnsw", "funnel-flat/binary", "funnel-flat/float32",
+DEFAULT_ORDER = ("faiss-flat", "faiss-hnsw/", "funnel-hnsw", "hnswlib", "usearch", "rabitq", "scann",
+                 "funnel-flat/binary", "funnel-flat/float32",
                  "funnel-flat/int8", "faiss-ivf-flat", "adaptive-ivf", "faiss-hnsw-sq8", "faiss-ivf-pq",
                  "adanns-opq")
 log = search_data._log
@@ -486,6 +487,7 @@ def nestemb_families(X, nest, nlist, model_id, kept, deploy_dir: Path):
 
     # recall saturates at ef_search = 2 x shortlist on fmnist1024 (100k): no larger ef
     hcfg = [(s, e) for s in (10, 20, 30, 40, 50, 70, 100, 150, 200, 300) for e in sorted({max(16, s), 2 * s})]
+    hcfg += [(s, s) for s in (500, 800) if s < n]  # real text needs long shortlists for .99
     h8, h4 = near(nest, D / 8, 16), near(nest, D / 4, 16)
     h16 = near(nest, D / 16, 16)
     hnsw_specs = [("float32", h8, {}), ("float32", h4, {}), ("int8", h8, {}), ("float32", h8, {"hnsw_m": 16})]

@@ -28,7 +28,7 @@ from nestemb.exact import exact_search, knn_intersection
 from nestemb.index.base import PrefixIndex
 from nestemb.index.funnel import FunnelIndex
 from nestemb.index.ivf import AdaptiveIVFIndex, AdaptiveOPQIndex
-from nestemb.index.persist import load_index
+from nestemb.index.persist import build_on_disk, load_index
 from nestemb.index.plan import Plan
 from nestemb.index.synthetic import synthetic_matryoshka
 from nestemb.index.threads import set_search_threads
@@ -43,6 +43,7 @@ __all__ = [
     "exact_search",
     "knn_intersection",
     "load_index",
+    "build_on_disk",
     "synthetic_matryoshka",
     "set_search_threads",
     "tune",

@@ -51,6 +51,22 @@ below it the prefix has no direction to compare, and every score against it woul
 HTTP service refuses the same vectors."""
 
 
+CHUNK_BYTES = 16 << 20
+"""About how much float32 a block holds when a gallery is read, checked or stored block by block."""
+
+
+def chunk_rows(dim: int) -> int:
+    """Rows per block of a ``dim``-wide gallery (:data:`CHUNK_BYTES` of float32, at least
+    1,024 rows), so the working memory of a build grows neither with the gallery nor with its
+    width.
+
+    Example:
+        >>> chunk_rows(1024), chunk_rows(64), chunk_rows(100_000)
+        (4096, 65536, 1024)
+    """
+    return max(1024, CHUNK_BYTES // (4 * max(1, int(dim))))
+
+
 def check_prefix_norms(X: Any, d: int, what: str = "vectors", chunk: int = 65536) -> None:
     """Refuse rows of ``X`` whose first ``d`` coordinates have norm below
     :data:`MIN_PREFIX_NORM` (computed in float64), naming the first such row. A memory map is
@@ -450,8 +466,9 @@ class PrefixIndex:
                 and X.dtype.kind == "f" and X.size > (1 << 22)):
             if dim is not None and X.shape[1] != dim:
                 raise NestembError(f"vectors have dimension {X.shape[1]}, expected {dim}")
-            for a in range(0, len(X), 65536):  # all of it, before anything is stored
-                check_finite_rows(X[a : a + 65536], "vectors", offset=a)
+            step = chunk_rows(X.shape[1])
+            for a in range(0, len(X), step):  # all of it, before anything is stored
+                check_finite_rows(X[a : a + step], "vectors", offset=a)
             return X
         return check_vectors(X, dim=dim, what="vectors")
 

@@ -27,10 +27,12 @@ a float32 middle prefix. ``native=False`` forces the numpy path; both return the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -38,7 +40,7 @@ from nestemb.checks import check_finite_rows, positive_int
 from nestemb.errors import NestembError
 from nestemb.exact import exact_search
 from nestemb.index import quantize as qz
-from nestemb.index.base import PrefixIndex, _score_candidates, doubling
+from nestemb.index.base import PrefixIndex, _score_candidates, chunk_rows, doubling
 from nestemb.index.plan import check_stages
 from nestemb.nesting import prefix_view
 
@@ -53,7 +55,6 @@ FULL_DTYPES = ("float32", "float16")
 """Storage of the full vectors the last stage re-ranks with."""
 RESCORE_DTYPES = (None, "int8")
 """Storage of the middle stage of a three-stage funnel: float32 vectors, or int8 codes."""
-_CHUNK = 65536
 
 
 def _as_float32_rows(X: Any, a: int, b: int) -> np.ndarray:
@@ -237,8 +238,9 @@ class FunnelIndex(PrefixIndex):
         logger.info("FunnelIndex: adding to a memory-mapped index: copying its %d full vectors "
                     "into memory (save and load again to map them)", n)
         self.full_ = self._new_full(D)
-        for a in range(0, n, _CHUNK):
-            b = min(n, a + _CHUNK)
+        step = chunk_rows(D)
+        for a in range(0, n, step):
+            b = min(n, a + step)
             if self.full_dtype == "float32":
                 rows = np.asarray(self.vectors_[a:b], dtype=np.float32)
             else:
@@ -248,14 +250,40 @@ class FunnelIndex(PrefixIndex):
         if self.full_dtype == "float32":
             self.vectors_ = qz.codes_view(self.full_, n, 4 * D).view(np.float32)
 
+    @contextlib.contextmanager
+    def _spill_full(self, folder: Path) -> Iterator[None]:
+        """While open, :meth:`add` streams the normalized full vectors into ``folder``'s
+        ``full.faiss`` (a FAISS flat file, written by :class:`_FlatFile`) instead of keeping
+        them in memory (:func:`~nestemb.index.persist.build_on_disk`); :meth:`_write` then
+        leaves that file as it is."""
+        if self.full_dtype != "float32":
+            raise NestembError(f"{{param}}: an on-disk build streams float32 full vectors; "
+                               f"full_dtype={self.full_dtype!r} keeps float16 codes in memory",
+                               param="full_dtype")
+        self._spill: _FlatFile | None = _FlatFile(folder / FULL_NAME)
+        try:
+            yield
+            self._spill.close()
+        finally:
+            if self._spill is not None:
+                self._spill.discard()
+            self._spill = None
+
     def _add_rows(self, X: Any, rows: Any) -> None:
         if getattr(self, "_mapped", False) and len(X):
             self._unmap_full()
+        spill = getattr(self, "_spill", None)
+        if spill is not None:
+            spill.open(len(X), X.shape[1])
         d0 = self.dims[0]
         extra = []
-        for a in range(0, len(X), _CHUNK):
-            V = prefix_view(_as_float32_rows(X, a, a + _CHUNK), X.shape[1])
-            self.full_.add(np.ascontiguousarray(V))
+        step = chunk_rows(X.shape[1])
+        for a in range(0, len(X), step):
+            V = prefix_view(_as_float32_rows(X, a, a + step), X.shape[1])
+            if spill is not None:  # straight to the index directory: never all in memory
+                spill.write(V)
+            else:
+                self.full_.add(np.ascontiguousarray(V))
             qz.train_add(self.stage_, prefix_view(V, d0), self.prefix_dtype)
             if self.rescore_ is not None:
                 self.rescore_.add(np.ascontiguousarray(prefix_view(V, self.dims[1])))
@@ -288,8 +316,9 @@ class FunnelIndex(PrefixIndex):
         self._train(X)
         self.full_ = keep
         d0 = self.dims[0]
-        for a in range(0, len(X), _CHUNK):
-            V = np.asarray(X[a : a + _CHUNK])
+        step = chunk_rows(X.shape[1])
+        for a in range(0, len(X), step):
+            V = np.asarray(X[a : a + step])
             qz.train_add(self.stage_, prefix_view(V, d0), self.prefix_dtype)
             if self.rescore_ is not None:
                 self.rescore_.add(np.ascontiguousarray(prefix_view(V, self.dims[1])))
@@ -608,7 +637,8 @@ class FunnelIndex(PrefixIndex):
 
         qz.write_stage(self.stage_, tmp / STAGE_NAME, self.prefix_dtype)
         names = [STAGE_NAME, FULL_NAME]
-        faiss.write_index(self.full_, str(tmp / FULL_NAME))
+        if not (tmp / FULL_NAME).exists():  # else streamed there by an on-disk build
+            faiss.write_index(self.full_, str(tmp / FULL_NAME))
         if self.rescore_ is not None:
             faiss.write_index(self.rescore_, str(tmp / RESCORE_NAME))
             names.append(RESCORE_NAME)
@@ -667,3 +697,64 @@ class FunnelIndex(PrefixIndex):
 
 def _ms(t: float) -> float:
     return round((time.perf_counter() - t) * 1000, 3)
+
+
+class _FlatFile:
+    """A FAISS ``IndexFlatIP`` file written row block by row block: FAISS's own header for
+    ``n`` vectors (taken from FAISS, a one-vector index, with its two counts set to ``n``), then
+    the float32 rows as they come. :meth:`close` checks that exactly ``n`` rows came and that
+    FAISS reads the file back (memory-mapped) with the first row in place."""
+
+    def __init__(self, path: Path):
+        self.path, self.n, self.dim, self.rows = path, 0, 0, 0
+        self.file: Any = None
+        self.first: np.ndarray | None = None
+
+    @staticmethod
+    def header(n: int, d: int) -> bytes:
+        import faiss
+
+        one = faiss.IndexFlatIP(d)
+        one.add(np.zeros((1, d), np.float32))
+        head = bytearray(faiss.serialize_index(one).tobytes()[: -4 * d])
+        # the layout: fourcc, d (int32), ntotal (int64), ..., the float count (uint64) last
+        if (int.from_bytes(head[8:16], "little"), int.from_bytes(head[-8:], "little")) != (1, d):
+            raise NestembError("this FAISS version writes flat indexes in a layout nestemb does not "
+                               "know: build in memory (index.add, then save)")
+        head[8:16] = n.to_bytes(8, "little")
+        head[-8:] = (n * d).to_bytes(8, "little")
+        return bytes(head)
+
+    def open(self, n: int, d: int) -> None:
+        if self.file is not None:
+            raise NestembError("an on-disk build takes the whole gallery in one add")
+        self.n, self.dim = int(n), int(d)
+        self.file = open(self.path, "wb")
+        self.file.write(self.header(self.n, self.dim))
+
+    def write(self, V: np.ndarray) -> None:
+        block = np.ascontiguousarray(V, dtype=np.float32)
+        if self.first is None and len(block):
+            self.first = block[0].copy()
+        self.file.write(block.tobytes())
+        self.rows += len(block)
+
+    def close(self) -> None:
+        import faiss
+
+        if self.file is None:
+            raise NestembError("{param}: an on-disk build needs vectors", param="X")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        self.file = None
+        back = faiss.read_index(str(self.path), faiss.IO_FLAG_MMAP_IFC)
+        if self.rows != self.n or back.ntotal != self.n or back.d != self.dim or (
+                self.first is not None and not np.array_equal(back.reconstruct(0), self.first)):
+            raise NestembError(f"{self.path}: the streamed full vectors do not read back "
+                               f"({self.rows} of {self.n} rows written)")
+
+    def discard(self) -> None:
+        if self.file is not None:  # an error mid-build: the folder is removed by atomic_dir
+            self.file.close()
+            self.file = None

@@ -77,31 +77,72 @@ def save_index(index: Any, path: str | os.PathLike, overwrite: bool = False) -> 
 
     Example: see :func:`load_index`.
     """
-    from nestemb.io import atomic_dir, sha256_file
+    from nestemb.io import atomic_dir
 
     index._check_fitted()
     path = Path(path)
     with atomic_dir(path, kind=INDEX_KIND, overwrite=overwrite) as tmp:
-        names = [IDS_NAME, DELETED_NAME]
-        if index.writes_vectors_file():
-            _save_npy_chunked(tmp / VECTORS_NAME, index.vectors_)
-            names.insert(0, VECTORS_NAME)
-        np.save(tmp / IDS_NAME, index.ids_)
-        np.save(tmp / DELETED_NAME, index.deleted_)
-        names += index._write(tmp)
-        config = {
-            "index_type": type(index).__name__,
-            "params": index.get_params(),
-            "n_vectors": int(len(index.ids_)),
-            "n_deleted": int(index.n_deleted_),
-            "next_id": int(index.next_id_),
-            "tuning": index.tuning_,
-        }
-        index.manifest_ = dataclasses.replace(
-            index.manifest_, extra=config, sha256={n: sha256_file(tmp / n) for n in names}
-        )
-        index.manifest_.save(tmp)
+        _write_files(index, tmp)
     return path
+
+
+def _write_files(index: Any, tmp: Path) -> None:
+    """Every file of the index directory and its manifest (checksums included), into ``tmp``."""
+    from nestemb.io import sha256_file
+
+    names = [IDS_NAME, DELETED_NAME]
+    if index.writes_vectors_file():
+        _save_npy_chunked(tmp / VECTORS_NAME, index.vectors_)
+        names.insert(0, VECTORS_NAME)
+    np.save(tmp / IDS_NAME, index.ids_)
+    np.save(tmp / DELETED_NAME, index.deleted_)
+    names += index._write(tmp)
+    config = {
+        "index_type": type(index).__name__,
+        "params": index.get_params(),
+        "n_vectors": int(len(index.ids_)),
+        "n_deleted": int(index.n_deleted_),
+        "next_id": int(index.next_id_),
+        "tuning": index.tuning_,
+    }
+    index.manifest_ = dataclasses.replace(
+        index.manifest_, extra=config, sha256={n: sha256_file(tmp / n) for n in names}
+    )
+    index.manifest_.save(tmp)
+
+
+def build_on_disk(index: Any, X: Any, path: str | os.PathLike, ids: Any = None, *,
+                  overwrite: bool = False) -> Any:
+    """Index the gallery ``X`` (an array, a ``np.memmap`` or a ``.npy`` path) straight into the
+    index directory ``path``, for galleries larger than memory: the normalized full vectors are
+    streamed chunk by chunk into the directory's re-rank file as they are read, never held in
+    memory; only the first stage (and int8 rescoring codes) is built in RAM. ``index`` is a new
+    :class:`~nestemb.index.FunnelIndex` (its parameters; float32 full vectors). Returns the index
+    loaded from ``path`` (full vectors memory-mapped): what ``index.add(X, ids).save(path)`` and
+    :func:`load_index` give, without the full copy in between. Atomic like :func:`save_index`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from nestemb.index import FunnelIndex, synthetic_matryoshka
+        >>> X = synthetic_matryoshka(500, 32)
+        >>> d = pathlib.Path(tempfile.mkdtemp()) / "idx"
+        >>> idx = build_on_disk(FunnelIndex(dims=(8, 32), shortlist=(50,)), X, d)
+        >>> ref = FunnelIndex(dims=(8, 32), shortlist=(50,)).add(X)
+        >>> bool((idx.search(X[:5], 3)[1] == ref.search(X[:5], 3)[1]).all()), idx.bytes_per_vector()["mmap"]
+        (True, 128.0)
+    """
+    from nestemb.io import atomic_dir
+
+    if getattr(index, "is_trained", False) or not hasattr(index, "_spill_full"):
+        raise NestembError(f"{{param}}: build_on_disk takes a new FunnelIndex (its parameters), "
+                           f"got {'a trained ' if getattr(index, 'is_trained', False) else ''}"
+                           f"{type(index).__name__}", param="index")
+    path = Path(path)
+    with atomic_dir(path, kind=INDEX_KIND, overwrite=overwrite) as tmp:
+        with index._spill_full(tmp):
+            index.add(X, ids)
+        _write_files(index, tmp)
+    return load_index(path, mmap=True)
 
 
 def read_index(
