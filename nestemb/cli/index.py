@@ -123,7 +123,7 @@ def build(
     exact search (recall@10 with 200 gallery vectors as queries) is printed, with a warning and
     a hint to run ``nestemb index tune`` when it is below 0.9.
     """
-    from nestemb.index import AdaptiveIVFIndex, AdaptiveOPQIndex, FunnelIndex
+    from nestemb.index import AdaptiveIVFIndex, AdaptiveOPQIndex, FunnelIndex, build_on_disk
 
     embeddings = moved_argument(embeddings, old_embeddings, "--embeddings", "EMBEDDINGS")
     _check_build_options(ctx, index_type, codec, code_bytes)
@@ -158,8 +158,12 @@ def build(
             index = AdaptiveOPQIndex(d_cluster=d_cluster, codec=(codec or Codec.opq).value,
                                      code_bytes=code_bytes, rerank=100 if rerank is None else rerank,
                                      **kw)
-    index.add(X, ids=ids)  # a memory-mapped gallery is streamed, never read whole
-    index.save(out, overwrite=overwrite)
+    if isinstance(index, FunnelIndex) and index.full_dtype == "float32":
+        # the full vectors go straight into the index directory: a gallery larger than memory
+        index = build_on_disk(index, X, out, ids, overwrite=overwrite)
+    else:
+        index.add(X, ids=ids)  # a memory-mapped gallery is streamed, never read whole
+        index.save(out, overwrite=overwrite)
     typer.echo(f"built {index!r} over {len(index)} vectors -> {out}")
     try:
         measured, k, n_q = _measured_recall(index, X)
