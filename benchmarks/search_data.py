@@ -185,7 +185,7 @@ def text_corpus_embeddings(ds: str, cache: Path, corpus: Path = Path("runs/text_
     retrofitted gallery and queries, the raw ``(X, Q)``, and the fit's record."""
     from text_corpus import corpus_embeddings
 
-    from nestemb.io import atomic_file
+    from nestemb.io import save_npy_blocks
     from nestemb.maps.retrofit import fit_retrofit, load_retrofit
     from nestemb.nesting import Manifest, default_nesting
 
@@ -209,12 +209,9 @@ def text_corpus_embeddings(ds: str, cache: Path, corpus: Path = Path("runs/text_
         path = cache / f"{key}-{part}.npy"
         if not path.is_file():
             t = time.perf_counter()
-            with atomic_file(path) as f:  # streamed: the gallery is never held twice
-                np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
-                                                         "shape": raw.shape})
-                for a in range(0, len(raw), 65536):
-                    y = ad.transform(np.asarray(raw[a:a + 65536]), manifest=src)
-                    f.write(np.ascontiguousarray(y, dtype=np.float32).tobytes())
+            save_npy_blocks(path, raw.shape, (  # streamed: the gallery is never held twice
+                ad.transform(np.asarray(raw[a:a + 65536]), manifest=src)
+                for a in range(0, len(raw), 65536)))
             _log(f"{ds}: retrofitted {part} {raw.shape} in {time.perf_counter() - t:.1f} s")
         out[part] = np.load(path, mmap_mode="r")
     nest = tuple(ad.nesting_) if ad.nesting_ else default_nesting(D, 8)

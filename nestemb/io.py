@@ -149,6 +149,35 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
+def save_npy_blocks(path: str | os.PathLike, shape: tuple[int, ...], blocks: Iterable[Any],
+                    dtype: Any = "float32") -> Path:
+    """Write a ``.npy`` file of ``shape`` from ``blocks`` of rows, in order, atomically: the
+    array is never held whole (a memory map or a long encoding is streamed). The rows given
+    must add up to ``shape[0]``.
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.npy"
+        >>> _ = save_npy_blocks(p, (3, 2), [np.ones((2, 2)), np.zeros((1, 2))])
+        >>> np.load(p).tolist()
+        [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
+    """
+    import numpy as np
+
+    dt = np.dtype(dtype)
+    rows = 0
+    with atomic_file(path) as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dt),
+                                                 "fortran_order": False, "shape": tuple(shape)})
+        for block in blocks:
+            block = np.ascontiguousarray(block, dtype=dt)
+            f.write(block.tobytes())
+            rows += len(block)
+        if rows != shape[0]:
+            raise NestembError(f"{path}: {rows} rows were written for a shape of {shape}")
+    return Path(path)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically.
 

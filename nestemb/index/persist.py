@@ -276,11 +276,10 @@ def _check_vectors_shape(path: Path, vectors, n: int, dim: int) -> None:
 def _save_npy_chunked(path: Path, vectors, chunk: int = 65536) -> None:
     """``np.save`` of a float32 matrix, written block by block (a memory map is never read
     whole)."""
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=tuple(vectors.shape))
-    for a in range(0, len(vectors), chunk):
-        arr[a : a + chunk] = vectors[a : a + chunk]
-    arr.flush()
-    del arr
+    from nestemb.io import save_npy_blocks
+
+    save_npy_blocks(path, tuple(vectors.shape),
+                    (vectors[a : a + chunk] for a in range(0, len(vectors), chunk)))
 
 
 def _index_from_manifest(path: Path, target: type[PrefixIndex], manifest: Manifest) -> Any:

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from nestemb.errors import NestembError
-from nestemb.io import atomic_file, sha256_texts
+from nestemb.io import atomic_file, save_npy_blocks, sha256_texts
 
 
 def cache_key(model_id: str, model_version: str, texts: Sequence[str]) -> str:
@@ -89,13 +89,8 @@ def encode_cached(encoder, texts: Sequence[str], cache_dir: str | os.PathLike,
                     break
                 with atomic_file(part[s]) as f:
                     np.save(f, x)
-        with atomic_file(path) as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(
-                np.dtype(np.float32)), "fortran_order": False,
-                "shape": (len(texts), encoder.dim)})
-            for s in starts:
-                x = shards[s] if s in shards else np.load(part[s])
-                f.write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+        save_npy_blocks(path, (len(texts), encoder.dim),
+                        (shards[s] if s in shards else np.load(part[s]) for s in starts))
         if shard_size is not None:
             shutil.rmtree(parts, ignore_errors=True)
     x = np.load(path, mmap_mode="r" if mmap else None)
