@@ -498,13 +498,16 @@ def nestemb_families(X, nest, nlist, model_id, kept, deploy_dir: Path):
         hnsw_specs.append(("float32", h2, {}))
     if "full_dtype" in params:
         hnsw_specs.append(("float32", h8, {"full_dtype": "float16"}))
+    # the construction breadth hnswlib and rabitqlib default to (FAISS's is 40): a better graph
+    # on the longer prefix, in float32 and int8
+    hnsw_specs += [("float32", h4, {"ef_construction": 200}), ("int8", h4, {"ef_construction": 200})]
     for dtype, dh, extra in hnsw_specs:
         tag = "".join(f"/{k}={v}" for k, v in extra.items())
         name = f"funnel-hnsw/{dtype}/{dh}{tag}"
 
         def b_fhnsw(dtype=dtype, dh=dh, extra=extra, name=name):
             idx = FunnelIndex(dims=(dh, D), shortlist=(20,), first_stage="hnsw", prefix_dtype=dtype,
-                              ef_construction=40, **({"hnsw_m": 32} | extra), **common).add(X)
+                              **({"hnsw_m": 32, "ef_construction": 40} | extra), **common).add(X)
             return idx
 
         fams.append(Family(name, b_fhnsw,
@@ -951,10 +954,12 @@ def main(argv=None):
         nlist = 2 ** round(math.log2(math.sqrt(n)))
         jpath = out / f"{ds}.json"
         rows: list[dict] = []
+        kept_tuning = None
         if args.resume and jpath.is_file():
             old = json.loads(jpath.read_text())
             if old["meta"]["n"] == n and old["meta"]["n_eval"] == n_eval:
                 rows = old["rows"]
+                kept_tuning = old.get("tuning")  # unless tune is run again below
                 log(f"resuming: {len({x['family'] for x in rows})} families already in {jpath}")
         meta = {"dataset": ds, "n": n, "dim": D, "nesting": list(nest), "model_id": model_id,
                 "n_eval": n_eval, "n_single": len(Qs), "threads": threads, "bandwidth_gbs": bw,
@@ -969,7 +974,7 @@ def main(argv=None):
             meta["data_manifest"] = {"path": str(mpath), "gallery_sha256": man["gallery"]["sha256"],
                                      "queries_sha256": man["queries"]["sha256"],
                                      "model_version": man["model_version"], "rows_used": n}
-        result = {"meta": meta, "rows": rows, "tuning": None, "targets": None}
+        result = {"meta": meta, "rows": rows, "tuning": kept_tuning, "targets": None}
 
         def flush():
             jpath.write_text(json.dumps(result, indent=1, default=str))
