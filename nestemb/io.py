@@ -149,6 +149,22 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
+CHUNK_BYTES = 16 << 20
+"""About how much float32 a block holds when a gallery is read, checked or stored block by block."""
+
+
+def chunk_rows(dim: int) -> int:
+    """Rows per block of a ``dim``-wide gallery (:data:`CHUNK_BYTES` of float32, at least
+    1,024 rows), so the working memory of a build grows neither with the gallery nor with its
+    width.
+
+    Example:
+        >>> chunk_rows(1024), chunk_rows(64), chunk_rows(100_000)
+        (4096, 65536, 1024)
+    """
+    return max(1024, CHUNK_BYTES // (4 * max(1, int(dim))))
+
+
 def save_npy_blocks(path: str | os.PathLike, shape: tuple[int, ...], blocks: Iterable[Any],
                     dtype: Any = "float32") -> Path:
     """Write a ``.npy`` file of ``shape`` from ``blocks`` of rows, in order, atomically: the

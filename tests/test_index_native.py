@@ -144,10 +144,10 @@ def test_streaming_build_from_memmap_and_path(tmp_path, data, monkeypatch):
     X, Q, _ = data
     p = tmp_path / "g.npy"
     np.save(p, X)
-    import nestemb.index.base as base
+    import nestemb.io as io
 
-    monkeypatch.setattr(base, "CHUNK_BYTES", 1)  # blocks of the smallest size, 1,024 rows
-    assert len(X) > 2 * base.chunk_rows(X.shape[1])  # several blocks
+    monkeypatch.setattr(io, "CHUNK_BYTES", 1)  # blocks of the smallest size, 1,024 rows
+    assert len(X) > 2 * io.chunk_rows(X.shape[1])  # several blocks
     big = np.load(p, mmap_mode="r")
     a = FunnelIndex(dims=(16, 64), shortlist=(100,), nesting=NEST).add(str(p))
     b = FunnelIndex(dims=(16, 64), shortlist=(100,), nesting=NEST).add(X)

@@ -21,6 +21,7 @@ import numpy as np
 from nestemb.checks import check_finite_rows, non_empty_str, positive_int
 from nestemb.errors import NestembError
 from nestemb.exact import exact_search, topk
+from nestemb.io import chunk_rows
 from nestemb.index.persist import INDEX_KIND, read_index, register_index_type, save_index
 from nestemb.nesting import Manifest, check_compatible, check_vectors, prefix_view, validate_nesting
 
@@ -49,22 +50,6 @@ MIN_PREFIX_NORM = 1e-30
 """The smallest norm a vector's first nesting prefix may have (stored and query vectors alike):
 below it the prefix has no direction to compare, and every score against it would be 0. The
 HTTP service refuses the same vectors."""
-
-
-CHUNK_BYTES = 16 << 20
-"""About how much float32 a block holds when a gallery is read, checked or stored block by block."""
-
-
-def chunk_rows(dim: int) -> int:
-    """Rows per block of a ``dim``-wide gallery (:data:`CHUNK_BYTES` of float32, at least
-    1,024 rows), so the working memory of a build grows neither with the gallery nor with its
-    width.
-
-    Example:
-        >>> chunk_rows(1024), chunk_rows(64), chunk_rows(100_000)
-        (4096, 65536, 1024)
-    """
-    return max(1024, CHUNK_BYTES // (4 * max(1, int(dim))))
 
 
 def check_prefix_norms(X: Any, d: int, what: str = "vectors", chunk: int = 65536) -> None:

@@ -40,8 +40,9 @@ from nestemb.checks import check_finite_rows, positive_int
 from nestemb.errors import NestembError
 from nestemb.exact import exact_search
 from nestemb.index import quantize as qz
-from nestemb.index.base import PrefixIndex, _score_candidates, chunk_rows, doubling
+from nestemb.index.base import PrefixIndex, _score_candidates, doubling
 from nestemb.index.plan import check_stages
+from nestemb.io import chunk_rows
 from nestemb.nesting import prefix_view
 
 logger = logging.getLogger("nestemb.index")

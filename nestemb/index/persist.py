@@ -88,11 +88,13 @@ def save_index(index: Any, path: str | os.PathLike, overwrite: bool = False) -> 
 
 def _write_files(index: Any, tmp: Path) -> None:
     """Every file of the index directory and its manifest (checksums included), into ``tmp``."""
-    from nestemb.io import sha256_file
+    from nestemb.io import chunk_rows, save_npy_blocks, sha256_file
 
     names = [IDS_NAME, DELETED_NAME]
     if index.writes_vectors_file():
-        _save_npy_chunked(tmp / VECTORS_NAME, index.vectors_)
+        V, step = index.vectors_, chunk_rows(index.vectors_.shape[1])
+        save_npy_blocks(tmp / VECTORS_NAME, tuple(V.shape),  # a memory map is never read whole
+                        (V[a : a + step] for a in range(0, len(V), step)))
         names.insert(0, VECTORS_NAME)
     np.save(tmp / IDS_NAME, index.ids_)
     np.save(tmp / DELETED_NAME, index.deleted_)
@@ -271,15 +273,6 @@ def _check_vectors_shape(path: Path, vectors, n: int, dim: int) -> None:
         raise NestembError(f"{path}: vectors have shape {vectors.shape}, manifest dim {dim}")
     if len(vectors) != n:
         raise NestembError(f"{path}: ids/deleted flags do not match the {len(vectors)} vectors")
-
-
-def _save_npy_chunked(path: Path, vectors, chunk: int = 65536) -> None:
-    """``np.save`` of a float32 matrix, written block by block (a memory map is never read
-    whole)."""
-    from nestemb.io import save_npy_blocks
-
-    save_npy_blocks(path, tuple(vectors.shape),
-                    (vectors[a : a + chunk] for a in range(0, len(vectors), chunk)))
 
 
 def _index_from_manifest(path: Path, target: type[PrefixIndex], manifest: Manifest) -> Any:

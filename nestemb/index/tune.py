@@ -276,10 +276,10 @@ def search_structure(index: Any) -> list:
     return json.loads(json.dumps([*index._structure(), getattr(index, "ef_search", None)]))
 
 
-def _check_width_model(index: Any, model: Any, same_model: bool = True) -> None:
+def _check_width_model(index: Any, model: Any, check_model: bool = True) -> None:
     """Refuse a model that cannot give a width table for ``index``, naming ``model``: it must
     be an elastic image model or text encoder (``widths`` trained, a manifest), of the index's
-    vectors (unless ``same_model`` is False: the caller checked that itself)."""
+    vectors (unless ``check_model`` is False: the caller checked that itself)."""
     from nestemb.models.image import ImageModel
     from nestemb.text.encoder import TextEncoder
 
@@ -293,7 +293,7 @@ def _check_width_model(index: Any, model: Any, same_model: bool = True) -> None:
     if model.manifest is None:
         raise NestembError("{param} has no manifest (model id and weights version): load it "
                            "with load_image_model", param="model")
-    if not same_model:
+    if not check_model:
         return
     try:
         check_compatible(model.manifest, index.manifest, what="model and index")
@@ -415,9 +415,9 @@ def tune_widths(
         raise NestembError("{param}: Mix'n'Match budgets (a width per layer) are for image "
                            "models; a text encoder is measured at its trained widths",
                            param="budgets")
-    for budget in budgets:
-        from nestemb.models.elastic import mix_n_match
+    from nestemb.models.elastic import mix_n_match
 
+    for budget in budgets:
         w = width_key(mix_n_match(model.config, budget))
         if w not in widths:
             widths.append(w)
