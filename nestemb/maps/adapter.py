@@ -60,6 +60,7 @@ from typing import Any, Self, Sequence
 import numpy as np
 
 from nestemb.checks import positive_float, positive_int
+from nestemb.cluster import kmeans, nearest_centroid
 from nestemb.errors import NestembError
 from nestemb.io import read_npz
 from nestemb.maps.base import WEIGHTS_NAME, FittedMap, ModelRef, resolve_nesting
@@ -118,49 +119,6 @@ def _slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     wa = np.where(small[:, None], 1.0 - t, np.sin((1.0 - t) * theta) / np.maximum(sin, 1e-12))
     wb = np.where(small[:, None], t, np.sin(t * theta) / np.maximum(sin, 1e-12))
     return wa * a + wb * b
-
-
-def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of the nearest centroid (Euclidean, what k-means minimises) of every row."""
-    # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 does not change the argmin
-    return np.argmin((centroids * centroids).sum(axis=1) - 2.0 * (x @ centroids.T), axis=1)
-
-
-def _kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded k-means (k-means++ start, at most :data:`_KMEANS_ITERS` Lloyd steps): the
-    ``(k, d)`` centroids and each row's cluster. A cluster left empty is restarted at the row
-    farthest from its centroid, so every cluster keeps rows."""
-    rng = np.random.default_rng(seed)
-    sq = np.einsum("ij,ij->i", x, x)
-
-    def dist2(c: np.ndarray) -> np.ndarray:  # squared distance of every row to c, by BLAS
-        return np.maximum(sq - 2.0 * (x @ c) + c @ c, 0.0)
-
-    centroids = np.empty((k, x.shape[1]))
-    centroids[0] = x[rng.integers(len(x))]
-    d2 = dist2(centroids[0])
-    for j in range(1, k):  # k-means++: far rows are likelier starts
-        total = d2.sum()
-        i = rng.choice(len(x), p=d2 / total) if total > 0 else rng.integers(len(x))
-        centroids[j] = x[i]
-        d2 = np.minimum(d2, dist2(centroids[j]))
-    labels = np.full(len(x), -1)
-    for _ in range(_KMEANS_ITERS):
-        new = _nearest(x, centroids)
-        if np.array_equal(new, labels):
-            break
-        labels = new
-        onehot = np.zeros((len(x), k))
-        onehot[np.arange(len(x)), labels] = 1.0
-        counts = onehot.sum(axis=0)
-        sums = onehot.T @ x  # every cluster's row sum in one product
-        for j in range(k):
-            if counts[j]:
-                centroids[j] = sums[j] / counts[j]
-            else:  # rare: no vectorised shortcut needed
-                far = int(np.argmax(((x - centroids[labels]) ** 2).sum(axis=1)))
-                centroids[j], labels[far] = x[far], j
-    return centroids, _nearest(x, centroids)  # the assignment transform will make
 
 
 class Adapter(FittedMap):
@@ -473,7 +431,8 @@ class Adapter(FittedMap):
         d = min(x.shape[1], y.shape[1])
         k = (int(self.clusters) if self.clusters is not None
              else max(1, min(_MAX_CLUSTERS, len(x) // (2 * d))))
-        centroids, labels = _kmeans(x, k, int(self.seed))
+        clustering = kmeans(x, k, int(self.seed), iters=_KMEANS_ITERS)
+        centroids, labels = clustering.centroids, clustering.labels
         cross = x.T @ y
         eye = np.eye(x.shape[1])  # Procrustes of a cross-covariance M: source I gives I'M = M
         w_global = orthogonal_procrustes(eye, cross)
@@ -499,7 +458,7 @@ class Adapter(FittedMap):
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         if self.kind == "cluster":  # each row through the map of its nearest centroid
-            labels = _nearest(x, self.weights_["C"])
+            labels = nearest_centroid(x, self.weights_["C"])
             maps = self.weights_["Ws"]
             out = np.empty((len(x), maps.shape[2]), dtype=np.float32)
             for j in np.unique(labels):

@@ -65,6 +65,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nestemb.checks import check_matrix, positive_int
+from nestemb.cluster import kmeans
 from nestemb.errors import NestembError
 from nestemb.maps.adapter import Adapter
 from nestemb.maps.base import ModelRef
@@ -96,61 +97,13 @@ def _neighbours(n_target: int) -> int:
     return int(np.clip(n_target // 50, 1, 50))
 
 
-def _kmeans(z: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Centroids of Euclidean k-means on rows ``z``: the best (least inertia) of
-    ``_KMEANS_INITS`` k-means++ starts with Lloyd steps. A poor local optimum on one side and a
-    good one on the other would give clusterings that do not correspond, so the few extra
-    starts pay for themselves in the matching."""
-    z32 = z.astype(np.float32)  # float32: k-means is the costly step, and needs no more
-    best, best_inertia = np.empty(0), np.inf
-    for _ in range(_KMEANS_INITS):
-        centroids, inertia = _lloyd(z32, k, rng)
-        if inertia < best_inertia:
-            best, best_inertia = centroids, inertia
-    return best.astype(np.float64)
-
-
-def _lloyd(z: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """One greedy k-means++ start (each new centre the best of a few ``d^2``-weighted draws,
-    as in scikit-learn) and its Lloyd steps: centroids and inertia. An empty cluster is
-    restarted at the row farthest from its centroid."""
-    n = len(z)
-    sq = np.einsum("ij,ij->i", z, z)
-    tries = 2 + int(np.log(k))
-    centroids = np.empty((k, z.shape[1]), dtype=z.dtype)
-    centroids[0] = z[rng.integers(n)]
-    d2 = ((z - centroids[0]) ** 2).sum(axis=1)
-    for c in range(1, k):
-        total = d2.sum()
-        cand = (np.searchsorted(np.cumsum(d2), rng.random(tries) * total) if total > 0
-                else rng.integers(n, size=tries))
-        cand = np.minimum(cand, n - 1)
-        options = np.minimum(d2[None, :], sq[None, :] - 2 * z[cand] @ z.T + sq[cand, None])
-        best = int(options.sum(axis=1).argmin())
-        centroids[c], d2 = z[cand[best]], options[best]
-    labels = np.full(n, -1)
-    rows = np.arange(n)
-    for _ in range(_KMEANS_ITERS):
-        # ||z - c||^2 up to the row's own ||z||^2, which does not change the argmin
-        dist = np.einsum("ij,ij->i", centroids, centroids)[None, :] - 2 * z @ centroids.T
-        new = dist.argmin(axis=1)
-        if np.count_nonzero(new != labels) <= n // 1000:  # the last moves change little
-            labels = new
-            break
-        labels = new
-        counts = np.bincount(labels, minlength=k)
-        onehot = np.zeros((n, k), dtype=z.dtype)
-        onehot[rows, labels] = 1.0
-        sums = onehot.T @ z
-        for e in np.flatnonzero(counts == 0):  # restart an empty cluster at the worst-fit row
-            far = int((dist[rows, labels] + sq).argmax())
-            sums[e], counts[e] = z[far], 1
-            labels[far] = e
-            dist[far] = -np.inf
-        centroids = sums / counts[:, None]
-    inertia = sq + np.einsum("ij,ij->i", centroids, centroids)[labels] \
-        - 2 * np.einsum("ij,ij->i", z, centroids[labels])
-    return centroids, float(inertia.sum())
+def _centroids(z: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Centroids of Euclidean k-means on rows ``z``, the best of ``_KMEANS_INITS`` starts. A poor
+    local optimum on one side and a good one on the other would give clusterings that do not
+    correspond, so the few extra starts pay for themselves in the matching."""
+    # float32: k-means is the costly step, and needs no more; the last few moves change little
+    found = kmeans(z.astype(np.float32), k, rng, iters=_KMEANS_ITERS, inits=_KMEANS_INITS, tol=1e-3)
+    return found.centroids.astype(np.float64)
 
 
 def _spectral_start(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -402,7 +355,7 @@ def fit_unpaired(
         steps = len(ladder) * trials
         for step in range(steps):
             k = ladder[step // trials]
-            cs, ct = _kmeans(_unit(xc1), k, rng), _kmeans(yn1, k, rng)
+            cs, ct = _centroids(_unit(xc1), k, rng), _centroids(yn1, k, rng)
             perm, objective = _match_clusters(cs, ct, rng)
             ct = ct[perm]
             anchors.append((cs, ct))

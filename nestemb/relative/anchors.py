@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from nestemb.checks import check_matrix
+from nestemb.cluster import kmeans
 from nestemb.errors import NestembError
 from nestemb.exact import exact_search
 from nestemb.nesting import prefix_view
@@ -48,18 +49,8 @@ def _kmeans(
 ) -> np.ndarray:
     """Spherical k-means on the unit rows ``V[cand]`` (initialised by farthest-point sampling),
     then each centroid snapped to its nearest candidate item not taken by an earlier one."""
-    W = V[cand]
-    centroids = V[_fps(V, cand, n, rng)]
-    for _ in range(max_iter):
-        assign = exact_search(centroids, W, 1)[1][:, 0]
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, assign, W)
-        empty = np.bincount(assign, minlength=n) == 0
-        new = prefix_view(sums, sums.shape[1])
-        new[empty] = centroids[empty]  # an empty cluster keeps its centroid
-        if np.allclose(new, centroids, atol=1e-7):
-            break
-        centroids = new
+    centroids = kmeans(V[cand], n, rng, iters=max_iter, spherical=True,
+                       init=V[_fps(V, cand, n, rng)]).centroids
     # n candidates per centroid guarantee a free one even after n - 1 are taken
     exclude = np.ones(len(V), dtype=bool)
     exclude[cand] = False
