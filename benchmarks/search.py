@@ -8,7 +8,7 @@ resident and memory-mapped bytes per vector; for exhaustive first stages also th
 per query and the effective GB/s against the machine's memory bandwidth (numpy sum, 1 GiB).
 
 FAISS peers on the full vectors: flat, HNSW (M 16 and 32, efSearch from 8), HNSW-SQ8, IVF-Flat,
-IVF-PQ (alone and with a float16 refine stage); with the ``bench`` extra (``make bench``) also
+IVF-PQ (alone and with a float16 refine stage), IVF-RaBitQ (4 bits) + float16 refine; with the ``bench`` extra (``make bench``) also
 hnswlib, usearch (f32, i8), ScaNN (tree + AH + reorder) and rabitqlib (HNSW + RaBitQ), each at its
 documented defaults over an ef / leaves sweep (:func:`peer_families`). nestemb: FunnelIndex with flat and HNSW prefix
 stages for each prefix dtype (float32, int8 with trimmed ranges, binary with int8 rescoring,
@@ -74,7 +74,7 @@ DEFAULT_MODEL = {"fmnist1024": "runs/search1024/model"}
 # short (then continued with --resume) has them
 DEFAULT_ORDER = ("faiss-flat", "faiss-hnsw/", "funnel-hnsw", "hnswlib", "usearch", "rabitq", "scann",
                  "funnel-flat/binary", "funnel-flat/float32",
-                 "funnel-flat/int8", "faiss-ivf-flat", "adaptive-ivf", "faiss-hnsw-sq8", "faiss-ivf-pq",
+                 "funnel-flat/int8", "faiss-ivf-flat", "adaptive-ivf", "faiss-hnsw-sq8", "faiss-ivf-pq", "faiss-ivf-rabitq",
                  "adanns-opq")
 log = search_data._log
 CHUNK = 65536
@@ -267,6 +267,45 @@ def faiss_families(X, nlist):
     pq_cfgs += [(f"PQ{M} nlist={nlist} nprobe={p} refine=fp16 k_factor={kf}", pq_cfg(p, kf))
                 for p in (8, 16, 32, 64) if p <= nlist for kf in (16, 64)]
     fams.append(Family(f"faiss-ivf-pq/PQ{M}", b_pq, pq_cfgs, pq_search, pq_memory))
+
+    # IVF + RaBitQ (1 sign bit + 3 extra bits per dimension, queries quantized to 8 bits), the
+    # shortlist of k * k_factor re-scored on float16 full vectors (IndexRefine)
+    rq_bits = 4
+
+    def b_rq():
+        q = faiss.IndexFlatIP(D)
+        base = faiss.IndexIVFRaBitQ(q, D, nlist, faiss.METRIC_INNER_PRODUCT, True, rq_bits)
+        base.own_fields = True
+        q.this.disown()
+        base.cp.seed = 1234
+        base.train(normalized_sample(X, max(64 * nlist, 32768)))
+        refine = faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        idx = faiss.IndexRefine(base, refine)
+        idx.own_fields = True
+        base.this.disown()
+        refine.this.disown()
+        add_streamed(idx, X)
+        return Setting(idx)
+
+    def rq_cfg(p, kf):
+        def apply(o):
+            inner = faiss.IVFRaBitQSearchParameters()
+            inner.nprobe, inner.qb = p, 8
+            outer = faiss.IndexRefineSearchParameters()
+            outer.k_factor, outer.base_index_params = kf, inner
+            o.value = (outer, inner)  # the inner parameters must outlive the outer's pointer
+        return apply
+
+    def rq_search(obj, Q):
+        return obj.index.search(np.ascontiguousarray(prefix_view(Q, D)), K, params=obj.value[0])[1]
+
+    fams.append(Family(f"faiss-ivf-rabitq/{rq_bits}bit", b_rq,
+                       [(f"RaBitQ {rq_bits} bits nlist={nlist} nprobe={p} refine=fp16 k_factor={kf}", rq_cfg(p, kf))
+                        for p in (8, 16, 32, 64, 128) if p <= nlist for kf in (2, 5, 10)],
+                       rq_search,
+                       # RaBitQ code + list id, fp16 refine vector
+                       lambda o: {"resident": faiss.extract_index_ivf(o.index.base_index).code_size + 8.0
+                                  + 2.0 * D, "mapped": 0.0}))
     for f in fams:
         f.peer = True
     return fams
@@ -513,8 +552,8 @@ def nestemb_families(X, nest, nlist, model_id, kept, deploy_dir: Path):
         fams.append(Family(name, b_fhnsw,
                            [(f"hnsw {dtype} d0={dh}{tag} shortlist={s} ef={e}", setp(shortlist=(s,), ef_search=e))
                             for s, e in hcfg], nsearch, memory))
-        if name == f"funnel-hnsw/float32/{h8}":
-            fams[-1].keep_as = "funnel-hnsw"  # tune_eval reuses it
+        if name == f"funnel-hnsw/int8/{h4}/ef_construction=200":
+            fams[-1].keep_as = "funnel-hnsw"  # tune_eval reuses it (the fastest family on real text)
 
     probes = [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= nlist]
     for codec, dcl, dsearch, rr in (("fp16", d4, near(nest, D / 4, 16), 100),
@@ -607,8 +646,8 @@ def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, nlist, kept, which, re
     def hnsw():
         if "funnel-hnsw" in kept:
             return kept["funnel-hnsw"]
-        return FunnelIndex(dims=(near(nest, D / 8, 16), D), shortlist=(20,), first_stage="hnsw",
-                           hnsw_m=32, ef_construction=40, **common).add(X)
+        return FunnelIndex(dims=(near(nest, D / 4, 16), D), shortlist=(20,), first_stage="hnsw",
+                           prefix_dtype="int8", hnsw_m=32, ef_construction=200, **common).add(X)
 
     def hnsw_groups(idx):
         return idx.candidate_grid(K, max_candidates=512)
