@@ -62,8 +62,9 @@ def run_one(name: str, head: str, nesting: tuple, args: dict, eval_threads: int)
     folder = Path(args["data"])
     train, test = load_idx(folder, "train"), load_idx(folder, "t10k")
     dims = nesting if head != "ff" else None
+    shape = {k: args[k] for k in ("width", "channels") if args.get(k)}
     mcfg = make_model_config(head, dim=nesting[-1], dims=dims, images=train[0],
-                             cosine=args["classifier"] == "cosine")  # fmt: skip
+                             cosine=args["classifier"] == "cosine", **shape)  # fmt: skip
     weights = args["weights"] if head != "ff" else None
     tcfg = ImageTrainConfig(epochs=args["epochs"], steps=args["steps"], seed=args["seed"],
                             weights=weights, threads=args["threads"], device=args["device"],
@@ -137,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classifier", default="linear", choices=["cosine", "linear"])
     ap.add_argument("--weights", type=_csv(float), default=None,
                     help="MRL/MRL-E prefix loss weights (default 2,1,1,...)")
+    ap.add_argument("--width", type=int, default=None, help="encoder width (default: the library's)")
+    ap.add_argument("--channels", type=_csv(int), default=None,
+                    help="the CNN's channels per layer, e.g. 16,32,32,64,256 (default: from --width)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--augment", type=_csv(str), default=("shift",),

@@ -169,6 +169,25 @@ def test_hnsw_first_stage_shortlist_far_below_n():
     assert knn_intersection(found, exact_search(X, Q, 10, exclude=~live)[1]) >= 0.93
 
 
+def test_hnsw_grid_steps_ef_finely_and_tune_lands_near_the_sweep_best():
+    X = synthetic_matryoshka(3000, D, seed=0, decay=0.05)
+    Q = synthetic_matryoshka(200, D, seed=1, decay=0.05)
+    idx = FunnelIndex(dims=(16, D), shortlist=(20,), first_stage="hnsw", hnsw_m=8).add(X)
+    grid = idx.candidate_grid(k=10, max_candidates=160)
+    for group in grid:  # within a shortlist, ef grows by at most sqrt(2) (rounding aside)
+        efs = [c["ef_search"] for c in group]
+        assert efs == sorted(set(efs)) and all(b <= a * 1.5 for a, b in zip(efs, efs[1:]))
+    # the walk stops at the first ef meeting the target: that ef is the smallest meeting it
+    res = tune(idx, Q, k=10, recall=0.95, groups=grid)
+    chosen = res["params"]
+    group = next(g for g in grid if g[0]["shortlist"] == tuple(chosen["shortlist"]))
+    below = [c for c in group if c["ef_search"] < chosen["ef_search"]]
+    truth = exact_search(X, Q[:200], 10)[1]
+    for c in below:
+        idx.set_params(**c)
+        assert knn_intersection(idx.search(Q[:200], k=10)[1], truth) < 0.95
+
+
 @pytest.mark.parametrize("make", [
     lambda: FunnelIndex(dims=(16, 32, 64), shortlist=(300, 100), prefix_dtype="int8", nesting=NEST),
     lambda: AdaptiveIVFIndex(d_cluster=8, d_search=32, nlist=16, nprobe=16, rerank=N, nesting=NEST),

@@ -83,17 +83,22 @@ def check_prefix_norms(X: Any, d: int, what: str = "vectors", chunk: int = 65536
             )
 
 
-def doubling(start: int, stop: int) -> list[int]:
-    """``start, 2 start, 4 start ...`` up to ``stop`` (the sizes candidate grids walk).
+def ladder(start: int, stop: int, ratio: float = 2.0) -> list[int]:
+    """``start, start * ratio, start * ratio^2 ...`` (rounded, distinct) up to ``stop``: the
+    sizes candidate grids walk (doubling by default).
 
     Example:
-        >>> doubling(10, 100)
+        >>> ladder(10, 100)
         [10, 20, 40, 80]
+        >>> ladder(16, 64, ratio=2 ** 0.5)
+        [16, 23, 32, 45, 64]
     """
-    out, v = [], start
-    while v <= stop:
-        out.append(v)
-        v *= 2
+    out: list[int] = []
+    i = 0
+    while (v := int(round(start * ratio**i))) <= stop:
+        if not out or v > out[-1]:
+            out.append(v)
+        i += 1
     return out
 
 

@@ -40,7 +40,7 @@ from nestemb.checks import check_finite_rows, positive_int
 from nestemb.errors import NestembError
 from nestemb.exact import exact_search
 from nestemb.index import quantize as qz
-from nestemb.index.base import PrefixIndex, _score_candidates, doubling
+from nestemb.index.base import PrefixIndex, _score_candidates, ladder
 from nestemb.index.plan import check_stages
 from nestemb.io import chunk_rows
 from nestemb.nesting import prefix_view
@@ -51,6 +51,8 @@ STAGE_NAME = "first_stage.faiss"
 RESCORE_NAME = "rescore.faiss"
 FULL_NAME = "full.faiss"
 HNSW_M_MAX = 1024
+EF_RATIO = 2**0.5
+"""Step between the ``ef_search`` values :meth:`FunnelIndex.candidate_grid` tries: 16, 23, 32, 45 ..."""
 """The largest ``hnsw_m`` accepted (FAISS allocates ``2 hnsw_m`` links per vector)."""
 FULL_DTYPES = ("float32", "float16")
 """Storage of the full vectors the last stage re-ranks with."""
@@ -334,7 +336,9 @@ class FunnelIndex(PrefixIndex):
         more (the full dimension included) followed by int8 rescoring of the full vector and the
         float re-rank, ``dims=(d0, D, D)``, rescoring shortlist 1/8 of the first, and RaBitQ
         codes of those prefixes below ``D`` (two stages); an HNSW first stage: its prefix with
-        shortlists and ``ef_search`` doubling. ``full_dtype`` and ``native`` are kept.
+        shortlists doubling and ``ef_search`` growing by :data:`EF_RATIO` (latency follows ``ef``
+        closely, so a doubling ladder could overshoot the fastest setting by up to 2x).
+        ``full_dtype`` and ``native`` are kept.
 
         Example:
             >>> from nestemb.index import synthetic_matryoshka
@@ -351,14 +355,14 @@ class FunnelIndex(PrefixIndex):
         self._check_fitted()
         n, D, nesting = len(self), self.dim, self.manifest_.nesting
         top = min(n, max_candidates)
-        lists = doubling(k, top)
+        lists = ladder(k, top)
         if not lists or lists[-1] < top:
             lists.append(top)
         if self.first_stage == "hnsw":
             d0 = self.dims[0]
             return [
                 [{"dims": (d0, D), "shortlist": (s,), "ef_search": ef, "rescore_dtype": None}
-                 for ef in doubling(16, 1024) if ef >= s]
+                 for ef in ladder(16, 1024, EF_RATIO) if ef >= s]
                 or [{"dims": (d0, D), "shortlist": (s,), "ef_search": s, "rescore_dtype": None}]
                 for s in lists[:8]
             ]

@@ -20,7 +20,7 @@ import numpy as np
 
 from nestemb.errors import NestembError
 from nestemb.checks import positive_int
-from nestemb.index.base import PrefixIndex, doubling
+from nestemb.index.base import PrefixIndex, ladder
 from nestemb.nesting import prefix_view
 
 CODECS = ("flat", "fp16", "sq8", "pq", "opq")
@@ -226,8 +226,8 @@ class AdaptiveIVFIndex(PrefixIndex):
             ([{'nprobe': 1, 'rerank': None}, {'nprobe': 2, 'rerank': None}, {'nprobe': 4, 'rerank': None}], [None, 10, 20, 40, 80, 160])
         """
         self._check_fitted()
-        probes = doubling(1, self.nlist)
-        depths = [None, *doubling(k, min(len(self), 64 * k, max_candidates))]
+        probes = ladder(1, self.nlist)
+        depths = [None, *ladder(k, min(len(self), 64 * k, max_candidates))]
         return [[{"nprobe": p, "rerank": r} for p in probes] for r in depths]
 
     def _memory_parts(self) -> dict[str, float]:

@@ -248,11 +248,11 @@ def plan_grid(index: Any, k: int = 10, *, max_candidates: int = 8192) -> list[li
         >>> grid[0], [g[0]["dims"] for g in grid[1:]], [p["shortlist"] for p in grid[1]]
         ([{'dims': (32,), 'shortlist': ()}], [(8, 32)], [(10,), (20,), (40,), (80,), (100,)])
     """
-    from nestemb.index.base import doubling
+    from nestemb.index.base import ladder
 
     n, D, nesting = len(index), index.dim, index.manifest.nesting
     top = min(n, max_candidates)
-    lists = doubling(k, top)
+    lists = ladder(k, top)
     if not lists or lists[-1] < top:
         lists.append(top)
     prefixes = first_stage_prefixes(index, nesting)
