@@ -689,10 +689,11 @@ def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, nlist, kept, which, re
         groups = groups_of(idx)
         log(f"tune {name}: exhaustive sweep of {sum(map(len, groups))} configurations on held-out queries")
         sweep = tune(idx, Q_hold, k=K, recall=min(targets), groups=groups, exhaustive=True,
-                     repeat=repeat)["candidates"]
+                     repeat=repeat, max_queries=len(Q_hold))["candidates"]
         for target in targets:
             t0 = time.perf_counter()
-            res = tune(idx, Q_tune, k=K, recall=target, groups=groups, repeat=repeat)
+            res = tune(idx, Q_tune, k=K, recall=target, groups=groups, repeat=repeat,
+                       max_queries=len(Q_tune))
             tune_s = time.perf_counter() - t0
             ok = [c for c in sweep if c["recall"] >= target]
             best = min(ok, key=lambda c: c["latency_ms"]) if ok else None
@@ -944,6 +945,8 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true", help="keep the families already in the output JSON")
     ap.add_argument("--tune", default="funnel-hnsw",
                     help="indexes tune() is evaluated on: funnel-hnsw, funnel-flat, adaptive-ivf ('' = none)")
+    ap.add_argument("--tune-queries", type=int, default=None,
+                    help="tuning queries and (other) held-out queries of the tune evaluation (default: --single-queries)")
     ap.add_argument("--tune-repeat", type=int, default=2, help="timing passes per tuning candidate")
     ap.add_argument("--cache", default="runs/bench_cache")
     ap.add_argument("--deploy-dir", default="runs/bench_cache/deploy",
@@ -1035,9 +1038,10 @@ def main(argv=None):
                        rows, flush, kept)
             log(f"elapsed {time.perf_counter() - t_all:.0f} s")
         which = [w for w in args.tune.split(",") if w]
-        if which and len(Q) >= 2 * args.single_queries:
-            hold = np.ascontiguousarray(Q[: args.single_queries], dtype=np.float32)
-            tq = np.ascontiguousarray(Q[-args.single_queries :], dtype=np.float32)
+        n_tune = args.tune_queries or args.single_queries
+        if which and len(Q) >= 2 * n_tune:
+            hold = np.ascontiguousarray(Q[:n_tune], dtype=np.float32)
+            tq = np.ascontiguousarray(Q[-n_tune:], dtype=np.float32)
             result["tuning"] = tune_eval(X, tq, hold, nest, model_id, (0.99, 0.95), nlist, kept, which,
                                          repeat=args.tune_repeat)
         kept.clear()
