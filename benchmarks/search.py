@@ -232,9 +232,11 @@ def faiss_families(X, nlist):
     while D % M:
         M -= 1
 
-    def b_pq():
+    def ivf_refined(make_ivf):
+        """An IVF index (``make_ivf(quantizer)``, owning it) under an fp16 refine stage, trained
+        and filled."""
         q = faiss.IndexFlatIP(D)
-        base = faiss.IndexIVFPQ(q, D, nlist, M, 8, faiss.METRIC_INNER_PRODUCT)
+        base = make_ivf(q)
         base.own_fields = True
         q.this.disown()
         base.cp.seed = 1234
@@ -246,6 +248,9 @@ def faiss_families(X, nlist):
         refine.this.disown()
         add_streamed(idx, X)
         return idx
+
+    def b_pq():
+        return ivf_refined(lambda q: faiss.IndexIVFPQ(q, D, nlist, M, 8, faiss.METRIC_INNER_PRODUCT))
 
     def pq_cfg(p, kf):
         def apply(o):
@@ -273,19 +278,8 @@ def faiss_families(X, nlist):
     rq_bits = 4
 
     def b_rq():
-        q = faiss.IndexFlatIP(D)
-        base = faiss.IndexIVFRaBitQ(q, D, nlist, faiss.METRIC_INNER_PRODUCT, True, rq_bits)
-        base.own_fields = True
-        q.this.disown()
-        base.cp.seed = 1234
-        base.train(normalized_sample(X, max(64 * nlist, 32768)))
-        refine = faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        idx = faiss.IndexRefine(base, refine)
-        idx.own_fields = True
-        base.this.disown()
-        refine.this.disown()
-        add_streamed(idx, X)
-        return Setting(idx)
+        return Setting(ivf_refined(
+            lambda q: faiss.IndexIVFRaBitQ(q, D, nlist, faiss.METRIC_INNER_PRODUCT, True, rq_bits)))
 
     def rq_cfg(p, kf):
         def apply(o):
