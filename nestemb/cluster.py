@@ -36,9 +36,14 @@ def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         >>> nearest_centroid(np.array([[0.0, 0.1], [2.0, 2.1]]), np.array([[2.0, 2.0], [0.0, 0.0]])).tolist()
         [1, 0]
     """
-    # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, and ||x||^2 does not change the argmin
-    return np.argmin(np.einsum("ij,ij->i", centroids, centroids)[None, :] - 2.0 * (x @ centroids.T),
-                     axis=1)
+    return _offset_distances(x, centroids).argmin(axis=1)
+
+
+def _offset_distances(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """``(n, k)`` squared distances of the rows to the centroids less each row's own
+    ``||x||^2`` (``||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2``), which no argmin over centroids
+    needs."""
+    return np.einsum("ij,ij->i", centroids, centroids)[None, :] - 2.0 * (x @ centroids.T)
 
 
 def _plus_plus(x: np.ndarray, sq: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -49,7 +54,7 @@ def _plus_plus(x: np.ndarray, sq: np.ndarray, k: int, rng: np.random.Generator) 
     tries = 2 + int(np.log(k))
     centroids = np.empty((k, x.shape[1]), dtype=x.dtype)
     centroids[0] = x[rng.integers(n)]
-    d2 = np.maximum(sq - 2.0 * (x @ centroids[0]) + sq.dtype.type(centroids[0] @ centroids[0]), 0)
+    d2 = np.maximum(sq - 2.0 * (x @ centroids[0]) + centroids[0] @ centroids[0], 0)
     for c in range(1, k):
         total = float(d2.sum())
         cand = (np.searchsorted(np.cumsum(d2), rng.random(tries) * total) if total > 0
@@ -70,12 +75,12 @@ def _lloyd(x: np.ndarray, sq: np.ndarray, centroids: np.ndarray, iters: int, tol
     rows = np.arange(n)
     labels = np.full(n, -1)
     for _ in range(iters):
-        dist = np.einsum("ij,ij->i", centroids, centroids)[None, :] - 2.0 * (x @ centroids.T)
+        dist = _offset_distances(x, centroids)
         new = dist.argmin(axis=1)
         moved = np.count_nonzero(new != labels)
         labels = new
         if moved <= tol * n:
-            break
+            break  # labels are the nearest centroids of these centroids
         counts = np.bincount(labels, minlength=k)
         onehot = np.zeros((n, k), dtype=x.dtype)
         onehot[rows, labels] = 1.0
@@ -91,7 +96,8 @@ def _lloyd(x: np.ndarray, sq: np.ndarray, centroids: np.ndarray, iters: int, tol
         centroids = (sums / counts[:, None]).astype(x.dtype, copy=False)
         if spherical:
             centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-    labels = nearest_centroid(x, centroids)
+    else:  # out of steps: the last update moved the centroids after the assignment
+        labels = nearest_centroid(x, centroids)
     inertia = sq + np.einsum("ij,ij->i", centroids, centroids)[labels] \
         - 2.0 * np.einsum("ij,ij->i", x, centroids[labels])
     return KMeansResult(centroids, labels, float(np.maximum(inertia, 0).sum()))

@@ -51,9 +51,9 @@ STAGE_NAME = "first_stage.faiss"
 RESCORE_NAME = "rescore.faiss"
 FULL_NAME = "full.faiss"
 HNSW_M_MAX = 1024
+"""The largest ``hnsw_m`` accepted (FAISS allocates ``2 hnsw_m`` links per vector)."""
 EF_RATIO = 2**0.5
 """Step between the ``ef_search`` values :meth:`FunnelIndex.candidate_grid` tries: 16, 23, 32, 45 ..."""
-"""The largest ``hnsw_m`` accepted (FAISS allocates ``2 hnsw_m`` links per vector)."""
 FULL_DTYPES = ("float32", "float16")
 """Storage of the full vectors the last stage re-ranks with."""
 RESCORE_DTYPES = (None, "int8")

@@ -53,10 +53,10 @@ LAYERS = {"cnn": 5, "mlp": 2, "vit": VIT_DEPTH}
 """Sliceable layers of each architecture (conv layers of the CNN, hidden layers of the MLP,
 feed-forward hidden layers of the ViT's blocks)."""
 _OPTIONAL = ("widths", "channels")
-CNN_LAST_WIDTH = 16
-"""Channels of the recipe CNN's last layer per unit of ``width`` (:func:`make_model_config`)."""
 """Config fields left out of the repr and the manifest when ``None``: configs of ordinary
 models read, print and save exactly as before these fields existed."""
+CNN_LAST_WIDTH = 16
+"""Channels of the recipe CNN's last layer per unit of ``width`` (:func:`make_model_config`)."""
 
 
 def check_widths(widths: Any) -> tuple[float, ...]:
