@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import math
 import os
@@ -68,6 +69,7 @@ from nestemb.index.tune import measure  # noqa: E402
 from nestemb.nesting import prefix_view  # noqa: E402
 
 K = 10
+TUNE_MAX_QUERIES = inspect.signature(tune).parameters["max_queries"].default
 NESTEMB = search_plot.NESTEMB_METHODS
 DEFAULT_MODEL = {"fmnist1024": "runs/search1024/model"}
 # run order without --families: the families the targets compare come first, so a run cut
@@ -683,11 +685,12 @@ def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, nlist, kept, which, re
         groups = groups_of(idx)
         log(f"tune {name}: exhaustive sweep of {sum(map(len, groups))} configurations on held-out queries")
         sweep = tune(idx, Q_hold, k=K, recall=min(targets), groups=groups, exhaustive=True,
-                     repeat=repeat, max_queries=len(Q_hold))["candidates"]
+                     repeat=repeat, max_queries=len(Q_hold), screen_queries=len(Q_hold))["candidates"]
         for target in targets:
             t0 = time.perf_counter()
-            res = tune(idx, Q_tune, k=K, recall=target, groups=groups, repeat=repeat,
-                       max_queries=len(Q_tune))
+            # the library's defaults: every candidate screened on 200 queries, close calls on
+            # up to 1,000 (all of Q_tune when it holds fewer)
+            res = tune(idx, Q_tune, k=K, recall=target, groups=groups, repeat=repeat)
             tune_s = time.perf_counter() - t0
             ok = [c for c in sweep if c["recall"] >= target]
             best = min(ok, key=lambda c: c["latency_ms"]) if ok else None
@@ -708,6 +711,8 @@ def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, nlist, kept, which, re
                 "heldout_recall": held["recall"], "heldout_latency_ms": held["latency_ms"],
                 "sweep_best": best and {**best, "latency_ms": best_ms},
                 "n_tried": len(res["candidates"]), "n_sweep": len(sweep), "tune_s": tune_s,
+                "tune_queries": res["n_queries"], "screen_queries": res["screen_queries"],
+                "n_settled": sum(c["n_queries"] > res["screen_queries"] for c in res["candidates"]),
                 "tried": res["candidates"],
                 "recall_ok": held["recall"] >= target - 0.005,
                 "latency_ratio": held["latency_ms"] / best_ms if best else None,
@@ -940,7 +945,8 @@ def main(argv=None):
     ap.add_argument("--tune", default="funnel-hnsw",
                     help="indexes tune() is evaluated on: funnel-hnsw, funnel-flat, adaptive-ivf ('' = none)")
     ap.add_argument("--tune-queries", type=int, default=None,
-                    help="tuning queries and (other) held-out queries of the tune evaluation (default: --single-queries)")
+                    help="tuning queries and (other) held-out queries of the tune evaluation "
+                    "(default: tune's max_queries, 1,000, or half the queries where there are fewer)")
     ap.add_argument("--tune-repeat", type=int, default=2, help="timing passes per tuning candidate")
     ap.add_argument("--cache", default="runs/bench_cache")
     ap.add_argument("--deploy-dir", default="runs/bench_cache/deploy",
@@ -1032,7 +1038,7 @@ def main(argv=None):
                        rows, flush, kept)
             log(f"elapsed {time.perf_counter() - t_all:.0f} s")
         which = [w for w in args.tune.split(",") if w]
-        n_tune = args.tune_queries or args.single_queries
+        n_tune = args.tune_queries or min(TUNE_MAX_QUERIES, len(Q) // 2)
         if which and len(Q) >= 2 * n_tune:
             hold = np.ascontiguousarray(Q[:n_tune], dtype=np.float32)
             tq = np.ascontiguousarray(Q[-n_tune:], dtype=np.float32)

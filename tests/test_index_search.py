@@ -188,6 +188,29 @@ def test_hnsw_grid_steps_ef_finely_and_tune_lands_near_the_sweep_best():
         assert knn_intersection(idx.search(Q[:200], k=10)[1], truth) < 0.95
 
 
+def test_tune_measures_close_calls_on_every_query():
+    X = synthetic_matryoshka(3000, D, seed=0, decay=0.05)
+    Q = synthetic_matryoshka(600, D, seed=1, decay=0.05)
+    idx = FunnelIndex(dims=(16, D), shortlist=(20,), first_stage="hnsw", hnsw_m=8).add(X)
+    res = tune(idx, Q, k=10, recall=0.95, exhaustive=True, max_queries=500, screen_queries=100,
+               groups=idx.candidate_grid(k=10, max_candidates=160))
+    assert res["n_queries"] == 500 and res["screen_queries"] == 100
+    truth = exact_search(X, Q[:500], 10)[1]
+    extended = 0
+    for c in res["candidates"]:
+        idx.set_params(**c["params"])
+        found = idx.search(Q[:500], k=10)[1]
+        # per-query recall of the first 100 queries, computed here: is 0.95 within 2 SE?
+        hits = np.array([len(set(f) & set(t)) / 10 for f, t in zip(found[:100], truth[:100])])
+        se = hits.std(ddof=1) / np.sqrt(100)
+        close = hits.mean() - 2 * se < 0.95 <= hits.mean() + 2 * se
+        n = 500 if close else 100
+        assert c["n_queries"] == n
+        assert c["recall"] == pytest.approx(knn_intersection(found[:n], truth[:n]))
+        extended += close
+    assert 0 < extended < len(res["candidates"])  # some decided on 100 queries, some on 500
+
+
 @pytest.mark.parametrize("make", [
     lambda: FunnelIndex(dims=(16, 32, 64), shortlist=(300, 100), prefix_dtype="int8", nesting=NEST),
     lambda: AdaptiveIVFIndex(d_cluster=8, d_search=32, nlist=16, nprobe=16, rerank=N, nesting=NEST),

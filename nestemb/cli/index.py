@@ -471,7 +471,11 @@ def tune_cmd(
         "fractions of the full model's multiply-adds, e.g. 0.3,0.6"),
     recall: float = typer.Option(0.99, help="recall@k target (agreement with exact search)"),
     k: int = typer.Option(10, "-k", "--k", help="k of recall@k"),
-    max_queries: int = typer.Option(200, help="queries used for measuring"),
+    max_queries: int = typer.Option(
+        1000, help="queries used at most: every configuration is timed and measured on the "
+        "first --screen-queries; one whose recall there is too close to the target to tell is "
+        "measured on up to this many"),
+    screen_queries: int = typer.Option(200, help="queries every configuration is measured on"),
     max_candidates: int = typer.Option(8192, help="largest shortlist / re-rank depth tried"),
     max_seconds: float = typer.Option(
         DEFAULT_TUNE_SECONDS, help="time budget in seconds (default 600): no new configuration "
@@ -491,6 +495,7 @@ def tune_cmd(
 
     _one_query_source(ctx, queries, model, TUNE_MODEL_OPTIONS, TUNE_QUERY_OPTIONS)
     positive_int(max_queries, "max_queries", allow_none=True)
+    positive_int(screen_queries, "screen_queries", allow_none=True)
     positive_int(max_candidates, "max_candidates", allow_none=True)
     if out is not None:
         check_out_dir(out, overwrite, "index")
@@ -513,8 +518,8 @@ def tune_cmd(
                        info=f"about {eta_s:.0f} s left (budget {max_seconds:g} s)")
 
         res = tune(index, np.asarray(Q[:max_queries]), k=k, recall=recall, manifest=man,
-                   max_queries=max_queries, max_candidates=max_candidates,
-                   max_seconds=max_seconds, progress=report)
+                   max_queries=max_queries, screen_queries=screen_queries,
+                   max_candidates=max_candidates, max_seconds=max_seconds, progress=report)
     after = index.get_params()
     # in place: the directory is an index by construction, so replacing it is the request
     index.save(index_dir if out is None else out, overwrite=out is None or overwrite)

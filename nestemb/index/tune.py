@@ -40,7 +40,9 @@ from nestemb.nesting import Manifest, check_compatible, check_vectors
 RECALL_Z = 2.0
 """``recall_low`` of a measured configuration is its mean recall minus ``RECALL_Z`` standard
 errors over the queries: the estimate from a few hundred queries is noisy, and a configuration
-picked on its mean alone falls short on new queries about half the time it is close."""
+picked on its mean alone falls short on new queries about half the time it is close. :func:`tune`
+measures a configuration whose mean lies within ``RECALL_Z`` standard errors of the target on
+more queries before it decides."""
 
 
 def best_pass_ms(run_one: Callable[[int], Any], n: int, passes: int = 1,
@@ -90,24 +92,27 @@ def measure(
         found[i] = index.search(Q[i], k)[1]
 
     latency = best_pass_ms(search_one, len(Q), repeat)
-    recall, recall_low = recall_stats(np.concatenate(found), truth)
-    return {"recall": recall, "latency_ms": latency, "recall_low": recall_low}
+    recall, recall_low, recall_high = recall_stats(np.concatenate(found), truth)
+    return {"recall": recall, "latency_ms": latency, "recall_low": recall_low,
+            "recall_high": recall_high, "n_queries": len(Q)}
 
 
-def recall_stats(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """``(recall, recall_low)`` of the ids ``found`` against ``truth`` (both ``(queries, k)``):
-    recall@k (:func:`~nestemb.exact.knn_intersection`) and its conservative estimate, the mean
-    over queries less :data:`RECALL_Z` standard errors (0 floor; a single query counts one
-    whole standard error).
+def recall_stats(found: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """``(recall, recall_low, recall_high)`` of the ids ``found`` against ``truth`` (both
+    ``(queries, k)``): recall@k (:func:`~nestemb.exact.knn_intersection`) and the mean over
+    queries less and plus :data:`RECALL_Z` standard errors (within [0, 1]; a single query
+    counts one whole standard error).
 
     Example:
         >>> recall_stats(np.array([[1, 2], [3, 4]]), np.array([[1, 2], [3, 5]]))
-        (0.75, 0.25)
+        (0.75, 0.25, 1.0)
     """
     per_query = np.array([len(set(f.tolist()) & set(t.tolist())) / max(1, len(t))
                           for f, t in zip(found, truth)])
     se = per_query.std(ddof=1) / np.sqrt(len(per_query)) if len(per_query) > 1 else 1.0
-    return knn_intersection(found, truth), float(max(0.0, per_query.mean() - RECALL_Z * se))
+    mean = per_query.mean()
+    return (knn_intersection(found, truth), float(max(0.0, mean - RECALL_Z * se)),
+            float(min(1.0, mean + RECALL_Z * se)))
 
 
 def _confirm_fastest(index, Q, truth, k, feasible: list[dict], repeat: int, finalists: int = 4,
@@ -135,7 +140,8 @@ def tune(
     *,
     groups: Iterable[list[dict]] | None = None,
     exhaustive: bool = False,
-    max_queries: int = 200,
+    max_queries: int = 1000,
+    screen_queries: int = 200,
     max_candidates: int = 8192,
     repeat: int = 1,
     manifest: Manifest | None = None,
@@ -146,7 +152,12 @@ def tune(
 
     Recall is agreement with the exact full-dimension top-``k`` of ``queries`` (raw query
     vectors, e.g. a held-out sample of the gallery's distribution); latency is the mean time of
-    one query at a time (best of ``repeat`` passes). Candidates are ``groups`` (default:
+    one query at a time (best of ``repeat`` passes) over the first ``screen_queries``
+    queries. Recall is measured on those first too; a configuration whose recall there lies
+    within :data:`RECALL_Z` standard errors of the target (:func:`recall_stats`), where the
+    sample cannot tell whether it meets the target, is measured again on all the queries (up to
+    ``max_queries``), so the queries that decide are many where they matter and few elsewhere.
+    Candidates are ``groups`` (default:
     ``index.candidate_grid(k, max_candidates=max_candidates)``). If no candidate meets the
     target, the one with the highest recall is applied and ``met`` is False. Pass the queries'
     ``manifest`` to have them checked against the index's (model id, version, nesting).
@@ -159,8 +170,10 @@ def tune(
     configuration so far times those left, at most what is left of the budget).
 
     The result is applied and recorded through ``index.set_tuning`` and returned: a dict with
-    ``params``, ``recall``, ``latency_ms``, ``target``, ``met``, ``k``, ``n_queries``,
-    ``candidates`` (every measured configuration), ``grid_size`` (configurations in the grid),
+    ``params``, ``recall``, ``latency_ms``, ``target``, ``met``, ``k``, ``n_queries`` (the
+    queries used, at most ``max_queries``), ``screen_queries``, ``candidates`` (every measured
+    configuration, with the ``n_queries`` its recall was measured on), ``grid_size``
+    (configurations in the grid),
     ``complete`` (whether the walk ended before the budget), ``seconds`` and ``max_seconds``;
     and ``width_plans``, the width table of :func:`tune_widths` recorded before, when the chosen
     configuration keeps the index's search structures (:func:`search_structure`) it was
@@ -189,11 +202,23 @@ def tune(
     check_recall(recall)
     if manifest is not None:
         check_compatible(manifest, index.manifest, what="queries and index")
-    if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 1:
-        raise NestembError(f"{{param}} must be a positive integer, got {max_queries!r}",
-                           param="max_queries")
+    positive_int(max_queries, "max_queries")
+    positive_int(screen_queries, "screen_queries")
     Q = check_vectors(queries, dim=index.dim, what="tuning queries")[:max_queries]
-    truth = index.search_exact(Q, k)[1]  # also validates k
+    Q_screen = Q[:screen_queries]
+    truth = index.search_exact(Q_screen, k)[1]  # also validates k
+    truth_all: np.ndarray | None = None  # of every query, computed when first needed
+
+    def settle(m: dict[str, Any]) -> None:
+        """Measure the recall of the configuration set on ``index`` on all of ``Q`` when the
+        screening queries leave it in doubt."""
+        nonlocal truth_all
+        if len(Q) == len(Q_screen) or not m["recall_low"] < recall <= m["recall_high"]:
+            return
+        if truth_all is None:
+            truth_all = np.concatenate([truth, index.search_exact(Q[len(Q_screen):], k)[1]])
+        stats = recall_stats(index.search(Q, k)[1], truth_all)
+        m.update(zip(("recall", "recall_low", "recall_high"), stats), n_queries=len(Q))
     if groups is None:
         groups = index.candidate_grid(k, max_candidates=max_candidates)
     groups = [list(g) for g in groups]
@@ -210,7 +235,8 @@ def tune(
                     complete = False
                     break
                 index.set_params(**params)
-                m = measure(index, Q, truth, k, repeat)
+                m = measure(index, Q_screen, truth, k, repeat)
+                settle(m)
                 plain = {n: list(v) if isinstance(v, tuple) else v for n, v in params.items()}
                 results.append({"params": plain, **m})
                 met = not exhaustive and m["recall"] >= recall
@@ -228,7 +254,7 @@ def tune(
         if not results:
             raise NestembError("tune: no candidate configurations")
         feasible = [r for r in results if r["recall"] >= recall]
-        _confirm_fastest(index, Q, truth, k, feasible, max(2, repeat), deadline=deadline)
+        _confirm_fastest(index, Q_screen, truth, k, feasible, max(2, repeat), deadline=deadline)
     except BaseException:
         index.set_params(**before)  # leave the index as it was given
         raise
@@ -242,6 +268,7 @@ def tune(
         "met": bool(feasible),
         "k": int(k),
         "n_queries": int(len(Q)),
+        "screen_queries": int(len(Q_screen)),
         "candidates": results,
         "grid_size": int(grid_size),
         "complete": complete,
@@ -434,7 +461,7 @@ def tune_widths(
             for plan in group:
                 rows_found = index.search_plan(Qw, k, plan["dims"], plan["shortlist"])[1]
                 found = index._rows_to_ids(rows_found)
-                recall, recall_low = recall_stats(found, truth)
+                recall, recall_low, _ = recall_stats(found, truth)
                 rows.append({"width": list(w) if isinstance(w, tuple) else w,
                              "cost": round(cost, 6), "dims": list(plan["dims"]),
                              "shortlist": list(plan["shortlist"]), "recall": recall,
