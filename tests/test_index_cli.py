@@ -247,6 +247,22 @@ def test_tune_prints_changes_stores_k_and_search_warns_above_it(cli, emb, caplog
     assert "searching with k=6 above the k=5 it was tuned for" in caplog.text
 
 
+def test_tune_screens_on_a_few_queries_and_settles_close_calls_on_more(cli, emb):
+    tmp, g, q = emb
+    assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--stages", "8,32",
+               "--shortlist", "400").code == 0
+    r = cli("index", "tune", tmp / "idx", "--queries", q, "--recall", "0.95",
+            "--max-queries", "40", "--screen-queries", "10")
+    assert r.code == 0, r
+    rec = load_index(tmp / "idx").tuning_
+    assert rec["screen_queries"] == 10 and rec["n_queries"] == 40
+    settled = [c for c in rec["candidates"] if c["n_queries"] == 40]
+    assert {c["n_queries"] for c in rec["candidates"]} <= {10, 40} and settled
+    assert f"on 10 queries, {len(settled)} of them too close to the target" in r.out
+    r = cli("index", "tune", tmp / "idx", "--queries", q, "--screen-queries", "0")
+    assert r.code == 2 and "--screen-queries" in r.err and "Traceback" not in r.err
+
+
 def test_search_out_existing_directory_exits_2(cli, emb):
     tmp, g, q = emb
     assert cli("index", "build", "--embeddings", g, "--out", tmp / "idx", "--stages", "8,32", "--shortlist", "20").code == 0
