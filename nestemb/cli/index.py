@@ -474,7 +474,7 @@ def tune_cmd(
     max_queries: int = typer.Option(
         1000, help="queries used at most: every configuration is timed and measured on the "
         "first --screen-queries; one whose recall there is too close to the target to tell is "
-        "measured on up to this many"),
+        "measured on up to this many (with --model: the query images measured, all of them)"),
     screen_queries: int = typer.Option(200, help="queries every configuration is measured on"),
     max_candidates: int = typer.Option(8192, help="largest shortlist / re-rank depth tried"),
     max_seconds: float = typer.Option(
