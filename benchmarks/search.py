@@ -712,7 +712,7 @@ def tune_eval(X, Q_tune, Q_hold, nest, model_id, targets, nlist, kept, which, re
                 "sweep_best": best and {**best, "latency_ms": best_ms},
                 "n_tried": len(res["candidates"]), "n_sweep": len(sweep), "tune_s": tune_s,
                 "tune_queries": res["n_queries"], "screen_queries": res["screen_queries"],
-                "n_settled": sum(c["n_queries"] > res["screen_queries"] for c in res["candidates"]),
+                "n_settled": res["n_settled"],
                 "tried": res["candidates"],
                 "recall_ok": held["recall"] >= target - 0.005,
                 "latency_ratio": held["latency_ms"] / best_ms if best else None,

@@ -209,6 +209,7 @@ def test_tune_measures_close_calls_on_every_query():
         assert c["recall"] == pytest.approx(knn_intersection(found[:n], truth[:n]))
         extended += close
     assert 0 < extended < len(res["candidates"])  # some decided on 100 queries, some on 500
+    assert res["n_settled"] == extended
 
 
 @pytest.mark.parametrize("make", [

@@ -525,12 +525,11 @@ def tune_cmd(
     index.save(index_dir if out is None else out, overwrite=out is None or overwrite)
     outcome = "target met" if res["met"] else "target NOT met"
     n = len(res["candidates"])
-    settled = sum(c["n_queries"] > res["screen_queries"] for c in res["candidates"])
     typer.echo(
         f"{outcome}: recall@{k} {res['recall']:.4f} (target {recall}) with {res['params']}, "
         f"latency {res['latency_ms']:.3f} ms ({n} of the grid's {res['grid_size']} "
         f"configurations measured in {res['seconds']:.1f} s on {res['screen_queries']} queries, "
-        f"{settled} of them too close to the target to call measured again on {res['n_queries']})"
+        f"{res['n_settled']} of them too close to the target to call measured again on {res['n_queries']})"
     )
     if not res["complete"]:
         kept = ("the fastest one meeting the target is kept" if res["met"] else

@@ -171,8 +171,9 @@ def tune(
 
     The result is applied and recorded through ``index.set_tuning`` and returned: a dict with
     ``params``, ``recall``, ``latency_ms``, ``target``, ``met``, ``k``, ``n_queries`` (the
-    queries used, at most ``max_queries``), ``screen_queries``, ``candidates`` (every measured
-    configuration, with the ``n_queries`` its recall was measured on), ``grid_size``
+    queries used, at most ``max_queries``), ``screen_queries``, ``n_settled`` (configurations
+    measured again on all of them), ``candidates`` (every measured configuration, with the
+    ``n_queries`` its recall was measured on), ``grid_size``
     (configurations in the grid),
     ``complete`` (whether the walk ended before the budget), ``seconds`` and ``max_seconds``;
     and ``width_plans``, the width table of :func:`tune_widths` recorded before, when the chosen
@@ -269,6 +270,7 @@ def tune(
         "k": int(k),
         "n_queries": int(len(Q)),
         "screen_queries": int(len(Q_screen)),
+        "n_settled": sum(r["n_queries"] > len(Q_screen) for r in results),
         "candidates": results,
         "grid_size": int(grid_size),
         "complete": complete,
