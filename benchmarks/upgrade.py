@@ -4,7 +4,7 @@ SciFact text upgrade (``text``, in ``benchmarks/upgrade_text.py``).
 The chain (every step sees more classes and more data; ``STEPS``): M0 on classes 0-3 (a third
 of their training images, 32-d), M1 on 0-6 (two thirds, 64-d), M2 on all 10 (all images,
 96-d), M3 on all 10 with a wider encoder (conv width 16, 128-d); every model at the trainer's
-default schedule (10 epochs, at least 1,500 steps). The
+default schedule (15 epochs, at least 1,500 steps; 10 before 2026-12-06). The
 gallery is the training set encoded once by M0; the queries are the test set, all classes (a
 stratified sample of ``--queries`` images; 0 = all 10,000). 5,000 training images are kept out of
 every model's training as a validation split (queries against the rest of the training set) for

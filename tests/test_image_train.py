@@ -25,7 +25,7 @@ def test_small_sets_get_the_minimum_number_of_steps(n):
 
 
 def test_large_sets_train_for_whole_epochs_and_overrides_win():
-    assert ImageTrainConfig().schedule(55000) == (10, 215, 2150)
+    assert ImageTrainConfig().schedule(55000) == (15, 215, 3225)
     assert ImageTrainConfig(min_steps=5000).schedule(55000) == (24, 215, 5160)
     assert ImageTrainConfig(epochs=3).schedule(500) == (3, 2, 6)
     assert ImageTrainConfig(steps=5).schedule(500) == (3, 2, 5)  # last epoch partial

@@ -32,7 +32,7 @@ _DATA_HELP = (
     "../shared/data/fashion-mnist, /usr/share/datasets/fashion-mnist."
 )
 _AUGMENT_HELP = "Comma list of shift (random shifts of --shift pixels) and flip (horizontal), or none."
-_STEPS_HELP = "Optimizer steps (default: 10 epochs, but at least 1500 steps on small data sets)."
+_STEPS_HELP = "Optimizer steps (default: 15 epochs, but at least 1500 steps on small data sets)."
 CALIBRATION_IMAGES = 2000
 """Training images ``image extract`` recalibrates a mixed-width submodel's batch norms on."""
 

@@ -8,7 +8,7 @@ returns ``(model, info)``.
   more than a fifth), is kept aside for calibrating the adaptive cascade; ``info["split"]``
   records it so the evaluator can rebuild it.
 - Schedule, sized by optimizer steps so that small and large sets both train enough: by default
-  ``max(DEFAULT_EPOCHS, ceil(min_steps / steps_per_epoch))`` epochs (10 epochs of the 55k
+  ``max(DEFAULT_EPOCHS, ceil(min_steps / steps_per_epoch))`` epochs (15 epochs of the 55k
   Fashion-MNIST images, about 70 of a 5.4k set); ``epochs`` or ``steps`` override it.
 - Augmentation (``augment``): random shifts of up to ``shift`` pixels (zero padding) by default;
   horizontal flips only when asked (a flip changes what a digit means).
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 
 AUGMENTS = ("shift", "flip")
 STATE_NAME = "trainer-state.pt"
-DEFAULT_EPOCHS = 10
+DEFAULT_EPOCHS = 15
 DEFAULT_MIN_STEPS = 1500
 
 
@@ -89,7 +89,7 @@ class ImageTrainConfig:
 
     Example:
         >>> ImageTrainConfig().schedule(55000)      # (epochs, steps per epoch, total steps)
-        (10, 215, 2150)
+        (15, 215, 3225)
         >>> ImageTrainConfig().schedule(5400)       # a small set gets at least min_steps
         (69, 22, 1518)
         >>> ImageTrainConfig(epochs=0)
