@@ -132,6 +132,10 @@ def train_or_load(name: str, mcfg, train: tuple, tcfg, work: Path, fresh: bool, 
     folder, info_path = work / name, work / f"{name}.json"
     # what makes two trainings the same: the model config and, for an elastic one, its distillation
     key = repr(mcfg) + (f", width_distill={tcfg.width_distill:g}" if mcfg.widths else "")
+    if mcfg.widths and tcfg.widths_per_step != 3:  # the sandwich (3) keeps the older runs' keys
+        key += f", widths_per_step={tcfg.widths_per_step}"
+    if mcfg.widths and tcfg.unbiased_widths:
+        key += ", unbiased_widths"
     if not fresh and folder.is_dir() and info_path.is_file():
         info = read_json(info_path)
         if info.get("model_config") == key:
@@ -172,7 +176,7 @@ def step_seconds(configs: dict[str, Any], train: tuple, tcfg, steps: int, rounds
     from nestemb.models.image import ImageModel
     from nestemb.train.image import augment_batch, batch_loss, default_weights, sample_widths
 
-    images, labels = torch.from_numpy(train[0]), torch.from_numpy(train[1].astype(np.int64))
+    images, labels = torch.from_numpy(np.array(train[0])), torch.from_numpy(train[1].astype(np.int64))
     best = {name: float("inf") for name in configs}
     with torch_threads(tcfg.threads):
         nets = {name: ImageModel(cfg).train() for name, cfg in configs.items()}
@@ -186,7 +190,7 @@ def step_seconds(configs: dict[str, Any], train: tuple, tcfg, steps: int, rounds
                 for _ in range(steps):
                     idx = torch.randint(len(images), (tcfg.batch_size,), generator=gen)
                     x = augment_batch(net.preprocess(images[idx]), gen, tcfg.augment, tcfg.shift)
-                    widths = sample_widths(cfg.widths, gen) if cfg.widths else None
+                    widths = sample_widths(cfg.widths, gen, tcfg.widths_per_step) if cfg.widths else None
                     loss = batch_loss(net, x, labels[idx], w, widths=widths, distill=tcfg.width_distill)
                     opts[name].zero_grad(set_to_none=True)
                     loss.backward()
@@ -285,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width-distill", type=float, default=10.0,
                     help="the elastic model's in-place distillation weight (the library's default is 0: "
                          "off; 10 measured best for submodel queries on the full gallery, MLP)")
+    ap.add_argument("--widths-per-step", type=int, default=3,
+                    help="granularities the elastic model trains per step (3: the sandwich; 4: all)")
+    ap.add_argument("--unbiased-widths", action="store_true",
+                    help="weight each sampled middle width's loss so a step's expected loss is every width's")
     ap.add_argument("--timing-images", type=int, default=20000, help="images encoded per timing round")
     ap.add_argument("--timing-rounds", type=int, default=5, help="timing rounds (each model keeps its best)")
     ap.add_argument("--calibration", type=int, default=2000,
@@ -407,7 +415,8 @@ def run_seed(a: argparse.Namespace, out: Path, command: str) -> dict:
     ecfg = make_model_config("mrl", dim=a.dim, images=train[0], arch=a.arch, widths=widths)
     dims = list(ecfg.nesting)
     L = LAYERS[a.arch]
-    tcfg = ImageTrainConfig(steps=steps, seed=a.seed, threads=a.threads, width_distill=a.width_distill)
+    tcfg = ImageTrainConfig(steps=steps, seed=a.seed, threads=a.threads, width_distill=a.width_distill,
+                           widths_per_step=a.widths_per_step, unbiased_widths=a.unbiased_widths)
     full_macs = multiply_adds(ecfg)
     log(f"{a.arch}, widths {widths}, dims {dims}, {len(train[0])} train / {len(test[0])} test images, "
         f"steps {steps or 'library schedule'}, seed {a.seed}, {a.threads} threads")
@@ -549,6 +558,7 @@ def run_seed(a: argparse.Namespace, out: Path, command: str) -> dict:
     results = {
         "command": command, "arch": a.arch, "widths": list(widths), "dims": dims, "seed": a.seed,
         "steps": infos["elastic"]["steps"], "threads": a.threads, "width_distill": tcfg.width_distill,
+        "widths_per_step": tcfg.widths_per_step, "unbiased_widths": tcfg.unbiased_widths,
         "n_train": len(train[0]), "n_test": len(test[0]), "full_multiply_adds": full_macs,
         "models": rows,
         "cross_gallery": {"queries_width": a.quarter, "dims": dims,

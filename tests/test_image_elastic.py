@@ -4,6 +4,7 @@ and ordinary models exactly as before."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,7 +17,7 @@ from nestemb.models.elastic import (batch_norms, extract, layer_units, mix_n_mat
                                     recalibrate)
 from nestemb.models.image import (ARCHS, ImageModel, ImageModelConfig, build_manifest,
                                   config_from_manifest, load_image_model, make_model_config,
-                                  save_image_model)
+                                  sampled_width_weights, save_image_model)
 from nestemb.nesting import Manifest, check_compatible, lineage, parent_of, prefix_view, weights_version
 from nestemb.train.image import (ImageTrainConfig, batch_loss, run_signature, sample_widths,
                                  train_image, width_losses)
@@ -185,6 +186,60 @@ def test_sandwich_sampling():
     assert sample_widths((0.5, 1.0), gen) == (1.0, 0.5) and sample_widths((1.0,), gen) == (1.0,)
 
 
+def test_widths_per_step_sampling():
+    """``per_step``: the full width first (the distillation teacher), the smallest, then that many
+    distinct others; every granularity, with no random draw, once it reaches their number."""
+    five = (0.125, 0.25, 0.5, 0.75, 1.0)
+    gen = torch.Generator().manual_seed(0)
+    seen = {sample_widths(five, gen, per_step=4) for _ in range(200)}
+    assert all(p[:2] == (1.0, 0.125) and len(set(p)) == 4 for p in seen)
+    assert {frozenset(p[2:]) for p in seen} == {frozenset(c) for c in ((0.25, 0.5), (0.25, 0.75), (0.5, 0.75))}
+    state = gen.get_state()
+    assert sample_widths(WIDTHS, gen, per_step=4) == (1.0, 0.125, 0.5, 0.25)
+    assert sample_widths(WIDTHS, gen, per_step=9) == (1.0, 0.125, 0.5, 0.25)
+    assert sample_widths(WIDTHS, gen, per_step=2) == (1.0, 0.125)
+    assert torch.equal(gen.get_state(), state)  # no choice, no draw
+    # the default is the sandwich: a seeded run draws what it drew before per_step existed
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert [sample_widths(WIDTHS, a) for _ in range(20)] == [sample_widths(WIDTHS, b, 3) for _ in range(20)]
+
+
+def test_unbiased_width_weights_make_the_expected_loss_every_widths(data):
+    """Averaged over the sandwich's equally likely draws, the weighted loss of the sampled widths
+    equals the loss summed over every width (the joint loss), for the same model and batch; the
+    trainer records that it weighted them."""
+    x, y = load_idx(data)
+    cfg = make_model_config("mrl", dim=8, dims=(2, 4, 8), images=x, arch="mlp", width=1, widths=WIDTHS)
+    torch.manual_seed(0)
+    model = ImageModel(cfg).eval()
+    xb, yb, w = model.preprocess(torch.from_numpy(x[:64].copy())), torch.from_numpy(y[:64].astype(np.int64)), torch.ones(3)
+    with torch.no_grad():
+        joint = float(width_losses(model, xb, yb, w, WIDTHS[::-1]).sum())
+        draws = [(1.0, 0.125, 0.25), (1.0, 0.125, 0.5)]  # what sample_widths draws, 1/2 each
+        expected = np.mean([float(width_losses(model, xb, yb, w, p) @ torch.tensor(sampled_width_weights(WIDTHS, p)))
+                            for p in draws])  # fmt: skip
+    assert expected == pytest.approx(joint, rel=1e-5)
+    assert sampled_width_weights(WIDTHS, (1.0, 0.125)) == (1.0, 1.0)
+    tcfg = ImageTrainConfig(steps=2, holdout=20, batch_size=32, seed=1, device="cpu", unbiased_widths=True)
+    assert train_image(cfg, x, y, tcfg, progress=False)[1]["unbiased_widths"] is True
+
+
+def test_widths_per_step_trains_every_width_each_step(data):
+    """With ``widths_per_step`` = the number of widths every epoch's mean loss exists for every
+    width after one step (the sandwich leaves one of the two middle widths out), and a bad
+    value is refused naming its parameter."""
+    x, y = load_idx(data)
+    cfg = make_model_config("mrl", dim=8, dims=(2, 4, 8), images=x, arch="mlp", width=1, widths=WIDTHS)
+    tcfg = ImageTrainConfig(steps=1, holdout=20, batch_size=32, seed=1, device="cpu",
+                            widths_per_step=4)
+    _model, info = train_image(cfg, x, y, tcfg, progress=False)
+    assert all(h[0] is not None for h in info["width_losses"].values()), info["width_losses"]
+    for bad in (1, 2.5, "4"):
+        with pytest.raises(NestembError) as e:
+            ImageTrainConfig(widths_per_step=bad)
+        assert e.value.param == "widths_per_step"
+
+
 @pytest.mark.parametrize("arch", ["cnn", "mlp"])
 def test_training_lowers_the_loss_at_every_width(data, arch):
     x, y = load_idx(data)
@@ -225,6 +280,12 @@ def test_elastic_training_resumes_exactly_and_refuses_other_widths(data, tmp_pat
                               widths=(0.5, 1.0))  # fmt: skip
     with pytest.raises(NestembError, match="different run: widths"):
         train_image(other, x, y, tcfg, progress=False, resume_from=tmp_path / "ck" / "epoch-1")
+    # how the widths train is part of the run too: resuming with another sampling is refused
+    for change, name in (({"widths_per_step": 4}, "widths_per_step"), ({"unbiased_widths": True}, "unbiased_widths"),
+                         ({"width_distill": 1.0}, "width_distill")):  # fmt: skip
+        with pytest.raises(NestembError, match=f"different run: {name}"):
+            train_image(cfg, x, y, dataclasses.replace(tcfg, **change), progress=False,
+                        resume_from=tmp_path / "ck" / "epoch-1")
     loaded = load_image_model(tmp_path / "ck" / "epoch-3")
     assert loaded.config.widths == WIDTHS
 
@@ -480,6 +541,13 @@ def test_cli_train_and_extract(cli, data, tmp_path):
     r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--widths", "0.5,1",
             "--width-distill", "-1")  # fmt: skip
     _one_line_error(r, "--width-distill must be >= 0, got -1.0")
+    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--widths-per-step", "4")
+    _one_line_error(r, "--widths-per-step applies only with --widths")
+    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--unbiased-widths")
+    _one_line_error(r, "--unbiased-widths applies only with --widths")
+    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--widths", "0.5,1",
+            "--widths-per-step", "1")  # fmt: skip
+    _one_line_error(r, "--widths-per-step must be an integer >= 2")
     assert not bad.exists()
 
 

@@ -192,6 +192,14 @@ def train_cmd(
         0.0, help="With --widths: weight of the smaller widths' in-place distillation to the full "
         "width (prefix cosine). Helps a submodel's queries search the full model's gallery "
         "(10 measured best on the MLP); 0 = off."),
+    widths_per_step: int = typer.Option(
+        3, help="With --widths: granularities trained per step: the full width, the smallest and "
+        "N-2 others at random (3, the default, is the sandwich rule; the number of --widths "
+        "trains every one, MatFormer's joint loss, at a higher step cost)."),
+    unbiased_widths: bool = typer.Option(
+        False, "--unbiased-widths/--no-unbiased-widths", help="With --widths: weight each sampled "
+        "middle width's loss so that a step's expected loss is the loss at every width (at the "
+        "sampled step's cost)."),
     seed: int = typer.Option(0, help="Random seed (weights, split, shuffling, augmentation)."),
     classifier: Classifier = typer.Option(Classifier.linear, help="Heads: linear, or cosine on prefix views."),
     batch_size: int = typer.Option(256, help="Batch size."),
@@ -242,12 +250,17 @@ def train_cmd(
                            f"(WORLD_SIZE={env.world_size})")
     if width_distill and widths is None:
         raise NestembError("--width-distill applies only with --widths")
+    if widths_per_step != 3 and widths is None:
+        raise NestembError("--widths-per-step applies only with --widths")
+    if unbiased_widths and widths is None:
+        raise NestembError("--unbiased-widths applies only with --widths")
     check_out_dir(out, overwrite, "image-model")  # before the data set is loaded
     resume_from = _resume_point(out, checkpoints, checkpoint_dir, resume, overwrite)
     mcfg, tcfg, folder, train, _test = _prepare(
         data, dims, dim, head, weights, classifier, widths, arch.value, steps=steps, epochs=epochs, seed=seed,
         batch_size=batch_size, lr=lr, holdout=holdout, augment=parse_augment(augment),
         shift=shift, threads=threads, device=device.value, width_distill=width_distill,
+        widths_per_step=widths_per_step, unbiased_widths=unbiased_widths,
     )  # fmt: skip
     compat_cfg = _compat_config(compatible_with, compat, mcfg)
     console = _console()

@@ -32,11 +32,11 @@ returns ``(model, info)``.
   prefix, so every width learns the same space). The full and smallest widths bound all the
   others (Yu & Huang 2019, universally slimmable networks), so training them every step keeps
   both ends accurate, and the cost stays three forwards of decreasing size whatever the number
-  of granularities: with the default widths a forward-backward of the sandwich costs about
-  1.55x the full one (CNN ``width=16``, batch 256, 2 CPU threads: the 1/8, 1/4 and 1/2 widths
-  cost 0.16x, 0.22x and 0.39x, more than their multiply-adds on a CPU), where training every
-  granularity would cost 1.8x and MatFormer's one random granularity per step would leave the
-  full model trained only a quarter of the time. ``info["width_losses"]`` holds each width's per-epoch mean loss. Elastic
+  of granularities: with the default widths a step of the sandwich costs 1.41x the full
+  model's (the library's CNN, batch 256, 2 CPU threads; small widths cost more than their
+  multiply-adds on a CPU), where training every granularity (``widths_per_step=4``,
+  MatFormer's joint loss) costs 1.73x and MatFormer's one random granularity per step would
+  leave the full model trained only a quarter of the time. ``info["width_losses"]`` holds each width's per-epoch mean loss. Elastic
   training runs in one process and without ``compat``.
 - Checkpoints (``checkpoint_dir``) also hold ``trainer-state.pt`` (optimizer, schedule,
   generator, epoch); ``resume_from=checkpoint_dir/epoch-E`` continues after epoch ``E`` and
@@ -59,7 +59,7 @@ from nestemb.checks import positive_float, positive_int
 from nestemb.errors import NestembError
 from nestemb.losses import PrefixLoss, check_weights, cosine_distance, matryoshka_cross_entropy
 from nestemb.models.image import (ImageModel, ImageModelConfig, check_model_id, sample_widths,
-                                  write_model_files)
+                                  sampled_width_weights, write_model_files)
 from nestemb.progress import progress_bar
 from nestemb.device import resolve_device, torch_threads
 from nestemb import distributed as dist
@@ -85,6 +85,10 @@ class ImageTrainConfig:
     ``augment``: any of ``"shift"`` (random shifts of up to ``shift`` pixels) and ``"flip"``
     (random horizontal flips). ``width_distill``: with nested widths, the weight of the smaller
     widths' in-place distillation to the full width (:func:`width_losses`; ignored otherwise).
+    ``widths_per_step``: with nested widths, how many granularities each step trains
+    (:func:`sample_widths`: 3 is the sandwich; their number, every one). ``unbiased_widths``:
+    weight each sampled middle width's loss by :func:`sampled_width_weights` (with the sandwich
+    and 4 widths, 2), so a step's expected loss is the loss at every width.
     ``threads``: torch CPU threads during the call (``None``: as is).
 
     Example:
@@ -115,6 +119,8 @@ class ImageTrainConfig:
     shift: int = 2
     label_smoothing: float = 0.0
     width_distill: float = 0.0
+    widths_per_step: int = 3
+    unbiased_widths: bool = False
     threads: int | None = None
     device: str = "auto"
 
@@ -123,6 +129,9 @@ class ImageTrainConfig:
             raise NestembError("give epochs or steps, not both")
         for name in ("epochs", "steps", "min_steps", "batch_size", "threads"):
             positive_int(getattr(self, name), name, allow_none=True)
+        if not (isinstance(self.widths_per_step, int) and self.widths_per_step >= 2):
+            raise NestembError(f"{{param}} must be an integer >= 2 (the full and the smallest width), "
+                               f"got {self.widths_per_step!r}", param="widths_per_step")
         positive_float(self.lr, "lr")
         if not self.weight_decay >= 0:
             raise NestembError(f"{{param}} must be >= 0, got {self.weight_decay}", param="weight_decay")
@@ -417,10 +426,12 @@ def train_image(
                         # as in a one-process run); each process forwards its shard of it
                         x = augment_batch(model.preprocess(x_all[idx]), gen, config.augment, config.shift)
                         if widths is not None:  # the sandwich of widths, one process
-                            picked = sample_widths(widths, gen)
+                            picked = sample_widths(widths, gen, config.widths_per_step)
                             per_width = width_losses(model, x, y_all[idx], w, picked, config.label_smoothing,
                                                      config.width_distill)
-                            loss = per_width.sum()
+                            loss = (per_width @ torch.tensor(sampled_width_weights(widths, picked),
+                                                             device=per_width.device)
+                                    if config.unbiased_widths else per_width.sum())
                             for g, v in zip(picked, per_width.tolist()):
                                 w_sum[g] = w_sum.get(g, 0.0) + v * len(idx)
                                 w_count[g] = w_count.get(g, 0) + len(idx)
@@ -482,9 +493,13 @@ def train_image(
         info["compat"] = compat.describe()
     if widths is not None:
         info["widths"] = list(widths)
-        info["width_sampling"] = "sandwich: the full width, the smallest and one other at random per step"
+        info["width_sampling"] = ("sandwich: the full width, the smallest and one other at random per step"
+                                  if config.widths_per_step == 3 else
+                                  f"the full width, the smallest and {config.widths_per_step - 2} others "
+                                  "at random per step (all of them when there are no more)")
         info["width_losses"] = width_history
         info["width_distill"] = config.width_distill
+        info["widths_per_step"], info["unbiased_widths"] = config.widths_per_step, config.unbiased_widths
     if state is not None:
         info["resumed_from"] = str(resume_from)
     return model, info
@@ -519,8 +534,11 @@ def run_signature(model_config: ImageModelConfig, images: np.ndarray, labels: np
     epochs, _per_epoch, total_steps = config.schedule(len(images) - holdout)
     weights = config.weights or default_weights(model_config.nesting)
     # the model's repr names its widths too; an elastic run also records them on their own,
-    # so that resuming with other widths says so (ordinary runs keep their signature)
-    elastic = {} if model_config.widths is None else {"widths": list(model_config.widths)}
+    # so that resuming with other widths says so, and how it trains them (ordinary runs keep
+    # their signature)
+    elastic = {} if model_config.widths is None else {
+        "widths": list(model_config.widths), "width_distill": float(config.width_distill),
+        "widths_per_step": int(config.widths_per_step), "unbiased_widths": bool(config.unbiased_widths)}
     return {**elastic, "n_train": int(len(images) - holdout), "holdout": int(holdout),
             "seed": int(config.seed), "batch_size": int(config.batch_size),
             "total_steps": int(total_steps), "epochs": int(epochs), "model": repr(model_config),
