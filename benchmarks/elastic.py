@@ -127,24 +127,21 @@ def train_or_load(name: str, mcfg, train: tuple, tcfg, work: Path, fresh: bool, 
     """Train one model (or reuse the one a previous run with the same settings saved under
     ``work``); returns the model (with a manifest) and its training info."""
     from nestemb.models.image import load_image_model, save_image_model
-    from nestemb.train.image import train_image
+    from nestemb.train.image import run_signature, train_image
 
     folder, info_path = work / name, work / f"{name}.json"
-    # what makes two trainings the same: the model config and, for an elastic one, its distillation
-    key = repr(mcfg) + (f", width_distill={tcfg.width_distill:g}" if mcfg.widths else "")
-    if mcfg.widths and tcfg.widths_per_step != 3:  # the sandwich (3) keeps the older runs' keys
-        key += f", widths_per_step={tcfg.widths_per_step}"
-    if mcfg.widths and tcfg.unbiased_widths:
-        key += ", unbiased_widths"
+    # what makes two trainings the same: what makes a checkpoint resumable (data, schedule, model,
+    # and for an elastic one how its widths train)
+    key = run_signature(mcfg, *train, tcfg)
     if not fresh and folder.is_dir() and info_path.is_file():
         info = read_json(info_path)
-        if info.get("model_config") == key:
+        if info.get("run_signature") == key:
             log(f"{name}: reusing {folder} (trained in {info['train_seconds']:.1f} s)")
             return load_image_model(folder), {**info, "reused": True}
     model, info = train_image(mcfg, *train, tcfg, progress=False, model_id=name)
     save_image_model(model, folder, name, {"split": info["split"]}, overwrite=True)
     keep = {k: info[k] for k in ("train_seconds", "steps", "epochs", "split") if k in info}
-    keep["model_config"] = key
+    keep["run_signature"] = key
     write_json(info_path, keep)
     log(f"{name}: trained {info['steps']} steps in {info['train_seconds']:.1f} s "
         f"({1000 * info['train_seconds'] / max(1, info['steps']):.0f} ms/step)")

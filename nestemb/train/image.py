@@ -129,7 +129,7 @@ class ImageTrainConfig:
             raise NestembError("give epochs or steps, not both")
         for name in ("epochs", "steps", "min_steps", "batch_size", "threads"):
             positive_int(getattr(self, name), name, allow_none=True)
-        if not (isinstance(self.widths_per_step, int) and self.widths_per_step >= 2):
+        if positive_int(self.widths_per_step, "widths_per_step") < 2:
             raise NestembError(f"{{param}} must be an integer >= 2 (the full and the smallest width), "
                                f"got {self.widths_per_step!r}", param="widths_per_step")
         positive_float(self.lr, "lr")
