@@ -187,7 +187,8 @@ def step_seconds(configs: dict[str, Any], train: tuple, tcfg, steps: int, rounds
                 for _ in range(steps):
                     idx = torch.randint(len(images), (tcfg.batch_size,), generator=gen)
                     x = augment_batch(net.preprocess(images[idx]), gen, tcfg.augment, tcfg.shift)
-                    widths = sample_widths(cfg.widths, gen, tcfg.widths_per_step) if cfg.widths else None
+                    widths = (sample_widths(cfg.widths, gen, tcfg.widths_per_step, tcfg.always_widths)
+                               if cfg.widths else None)
                     loss = batch_loss(net, x, labels[idx], w, widths=widths, distill=tcfg.width_distill)
                     opts[name].zero_grad(set_to_none=True)
                     loss.backward()
@@ -290,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="granularities the elastic model trains per step (3: the sandwich; 4: all)")
     ap.add_argument("--unbiased-widths", action="store_true",
                     help="weight each sampled middle width's loss so a step's expected loss is every width's")
+    ap.add_argument("--always-widths", type=_csv(float), default=None,
+                    help="widths besides the full one that every step trains (default: the smallest)")
     ap.add_argument("--timing-images", type=int, default=20000, help="images encoded per timing round")
     ap.add_argument("--timing-rounds", type=int, default=5, help="timing rounds (each model keeps its best)")
     ap.add_argument("--calibration", type=int, default=2000,
@@ -298,8 +301,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=_csv(int), default=None,
                     help="several seeds: one run per seed under OUT/seedS/, then OUT/summary.md and "
                          "OUT/summary.json with the mean and spread of every target's figure")
+    ap.add_argument("--combine", nargs="+", type=Path, default=None, metavar="DIR",
+                    help="train nothing: summarize earlier runs (DIR/results.json, one seed each, the same "
+                         "settings) into OUT/summary.md and OUT/summary.json")
     a = ap.parse_args(argv)
     command = "python benchmarks/elastic.py" + ("" if not argv else " " + shlex.join(argv))
+    if a.combine:
+        try:
+            runs = same_setting_runs(a.combine)
+        except ValueError as e:
+            ap.error(f"--combine: {e}")
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        summarize(runs, Path(a.out), command)
+        return 0
     if not a.seeds:
         run_seed(a, Path(a.out), command)
         return 0
@@ -342,6 +356,44 @@ def seed_figures(results: dict) -> dict[str, float]:
     return out
 
 
+SETTINGS = ("arch", "widths", "dims", "steps", "threads", "width_distill", "widths_per_step", "unbiased_widths",
+            "always_widths", "n_train", "n_test")
+"""What makes seed runs comparable: ``--combine`` refuses runs that differ in any of these."""
+OLDER_DEFAULTS = {"widths_per_step": 3, "unbiased_widths": False, "always_widths": None}
+"""Settings that runs from before their option existed do not record: they ran the default."""
+
+
+def same_setting_runs(dirs: Sequence[Path]) -> list[dict]:
+    """The ``results.json`` of every folder in ``dirs``, checked to be one seed each of the same
+    settings (:data:`SETTINGS`); ``ValueError`` names the folder and the setting otherwise.
+
+    >>> import tempfile, json
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for s, k in ((0, 3), (1, 4)):
+    ...     (d / f"s{s}").mkdir(); _ = (d / f"s{s}" / "results.json").write_text(
+    ...         json.dumps({"arch": "cnn", "seed": s, "widths_per_step": k}))
+    >>> same_setting_runs([d / "s0", d / "s1"])
+    Traceback (most recent call last):
+    ValueError: ...s1 has widths_per_step 4, ...s0 has 3
+    """
+    runs: list[dict] = []
+    first: tuple[Path, dict] | None = None
+    for d in dirs:
+        path = Path(d) / "results.json"
+        if not path.is_file():
+            raise ValueError(f"{d} holds no results.json")
+        r = {**OLDER_DEFAULTS, **read_json(path)}
+        if first is None:
+            first = (d, r)
+        for k in SETTINGS:
+            if r.get(k) != first[1].get(k):
+                raise ValueError(f"{d} has {k} {r.get(k)}, {first[0]} has {first[1].get(k)}")
+        if r["seed"] in [x["seed"] for x in runs]:
+            raise ValueError(f"{d} repeats seed {r['seed']}")
+        runs.append(r)
+    return runs
+
+
 def summarize(runs: Sequence[dict], out: Path, command: str) -> dict:
     """Mean and standard deviation over seeds of every target's figure; writes
     ``out/summary.json`` and ``out/summary.md`` (also printed)."""
@@ -366,10 +418,14 @@ def summarize(runs: Sequence[dict], out: Path, command: str) -> dict:
     for k, st in stats.items():
         st["met"] = met(k, st["mean"])
     seeds = [r["seed"] for r in runs]
+    runs_by = sorted({r["command"] for r in runs})  # several when earlier runs were combined
     summary = {"command": command, "arch": runs[0]["arch"], "seeds": seeds, "steps": runs[0]["steps"],
-               "width_distill": runs[0].get("width_distill"), "figures": stats}
+               **{k: runs[0].get(k) for k in ("width_distill", "widths_per_step", "unbiased_widths", "always_widths")},
+               "run_commands": runs_by, "figures": stats}
     md = [f"# Elastic encoders ({runs[0]['arch'].upper()}), {len(seeds)} seeds", "",
-          f"Command: `{command}` (seeds {', '.join(map(str, seeds))}; one run each under `seedS/`)", "",
+          f"Command: `{command}` (seeds {', '.join(map(str, seeds))}"
+          + (")" if "--combine" in command else "; one run each under `seedS/`)"), "",
+          *([f"Runs combined: {', '.join(f'`{c}`' for c in runs_by)}", ""] if len(runs_by) > 1 else []),
           table(["figure", "mean", "sd", "per seed", "target met (mean)?"],
                 [[k, f"{st['mean']:+.2f}" if "pt" in k else f"{st['mean']:.2f}", f"{st['sd']:.2f}",
                   " / ".join(f"{v:g}" for v in st["values"]), "met" if st["met"] else "MISSED"]
@@ -413,7 +469,8 @@ def run_seed(a: argparse.Namespace, out: Path, command: str) -> dict:
     dims = list(ecfg.nesting)
     L = LAYERS[a.arch]
     tcfg = ImageTrainConfig(steps=steps, seed=a.seed, threads=a.threads, width_distill=a.width_distill,
-                           widths_per_step=a.widths_per_step, unbiased_widths=a.unbiased_widths)
+                           widths_per_step=a.widths_per_step, unbiased_widths=a.unbiased_widths,
+                           always_widths=a.always_widths)
     full_macs = multiply_adds(ecfg)
     log(f"{a.arch}, widths {widths}, dims {dims}, {len(train[0])} train / {len(test[0])} test images, "
         f"steps {steps or 'library schedule'}, seed {a.seed}, {a.threads} threads")
@@ -556,6 +613,7 @@ def run_seed(a: argparse.Namespace, out: Path, command: str) -> dict:
         "command": command, "arch": a.arch, "widths": list(widths), "dims": dims, "seed": a.seed,
         "steps": infos["elastic"]["steps"], "threads": a.threads, "width_distill": tcfg.width_distill,
         "widths_per_step": tcfg.widths_per_step, "unbiased_widths": tcfg.unbiased_widths,
+        "always_widths": list(tcfg.always_widths) if tcfg.always_widths is not None else None,
         "n_train": len(train[0]), "n_test": len(test[0]), "full_multiply_adds": full_macs,
         "models": rows,
         "cross_gallery": {"queries_width": a.quarter, "dims": dims,

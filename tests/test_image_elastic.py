@@ -204,7 +204,23 @@ def test_widths_per_step_sampling():
     assert [sample_widths(WIDTHS, a) for _ in range(20)] == [sample_widths(WIDTHS, b, 3) for _ in range(20)]
 
 
-def test_unbiased_width_weights_make_the_expected_loss_every_widths(data):
+def test_always_widths_are_trained_every_step_and_the_rest_sampled():
+    """``always``: the full width, then the named ones, then draws from the rest only; with
+    nothing left to choose there is no draw."""
+    gen = torch.Generator().manual_seed(0)
+    seen = {sample_widths(WIDTHS, gen, always=(0.5,)) for _ in range(200)}
+    assert seen == {(1.0, 0.5, 0.125), (1.0, 0.5, 0.25)}
+    seen = {sample_widths(WIDTHS, gen, per_step=3, always=()) for _ in range(200)}
+    assert all(p[0] == 1.0 and len(set(p)) == 3 for p in seen)
+    assert {frozenset(p[1:]) for p in seen} == {frozenset(c) for c in ((0.125, 0.25), (0.125, 0.5), (0.25, 0.5))}
+    state = gen.get_state()
+    assert sample_widths(WIDTHS, gen, per_step=4, always=(0.5,)) == (1.0, 0.5, 0.25, 0.125)
+    assert sample_widths(WIDTHS, gen, per_step=3, always=(0.25, 0.5)) == (1.0, 0.25, 0.5)
+    assert torch.equal(gen.get_state(), state)
+
+
+@pytest.mark.parametrize("always", [None, (0.5,)])
+def test_unbiased_width_weights_make_the_expected_loss_every_widths(data, always):
     """Averaged over the sandwich's equally likely draws, the weighted loss of the sampled widths
     equals the loss summed over every width (the joint loss), for the same model and batch; the
     trainer records that it weighted them."""
@@ -215,13 +231,19 @@ def test_unbiased_width_weights_make_the_expected_loss_every_widths(data):
     xb, yb, w = model.preprocess(torch.from_numpy(x[:64].copy())), torch.from_numpy(y[:64].astype(np.int64)), torch.ones(3)
     with torch.no_grad():
         joint = float(width_losses(model, xb, yb, w, WIDTHS[::-1]).sum())
-        draws = [(1.0, 0.125, 0.25), (1.0, 0.125, 0.5)]  # what sample_widths draws, 1/2 each
-        expected = np.mean([float(width_losses(model, xb, yb, w, p) @ torch.tensor(sampled_width_weights(WIDTHS, p)))
-                            for p in draws])  # fmt: skip
+        # what sample_widths draws, 1/2 each
+        draws = ([(1.0, 0.125, 0.25), (1.0, 0.125, 0.5)] if always is None
+                 else [(1.0, 0.5, 0.125), (1.0, 0.5, 0.25)])
+        expected = np.mean([float(width_losses(model, xb, yb, w, p)
+                                  @ torch.tensor(sampled_width_weights(WIDTHS, p, always))) for p in draws])
     assert expected == pytest.approx(joint, rel=1e-5)
     assert sampled_width_weights(WIDTHS, (1.0, 0.125)) == (1.0, 1.0)
-    tcfg = ImageTrainConfig(steps=2, holdout=20, batch_size=32, seed=1, device="cpu", unbiased_widths=True)
-    assert train_image(cfg, x, y, tcfg, progress=False)[1]["unbiased_widths"] is True
+    tcfg = ImageTrainConfig(steps=2, holdout=20, batch_size=32, seed=1, device="cpu", unbiased_widths=True,
+                            always_widths=always)
+    info = train_image(cfg, x, y, tcfg, progress=False)[1]
+    assert info["unbiased_widths"] is True and info["always_widths"] == (None if always is None else [0.5])
+    if always is not None:  # trained at both steps: a loss in the first epoch's record
+        assert info["width_losses"]["0.5"][0] is not None
 
 
 def test_widths_per_step_trains_every_width_each_step(data):
@@ -238,6 +260,15 @@ def test_widths_per_step_trains_every_width_each_step(data):
         with pytest.raises(NestembError) as e:
             ImageTrainConfig(widths_per_step=bad)
         assert e.value.param == "widths_per_step"
+    for bad in ({"always_widths": "0.5"}, {"always_widths": (0.125, 0.25, 0.5)},
+                {"always_widths": (0.25, 0.5), "widths_per_step": 2}, {"always_widths": (True,)}):
+        with pytest.raises(NestembError) as e:
+            ImageTrainConfig(**bad)
+        assert e.value.param == "always_widths", bad
+    for bad in ((0.3,), (1.0,)):  # not a width of the model below the full one
+        with pytest.raises(NestembError, match=r"other than the full one \(0.125, 0.25, 0.5\)") as e:
+            train_image(cfg, x, y, dataclasses.replace(tcfg, always_widths=bad), progress=False)
+        assert e.value.param == "always_widths"
 
 
 @pytest.mark.parametrize("arch", ["cnn", "mlp"])
@@ -282,10 +313,16 @@ def test_elastic_training_resumes_exactly_and_refuses_other_widths(data, tmp_pat
         train_image(other, x, y, tcfg, progress=False, resume_from=tmp_path / "ck" / "epoch-1")
     # how the widths train is part of the run too: resuming with another sampling is refused
     for change, name in (({"widths_per_step": 4}, "widths_per_step"), ({"unbiased_widths": True}, "unbiased_widths"),
-                         ({"width_distill": 1.0}, "width_distill")):  # fmt: skip
+                         ({"width_distill": 1.0}, "width_distill"), ({"always_widths": (0.5,)}, "always_widths")):  # fmt: skip
         with pytest.raises(NestembError, match=f"different run: {name}"):
             train_image(cfg, x, y, dataclasses.replace(tcfg, **change), progress=False,
                         resume_from=tmp_path / "ck" / "epoch-1")
+    # and the other way: a run of the default sampling does not continue one that named widths
+    train_image(cfg, x, y, dataclasses.replace(tcfg, epochs=1, always_widths=(0.5,)), progress=False,
+                checkpoint_dir=tmp_path / "ck2")
+    with pytest.raises(NestembError, match="different run: always_widths"):
+        train_image(cfg, x, y, dataclasses.replace(tcfg, epochs=1), progress=False,
+                    resume_from=tmp_path / "ck2" / "epoch-1")
     loaded = load_image_model(tmp_path / "ck" / "epoch-3")
     assert loaded.config.widths == WIDTHS
 
@@ -548,6 +585,11 @@ def test_cli_train_and_extract(cli, data, tmp_path):
     r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--widths", "0.5,1",
             "--widths-per-step", "1")  # fmt: skip
     _one_line_error(r, "--widths-per-step must be an integer >= 2")
+    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--always-widths", "0.5")
+    _one_line_error(r, "--always-widths applies only with --widths")
+    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--widths", "0.25,0.5,1",
+            "--always-widths", "0.3")  # fmt: skip
+    _one_line_error(r, "--always-widths must name widths of the model other than the full one (0.25, 0.5)")
     assert not bad.exists()
 
 

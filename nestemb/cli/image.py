@@ -92,15 +92,18 @@ def _prepare(data, dims, dim, head, weights, classifier, widths=None, arch="cnn"
     from nestemb.errors import NestembError
     from nestemb.losses import check_weights
     from nestemb.models.image import make_model_config
-    from nestemb.train.image import ImageTrainConfig
+    from nestemb.train.image import ImageTrainConfig, check_always_widths
 
     if train_kw.get("epochs") is not None and train_kw.get("steps") is not None:
         raise NestembError("give --epochs or --steps, not both")
+    if "always_widths" in train_kw:
+        train_kw["always_widths"] = parse_floats(train_kw["always_widths"], "--always-widths")
     tcfg = ImageTrainConfig(weights=parse_floats(weights), **train_kw)
     dims_t = parse_dims(dims, "--nesting")
     kw = dict(dim=dim, dims=dims_t, cosine=classifier == Classifier.cosine,
               widths=parse_floats(widths, "--widths"), arch=arch)
     mcfg = make_model_config(head.value, **kw)
+    check_always_widths(tcfg, mcfg.widths)
     if tcfg.weights is not None:
         check_weights(tcfg.weights, mcfg.nesting)
     folder, train, test = _load_data(data)
@@ -200,6 +203,10 @@ def train_cmd(
         False, "--unbiased-widths/--no-unbiased-widths", help="With --widths: weight each sampled "
         "middle width's loss so that a step's expected loss is the loss at every width (at the "
         "sampled step's cost)."),
+    always_widths: Optional[str] = typer.Option(
+        None, help="With --widths: the widths besides the full one that every step trains, e.g. "
+        "0.5 (default: the smallest, the sandwich rule); the others are sampled. Naming the widest "
+        "ones trains them every step at less than the cost of training all."),
     seed: int = typer.Option(0, help="Random seed (weights, split, shuffling, augmentation)."),
     classifier: Classifier = typer.Option(Classifier.linear, help="Heads: linear, or cosine on prefix views."),
     batch_size: int = typer.Option(256, help="Batch size."),
@@ -254,6 +261,8 @@ def train_cmd(
         raise NestembError("--widths-per-step applies only with --widths")
     if unbiased_widths and widths is None:
         raise NestembError("--unbiased-widths applies only with --widths")
+    if always_widths is not None and widths is None:
+        raise NestembError("--always-widths applies only with --widths")
     check_out_dir(out, overwrite, "image-model")  # before the data set is loaded
     resume_from = _resume_point(out, checkpoints, checkpoint_dir, resume, overwrite)
     mcfg, tcfg, folder, train, _test = _prepare(
@@ -261,6 +270,7 @@ def train_cmd(
         batch_size=batch_size, lr=lr, holdout=holdout, augment=parse_augment(augment),
         shift=shift, threads=threads, device=device.value, width_distill=width_distill,
         widths_per_step=widths_per_step, unbiased_widths=unbiased_widths,
+        always_widths=always_widths,
     )  # fmt: skip
     compat_cfg = _compat_config(compatible_with, compat, mcfg)
     console = _console()

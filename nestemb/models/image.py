@@ -101,14 +101,17 @@ def units(g: float, c: int) -> int:
     return max(1, math.ceil(g * c - 1e-9))
 
 
-def sample_widths(widths: Sequence[float], gen: torch.Generator, per_step: int = 3) -> tuple[float, ...]:
+def sample_widths(widths: Sequence[float], gen: torch.Generator, per_step: int = 3,
+                  always: Sequence[float] | None = None) -> tuple[float, ...]:
     """The granularities one training step of an elastic model trains: the full width, the
-    smallest, and ``per_step - 2`` of the others drawn from ``gen`` without replacement (the
-    sandwich rule at the default 3; every granularity once ``per_step`` reaches their number, as
-    MatFormer's joint loss does). The full width comes first: the smaller ones distill to it.
-    Random numbers are drawn only when there is a choice, so two granularities, or all of them,
-    use none. Shared by the image trainer (:mod:`nestemb.train.image`) and the text trainer
-    (:mod:`nestemb.text.train`).
+    ``always`` ones (default: the smallest), and ``per_step - 1 - len(always)`` of the others
+    drawn from ``gen`` without replacement. At the defaults this is the sandwich rule (the full
+    width, the smallest, one other); every granularity once ``per_step`` reaches their number, as
+    MatFormer's joint loss does. ``always`` may name other widths than the smallest, e.g. the
+    widest ones, which a sampled step would otherwise train least for their size. The full width
+    comes first: the smaller ones distill to it. Random numbers are drawn only when there is a
+    choice, so two granularities, or all of them, use none. Shared by the image trainer
+    (:mod:`nestemb.train.image`) and the text trainer (:mod:`nestemb.text.train`).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -116,38 +119,49 @@ def sample_widths(widths: Sequence[float], gen: torch.Generator, per_step: int =
         ((1.0, 0.25), 3)
         >>> sample_widths((0.125, 0.25, 0.5, 1.0), g, per_step=4)
         (1.0, 0.125, 0.5, 0.25)
+        >>> sample_widths((0.125, 0.25, 0.5, 1.0), g, always=(0.5,))[:2]
+        (1.0, 0.5)
         >>> sample_widths((1.0,), g)
         (1.0,)
     """
     widths = tuple(widths)
-    picked: tuple[float, ...] = (widths[-1],) if len(widths) == 1 else (widths[-1], widths[0])
-    others = widths[1:-1][::-1]  # widest first
-    take = min(max(per_step - 2, 0), len(others))
-    if take == len(others):
-        picked += others
+    if len(widths) == 1:
+        return widths
+    keep = (widths[0],) if always is None else tuple(g for g in widths[:-1] if g in always)
+    picked = (widths[-1], *keep)
+    rest = tuple(g for g in widths[:-1] if g not in keep)  # narrowest first
+    take = min(max(per_step - len(picked), 0), len(rest))
+    if take == len(rest):
+        picked += rest[::-1]
     elif take == 1:  # the sandwich's one draw (kept as it was: a seeded run trains as before)
-        picked += (widths[1 + int(torch.randint(len(others), (1,), generator=gen))],)
+        picked += (rest[int(torch.randint(len(rest), (1,), generator=gen))],)
     elif take:
+        others = rest[::-1]  # widest first
         chosen = sorted(torch.randperm(len(others), generator=gen)[:take].tolist())
         picked += tuple(others[i] for i in chosen)
     return picked
 
 
-def sampled_width_weights(widths: Sequence[float], picked: Sequence[float]) -> tuple[float, ...]:
+def sampled_width_weights(widths: Sequence[float], picked: Sequence[float],
+                          always: Sequence[float] | None = None) -> tuple[float, ...]:
     """Loss weights for the granularities ``picked`` by :func:`sample_widths` out of ``widths``
-    that make one step's *expected* loss the sum over every granularity (MatFormer's joint
-    loss) at the sampled step's cost: 1 for the full and the smallest width (always trained),
-    and (number of other widths) / (number of them sampled) for each sampled other one.
+    (with the same ``always``) that make one step's *expected* loss the sum over every
+    granularity (MatFormer's joint loss) at the sampled step's cost: 1 for the widths trained
+    every step (the full one and ``always``, default the smallest), and (number of the other
+    widths) / (number of them sampled) for each sampled one.
 
     Example:
         >>> sampled_width_weights((0.125, 0.25, 0.5, 1.0), (1.0, 0.125, 0.5))
         (1.0, 1.0, 2.0)
         >>> sampled_width_weights((0.125, 0.25, 0.5, 1.0), (1.0, 0.125, 0.5, 0.25))
         (1.0, 1.0, 1.0, 1.0)
+        >>> sampled_width_weights((0.125, 0.25, 0.5, 1.0), (1.0, 0.25, 0.5), always=(0.25, 0.5))
+        (1.0, 1.0, 1.0)
     """
-    others = len(widths) - 2
-    scale = others / (len(picked) - 2) if others > 0 and len(picked) > 2 else 1.0
-    return tuple(1.0 if k < 2 else scale for k in range(len(picked)))
+    fixed = min(len(widths), 1 + (1 if always is None else sum(g in always for g in widths[:-1])))
+    others, sampled = len(widths) - fixed, len(picked) - fixed
+    scale = others / sampled if others > 0 and sampled > 0 else 1.0
+    return tuple(1.0 if k < fixed else scale for k in range(len(picked)))
 
 
 @dataclasses.dataclass

@@ -36,8 +36,11 @@ returns ``(model, info)``.
   model's (the library's CNN, batch 256, 2 CPU threads; small widths cost more than their
   multiply-adds on a CPU), where training every granularity (``widths_per_step=4``,
   MatFormer's joint loss) costs 1.73x and MatFormer's one random granularity per step would
-  leave the full model trained only a quarter of the time. ``info["width_losses"]`` holds each width's per-epoch mean loss. Elastic
-  training runs in one process and without ``compat``.
+  leave the full model trained only a quarter of the time. ``always_widths`` moves which
+  widths train every step besides the full one (e.g. the widest of the others, whose gap to an
+  independently trained model of their size is the largest when they train half the steps).
+  ``info["width_losses"]`` holds each width's per-epoch mean loss. Elastic training runs in one
+  process and without ``compat``.
 - Checkpoints (``checkpoint_dir``) also hold ``trainer-state.pt`` (optimizer, schedule,
   generator, epoch); ``resume_from=checkpoint_dir/epoch-E`` continues after epoch ``E`` and
   gives the weights of the uninterrupted run.
@@ -88,7 +91,10 @@ class ImageTrainConfig:
     ``widths_per_step``: with nested widths, how many granularities each step trains
     (:func:`sample_widths`: 3 is the sandwich; their number, every one). ``unbiased_widths``:
     weight each sampled middle width's loss by :func:`sampled_width_weights` (with the sandwich
-    and 4 widths, 2), so a step's expected loss is the loss at every width.
+    and 4 widths, 2), so a step's expected loss is the loss at every width. ``always_widths``:
+    the granularities besides the full one that every step trains (``None``: the smallest, the
+    sandwich rule); the others are sampled. Each must be one of the model's widths. An ordinary
+    model ignores every width setting.
     ``threads``: torch CPU threads during the call (``None``: as is).
 
     Example:
@@ -121,6 +127,7 @@ class ImageTrainConfig:
     width_distill: float = 0.0
     widths_per_step: int = 3
     unbiased_widths: bool = False
+    always_widths: tuple[float, ...] | None = None
     threads: int | None = None
     device: str = "auto"
 
@@ -132,6 +139,17 @@ class ImageTrainConfig:
         if positive_int(self.widths_per_step, "widths_per_step") < 2:
             raise NestembError(f"{{param}} must be an integer >= 2 (the full and the smallest width), "
                                f"got {self.widths_per_step!r}", param="widths_per_step")
+        if self.always_widths is not None:
+            values = self.always_widths
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or not all(
+                    isinstance(g, (int, float)) and not isinstance(g, bool) for g in values):
+                raise NestembError(f"{{param}} must be a list of widths such as 0.5, got {values!r}",
+                                   param="always_widths")
+            self.always_widths = tuple(sorted({float(g) for g in values}))
+            if len(self.always_widths) + 1 > self.widths_per_step:
+                raise NestembError(f"{{param}} names {len(self.always_widths)} widths, more than "
+                                   f"widths_per_step ({self.widths_per_step}) less the full one",
+                                   param="always_widths")
         positive_float(self.lr, "lr")
         if not self.weight_decay >= 0:
             raise NestembError(f"{{param}} must be >= 0, got {self.weight_decay}", param="weight_decay")
@@ -163,6 +181,24 @@ class ImageTrainConfig:
             return math.ceil(self.steps / per_epoch), per_epoch, int(self.steps)
         epochs = self.epochs or max(DEFAULT_EPOCHS, math.ceil(self.min_steps / per_epoch))
         return int(epochs), per_epoch, int(epochs) * per_epoch
+
+
+def check_always_widths(config: ImageTrainConfig, widths: Sequence[float] | None) -> None:
+    """Refuse ``config.always_widths`` that are not widths of the model (``widths``, its
+    granularities) other than the full one; the error's ``param`` is ``always_widths``. An
+    ordinary model (``widths`` None) ignores them, as it does the other width settings.
+
+    Example:
+        >>> check_always_widths(ImageTrainConfig(always_widths=(0.5,)), (0.25, 0.5, 1.0))
+        >>> check_always_widths(ImageTrainConfig(always_widths=(1.0,)), (0.25, 0.5, 1.0))
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: always_widths must name widths of the model other than the full one (0.25, 0.5), got (1.0,)
+    """
+    if config.always_widths is not None and widths is not None and any(
+            g not in widths[:-1] for g in config.always_widths):
+        raise NestembError(f"{{param}} must name widths of the model other than the full one "
+                           f"{tuple(widths)[:-1]}, got {config.always_widths}", param="always_widths")
 
 
 def default_weights(nesting: Sequence[int]) -> tuple[float, ...]:
@@ -365,6 +401,7 @@ def train_image(
     if widths is not None and compat is not None:
         raise NestembError("nested {param} and compatible training (compat) do not combine: "
                            "train the elastic model without compat", param="widths")
+    check_always_widths(config, widths)
     check_model_id(model_id)  # before training, not after it
     holdout = holdout_size(len(images)) if config.holdout is None else config.holdout
     train_idx, hold_idx = split_holdout(len(images), holdout, config.seed)
@@ -426,11 +463,12 @@ def train_image(
                         # as in a one-process run); each process forwards its shard of it
                         x = augment_batch(model.preprocess(x_all[idx]), gen, config.augment, config.shift)
                         if widths is not None:  # the sandwich of widths, one process
-                            picked = sample_widths(widths, gen, config.widths_per_step)
+                            picked = sample_widths(widths, gen, config.widths_per_step, config.always_widths)
                             per_width = width_losses(model, x, y_all[idx], w, picked, config.label_smoothing,
                                                      config.width_distill)
-                            loss = (per_width @ torch.tensor(sampled_width_weights(widths, picked),
-                                                             device=per_width.device)
+                            loss = (per_width @ torch.tensor(
+                                sampled_width_weights(widths, picked, config.always_widths),
+                                device=per_width.device)
                                     if config.unbiased_widths else per_width.sum())
                             for g, v in zip(picked, per_width.tolist()):
                                 w_sum[g] = w_sum.get(g, 0.0) + v * len(idx)
@@ -493,13 +531,17 @@ def train_image(
         info["compat"] = compat.describe()
     if widths is not None:
         info["widths"] = list(widths)
+        fixed = ("the smallest" if config.always_widths is None
+                 else " and ".join(f"{g:g}" for g in config.always_widths))
         info["width_sampling"] = ("sandwich: the full width, the smallest and one other at random per step"
-                                  if config.widths_per_step == 3 else
-                                  f"the full width, the smallest and {config.widths_per_step - 2} others "
+                                  if config.widths_per_step == 3 and config.always_widths is None else
+                                  f"the full width, {fixed}, and up to "
+                                  f"{config.widths_per_step - 1 - len(config.always_widths or (0,))} others "
                                   "at random per step (all of them when there are no more)")
         info["width_losses"] = width_history
         info["width_distill"] = config.width_distill
         info["widths_per_step"], info["unbiased_widths"] = config.widths_per_step, config.unbiased_widths
+        info["always_widths"] = list(config.always_widths) if config.always_widths is not None else None
     if state is not None:
         info["resumed_from"] = str(resume_from)
     return model, info
@@ -538,7 +580,9 @@ def run_signature(model_config: ImageModelConfig, images: np.ndarray, labels: np
     # their signature)
     elastic = {} if model_config.widths is None else {
         "widths": list(model_config.widths), "width_distill": float(config.width_distill),
-        "widths_per_step": int(config.widths_per_step), "unbiased_widths": bool(config.unbiased_widths)}
+        "widths_per_step": int(config.widths_per_step), "unbiased_widths": bool(config.unbiased_widths),
+        # only when set: runs of the default sandwich keep the signature they had before it existed
+        **({} if config.always_widths is None else {"always_widths": list(config.always_widths)})}
     return {**elastic, "n_train": int(len(images) - holdout), "holdout": int(holdout),
             "seed": int(config.seed), "batch_size": int(config.batch_size),
             "total_steps": int(total_steps), "epochs": int(epochs), "model": repr(model_config),
@@ -604,7 +648,9 @@ def _load_state(ckpt: Path, signature: dict) -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NestembError(f"cannot read {path}: {first}") from None
     saved = state.get("signature", {}) if isinstance(state, dict) else {}
-    for key, value in signature.items():
+    # both ways: a key only one side records (e.g. always_widths, recorded when set) differs too
+    for key in [*signature, *(k for k in saved if k not in signature)]:
+        value = signature.get(key)
         if saved.get(key) != value:
             raise NestembError(f"{ckpt} was written by a different run: {key} "
                                f"{saved.get(key)!r} there, {value!r} now",
