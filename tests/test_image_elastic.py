@@ -573,23 +573,17 @@ def test_cli_train_and_extract(cli, data, tmp_path):
             "--compat", "simplex")  # fmt: skip
     _one_line_error(r, "--widths and --compatible-with/--compat do not combine")
     assert not bad.exists()
-    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--width-distill", "10")
-    _one_line_error(r, "--width-distill applies only with --widths")
-    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--widths", "0.5,1",
-            "--width-distill", "-1")  # fmt: skip
-    _one_line_error(r, "--width-distill must be >= 0, got -1.0")
-    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--widths-per-step", "4")
-    _one_line_error(r, "--widths-per-step applies only with --widths")
-    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--unbiased-widths")
-    _one_line_error(r, "--unbiased-widths applies only with --widths")
-    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--widths", "0.5,1",
-            "--widths-per-step", "1")  # fmt: skip
-    _one_line_error(r, "--widths-per-step must be an integer >= 2")
-    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--always-widths", "0.5")
-    _one_line_error(r, "--always-widths applies only with --widths")
-    r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", "--widths", "0.25,0.5,1",
-            "--always-widths", "0.3")  # fmt: skip
-    _one_line_error(r, "--always-widths must name widths of the model other than the full one (0.25, 0.5)")
+    # (extra flags, the message): width settings without --widths, and bad values with them
+    for flags, match in [(("--width-distill", "10"), "--width-distill applies only with --widths"),
+                         (("--widths", "0.5,1", "--width-distill", "-1"), "--width-distill must be >= 0, got -1.0"),
+                         (("--widths-per-step", "4"), "--widths-per-step applies only with --widths"),
+                         (("--unbiased-widths",), "--unbiased-widths applies only with --widths"),
+                         (("--widths", "0.5,1", "--widths-per-step", "1"), "--widths-per-step must be an integer >= 2"),
+                         (("--always-widths", "0.5"), "--always-widths applies only with --widths"),
+                         (("--widths", "0.25,0.5,1", "--always-widths", "0.3"),
+                          "--always-widths must name widths of the model other than the full one (0.25, 0.5)")]:
+        r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", *flags)
+        _one_line_error(r, match)
     assert not bad.exists()
 
 
