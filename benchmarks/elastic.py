@@ -171,6 +171,7 @@ def step_seconds(configs: dict[str, Any], train: tuple, tcfg, steps: int, rounds
     from nestemb.device import torch_threads
     from nestemb.losses import check_weights
     from nestemb.models.image import ImageModel
+    from nestemb.models.image import LAYERS
     from nestemb.train.image import augment_batch, batch_loss, default_weights, sample_widths
 
     images, labels = torch.from_numpy(np.array(train[0])), torch.from_numpy(train[1].astype(np.int64))
@@ -187,8 +188,8 @@ def step_seconds(configs: dict[str, Any], train: tuple, tcfg, steps: int, rounds
                 for _ in range(steps):
                     idx = torch.randint(len(images), (tcfg.batch_size,), generator=gen)
                     x = augment_batch(net.preprocess(images[idx]), gen, tcfg.augment, tcfg.shift)
-                    widths = (sample_widths(cfg.widths, gen, tcfg.widths_per_step, tcfg.always_widths)
-                               if cfg.widths else None)
+                    widths = (sample_widths(cfg.widths, gen, tcfg.widths_per_step, tcfg.always_widths,
+                                            tcfg.mixed_widths, LAYERS[cfg.arch]) if cfg.widths else None)
                     loss = batch_loss(net, x, labels[idx], w, widths=widths, distill=tcfg.width_distill)
                     opts[name].zero_grad(set_to_none=True)
                     loss.backward()
@@ -293,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="weight each sampled middle width's loss so a step's expected loss is every width's")
     ap.add_argument("--always-widths", type=_csv(float), default=None,
                     help="widths besides the full one that every step trains (default: the smallest)")
+    ap.add_argument("--mixed-widths", type=float, default=0.0,
+                    help="probability that a sampled width is a random Mix'n'Match list instead (0: off)")
     ap.add_argument("--timing-images", type=int, default=20000, help="images encoded per timing round")
     ap.add_argument("--timing-rounds", type=int, default=5, help="timing rounds (each model keeps its best)")
     ap.add_argument("--calibration", type=int, default=2000,
@@ -357,9 +360,9 @@ def seed_figures(results: dict) -> dict[str, float]:
 
 
 SETTINGS = ("arch", "widths", "dims", "steps", "threads", "width_distill", "widths_per_step", "unbiased_widths",
-            "always_widths", "n_train", "n_test")
+            "always_widths", "mixed_widths", "n_train", "n_test")
 """What makes seed runs comparable: ``--combine`` refuses runs that differ in any of these."""
-OLDER_DEFAULTS = {"widths_per_step": 3, "unbiased_widths": False, "always_widths": None}
+OLDER_DEFAULTS = {"widths_per_step": 3, "unbiased_widths": False, "always_widths": None, "mixed_widths": 0.0}
 """Settings that runs from before their option existed do not record: they ran the default."""
 
 
@@ -420,7 +423,8 @@ def summarize(runs: Sequence[dict], out: Path, command: str) -> dict:
     seeds = [r["seed"] for r in runs]
     runs_by = sorted({r["command"] for r in runs})  # several when earlier runs were combined
     summary = {"command": command, "arch": runs[0]["arch"], "seeds": seeds, "steps": runs[0]["steps"],
-               **{k: runs[0].get(k) for k in ("width_distill", "widths_per_step", "unbiased_widths", "always_widths")},
+               **{k: runs[0].get(k) for k in ("width_distill", "widths_per_step", "unbiased_widths", "always_widths",
+                                   "mixed_widths")},
                "run_commands": runs_by, "figures": stats}
     md = [f"# Elastic encoders ({runs[0]['arch'].upper()}), {len(seeds)} seeds", "",
           f"Command: `{command}` (seeds {', '.join(map(str, seeds))}"
@@ -470,7 +474,7 @@ def run_seed(a: argparse.Namespace, out: Path, command: str) -> dict:
     L = LAYERS[a.arch]
     tcfg = ImageTrainConfig(steps=steps, seed=a.seed, threads=a.threads, width_distill=a.width_distill,
                            widths_per_step=a.widths_per_step, unbiased_widths=a.unbiased_widths,
-                           always_widths=a.always_widths)
+                           always_widths=a.always_widths, mixed_widths=a.mixed_widths)
     full_macs = multiply_adds(ecfg)
     log(f"{a.arch}, widths {widths}, dims {dims}, {len(train[0])} train / {len(test[0])} test images, "
         f"steps {steps or 'library schedule'}, seed {a.seed}, {a.threads} threads")
@@ -614,7 +618,7 @@ def run_seed(a: argparse.Namespace, out: Path, command: str) -> dict:
         "steps": infos["elastic"]["steps"], "threads": a.threads, "width_distill": tcfg.width_distill,
         "widths_per_step": tcfg.widths_per_step, "unbiased_widths": tcfg.unbiased_widths,
         "always_widths": list(tcfg.always_widths) if tcfg.always_widths is not None else None,
-        "n_train": len(train[0]), "n_test": len(test[0]), "full_multiply_adds": full_macs,
+        "mixed_widths": tcfg.mixed_widths, "n_train": len(train[0]), "n_test": len(test[0]), "full_multiply_adds": full_macs,
         "models": rows,
         "cross_gallery": {"queries_width": a.quarter, "dims": dims,
                           "sub_on_full": {k: v for k, v in cross.items()},

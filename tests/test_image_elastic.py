@@ -15,9 +15,9 @@ from nestemb.data.idx import load_idx, write_synthetic_idx
 from nestemb.errors import NestembError
 from nestemb.models.elastic import (batch_norms, extract, layer_units, mix_n_match, multiply_adds,
                                     recalibrate)
-from nestemb.models.image import (ARCHS, ImageModel, ImageModelConfig, build_manifest,
+from nestemb.models.image import (ARCHS, LAYERS, ImageModel, ImageModelConfig, build_manifest,
                                   config_from_manifest, load_image_model, make_model_config,
-                                  sampled_width_weights, save_image_model)
+                                  sampled_width_weights, save_image_model, width_lists)
 from nestemb.nesting import Manifest, check_compatible, lineage, parent_of, prefix_view, weights_version
 from nestemb.train.image import (ImageTrainConfig, batch_loss, run_signature, sample_widths,
                                  train_image, width_losses)
@@ -219,6 +219,53 @@ def test_always_widths_are_trained_every_step_and_the_rest_sampled():
     assert torch.equal(gen.get_state(), state)
 
 
+def test_mixed_widths_replace_drawn_widths_with_monotone_lists():
+    """``mixed``: only the drawn width is replaced, by a per-layer list of trained granularities
+    that never shrinks with depth and is not uniform; every such list turns up (the family that
+    mix_n_match serves); with ``mixed=0`` the draws are exactly the sandwich's."""
+    family = {tuple(WIDTHS[k] for k in ks) for ks in width_lists(len(WIDTHS), 5) if ks[0] != ks[-1]}
+    assert len(family) == 52  # C(8, 5) non-decreasing lists of 4 widths over 5 layers, less 4 uniform
+    gen = torch.Generator().manual_seed(0)
+    seen = [sample_widths(WIDTHS, gen, mixed=0.5, layers=5) for _ in range(2000)]
+    assert all(p[:2] == (1.0, 0.125) and len(p) == 3 for p in seen)
+    mixed = [p[2] for p in seen if isinstance(p[2], tuple)]
+    assert set(mixed) == family and 900 < len(mixed) < 1100  # about half the steps
+    assert {p[2] for p in seen if not isinstance(p[2], tuple)} == {0.25, 0.5}
+    assert all(isinstance(p[2], tuple) for p in (sample_widths(WIDTHS, gen, mixed=1.0, layers=2) for _ in range(20)))
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert [sample_widths(WIDTHS, a) for _ in range(20)] == [sample_widths(WIDTHS, b, mixed=0.0, layers=5)
+                                                            for _ in range(20)]
+    state = gen.get_state()  # nothing drawn, nothing mixed
+    assert sample_widths(WIDTHS, gen, per_step=4, mixed=1.0, layers=5) == (1.0, 0.125, 0.5, 0.25)
+    assert torch.equal(gen.get_state(), state)
+
+
+def test_mixed_widths_training_records_the_lists_loss_and_fits_mix_n_match(data):
+    """A run with ``mixed_widths`` trains Mix'n'Match lists (their loss is recorded and falls),
+    is a different run for resuming, and the lists mix_n_match serves are the family trained."""
+    x, y = load_idx(data)
+    cfg = make_model_config("mrl", dim=8, dims=(2, 4, 8), images=x, arch="mlp", width=1, widths=WIDTHS)
+    tcfg = ImageTrainConfig(steps=24, holdout=20, batch_size=32, lr=1e-2, seed=1, device="cpu", mixed_widths=1.0)
+    _model, info = train_image(cfg, x, y, tcfg, progress=False)
+    assert info["mixed_widths"] == 1.0 and "Mix'n'Match list with probability 1" in info["width_sampling"]
+    hist = [v for v in info["width_losses"]["mixed"] if v is not None]
+    assert len(hist) >= 2 and hist[-1] < hist[0], info["width_losses"]
+    assert info["width_losses"]["0.25"] == [None] * len(hist)  # never drawn: always replaced
+    sig = run_signature(cfg, x, y, tcfg)
+    assert sig["mixed_widths"] == 1.0 and "mixed_widths" not in run_signature(cfg, x, y, ImageTrainConfig())
+    family = [tuple(WIDTHS[k] for k in ks) for ks in width_lists(len(WIDTHS), LAYERS["mlp"])]
+    assert all(mix_n_match(cfg, b) in family for b in (0.15, 0.2, 0.3, 0.5, 0.7, 1.0))
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(NestembError) as e:
+            ImageTrainConfig(mixed_widths=bad)
+        assert e.value.param == "mixed_widths", bad
+    # nothing is sampled when every width trains every step: refused, naming the setting
+    for change in ({"widths_per_step": 4}, {"always_widths": (0.25, 0.5)}):
+        with pytest.raises(NestembError, match="mixed_widths replaces sampled widths") as e:
+            train_image(cfg, x, y, dataclasses.replace(tcfg, **change), progress=False)
+        assert e.value.param == "mixed_widths"
+
+
 @pytest.mark.parametrize("always", [None, (0.5,)])
 def test_unbiased_width_weights_make_the_expected_loss_every_widths(data, always):
     """Averaged over the sandwich's equally likely draws, the weighted loss of the sampled widths
@@ -313,7 +360,8 @@ def test_elastic_training_resumes_exactly_and_refuses_other_widths(data, tmp_pat
         train_image(other, x, y, tcfg, progress=False, resume_from=tmp_path / "ck" / "epoch-1")
     # how the widths train is part of the run too: resuming with another sampling is refused
     for change, name in (({"widths_per_step": 4}, "widths_per_step"), ({"unbiased_widths": True}, "unbiased_widths"),
-                         ({"width_distill": 1.0}, "width_distill"), ({"always_widths": (0.5,)}, "always_widths")):  # fmt: skip
+                         ({"width_distill": 1.0}, "width_distill"), ({"always_widths": (0.5,)}, "always_widths"),
+                         ({"mixed_widths": 0.5}, "mixed_widths")):  # fmt: skip
         with pytest.raises(NestembError, match=f"different run: {name}"):
             train_image(cfg, x, y, dataclasses.replace(tcfg, **change), progress=False,
                         resume_from=tmp_path / "ck" / "epoch-1")
@@ -581,7 +629,10 @@ def test_cli_train_and_extract(cli, data, tmp_path):
                          (("--widths", "0.5,1", "--widths-per-step", "1"), "--widths-per-step must be an integer >= 2"),
                          (("--always-widths", "0.5"), "--always-widths applies only with --widths"),
                          (("--widths", "0.25,0.5,1", "--always-widths", "0.3"),
-                          "--always-widths must name widths of the model other than the full one (0.25, 0.5)")]:
+                          "--always-widths must name widths of the model other than the full one (0.25, 0.5)"),
+                         (("--mixed-widths", "0.5"), "--mixed-widths applies only with --widths"),
+                         (("--widths", "0.5,1", "--mixed-widths", "2"), "--mixed-widths must be a probability in [0, 1]"),
+                         (("--widths", "0.5,1", "--mixed-widths", "0.5"), "--mixed-widths replaces sampled widths")]:
         r = cli("image", "train", "--data", data, "--out", bad, "--steps", "1", *flags)
         _one_line_error(r, match)
     assert not bad.exists()

@@ -92,7 +92,7 @@ def _prepare(data, dims, dim, head, weights, classifier, widths=None, arch="cnn"
     from nestemb.errors import NestembError
     from nestemb.losses import check_weights
     from nestemb.models.image import make_model_config
-    from nestemb.train.image import ImageTrainConfig, check_always_widths
+    from nestemb.train.image import ImageTrainConfig, check_width_settings
 
     if train_kw.get("epochs") is not None and train_kw.get("steps") is not None:
         raise NestembError("give --epochs or --steps, not both")
@@ -103,7 +103,7 @@ def _prepare(data, dims, dim, head, weights, classifier, widths=None, arch="cnn"
     kw = dict(dim=dim, dims=dims_t, cosine=classifier == Classifier.cosine,
               widths=parse_floats(widths, "--widths"), arch=arch)
     mcfg = make_model_config(head.value, **kw)
-    check_always_widths(tcfg, mcfg.widths)
+    check_width_settings(tcfg, mcfg.widths)
     if tcfg.weights is not None:
         check_weights(tcfg.weights, mcfg.nesting)
     folder, train, test = _load_data(data)
@@ -207,6 +207,10 @@ def train_cmd(
         None, help="With --widths: the widths besides the full one that every step trains, e.g. "
         "0.5 (default: the smallest, the sandwich rule); the others are sampled. Naming the widest "
         "ones trains them every step at less than the cost of training all."),
+    mixed_widths: float = typer.Option(
+        0.0, help="With --widths: the probability that a sampled width is replaced by a random "
+        "Mix'n'Match list (one width per layer, never shrinking with depth), so that Mix'n'Match "
+        "submodels of a CNN or MLP work; 0 = off."),
     seed: int = typer.Option(0, help="Random seed (weights, split, shuffling, augmentation)."),
     classifier: Classifier = typer.Option(Classifier.linear, help="Heads: linear, or cosine on prefix views."),
     batch_size: int = typer.Option(256, help="Batch size."),
@@ -263,6 +267,8 @@ def train_cmd(
         raise NestembError("--unbiased-widths applies only with --widths")
     if always_widths is not None and widths is None:
         raise NestembError("--always-widths applies only with --widths")
+    if mixed_widths and widths is None:
+        raise NestembError("--mixed-widths applies only with --widths")
     check_out_dir(out, overwrite, "image-model")  # before the data set is loaded
     resume_from = _resume_point(out, checkpoints, checkpoint_dir, resume, overwrite)
     mcfg, tcfg, folder, train, _test = _prepare(
@@ -270,7 +276,7 @@ def train_cmd(
         batch_size=batch_size, lr=lr, holdout=holdout, augment=parse_augment(augment),
         shift=shift, threads=threads, device=device.value, width_distill=width_distill,
         widths_per_step=widths_per_step, unbiased_widths=unbiased_widths,
-        always_widths=always_widths,
+        always_widths=always_widths, mixed_widths=mixed_widths,
     )  # fmt: skip
     compat_cfg = _compat_config(compatible_with, compat, mcfg)
     console = _console()

@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from typing import Any, Sequence
 
@@ -36,7 +35,7 @@ from nestemb.checks import positive_int
 from nestemb.errors import NestembError
 from nestemb.models.image import (LAYERS, VIT_PATCH, ImageModel, ImageModelConfig,
                                   SwitchableBatchNorm, build_manifest, check_model_id, units,
-                                  vit_tokens)
+                                  vit_tokens, width_lists)
 from nestemb.nesting import weights_version
 
 CALIBRATION_BATCH = 256
@@ -139,7 +138,7 @@ def mix_n_match(config: ImageModelConfig, budget: float) -> tuple[float, ...]:
                            param="budget")
     full = multiply_adds(config)
     best: tuple[int, int, tuple[int, ...]] | None = None
-    for ks in itertools.combinations_with_replacement(range(len(widths)), LAYERS[config.arch]):
+    for ks in width_lists(len(widths), LAYERS[config.arch]):
         cost = multiply_adds(config, layer_units(config, ks))
         if cost > budget * full:
             continue

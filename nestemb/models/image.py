@@ -23,6 +23,7 @@ without ``widths`` is built, trained and saved exactly as before.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 import os
@@ -101,8 +102,22 @@ def units(g: float, c: int) -> int:
     return max(1, math.ceil(g * c - 1e-9))
 
 
+def width_lists(n_widths: int, layers: int) -> list[tuple[int, ...]]:
+    """The Mix'n'Match family: every list of per-layer granularity indices (one per layer, out
+    of ``n_widths``) that never shrinks with depth, uniform lists included, in lexicographic
+    order. :func:`nestemb.models.elastic.mix_n_match` picks from it and ``mixed_widths``
+    training (:func:`sample_widths`) samples from it, so what is served is what was trained.
+
+    Example:
+        >>> width_lists(2, 3)
+        [(0, 0, 0), (0, 0, 1), (0, 1, 1), (1, 1, 1)]
+    """
+    return list(itertools.combinations_with_replacement(range(n_widths), layers))
+
+
 def sample_widths(widths: Sequence[float], gen: torch.Generator, per_step: int = 3,
-                  always: Sequence[float] | None = None) -> tuple[float, ...]:
+                  always: Sequence[float] | None = None, mixed: float = 0.0,
+                  layers: int = 0) -> tuple[Any, ...]:
     """The granularities one training step of an elastic model trains: the full width, the
     ``always`` ones (default: the smallest), and ``per_step - 1 - len(always)`` of the others
     drawn from ``gen`` without replacement. At the defaults this is the sandwich rule (the full
@@ -112,6 +127,13 @@ def sample_widths(widths: Sequence[float], gen: torch.Generator, per_step: int =
     comes first: the smaller ones distill to it. Random numbers are drawn only when there is a
     choice, so two granularities, or all of them, use none. Shared by the image trainer
     (:mod:`nestemb.train.image`) and the text trainer (:mod:`nestemb.text.train`).
+
+    ``mixed`` > 0 (with ``layers``, the model's sliceable layers): each *drawn* width is, with
+    that probability, replaced by a Mix'n'Match list instead, one granularity per layer drawn
+    uniformly from the non-uniform lists of :func:`width_lists`. In a CNN or MLP a layer's
+    width is the next one's input, so a mixed list computes from slices that uniform widths
+    never train together; training on such lists is what lets Mix'n'Match sizes work
+    (Once-for-All's elastic width). ``mixed=0`` draws nothing extra: seeded runs are unchanged.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -123,6 +145,8 @@ def sample_widths(widths: Sequence[float], gen: torch.Generator, per_step: int =
         (1.0, 0.5)
         >>> sample_widths((1.0,), g)
         (1.0,)
+        >>> sample_widths((0.25, 0.5, 1.0), g, mixed=1.0, layers=2)[:2]
+        (1.0, 0.25)
     """
     widths = tuple(widths)
     if len(widths) == 1:
@@ -139,6 +163,15 @@ def sample_widths(widths: Sequence[float], gen: torch.Generator, per_step: int =
         others = rest[::-1]  # widest first
         chosen = sorted(torch.randperm(len(others), generator=gen)[:take].tolist())
         picked += tuple(others[i] for i in chosen)
+    if mixed > 0 and take < len(rest):  # only drawn widths are mixed
+        lists = [ks for ks in width_lists(len(widths), layers) if ks[0] != ks[-1]]
+        drawn: list[Any] = []
+        for g in picked[len(picked) - take:]:
+            if lists and float(torch.rand((), generator=gen)) < mixed:
+                drawn.append(tuple(widths[k] for k in lists[int(torch.randint(len(lists), (1,), generator=gen))]))
+            else:
+                drawn.append(g)
+        picked = picked[: len(picked) - take] + tuple(drawn)
     return picked
 
 

@@ -61,7 +61,7 @@ from nestemb.data.split import holdout_size, split_holdout
 from nestemb.checks import positive_float, positive_int
 from nestemb.errors import NestembError
 from nestemb.losses import PrefixLoss, check_weights, cosine_distance, matryoshka_cross_entropy
-from nestemb.models.image import (ImageModel, ImageModelConfig, check_model_id, sample_widths,
+from nestemb.models.image import (LAYERS, ImageModel, ImageModelConfig, check_model_id, sample_widths,
                                   sampled_width_weights, write_model_files)
 from nestemb.progress import progress_bar
 from nestemb.device import resolve_device, torch_threads
@@ -74,6 +74,8 @@ AUGMENTS = ("shift", "flip")
 STATE_NAME = "trainer-state.pt"
 DEFAULT_EPOCHS = 15
 DEFAULT_MIN_STEPS = 1500
+MIXED = "mixed"
+"""The key of the Mix'n'Match lists' loss in an elastic run's ``width_losses`` (``mixed_widths``)."""
 
 
 @dataclasses.dataclass
@@ -93,8 +95,11 @@ class ImageTrainConfig:
     weight each sampled middle width's loss by :func:`sampled_width_weights` (with the sandwich
     and 4 widths, 2), so a step's expected loss is the loss at every width. ``always_widths``:
     the granularities besides the full one that every step trains (``None``: the smallest, the
-    sandwich rule); the others are sampled. Each must be one of the model's widths. An ordinary
-    model ignores every width setting.
+    sandwich rule); the others are sampled. Each must be one of the model's widths.
+    ``mixed_widths``: the probability that a sampled width is replaced by a random Mix'n'Match
+    list (one granularity per layer, :func:`sample_widths`), which Mix'n'Match sizes need on
+    a CNN or MLP; it needs a sampled width (not every width every step). An ordinary model
+    ignores every width setting.
     ``threads``: torch CPU threads during the call (``None``: as is).
 
     Example:
@@ -128,6 +133,7 @@ class ImageTrainConfig:
     widths_per_step: int = 3
     unbiased_widths: bool = False
     always_widths: tuple[float, ...] | None = None
+    mixed_widths: float = 0.0
     threads: int | None = None
     device: str = "auto"
 
@@ -150,6 +156,10 @@ class ImageTrainConfig:
                 raise NestembError(f"{{param}} names {len(self.always_widths)} widths, more than "
                                    f"widths_per_step ({self.widths_per_step}) less the full one",
                                    param="always_widths")
+        if not (isinstance(self.mixed_widths, (int, float)) and not isinstance(self.mixed_widths, bool)
+                and 0 <= self.mixed_widths <= 1):
+            raise NestembError(f"{{param}} must be a probability in [0, 1], got {self.mixed_widths!r}",
+                               param="mixed_widths")
         positive_float(self.lr, "lr")
         if not self.weight_decay >= 0:
             raise NestembError(f"{{param}} must be >= 0, got {self.weight_decay}", param="weight_decay")
@@ -183,22 +193,34 @@ class ImageTrainConfig:
         return int(epochs), per_epoch, int(epochs) * per_epoch
 
 
-def check_always_widths(config: ImageTrainConfig, widths: Sequence[float] | None) -> None:
-    """Refuse ``config.always_widths`` that are not widths of the model (``widths``, its
-    granularities) other than the full one; the error's ``param`` is ``always_widths``. An
-    ordinary model (``widths`` None) ignores them, as it does the other width settings.
+def check_width_settings(config: ImageTrainConfig, widths: Sequence[float] | None) -> None:
+    """Refuse width settings of ``config`` that do not fit the model's granularities
+    (``widths``): ``always_widths`` that are not widths other than the full one, and
+    ``mixed_widths`` when no width is sampled (every width trains every step); the error's
+    ``param`` names the setting. An ordinary model (``widths`` None) ignores them all.
 
     Example:
-        >>> check_always_widths(ImageTrainConfig(always_widths=(0.5,)), (0.25, 0.5, 1.0))
-        >>> check_always_widths(ImageTrainConfig(always_widths=(1.0,)), (0.25, 0.5, 1.0))
+        >>> check_width_settings(ImageTrainConfig(always_widths=(0.5,)), (0.25, 0.5, 1.0))
+        >>> check_width_settings(ImageTrainConfig(always_widths=(1.0,)), (0.25, 0.5, 1.0))
         Traceback (most recent call last):
         ...
         nestemb.errors.NestembError: always_widths must name widths of the model other than the full one (0.25, 0.5), got (1.0,)
+        >>> check_width_settings(ImageTrainConfig(mixed_widths=0.5), (0.5, 1.0))
+        Traceback (most recent call last):
+        ...
+        nestemb.errors.NestembError: mixed_widths replaces sampled widths, but every step trains all 2 widths (widths_per_step 3)
     """
-    if config.always_widths is not None and widths is not None and any(
-            g not in widths[:-1] for g in config.always_widths):
+    if widths is None:
+        return
+    if config.always_widths is not None and any(g not in widths[:-1] for g in config.always_widths):
         raise NestembError(f"{{param}} must name widths of the model other than the full one "
                            f"{tuple(widths)[:-1]}, got {config.always_widths}", param="always_widths")
+    fixed = 1 + (1 if config.always_widths is None else len(config.always_widths))
+    drawn, others = config.widths_per_step - fixed, len(widths) - fixed
+    if config.mixed_widths and not 0 < drawn < others:
+        trained = f"all {len(widths)} widths" if drawn >= others else "only the fixed ones"
+        raise NestembError(f"{{param}} replaces sampled widths, but every step trains {trained} "
+                           f"(widths_per_step {config.widths_per_step})", param="mixed_widths")
 
 
 def default_weights(nesting: Sequence[int]) -> tuple[float, ...]:
@@ -401,7 +423,7 @@ def train_image(
     if widths is not None and compat is not None:
         raise NestembError("nested {param} and compatible training (compat) do not combine: "
                            "train the elastic model without compat", param="widths")
-    check_always_widths(config, widths)
+    check_width_settings(config, widths)
     check_model_id(model_id)  # before training, not after it
     holdout = holdout_size(len(images)) if config.holdout is None else config.holdout
     train_idx, hold_idx = split_holdout(len(images), holdout, config.seed)
@@ -436,6 +458,8 @@ def train_image(
         every = max(1, epochs // 10)
         history, step, first = [], 0, 1
         width_history: dict[str, list] = {f"{g:g}": [] for g in widths or ()}
+        if widths is not None and config.mixed_widths:
+            width_history[MIXED] = []
         if state is not None:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -455,15 +479,16 @@ def train_image(
                     task = bar.add_task(f"epoch {epoch}/{epochs}", total=n_steps, info="")
                     perm = torch.randperm(n, generator=gen)
                     total, count = 0.0, 0
-                    w_sum: dict[float, float] = {}
-                    w_count: dict[float, int] = {}
+                    w_sum: dict[str, float] = {}
+                    w_count: dict[str, int] = {}
                     for s in range(n_steps):
                         idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
                         # the whole global batch is augmented on every process (one generator,
                         # as in a one-process run); each process forwards its shard of it
                         x = augment_batch(model.preprocess(x_all[idx]), gen, config.augment, config.shift)
                         if widths is not None:  # the sandwich of widths, one process
-                            picked = sample_widths(widths, gen, config.widths_per_step, config.always_widths)
+                            picked = sample_widths(widths, gen, config.widths_per_step, config.always_widths,
+                                                   config.mixed_widths, LAYERS[model_config.arch])
                             per_width = width_losses(model, x, y_all[idx], w, picked, config.label_smoothing,
                                                      config.width_distill)
                             loss = (per_width @ torch.tensor(
@@ -471,8 +496,9 @@ def train_image(
                                 device=per_width.device)
                                     if config.unbiased_widths else per_width.sum())
                             for g, v in zip(picked, per_width.tolist()):
-                                w_sum[g] = w_sum.get(g, 0.0) + v * len(idx)
-                                w_count[g] = w_count.get(g, 0) + len(idx)
+                                key = f"{g:g}" if isinstance(g, float) else MIXED
+                                w_sum[key] = w_sum.get(key, 0.0) + v * len(idx)
+                                w_count[key] = w_count.get(key, 0) + len(idx)
                         elif hooks is None:
                             loss = batch_loss(net, x, y_all[idx], w, config.label_smoothing, env)
                         else:
@@ -491,9 +517,8 @@ def train_image(
                         if s % 10 == 0 or s == n_steps - 1:
                             bar.update(task, completed=s + 1, info=f"loss {total / count:.4f}")
                     history.append(total / count)
-                    for g in widths or ():
-                        width_history[f"{g:g}"].append(
-                            round(w_sum[g] / w_count[g], 5) if g in w_count else None)
+                    for key, losses in width_history.items():
+                        losses.append(round(w_sum[key] / w_count[key], 5) if key in w_count else None)
                     if log and env.is_main:
                         log(f"epoch {epoch}: loss {total / count:.4f}")
                     if (checkpoint_dir is not None and env.is_main
@@ -533,15 +558,18 @@ def train_image(
         info["widths"] = list(widths)
         fixed = ("the smallest" if config.always_widths is None
                  else " and ".join(f"{g:g}" for g in config.always_widths))
+        mixed = (f"; each width drawn is a random Mix'n'Match list with probability {config.mixed_widths:g}"
+                 if config.mixed_widths else "")
         info["width_sampling"] = ("sandwich: the full width, the smallest and one other at random per step"
                                   if config.widths_per_step == 3 and config.always_widths is None else
                                   f"the full width, {fixed}, and up to "
                                   f"{config.widths_per_step - 1 - len(config.always_widths or (0,))} others "
-                                  "at random per step (all of them when there are no more)")
+                                  "at random per step (all of them when there are no more)") + mixed
         info["width_losses"] = width_history
         info["width_distill"] = config.width_distill
         info["widths_per_step"], info["unbiased_widths"] = config.widths_per_step, config.unbiased_widths
         info["always_widths"] = list(config.always_widths) if config.always_widths is not None else None
+        info["mixed_widths"] = config.mixed_widths
     if state is not None:
         info["resumed_from"] = str(resume_from)
     return model, info
@@ -582,7 +610,8 @@ def run_signature(model_config: ImageModelConfig, images: np.ndarray, labels: np
         "widths": list(model_config.widths), "width_distill": float(config.width_distill),
         "widths_per_step": int(config.widths_per_step), "unbiased_widths": bool(config.unbiased_widths),
         # only when set: runs of the default sandwich keep the signature they had before it existed
-        **({} if config.always_widths is None else {"always_widths": list(config.always_widths)})}
+        **({} if config.always_widths is None else {"always_widths": list(config.always_widths)}),
+        **({} if not config.mixed_widths else {"mixed_widths": float(config.mixed_widths)})}
     return {**elastic, "n_train": int(len(images) - holdout), "holdout": int(holdout),
             "seed": int(config.seed), "batch_size": int(config.batch_size),
             "total_steps": int(total_steps), "epochs": int(epochs), "model": repr(model_config),
