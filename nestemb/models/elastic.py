@@ -102,12 +102,13 @@ def mix_n_match(config: ImageModelConfig, budget: float) -> tuple[float, ...]:
     """Per-layer widths for a compute ``budget`` (a fraction of the full model's
     :func:`multiply_adds`), for :func:`extract` or ``ImageModel.forward(width=...)``.
 
-    The rule (MatFormer's Mix'n'Match heuristic): only granularities that never shrink with
-    depth (monotone non-decreasing lists, since training only saw uniform widths and the later
-    layers carry the embedding), the most expensive such list within the budget (more compute,
-    more accuracy), ties broken by the smallest spread between its smallest and largest
-    granularity (the list closest to a trained uniform width). A budget below the smallest
-    uniform width's cost is refused.
+    The rule (MatFormer's Mix'n'Match heuristic): only lists of
+    :func:`~nestemb.models.image.width_lists` (granularities that never shrink with depth, two
+    neighbouring ones at most: the later layers carry the embedding, and a list close to a
+    uniform width is close to what trained; ``mixed_widths`` training samples the same lists),
+    the most expensive one within the budget (more compute, more accuracy), ties broken by the
+    smaller spread (a uniform width). A budget below the smallest uniform width's cost is
+    refused.
 
     For the ViT the lists are per block (the feed-forward layer's granularity; attention is
     always full, so the smallest width costs more of the full model than the CNN's does:
@@ -119,8 +120,8 @@ def mix_n_match(config: ImageModelConfig, budget: float) -> tuple[float, ...]:
 
     Example:
         >>> cfg = ImageModelConfig(dim=8, nesting=(8,), width=8, widths=(0.25, 0.5, 1))
-        >>> mix_n_match(cfg, 1.0), mix_n_match(cfg, 0.3)
-        ((1.0, 1.0, 1.0, 1.0, 1.0), (0.25, 0.25, 0.5, 0.5, 1.0))
+        >>> mix_n_match(cfg, 1.0), mix_n_match(cfg, 0.2)
+        ((1.0, 1.0, 1.0, 1.0, 1.0), (0.25, 0.25, 0.5, 0.5, 0.5))
         >>> mix_n_match(cfg, 0.01)
         Traceback (most recent call last):
         ...

@@ -104,15 +104,21 @@ def units(g: float, c: int) -> int:
 
 def width_lists(n_widths: int, layers: int) -> list[tuple[int, ...]]:
     """The Mix'n'Match family: every list of per-layer granularity indices (one per layer, out
-    of ``n_widths``) that never shrinks with depth, uniform lists included, in lexicographic
-    order. :func:`nestemb.models.elastic.mix_n_match` picks from it and ``mixed_widths``
-    training (:func:`sample_widths`) samples from it, so what is served is what was trained.
+    of ``n_widths``) that never shrinks with depth and mixes at most two neighbouring
+    granularities, uniform lists included, in lexicographic order. A list of granularities
+    ``k`` and ``k + 1`` costs between those two uniform widths: the sizes in between
+    (MatFormer: lists that change granularity slowly and grow with depth do best).
+    :func:`nestemb.models.elastic.mix_n_match` picks from it and ``mixed_widths`` training
+    (:func:`sample_widths`) samples from it, so what is served is what was trained.
 
     Example:
         >>> width_lists(2, 3)
         [(0, 0, 0), (0, 0, 1), (0, 1, 1), (1, 1, 1)]
+        >>> len(width_lists(4, 5)), (0, 1, 2, 2, 2) in width_lists(4, 5)   # 4 uniform + 3 x 4 mixed
+        (16, False)
     """
-    return list(itertools.combinations_with_replacement(range(n_widths), layers))
+    return [ks for ks in itertools.combinations_with_replacement(range(n_widths), layers)
+            if ks[-1] - ks[0] <= 1]
 
 
 def sample_widths(widths: Sequence[float], gen: torch.Generator, per_step: int = 3,
