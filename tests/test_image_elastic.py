@@ -253,6 +253,17 @@ def test_mixed_widths_training_records_the_lists_loss_and_fits_mix_n_match(data)
     hist = [v for v in info["width_losses"]["mixed"] if v is not None]
     assert len(hist) >= 2 and hist[-1] < hist[0], info["width_losses"]
     assert info["width_losses"]["0.25"] == [None] * len(hist)  # never drawn: always replaced
+    # a list borrows the uniform widths' batch norms in training: it must leave their statistics
+    torch.manual_seed(0)
+    model = ImageModel(cfg).train()
+    xb, yb = model.preprocess(torch.from_numpy(x[:32].copy())), torch.from_numpy(y[:32].astype(np.int64))
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "batches" in k}
+    width_losses(model, xb, yb, torch.ones(3), [(0.25, 0.5), (0.5, 1.0)]).sum().backward()
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    width_losses(model, xb, yb, torch.ones(3), [0.5])  # a uniform width does move its own
+    moved = {k for k, v in before.items() if not torch.equal(v, model.state_dict()[k])}
+    assert moved and all(".bns.2." in k for k in moved), moved
     sig = run_signature(cfg, x, y, tcfg)
     assert sig["mixed_widths"] == 1.0 and "mixed_widths" not in run_signature(cfg, x, y, ImageTrainConfig())
     family = [tuple(WIDTHS[k] for k in ks) for ks in width_lists(len(WIDTHS), LAYERS["mlp"])]

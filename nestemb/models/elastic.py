@@ -23,9 +23,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -270,6 +271,33 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
         [5, 2, 0]
     """
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
+def batch_stats_only(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every batch norm of ``model`` in train mode normalizes with its batch's
+    statistics and leaves its running ones (and their count) alone; eval mode is unchanged.
+    Mix'n'Match lists train this way (``mixed_widths``): a list runs each layer's batch norm of
+    one uniform width on the inputs of another, so its statistics would otherwise pull those
+    of the uniform width away from what that width sees. An extracted Mix'n'Match submodel gets
+    its own (:func:`extract` with ``calibration``).
+
+    Example:
+        >>> m = ImageModel(ImageModelConfig(dim=4, nesting=(4,), width=1, arch="mlp", in_hw=(4, 4))).train()
+        >>> with batch_stats_only(m):
+        ...     _ = m(torch.randn(8, 1, 4, 4))
+        >>> float(batch_norms(m)[0].running_mean.abs().max()), int(batch_norms(m)[0].num_batches_tracked)
+        (0.0, 0)
+    """
+    norms = batch_norms(model)
+    tracked = [bn.track_running_stats for bn in norms]
+    try:
+        for bn in norms:
+            bn.track_running_stats = False
+        yield model
+    finally:
+        for bn, t in zip(norms, tracked):
+            bn.track_running_stats = t
 
 
 def _calibration_images(model: ImageModel, images: Any, batch_size: int) -> np.ndarray:

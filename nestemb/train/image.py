@@ -48,6 +48,7 @@ returns ``(model, info)``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -61,6 +62,7 @@ from nestemb.data.split import holdout_size, split_holdout
 from nestemb.checks import positive_float, positive_int
 from nestemb.errors import NestembError
 from nestemb.losses import PrefixLoss, check_weights, cosine_distance, matryoshka_cross_entropy
+from nestemb.models.elastic import batch_stats_only
 from nestemb.models.image import (LAYERS, ImageModel, ImageModelConfig, check_model_id, sample_widths,
                                   sampled_width_weights, write_model_files)
 from nestemb.progress import progress_bar
@@ -300,7 +302,10 @@ def width_losses(
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     out, teacher = [], None
     for g in widths:
-        z, logits = model(x, width=g)
+        # a Mix'n'Match list (mixed_widths) borrows the uniform widths' batch norms: it must
+        # not move their running statistics
+        with batch_stats_only(model) if isinstance(g, tuple) else contextlib.nullcontext():
+            z, logits = model(x, width=g)
         loss, _per = matryoshka_cross_entropy(logits, y, weights, label_smoothing)
         if teacher is None:
             teacher = z.detach()
