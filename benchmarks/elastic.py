@@ -170,8 +170,7 @@ def step_seconds(configs: dict[str, Any], train: tuple, tcfg, steps: int, rounds
 
     from nestemb.device import torch_threads
     from nestemb.losses import check_weights
-    from nestemb.models.image import ImageModel
-    from nestemb.models.image import LAYERS
+    from nestemb.models.image import ImageModel, mix_lists
     from nestemb.train.image import augment_batch, batch_loss, default_weights, sample_widths
 
     images, labels = torch.from_numpy(np.array(train[0])), torch.from_numpy(train[1].astype(np.int64))
@@ -189,7 +188,7 @@ def step_seconds(configs: dict[str, Any], train: tuple, tcfg, steps: int, rounds
                     idx = torch.randint(len(images), (tcfg.batch_size,), generator=gen)
                     x = augment_batch(net.preprocess(images[idx]), gen, tcfg.augment, tcfg.shift)
                     widths = (sample_widths(cfg.widths, gen, tcfg.widths_per_step, tcfg.always_widths,
-                                            tcfg.mixed_widths, LAYERS[cfg.arch]) if cfg.widths else None)
+                                            tcfg.mixed_widths, mix_lists(cfg)) if cfg.widths else None)
                     loss = batch_loss(net, x, labels[idx], w, widths=widths, distill=tcfg.width_distill)
                     opts[name].zero_grad(set_to_none=True)
                     loss.backward()
@@ -279,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (training and encoding)")
     ap.add_argument("--mnm", type=_csv(float), default=None,
                     help="Mix'n'Match budgets (fractions of the full model's multiply-adds; default: "
-                         "half-way between neighbouring widths above the smallest)")
+                         "every mixed list of the model's family, mix_lists, at its own cost)")
     ap.add_argument("--quarter", type=float, default=0.25, help="the submodel whose queries search "
                     "the full model's gallery (its own targets)")
     ap.add_argument("--limit-train", type=int, default=None, help="use the first N training images (checks)")
@@ -446,7 +445,7 @@ def run_seed(a: argparse.Namespace, out: Path, command: str) -> dict:
 
     from nestemb.errors import NestembError
     from nestemb.models.elastic import extract, layer_units, mix_n_match, multiply_adds
-    from nestemb.models.image import LAYERS, check_widths, make_model_config
+    from nestemb.models.image import LAYERS, check_widths, make_model_config, mix_lists
     from nestemb.nesting import check_compatible
     from nestemb.plotting import line_plot, scatter_pareto
     from nestemb.train.image import ImageTrainConfig
@@ -510,14 +509,17 @@ def run_seed(a: argparse.Namespace, out: Path, command: str) -> dict:
         f"{max(r['max_abs_diff_vs_parent'] for r in rows.values()):.2g})")
     uniform_cost = {g: multiply_adds(ecfg, layer_units(ecfg, (k,) * L)) / full_macs
                     for k, g in enumerate(widths)}  # fmt: skip
-    budgets = a.mnm if a.mnm is not None else tuple(
-        round((uniform_cost[lo] + uniform_cost[hi]) / 2, 4) for lo, hi in zip(widths[1:], widths[2:]))
+    # default: every mixed list of the model's Mix'n'Match family, each at its own cost
+    picks: list[tuple[float, Any]] = (
+        [(b, b) for b in a.mnm] if a.mnm is not None else
+        [(round(multiply_adds(ecfg, layer_units(ecfg, ks)) / full_macs, 4), tuple(widths[k] for k in ks))
+         for ks in mix_lists(ecfg) if len(set(ks)) > 1])
     calib = train[0][np.random.default_rng(a.seed).choice(len(train[0]), min(a.calibration, len(train[0])),
                                                           replace=False)]
     mnm_rows = []
-    for b in budgets:
+    for b, lw in picks:
         try:
-            lw = mix_n_match(ecfg, b)
+            lw = mix_n_match(ecfg, b) if a.mnm is not None else lw
         except NestembError as e:
             log(f"Mix'n'Match budget {b}: {e}")
             continue

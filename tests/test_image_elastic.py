@@ -17,7 +17,7 @@ from nestemb.models.elastic import (batch_norms, extract, layer_units, mix_n_mat
                                     recalibrate)
 from nestemb.models.image import (ARCHS, LAYERS, ImageModel, ImageModelConfig, build_manifest,
                                   config_from_manifest, load_image_model, make_model_config,
-                                  sampled_width_weights, save_image_model, width_lists)
+                                  mix_lists, sampled_width_weights, save_image_model, width_lists)
 from nestemb.nesting import Manifest, check_compatible, lineage, parent_of, prefix_view, weights_version
 from nestemb.train.image import (ImageTrainConfig, batch_loss, run_signature, sample_widths,
                                  train_image, width_losses)
@@ -116,15 +116,16 @@ def test_multiply_adds_and_mix_n_match():
     for budget in (0.05, 0.2, 0.3, 0.5, 0.8, 1.0):
         widths = mix_n_match(cfg, budget)
         ks = [WIDTHS.index(g) for g in widths]
-        # granularities never shrink with depth, and mix two neighbouring ones at most
-        assert ks == sorted(ks) and ks[-1] - ks[0] <= 1
+        # granularities never widen with depth (a CNN), and mix two neighbouring ones at most
+        assert ks == sorted(ks, reverse=True) and ks[0] - ks[-1] <= 1
         cost = multiply_adds(cfg, layer_units(cfg, ks)) / full
         assert cost <= budget
         # nothing of that family (enumerated here by hand) and dearer fits the budget
         import itertools
 
-        family = [c for c in itertools.product(range(4), repeat=5) if list(c) == sorted(c) and c[-1] - c[0] <= 1]
-        assert sorted(family) == width_lists(4, 5)
+        family = [c for c in itertools.product(range(4), repeat=5)
+                  if list(c) == sorted(c, reverse=True) and c[0] - c[-1] <= 1]
+        assert sorted(family) == sorted(mix_lists(cfg))
         assert all(multiply_adds(cfg, layer_units(cfg, c)) / full <= cost
                    or multiply_adds(cfg, layer_units(cfg, c)) / full > budget for c in family)
         sub = extract(_elastic("cnn"), widths)
@@ -225,20 +226,21 @@ def test_mixed_widths_replace_drawn_widths_with_monotone_lists():
     """``mixed``: only the drawn width is replaced, by a per-layer list of two neighbouring
     granularities that never shrinks with depth; every such list turns up (the family that
     mix_n_match serves); with ``mixed=0`` the draws are exactly the sandwich's."""
-    family = {tuple(WIDTHS[k] for k in ks) for ks in width_lists(len(WIDTHS), 5) if ks[0] != ks[-1]}
-    assert len(family) == 12  # 3 pairs of neighbouring widths, 4 places to step up in 5 layers
+    lists = width_lists(len(WIDTHS), 5, grow=False)
+    family = {tuple(WIDTHS[k] for k in ks) for ks in lists if ks[0] != ks[-1]}
+    assert len(family) == 12  # 3 pairs of neighbouring widths, 4 places to step down in 5 layers
     gen = torch.Generator().manual_seed(0)
-    seen = [sample_widths(WIDTHS, gen, mixed=0.5, layers=5) for _ in range(2000)]
+    seen = [sample_widths(WIDTHS, gen, mixed=0.5, lists=lists) for _ in range(2000)]
     assert all(p[:2] == (1.0, 0.125) and len(p) == 3 for p in seen)
     mixed = [p[2] for p in seen if isinstance(p[2], tuple)]
     assert set(mixed) == family and 900 < len(mixed) < 1100  # about half the steps
     assert {p[2] for p in seen if not isinstance(p[2], tuple)} == {0.25, 0.5}
-    assert all(isinstance(p[2], tuple) for p in (sample_widths(WIDTHS, gen, mixed=1.0, layers=2) for _ in range(20)))
+    assert all(isinstance(p[2], tuple) for p in (sample_widths(WIDTHS, gen, mixed=1.0, lists=lists) for _ in range(20)))
     a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    assert [sample_widths(WIDTHS, a) for _ in range(20)] == [sample_widths(WIDTHS, b, mixed=0.0, layers=5)
+    assert [sample_widths(WIDTHS, a) for _ in range(20)] == [sample_widths(WIDTHS, b, mixed=0.0, lists=lists)
                                                             for _ in range(20)]
     state = gen.get_state()  # nothing drawn, nothing mixed
-    assert sample_widths(WIDTHS, gen, per_step=4, mixed=1.0, layers=5) == (1.0, 0.125, 0.5, 0.25)
+    assert sample_widths(WIDTHS, gen, per_step=4, mixed=1.0, lists=lists) == (1.0, 0.125, 0.5, 0.25)
     assert torch.equal(gen.get_state(), state)
 
 
@@ -258,7 +260,7 @@ def test_mixed_widths_training_records_the_lists_loss_and_fits_mix_n_match(data)
     model = ImageModel(cfg).train()
     xb, yb = model.preprocess(torch.from_numpy(x[:32].copy())), torch.from_numpy(y[:32].astype(np.int64))
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "batches" in k}
-    width_losses(model, xb, yb, torch.ones(3), [(0.25, 0.5), (0.5, 1.0)]).sum().backward()
+    width_losses(model, xb, yb, torch.ones(3), [(0.5, 0.25), (1.0, 0.5)]).sum().backward()
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     width_losses(model, xb, yb, torch.ones(3), [0.5])  # a uniform width does move its own
@@ -266,8 +268,10 @@ def test_mixed_widths_training_records_the_lists_loss_and_fits_mix_n_match(data)
     assert moved and all(".bns.2." in k for k in moved), moved
     sig = run_signature(cfg, x, y, tcfg)
     assert sig["mixed_widths"] == 1.0 and "mixed_widths" not in run_signature(cfg, x, y, ImageTrainConfig())
-    family = [tuple(WIDTHS[k] for k in ks) for ks in width_lists(len(WIDTHS), LAYERS["mlp"])]
+    family = [tuple(WIDTHS[k] for k in ks) for ks in width_lists(len(WIDTHS), LAYERS["mlp"], grow=False)]
+    assert mix_lists(cfg) == width_lists(len(WIDTHS), LAYERS["mlp"], grow=False)  # an MLP narrows
     assert all(mix_n_match(cfg, b) in family for b in (0.15, 0.2, 0.3, 0.5, 0.7, 1.0))
+    assert mix_n_match(cfg, 0.485) == (0.5, 0.25)  # layer 1 carries the cost: just below 1/2
     for bad in (-0.1, 1.5, True, "0.5"):
         with pytest.raises(NestembError) as e:
             ImageTrainConfig(mixed_widths=bad)

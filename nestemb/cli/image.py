@@ -438,7 +438,8 @@ def extract_cmd(
     width: Optional[float] = typer.Option(None, help="One trained width for every layer, e.g. 0.25."),
     widths_per_layer: Optional[str] = typer.Option(
         None, help="One trained width per layer (Mix'n'Match; 5 for a cnn, 2 for an mlp, 4 for a "
-        "vit: one per block), e.g. 0.25,0.25,0.5,1,1."),
+        "vit: one per block), e.g. 0.25,0.25,0.5,0.5,0.5 (lists that grow with depth through two "
+        "neighbouring widths are the ones --budget picks and --mixed-widths trains)."),
     budget: Optional[float] = typer.Option(
         None, help="Pick the widths per layer for this fraction of the full model's "
         "multiply-adds, e.g. 0.3: the costliest list within it whose widths never shrink with "

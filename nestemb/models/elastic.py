@@ -36,7 +36,7 @@ from nestemb.checks import positive_int
 from nestemb.errors import NestembError
 from nestemb.models.image import (LAYERS, VIT_PATCH, ImageModel, ImageModelConfig,
                                   SwitchableBatchNorm, build_manifest, check_model_id, units,
-                                  vit_tokens, width_lists)
+                                  mix_lists, vit_tokens)
 from nestemb.nesting import weights_version
 
 CALIBRATION_BATCH = 256
@@ -103,13 +103,13 @@ def mix_n_match(config: ImageModelConfig, budget: float) -> tuple[float, ...]:
     """Per-layer widths for a compute ``budget`` (a fraction of the full model's
     :func:`multiply_adds`), for :func:`extract` or ``ImageModel.forward(width=...)``.
 
-    The rule (MatFormer's Mix'n'Match heuristic): only lists of
-    :func:`~nestemb.models.image.width_lists` (granularities that never shrink with depth, two
-    neighbouring ones at most: the later layers carry the embedding, and a list close to a
-    uniform width is close to what trained; ``mixed_widths`` training samples the same lists),
-    the most expensive one within the budget (more compute, more accuracy), ties broken by the
-    smaller spread (a uniform width). A budget below the smallest uniform width's cost is
-    refused.
+    The rule (MatFormer's Mix'n'Match heuristic): only lists of the model's family,
+    :func:`~nestemb.models.image.mix_lists` (two neighbouring granularities at most, which
+    widen with depth in the ViT and narrow in the CNN and MLP, see
+    :data:`~nestemb.models.image.MIX_GROWS`; ``mixed_widths`` training samples the same
+    lists), the most expensive one within the budget (more compute, more accuracy), ties broken
+    by the smaller spread (a uniform width). A budget below the smallest uniform width's cost
+    is refused.
 
     For the ViT the lists are per block (the feed-forward layer's granularity; attention is
     always full, so the smallest width costs more of the full model than the CNN's does:
@@ -122,7 +122,7 @@ def mix_n_match(config: ImageModelConfig, budget: float) -> tuple[float, ...]:
     Example:
         >>> cfg = ImageModelConfig(dim=8, nesting=(8,), width=8, widths=(0.25, 0.5, 1))
         >>> mix_n_match(cfg, 1.0), mix_n_match(cfg, 0.2)
-        ((1.0, 1.0, 1.0, 1.0, 1.0), (0.25, 0.25, 0.5, 0.5, 0.5))
+        ((1.0, 1.0, 1.0, 1.0, 1.0), (0.5, 0.5, 0.5, 0.25, 0.25))
         >>> mix_n_match(cfg, 0.01)
         Traceback (most recent call last):
         ...
@@ -140,11 +140,11 @@ def mix_n_match(config: ImageModelConfig, budget: float) -> tuple[float, ...]:
                            param="budget")
     full = multiply_adds(config)
     best: tuple[int, int, tuple[int, ...]] | None = None
-    for ks in width_lists(len(widths), LAYERS[config.arch]):
+    for ks in mix_lists(config):
         cost = multiply_adds(config, layer_units(config, ks))
         if cost > budget * full:
             continue
-        key = (cost, -(ks[-1] - ks[0]), ks)
+        key = (cost, -(max(ks) - min(ks)), ks)
         if best is None or key[:2] > best[:2]:
             best = key
     if best is None:

@@ -102,28 +102,55 @@ def units(g: float, c: int) -> int:
     return max(1, math.ceil(g * c - 1e-9))
 
 
-def width_lists(n_widths: int, layers: int) -> list[tuple[int, ...]]:
+MIX_GROWS = {"cnn": False, "mlp": False, "vit": True}
+"""Whether an architecture's Mix'n'Match lists widen with depth (the ViT: MatFormer's rule; its
+blocks add to a full-width residual stream) or narrow (the CNN and MLP: a layer's units are the
+next layer's inputs, so a narrower layer after wider ones computes exactly what the wider
+model's first units compute, while a wider one after narrower ones reads inputs it never saw
+together in training; measured on Fashion-MNIST, an untrained narrowing list lay above the line
+between its neighbours and every widening one below)."""
+
+
+def width_lists(n_widths: int, layers: int, grow: bool = True) -> list[tuple[int, ...]]:
     """The Mix'n'Match family: every list of per-layer granularity indices (one per layer, out
-    of ``n_widths``) that never shrinks with depth and mixes at most two neighbouring
-    granularities, uniform lists included, in lexicographic order. A list of granularities
-    ``k`` and ``k + 1`` costs between those two uniform widths: the sizes in between
-    (MatFormer: lists that change granularity slowly and grow with depth do best).
-    :func:`nestemb.models.elastic.mix_n_match` picks from it and ``mixed_widths`` training
-    (:func:`sample_widths`) samples from it, so what is served is what was trained.
+    of ``n_widths``) that mixes at most two neighbouring granularities and never shrinks with
+    depth (``grow``) or never widens (``grow=False``), uniform lists included. A list of
+    granularities ``k`` and ``k + 1`` costs between those two uniform widths: the sizes in
+    between (MatFormer: lists that change granularity slowly do best).
+    :func:`mix_lists` gives a model's; :func:`nestemb.models.elastic.mix_n_match` picks from it
+    and ``mixed_widths`` training (:func:`sample_widths`) samples from it, so what is served is
+    what was trained.
 
     Example:
         >>> width_lists(2, 3)
         [(0, 0, 0), (0, 0, 1), (0, 1, 1), (1, 1, 1)]
+        >>> width_lists(2, 3, grow=False)
+        [(0, 0, 0), (1, 0, 0), (1, 1, 0), (1, 1, 1)]
         >>> len(width_lists(4, 5)), (0, 1, 2, 2, 2) in width_lists(4, 5)   # 4 uniform + 3 x 4 mixed
         (16, False)
     """
-    return [ks for ks in itertools.combinations_with_replacement(range(n_widths), layers)
-            if ks[-1] - ks[0] <= 1]
+    lists = [ks for ks in itertools.combinations_with_replacement(range(n_widths), layers)
+             if ks[-1] - ks[0] <= 1]
+    return lists if grow else [ks[::-1] for ks in lists]
+
+
+def mix_lists(config: ImageModelConfig) -> list[tuple[int, ...]]:
+    """The Mix'n'Match family (:func:`width_lists`) of an elastic model's config: one index into
+    ``config.widths`` per sliceable layer, widening with depth for the ViT and narrowing for
+    the CNN and MLP (:data:`MIX_GROWS`).
+
+    Example:
+        >>> mix_lists(ImageModelConfig(dim=4, nesting=(4,), arch="mlp", widths=(0.5, 1)))
+        [(0, 0), (1, 0), (1, 1)]
+    """
+    if config.widths is None:
+        raise NestembError("Mix'n'Match needs an elastic model (config.widths)", param="widths")
+    return width_lists(len(config.widths), LAYERS[config.arch], MIX_GROWS[config.arch])
 
 
 def sample_widths(widths: Sequence[float], gen: torch.Generator, per_step: int = 3,
                   always: Sequence[float] | None = None, mixed: float = 0.0,
-                  layers: int = 0) -> tuple[Any, ...]:
+                  lists: Sequence[Sequence[int]] = ()) -> tuple[Any, ...]:
     """The granularities one training step of an elastic model trains: the full width, the
     ``always`` ones (default: the smallest), and ``per_step - 1 - len(always)`` of the others
     drawn from ``gen`` without replacement. At the defaults this is the sandwich rule (the full
@@ -134,9 +161,9 @@ def sample_widths(widths: Sequence[float], gen: torch.Generator, per_step: int =
     choice, so two granularities, or all of them, use none. Shared by the image trainer
     (:mod:`nestemb.train.image`) and the text trainer (:mod:`nestemb.text.train`).
 
-    ``mixed`` > 0 (with ``layers``, the model's sliceable layers): each *drawn* width is, with
-    that probability, replaced by a Mix'n'Match list instead, one granularity per layer drawn
-    uniformly from the non-uniform lists of :func:`width_lists`. In a CNN or MLP a layer's
+    ``mixed`` > 0 (with ``lists``, the model's :func:`mix_lists`): each *drawn* width is, with
+    that probability, replaced by a Mix'n'Match list instead, drawn uniformly from the
+    non-uniform ``lists`` (granularity indices per layer). In a CNN or MLP a layer's
     width is the next one's input, so a mixed list computes from slices that uniform widths
     never train together; training on such lists is what lets Mix'n'Match sizes work
     (Once-for-All's elastic width). ``mixed=0`` draws nothing extra: seeded runs are unchanged.
@@ -151,8 +178,9 @@ def sample_widths(widths: Sequence[float], gen: torch.Generator, per_step: int =
         (1.0, 0.5)
         >>> sample_widths((1.0,), g)
         (1.0,)
-        >>> sample_widths((0.25, 0.5, 1.0), g, mixed=1.0, layers=2)[:2]
-        (1.0, 0.25)
+        >>> sample_widths((0.125, 0.25, 0.5, 1.0), g, mixed=1.0, lists=width_lists(4, 2))[2] in (
+        ...     (0.125, 0.25), (0.25, 0.5), (0.5, 1.0))
+        True
     """
     widths = tuple(widths)
     if len(widths) == 1:
@@ -170,11 +198,11 @@ def sample_widths(widths: Sequence[float], gen: torch.Generator, per_step: int =
         chosen = sorted(torch.randperm(len(others), generator=gen)[:take].tolist())
         picked += tuple(others[i] for i in chosen)
     if mixed > 0 and take < len(rest):  # only drawn widths are mixed
-        lists = [ks for ks in width_lists(len(widths), layers) if ks[0] != ks[-1]]
+        mixes = [ks for ks in lists if len(set(ks)) > 1]
         drawn: list[Any] = []
         for g in picked[len(picked) - take:]:
-            if lists and float(torch.rand((), generator=gen)) < mixed:
-                drawn.append(tuple(widths[k] for k in lists[int(torch.randint(len(lists), (1,), generator=gen))]))
+            if mixes and float(torch.rand((), generator=gen)) < mixed:
+                drawn.append(tuple(widths[k] for k in mixes[int(torch.randint(len(mixes), (1,), generator=gen))]))
             else:
                 drawn.append(g)
         picked = picked[: len(picked) - take] + tuple(drawn)

@@ -63,7 +63,7 @@ from nestemb.checks import positive_float, positive_int
 from nestemb.errors import NestembError
 from nestemb.losses import PrefixLoss, check_weights, cosine_distance, matryoshka_cross_entropy
 from nestemb.models.elastic import batch_stats_only
-from nestemb.models.image import (LAYERS, ImageModel, ImageModelConfig, check_model_id, sample_widths,
+from nestemb.models.image import (ImageModel, ImageModelConfig, check_model_id, mix_lists, sample_widths,
                                   sampled_width_weights, write_model_files)
 from nestemb.progress import progress_bar
 from nestemb.device import resolve_device, torch_threads
@@ -493,7 +493,7 @@ def train_image(
                         x = augment_batch(model.preprocess(x_all[idx]), gen, config.augment, config.shift)
                         if widths is not None:  # the sandwich of widths, one process
                             picked = sample_widths(widths, gen, config.widths_per_step, config.always_widths,
-                                                   config.mixed_widths, LAYERS[model_config.arch])
+                                                   config.mixed_widths, mix_lists(model_config))
                             per_width = width_losses(model, x, y_all[idx], w, picked, config.label_smoothing,
                                                      config.width_distill)
                             loss = (per_width @ torch.tensor(
