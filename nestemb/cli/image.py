@@ -209,7 +209,8 @@ def train_cmd(
         "ones trains them every step at less than the cost of training all."),
     mixed_widths: float = typer.Option(
         0.0, help="With --widths: the probability that a sampled width is replaced by a random "
-        "Mix'n'Match list (one width per layer, never shrinking with depth), so that Mix'n'Match "
+        "Mix'n'Match list (one width per layer, two neighbouring widths, narrowing with depth in a "
+        "cnn or mlp, widening in a vit), so that Mix'n'Match "
         "submodels of a CNN or MLP work; 0 = off."),
     seed: int = typer.Option(0, help="Random seed (weights, split, shuffling, augmentation)."),
     classifier: Classifier = typer.Option(Classifier.linear, help="Heads: linear, or cosine on prefix views."),
@@ -438,12 +439,13 @@ def extract_cmd(
     width: Optional[float] = typer.Option(None, help="One trained width for every layer, e.g. 0.25."),
     widths_per_layer: Optional[str] = typer.Option(
         None, help="One trained width per layer (Mix'n'Match; 5 for a cnn, 2 for an mlp, 4 for a "
-        "vit: one per block), e.g. 0.25,0.25,0.5,0.5,0.5 (lists that grow with depth through two "
-        "neighbouring widths are the ones --budget picks and --mixed-widths trains)."),
+        "vit: one per block), e.g. 0.5,0.5,0.5,0.25,0.25 (lists of two neighbouring widths, "
+        "narrowing with depth in a cnn or mlp and widening in a vit, are the ones --budget picks "
+        "and --mixed-widths trains)."),
     budget: Optional[float] = typer.Option(
         None, help="Pick the widths per layer for this fraction of the full model's "
-        "multiply-adds, e.g. 0.3: the costliest list within it whose widths never shrink with "
-        "depth."),
+        "multiply-adds, e.g. 0.3: the costliest list within it of two neighbouring widths, "
+        "narrowing with depth in a cnn or mlp, widening in a vit."),
     model_id: Optional[str] = typer.Option(
         None, help="Readable name for the submodel's manifest (default: the parent's, with the "
         "width appended)."),

@@ -501,7 +501,7 @@ def train_image(
                                 device=per_width.device)
                                     if config.unbiased_widths else per_width.sum())
                             for g, v in zip(picked, per_width.tolist()):
-                                key = f"{g:g}" if isinstance(g, float) else MIXED
+                                key = MIXED if isinstance(g, tuple) else f"{g:g}"
                                 w_sum[key] = w_sum.get(key, 0.0) + v * len(idx)
                                 w_count[key] = w_count.get(key, 0) + len(idx)
                         elif hooks is None:
