@@ -33,6 +33,8 @@ _DATA_HELP = (
 )
 _AUGMENT_HELP = "Comma list of shift (random shifts of --shift pixels) and flip (horizontal), or none."
 _STEPS_HELP = "Optimizer steps (default: 15 epochs, but at least 1500 steps on small data sets)."
+# the Mix'n'Match family (nestemb.models.image.mix_lists), as three options' help describes it
+_MIX_FAMILY_HELP = "two neighbouring widths, narrowing with depth in a cnn or mlp, widening in a vit"
 CALIBRATION_IMAGES = 2000
 """Training images ``image extract`` recalibrates a mixed-width submodel's batch norms on."""
 
@@ -209,8 +211,7 @@ def train_cmd(
         "ones trains them every step at less than the cost of training all."),
     mixed_widths: float = typer.Option(
         0.0, help="With --widths: the probability that a sampled width is replaced by a random "
-        "Mix'n'Match list (one width per layer, two neighbouring widths, narrowing with depth in a "
-        "cnn or mlp, widening in a vit), so that Mix'n'Match "
+        f"Mix'n'Match list (one width per layer, {_MIX_FAMILY_HELP}), so that Mix'n'Match "
         "submodels of a CNN or MLP work; 0 = off."),
     seed: int = typer.Option(0, help="Random seed (weights, split, shuffling, augmentation)."),
     classifier: Classifier = typer.Option(Classifier.linear, help="Heads: linear, or cosine on prefix views."),
@@ -439,13 +440,11 @@ def extract_cmd(
     width: Optional[float] = typer.Option(None, help="One trained width for every layer, e.g. 0.25."),
     widths_per_layer: Optional[str] = typer.Option(
         None, help="One trained width per layer (Mix'n'Match; 5 for a cnn, 2 for an mlp, 4 for a "
-        "vit: one per block), e.g. 0.5,0.5,0.5,0.25,0.25 (lists of two neighbouring widths, "
-        "narrowing with depth in a cnn or mlp and widening in a vit, are the ones --budget picks "
-        "and --mixed-widths trains)."),
+        "vit: one per block), e.g. 0.5,0.5,0.5,0.25,0.25 (--budget picks and --mixed-widths trains "
+        f"lists of {_MIX_FAMILY_HELP})."),
     budget: Optional[float] = typer.Option(
         None, help="Pick the widths per layer for this fraction of the full model's "
-        "multiply-adds, e.g. 0.3: the costliest list within it of two neighbouring widths, "
-        "narrowing with depth in a cnn or mlp, widening in a vit."),
+        f"multiply-adds, e.g. 0.3: the costliest list within it of {_MIX_FAMILY_HELP}."),
     model_id: Optional[str] = typer.Option(
         None, help="Readable name for the submodel's manifest (default: the parent's, with the "
         "width appended)."),
