@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from nestemb.errors import NestembError
-from nestemb.nesting import validate_nesting
+from nestemb.nesting import prefix_norms, validate_nesting
 
 HEAD_KINDS = ("mrl", "mrl-e")
 
@@ -103,6 +103,6 @@ class NestedHead(nn.Module):
         if not self.cosine:
             return logits + self.bias
         # cosine(prefix_view(z, m), prefix_view(w, m)) without slicing: prefix norms via cumsum
-        znorm = z.pow(2).cumsum(dim=1).index_select(1, self.ends).clamp_min(1e-24).sqrt()
+        znorm = prefix_norms(z, self.ends)
         wnorm = w.pow(2).sum(dim=1).clamp_min(1e-24).sqrt().view(len(self.nesting), -1)
         return logits / znorm[:, :, None] / wnorm[None] * self.log_scale.exp()[None, :, None]

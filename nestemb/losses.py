@@ -8,7 +8,8 @@ per-prefix cross-entropy of classification heads.
 - :func:`info_nce`: InfoNCE with in-batch negatives (+ optional hard negatives).
 - :func:`matryoshka_cross_entropy`: per-prefix logits of the image heads.
 - :func:`cosine_distance`: ``1 - cos`` of unit rows, the inner loss of every prefix-cosine
-  term (adapters, compatible-training distillation, elastic widths' self-distillation).
+  term (adapters, compatible-training distillation, elastic widths' self-distillation);
+  :class:`PrefixLoss` computes it at all prefixes at once (:func:`prefix_cosine_distances`).
 
 (Text-only losses, CoSENT and the distillation terms, live in :mod:`nestemb.text.losses`.)
 """
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nestemb.errors import NestembError
-from nestemb.nesting import prefix_view
+from nestemb.nesting import prefix_norms, prefix_view
 
 
 def check_weights(weights: Sequence[float] | None, nesting: Sequence[int]) -> tuple[float, ...]:
@@ -136,6 +137,11 @@ class PrefixLoss:
 
     def terms(self, *inputs: Any, **kw: Any) -> list:
         """The unweighted inner loss at every prefix, in the order of ``dims``."""
+        return list(self._terms(*inputs, **kw))
+
+    def _terms(self, *inputs: Any, **kw: Any) -> list | torch.Tensor:
+        if self.inner is cosine_distance and self.layers is None and not kw and len(inputs) == 2:
+            return prefix_cosine_distances(inputs[0], inputs[1], self.dims)
         out = []
         for i, m in enumerate(self.dims):
             xs = inputs if self.layers is None else [x[self.layers[i]] for x in inputs]
@@ -143,5 +149,33 @@ class PrefixLoss:
         return out
 
     def __call__(self, *inputs: Any, **kw: Any):
-        return sum(w * t for w, t in zip(self.weights, self.terms(*inputs, **kw))) \
-            / sum(self.weights)
+        terms = self._terms(*inputs, **kw)
+        if isinstance(terms, torch.Tensor):
+            w = terms.new_tensor(self.weights)
+            return (w * terms).sum() / w.sum()
+        return sum(w * t for w, t in zip(self.weights, terms)) / sum(self.weights)
+
+
+def prefix_cosine_distances(pred: torch.Tensor, target: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """:func:`cosine_distance` of the :func:`~nestemb.nesting.prefix_view` views at every
+    prefix of ``dims``, as a ``(len(dims),)`` tensor: what :class:`PrefixLoss` computes for that
+    inner loss, from cumulative sums in a dozen tensor operations instead of six per prefix
+    (the loop was a fifth of a small elastic model's training step with distillation).
+
+    Example:
+        >>> p, t = torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, -1.0]])
+        >>> prefix_cosine_distances(p, t, (1, 2))
+        tensor([0., 1.])
+    """
+    if pred.shape[:-1] != target.shape[:-1]:
+        raise NestembError(f"pred and target must hold the same rows, got shapes "
+                           f"{tuple(pred.shape)} and {tuple(target.shape)}", param="target")
+    d = min(pred.shape[-1], target.shape[-1])  # wider embeddings: only the prefixes are read
+    if any(not 1 <= m <= d for m in dims):
+        raise NestembError(f"prefix sizes {tuple(dims)} must lie within 1..{d}, the embedding "
+                           "dimension", param="dims")
+    pred, target = pred[..., :d], target[..., :d]
+    ends = torch.tensor([int(m) - 1 for m in dims], device=pred.device)
+    dots = (pred * target).cumsum(-1).index_select(-1, ends)
+    cos = dots / (prefix_norms(pred, ends) * prefix_norms(target, ends))
+    return (1 - cos).reshape(-1, len(ends)).mean(0)

@@ -117,6 +117,20 @@ def prefix_view(x: Any, m: int) -> Any:
     return torch.nn.functional.normalize(head, p=2, dim=-1, eps=_EPS)
 
 
+def prefix_norms(x: "torch.Tensor", ends: "torch.Tensor") -> "torch.Tensor":
+    """L2 norms of every prefix of the rows of a torch tensor ``x`` at once: ``(..., K)`` for the
+    prefix lengths ``ends + 1`` (an int64 tensor of last indices), each at least the epsilon
+    of :func:`prefix_view`. One cumulative sum instead of one reduction per prefix: the
+    per-prefix heads and the prefix-cosine loss take every prefix's norm each training step.
+
+    Example:
+        >>> import torch
+        >>> prefix_norms(torch.tensor([[3.0, 4.0, 12.0]]), torch.tensor([0, 1, 2]))
+        tensor([[ 3.,  5., 13.]])
+    """
+    return x.pow(2).cumsum(-1).index_select(-1, ends).clamp_min(_EPS * _EPS).sqrt()
+
+
 def check_vectors(x: Any, dim: int | None = None, what: str = "vectors") -> np.ndarray:
     """Validate a float matrix from a user: 2-D (a single 1-D vector becomes one row), non-empty,
     finite, and of dimension ``dim`` when given. Returns a C-contiguous float32 array

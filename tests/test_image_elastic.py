@@ -89,6 +89,39 @@ def test_extracted_submodel_equals_the_sliced_parent(arch):
     assert extract(parent, 1.0).config.channels == parent.config.layer_channels
 
 
+@pytest.mark.parametrize("arch", ["cnn", "mlp", "vit"])
+def test_widths_of_one_batch_share_the_stem_with_each_widths_own_loss_and_gradients(arch, monkeypatch):
+    """A step over several widths runs the width-independent front (the first layer; the ViT's
+    first attention) once and slices it: losses, gradients and batch-norm statistics stay those
+    of each width run on its own."""
+    x, y, w = _x(8), torch.arange(8) % 10, torch.tensor([1.0, 0.5, 2.0])
+    widths = [1.0, 0.25, MIX[arch]]
+    shared, alone = _elastic(arch).train(), _elastic(arch).train()
+    # the CNN's first conv is cheaper to recompute than to share (STEM_MIN_FAN_IN): force it
+    assert shared.encoder.shares_stem == (arch != "cnn")
+    monkeypatch.setattr(type(shared.encoder), "shares_stem", True)
+    first = shared.encoder.blocks[0].qkv if arch == "vit" else shared.encoder.features[1 if arch == "mlp" else 0]
+    calls = []
+    first.register_forward_hook(lambda *a: calls.append(1))
+    loss = width_losses(shared, x, y, w, widths)
+    assert len(calls) == 1  # the front ran once for the three widths
+    loss.sum().backward()
+    ref = torch.stack([width_losses(alone, x, y, w, [g])[0] for g in widths])  # one width: no stem
+    ref.sum().backward()
+    torch.testing.assert_close(loss, ref)
+    for (name, p), q in zip(shared.named_parameters(), alone.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for (name, b), c in zip(shared.named_buffers(), alone.buffers()):
+        torch.testing.assert_close(b, c, msg=name)
+    with torch.no_grad():  # eval mode too, and the stem is not a no-op: another batch's differs
+        shared.eval()
+        stem = shared.encoder.stem(x)
+        torch.testing.assert_close(shared(x, width=0.25, stem=stem)[0], shared(x, width=0.25)[0])
+        assert not torch.allclose(shared(x, stem=shared.encoder.stem(_x(8, 1)))[0], shared(x)[0])
+
+
 def test_mlp_width_matches_a_hand_written_reference():
     """An independent reference for one width: the slices and the width's batch norms by hand."""
     parent = _elastic("mlp")

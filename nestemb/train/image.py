@@ -301,11 +301,14 @@ def width_losses(
     device = weights.device
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     out, teacher = [], None
+    # the first layer (the ViT: up to the first feed-forward layer) is the same at every width:
+    # run it once for all of them where that pays (no batch norm in it: no statistics to mix)
+    stem = model.encoder.stem(x) if len(widths) > 1 and model.encoder.shares_stem else None
     for g in widths:
         # a Mix'n'Match list (mixed_widths) borrows the uniform widths' batch norms: it must
         # not move their running statistics
         with batch_stats_only(model) if isinstance(g, tuple) else contextlib.nullcontext():
-            z, logits = model(x, width=g)
+            z, logits = model(x, width=g, stem=stem)
         loss, _per = matryoshka_cross_entropy(logits, y, weights, label_smoothing)
         if teacher is None:
             teacher = z.detach()
