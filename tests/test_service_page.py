@@ -367,9 +367,13 @@ def test_page_shows_a_migration_and_searches_the_new_space(tmp_path: Path, brows
         assert float(panel.get_attribute("data-backfilled")) == st["backfilled"]
         assert page.by_id("mig-backfilled").text == "30.0 % (60 of 200 re-encoded, 140 mapped)"
         assert page.by_id("mig-progress").get_attribute("aria-valuenow") == "30.0"
-        bar = browser.execute_script("return [arguments[0].offsetWidth, arguments[1].offsetWidth]",
-                                     page.by_id("mig-bar"), page.by_id("mig-progress"))
-        assert abs(bar[0] / bar[1] - 0.3) < 0.02, bar
+        def bar_fraction(_driver) -> float:
+            bar = browser.execute_script("return [arguments[0].offsetWidth, arguments[1].offsetWidth]",
+                                         page.by_id("mig-bar"), page.by_id("mig-progress"))
+            return bar[0] / bar[1]
+
+        # the bar's width animates (CSS transition, 0.4 s): wait for it to settle at 30 %
+        page.wait.until(lambda d: abs(bar_fraction(d) - 0.3) < 0.02, "the progress bar never settled at 30 %")
         assert page.by_id("mig-map").text.startswith(f"{st['map']['forward_quality']:.3f} (affine")
         page.wait.until(lambda d: page.by_id("mig-probe").text != "–")
         probe = http.get("/collections/mig/migration").json()["probe"]
