@@ -470,7 +470,7 @@ class _SliceableEncoder(nn.Module):
         mods = list(self.features)
         if stem is not None:  # resume after the first layer, from its first units
             first = next(i for i, m in enumerate(mods) if isinstance(m, (nn.Conv2d, nn.Linear)))
-            x, mods = stem[:, : self._units(cast(nn.Linear, mods[first]), ks[0])], mods[first + 1 :]
+            x, mods = stem[:, : self._units(cast("nn.Conv2d | nn.Linear", mods[first]), ks[0])], mods[first + 1 :]
         layer = 0
         for mod in mods:
             if isinstance(mod, nn.Conv2d):
