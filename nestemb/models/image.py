@@ -452,11 +452,9 @@ class _SliceableEncoder(nn.Module):
             >>> torch.allclose(enc(x, [0, 0], stem=enc.stem(x)), enc(x, [0, 0]), atol=1e-6)
             True
         """
-        for mod in self.features:
+        for mod in list(self.features)[: self._first_layer() + 1]:
             x = mod(x)
-            if isinstance(mod, (nn.Conv2d, nn.Linear)):
-                return x
-        raise AssertionError("an encoder without a conv or linear layer")
+        return x
 
     def forward(self, x: torch.Tensor, ks: Sequence[int] | None = None,
                 stem: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
@@ -469,7 +467,7 @@ class _SliceableEncoder(nn.Module):
             ks = [len(self.widths) - 1 if self.widths else 0] * len(self.channels)
         mods = list(self.features)
         if stem is not None:  # resume after the first layer, from its first units
-            first = next(i for i, m in enumerate(mods) if isinstance(m, (nn.Conv2d, nn.Linear)))
+            first = self._first_layer()
             x, mods = stem[:, : self._units(cast("nn.Conv2d | nn.Linear", mods[first]), ks[0])], mods[first + 1 :]
         layer = 0
         for mod in mods:
@@ -493,8 +491,13 @@ class _SliceableEncoder(nn.Module):
             >>> CNNEncoder(dim=8, width=4).shares_stem, MLPEncoder(dim=8, width=2).shares_stem
             (False, True)
         """
-        first = next(m for m in self.features if isinstance(m, (nn.Conv2d, nn.Linear)))
+        first = cast("nn.Conv2d | nn.Linear", self.features[self._first_layer()])
         return first.weight[0].numel() >= STEM_MIN_FAN_IN
+
+    def _first_layer(self) -> int:
+        """Index in ``features`` of the first conv or linear layer, the end of :meth:`stem`
+        (what comes before it, e.g. the MLP's flatten, has no weights)."""
+        return next(i for i, m in enumerate(self.features) if isinstance(m, (nn.Conv2d, nn.Linear)))
 
     def _units(self, mod: nn.Conv2d | nn.Linear, k: int) -> int:
         """Units of the conv or linear ``mod`` at granularity index ``k`` (all of an ordinary model's)."""
